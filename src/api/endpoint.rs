@@ -1,0 +1,140 @@
+//! The request plumbing every route shares: method matching, authentication, rate limiting,
+//! bounded body reading, and turning a handler's result into a response while recording the
+//! route's metrics. Handlers get a [`Call`] and return `Result<impl Serialize, ApiError>`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+
+use super::ApiContext;
+use super::auth::Principal;
+use super::error::ApiError;
+
+pub struct Call {
+    pub ctx: Arc<ApiContext>,
+    method: &'static str,
+    route: &'static str,
+    started: Instant,
+    principal: Result<Principal, ApiError>,
+}
+
+impl Call {
+    /// The authenticated, rate-checked caller.
+    pub fn principal(&self) -> Result<&Principal, ApiError> {
+        self.principal.as_ref().map_err(Clone::clone)
+    }
+
+    /// Maps the handler's result to a response and records the route's metrics.
+    pub fn respond<T: Serialize>(self, status: StatusCode, result: Result<T, ApiError>) -> Response {
+        let response = match result {
+            Ok(body) => warp::Reply::into_response(warp::reply::with_status(
+                warp::reply::json(&body),
+                status,
+            )),
+            Err(error) => error.into_response(),
+        };
+        self.ctx.metrics.observe_http(
+            self.method,
+            self.route,
+            response.status().as_u16(),
+            self.started.elapsed(),
+        );
+        response
+    }
+}
+
+/// Matches `method` and builds the [`Call`] for the route template `route` (used as the
+/// metrics label).
+pub fn endpoint(ctx: Arc<ApiContext>, method: Method, route: &'static str) -> BoxedFilter<(Call,)> {
+    let (method_name, method_filter): (&'static str, BoxedFilter<()>) = match method {
+        Method::POST => ("POST", warp::post().boxed()),
+        Method::PATCH => ("PATCH", warp::patch().boxed()),
+        Method::PUT => ("PUT", warp::put().boxed()),
+        Method::DELETE => ("DELETE", warp::delete().boxed()),
+        _ => ("GET", warp::get().boxed()),
+    };
+    method_filter
+        .and(warp::header::optional::<String>("authorization"))
+        .map(move |authorization: Option<String>| {
+            let started = Instant::now();
+            let principal = ctx
+                .auth
+                .from_header(authorization.as_deref())
+                .and_then(|p| ctx.limiter.check(&p).map(|()| p));
+            Call {
+                ctx: ctx.clone(),
+                method: method_name,
+                route,
+                started,
+                principal,
+            }
+        })
+        .boxed()
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
+
+/// A request body not yet read. Handlers read it after authorising the caller, up to the
+/// configured size cap.
+pub struct Body(ByteStream);
+
+pub fn body() -> BoxedFilter<(Body,)> {
+    warp::body::stream().map(Body::new).boxed()
+}
+
+impl Body {
+    fn new<S, B>(stream: S) -> Body
+    where
+        S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+        B: Buf,
+    {
+        Body(Box::pin(stream.map(|chunk| {
+            chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining()))
+        })))
+    }
+
+    pub async fn bytes(mut self, limit: u64) -> Result<Bytes, ApiError> {
+        let mut collected = BytesMut::new();
+        while let Some(chunk) = self.0.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest {
+                code: "body_unreadable",
+                message: e.to_string(),
+            })?;
+            if (collected.len() + chunk.len()) as u64 > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            collected.extend_from_slice(&chunk);
+        }
+        Ok(collected.freeze())
+    }
+
+    /// Reads and parses a JSON body that must be present.
+    pub async fn json<T: DeserializeOwned>(self, limit: u64) -> Result<T, ApiError> {
+        self.json_or(limit, None).await
+    }
+
+    /// Reads and parses a JSON body; an empty body means `T::default()`.
+    pub async fn json_or_default<T: DeserializeOwned + Default>(self, limit: u64) -> Result<T, ApiError> {
+        self.json_or(limit, Some(T::default())).await
+    }
+
+    async fn json_or<T: DeserializeOwned>(self, limit: u64, empty: Option<T>) -> Result<T, ApiError> {
+        let bytes = self.bytes(limit).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return empty.ok_or_else(|| ApiError::BadRequest {
+                code: "invalid_json",
+                message: "request body is empty; expected a JSON object".into(),
+            });
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}

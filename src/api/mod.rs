@@ -1,0 +1,110 @@
+//! The HTTP surface on warp: REST routes, the WebSocket hub, probes and metrics. Handlers are
+//! thin: parse, authorise, make one service call, map the result.
+
+mod admin;
+pub mod auth;
+mod endpoint;
+pub mod error;
+mod probes;
+pub mod rate_limit;
+mod users;
+pub mod views;
+mod vms;
+mod ws;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+use crate::events::EventHub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::users::UserService;
+use crate::vms::VmService;
+
+use auth::Authenticator;
+use rate_limit::RateLimiter;
+
+/// Bounds the API enforces.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    pub max_body_bytes: u64,
+    pub user_token_ttl_secs: u64,
+    pub ws_max_connections: usize,
+    pub ws_max_subscriptions: usize,
+}
+
+/// What the handlers reach: the services, and the shared request machinery.
+pub struct ApiContext {
+    pub store: Store,
+    pub users: UserService,
+    pub vms: VmService,
+    pub events: EventHub,
+    pub metrics: Arc<Metrics>,
+    pub auth: Authenticator,
+    pub limiter: RateLimiter,
+    pub limits: ApiLimits,
+    /// Set once start-up has finished, cleared when shutdown begins.
+    pub ready: AtomicBool,
+    pub started: Instant,
+    pub ws_connections: AtomicUsize,
+    /// Cancelled when shutdown begins; long-lived connections end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The main listener's routes. `/metrics` is included when `with_metrics` (no separate
+/// metrics listener).
+pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Response,)> {
+    let api = users::routes(ctx)
+        .or(vms::routes(ctx))
+        .unify()
+        .or(admin::routes(ctx))
+        .unify()
+        .or(probes::health(ctx))
+        .unify()
+        .or(ws::routes(ctx))
+        .unify()
+        .boxed();
+    let api = if with_metrics {
+        api.or(probes::metrics(ctx)).unify().boxed()
+    } else {
+        api
+    };
+    with_recovery(ctx, api)
+}
+
+/// The separate metrics listener's routes: probes and metrics, no token.
+pub fn metrics_routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
+    with_recovery(ctx, probes::health(ctx).or(probes::metrics(ctx)).unify().boxed())
+}
+
+fn with_recovery(ctx: &Arc<ApiContext>, routes: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
+    let metrics = ctx.metrics.clone();
+    routes
+        .recover(move |rejection: warp::Rejection| {
+            let metrics = metrics.clone();
+            async move {
+                let response = error::from_rejection(&rejection).into_response();
+                metrics.observe_http("ANY", "unmatched", response.status().as_u16(), Default::default());
+                Ok::<_, Infallible>(response)
+            }
+        })
+        .unify()
+        .boxed()
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: BoxedFilter<(Response,)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+}

@@ -1,0 +1,144 @@
+//! The JSON shapes of the API (camelCase, RFC 3339 timestamps), and the request bodies.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{User, Vm};
+use crate::users::UserStats;
+
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub user_id: String,
+    pub email: String,
+    pub supabase_auth_id: Option<String>,
+    pub plan: String,
+    pub status: String,
+    pub decodo_port: Option<u16>,
+    pub prompt_count: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_active_at: Option<String>,
+    pub version: u64,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        UserView {
+            user_id: u.id.clone(),
+            email: u.email.clone(),
+            supabase_auth_id: u.supabase_auth_id.clone(),
+            plan: u.plan.to_string(),
+            status: u.status.to_string(),
+            decodo_port: u.decodo_port,
+            prompt_count: u.prompt_count,
+            created_at: rfc3339(u.created_at_ms),
+            updated_at: rfc3339(u.updated_at_ms),
+            last_active_at: u.last_active_at_ms.map(rfc3339),
+            version: u.version,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmView {
+    pub vm_id: String,
+    pub user_id: String,
+    pub r#type: String,
+    pub status: String,
+    pub ip_address: Option<String>,
+    pub tap_device: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_heartbeat: Option<String>,
+    pub hibernated_at: Option<String>,
+    pub version: u64,
+}
+
+impl From<&Vm> for VmView {
+    fn from(vm: &Vm) -> Self {
+        VmView {
+            vm_id: vm.id.clone(),
+            user_id: vm.user_id.clone(),
+            r#type: vm.vm_type.to_string(),
+            status: vm.status.to_string(),
+            ip_address: vm.ip_address.clone(),
+            tap_device: vm.tap_device.clone(),
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            created_at: rfc3339(vm.created_at_ms),
+            updated_at: rfc3339(vm.updated_at_ms),
+            last_heartbeat: vm.last_heartbeat_ms.map(rfc3339),
+            hibernated_at: vm.hibernated_at_ms.map(rfc3339),
+            version: vm.version,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserStatsView {
+    pub user_id: String,
+    pub plan: String,
+    pub status: String,
+    pub prompt_count: u64,
+    pub vms_by_status: BTreeMap<String, u64>,
+    pub prompts_by_status: BTreeMap<String, u64>,
+    pub auth_sessions: u64,
+    pub last_active_at: Option<String>,
+}
+
+impl From<&UserStats> for UserStatsView {
+    fn from(s: &UserStats) -> Self {
+        UserStatsView {
+            user_id: s.user.id.clone(),
+            plan: s.user.plan.to_string(),
+            status: s.user.status.to_string(),
+            prompt_count: s.user.prompt_count,
+            vms_by_status: s.vms_by_status.clone(),
+            prompts_by_status: s.prompts_by_status.clone(),
+            auth_sessions: s.auth_sessions,
+            last_active_at: s.user.last_active_at_ms.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateUserBody {
+    pub email: String,
+    pub supabase_auth_id: Option<String>,
+}
+
+/// Enum fields arrive as strings so a bad value is reported with its field name.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchUserBody {
+    pub plan: Option<String>,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MintTokenBody {
+    pub ttl_sec: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MintedToken {
+    pub token: String,
+    pub user_id: String,
+    pub expires_at: String,
+}

@@ -1,0 +1,184 @@
+//! The WebSocket hub, on `/` and `/ws`. Clients subscribe to the channels their token may see
+//! and receive `{"type":"event","channel":...,"data":{...}}`. Each connection reads from the
+//! bounded event broadcast; a client that falls behind it, or stops reading, is closed with a
+//! reason.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::filters::ws::{Message, WebSocket, Ws};
+use warp::reply::Response;
+
+use super::ApiContext;
+use super::auth::Principal;
+use super::error::ApiError;
+use crate::events::{ADMIN_CHANNEL, Event};
+
+const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// A send that cannot complete in this time means the client stopped reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// RFC 6455 close codes.
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TRY_AGAIN: u16 = 1013;
+
+pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
+    let ctx = ctx.clone();
+    warp::path::end()
+        .or(warp::path!("ws"))
+        .unify()
+        .and(warp::ws())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<HashMap<String, String>>())
+        .map(move |ws: Ws, authorization: Option<String>, query: HashMap<String, String>| {
+            upgrade(ctx.clone(), ws, authorization, query)
+        })
+        .boxed()
+}
+
+fn upgrade(
+    ctx: Arc<ApiContext>,
+    ws: Ws,
+    authorization: Option<String>,
+    query: HashMap<String, String>,
+) -> Response {
+    let principal = match (&authorization, query.get("token")) {
+        (None, Some(token)) => ctx.auth.from_token(token),
+        _ => ctx.auth.from_header(authorization.as_deref()),
+    }
+    .and_then(|p| ctx.limiter.check(&p).map(|()| p));
+    let principal = match principal {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let previous = ctx.ws_connections.fetch_add(1, Ordering::AcqRel);
+    if previous >= ctx.limits.ws_max_connections {
+        ctx.ws_connections.fetch_sub(1, Ordering::AcqRel);
+        return ApiError::Unavailable {
+            code: "too_many_connections",
+            message: format!(
+                "the hub already has {} WebSocket connections",
+                ctx.limits.ws_max_connections
+            ),
+        }
+        .into_response();
+    }
+    warp::Reply::into_response(ws.max_message_size(MAX_MESSAGE_BYTES).on_upgrade(
+        move |socket| async move {
+            serve_connection(&ctx, socket, principal).await;
+            ctx.ws_connections.fetch_sub(1, Ordering::AcqRel);
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+enum ClientMessage {
+    Subscribe { channel: String },
+    Unsubscribe { channel: String },
+    Ping,
+}
+
+enum Outcome {
+    Continue,
+    Close(u16, String),
+}
+
+async fn serve_connection(ctx: &ApiContext, socket: WebSocket, principal: Principal) {
+    let (mut sink, mut incoming) = socket.split();
+    let mut events = ctx.events.subscribe();
+    let mut channels: HashSet<String> = HashSet::new();
+    loop {
+        let outcome = tokio::select! {
+            () = ctx.shutdown.cancelled() => Outcome::Close(CLOSE_GOING_AWAY, "server shutting down".into()),
+            message = incoming.next() => match message {
+                Some(Ok(message)) if message.is_close() => break,
+                Some(Ok(message)) => match reply_to(ctx, &principal, &mut channels, &message) {
+                    Some(reply) => send(&mut sink, reply).await,
+                    None => Outcome::Continue,
+                },
+                Some(Err(_)) | None => break,
+            },
+            event = events.recv() => match event {
+                Ok(event) if wants(&principal, &channels, &event) => {
+                    send(&mut sink, json!({ "type": "event", "channel": event.channel, "data": event.data })).await
+                }
+                Ok(_) => Outcome::Continue,
+                Err(RecvError::Lagged(missed)) => Outcome::Close(
+                    CLOSE_TRY_AGAIN,
+                    format!("slow consumer: fell {missed} events behind the hub's queue"),
+                ),
+                Err(RecvError::Closed) => Outcome::Close(CLOSE_TRY_AGAIN, "server shutting down".into()),
+            },
+        };
+        if let Outcome::Close(code, reason) = outcome {
+            tracing::info!(code, %reason, "closing WebSocket");
+            let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::close_with(code, reason))).await;
+            break;
+        }
+    }
+}
+
+fn wants(principal: &Principal, channels: &HashSet<String>, event: &Event) -> bool {
+    channels.contains(&event.channel)
+        || (*principal == Principal::Admin && channels.contains(ADMIN_CHANNEL))
+}
+
+async fn send(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    value: Value,
+) -> Outcome {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::text(value.to_string()))).await {
+        Ok(Ok(())) => Outcome::Continue,
+        Ok(Err(_)) => Outcome::Close(CLOSE_POLICY, "send failed".into()),
+        Err(_) => Outcome::Close(CLOSE_TRY_AGAIN, "slow consumer: not reading".into()),
+    }
+}
+
+/// Handles one client message; returns the reply to send, if any.
+fn reply_to(
+    ctx: &ApiContext,
+    principal: &Principal,
+    channels: &mut HashSet<String>,
+    message: &Message,
+) -> Option<Value> {
+    if message.is_ping() || message.is_pong() {
+        return None;
+    }
+    let Ok(text) = message.to_str() else {
+        return Some(error_reply("bad_message", "messages must be JSON text", None));
+    };
+    let parsed: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => return Some(error_reply("bad_message", &e.to_string(), None)),
+    };
+    Some(match parsed {
+        ClientMessage::Ping => json!({ "type": "pong" }),
+        ClientMessage::Subscribe { channel } => {
+            if !principal.may_see_channel(&channel) {
+                error_reply("forbidden", "this token may not subscribe to that channel", Some(&channel))
+            } else if channels.len() >= ctx.limits.ws_max_subscriptions && !channels.contains(&channel) {
+                error_reply("too_many_subscriptions", "subscription limit reached", Some(&channel))
+            } else {
+                channels.insert(channel.clone());
+                json!({ "type": "subscribed", "payload": { "channel": channel } })
+            }
+        }
+        ClientMessage::Unsubscribe { channel } => {
+            channels.remove(&channel);
+            json!({ "type": "unsubscribed", "payload": { "channel": channel } })
+        }
+    })
+}
+
+fn error_reply(code: &str, message: &str, channel: Option<&str>) -> Value {
+    json!({ "type": "error", "payload": { "code": code, "message": message, "channel": channel } })
+}

@@ -1,0 +1,279 @@
+//! One `Config`: the TOML file, then the environment (`MC_*` and the seed's names), then the
+//! command-line flags, validated once at start.
+
+mod settings;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+pub use settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("missing setting {setting}: {reason}")]
+    Missing {
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration. Secrets are wrapped so they never reach `Debug` output.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Where `/metrics` is served without a token; `None` means on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub admin_token: Option<SecretString>,
+    pub service_token: Option<SecretString>,
+    pub token_signing_key: Option<SecretString>,
+    pub user_token_ttl_secs: u64,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub max_body_bytes: u64,
+    pub ws_max_connections: usize,
+    pub ws_queue_len: usize,
+    pub ws_max_subscriptions: usize,
+    pub max_vms: u32,
+    pub shutdown_timeout_secs: u64,
+    pub supabase_url: Option<String>,
+    pub supabase_service_key: Option<SecretString>,
+    pub encryption_master_key: Option<SecretString>,
+    pub decodo_user: Option<String>,
+    pub decodo_password: Option<SecretString>,
+    pub decodo_host: Option<String>,
+    pub decodo_port_start: u16,
+    pub decodo_port_end: u16,
+    pub firecracker_base: Option<PathBuf>,
+    pub golden_snapshot: Option<PathBuf>,
+    pub golden_memory: Option<PathBuf>,
+    pub golden_kernel: Option<PathBuf>,
+    pub golden_rootfs: Option<PathBuf>,
+}
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/master-controller";
+const MIN_TOKEN_LEN: usize = 16;
+
+impl Config {
+    /// Loads the layers in precedence order: file, environment, then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        flags: Settings,
+    ) -> Result<Config, ConfigError> {
+        let from_file = match file {
+            Some(path) => read_file(path)?,
+            None => Settings::default(),
+        };
+        let merged = from_file
+            .overlay(Settings::from_env(lookup)?)
+            .overlay(flags);
+        Config::resolve(merged, lookup)
+    }
+
+    /// Loads from the process environment.
+    pub fn from_process(file: Option<&Path>, flags: Settings) -> Result<Config, ConfigError> {
+        Config::load(file, &|name| std::env::var(name).ok(), flags)
+    }
+
+    fn resolve(s: Settings, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let credentials_dir = lookup("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let admin_token = secret_setting(
+            "admin_token",
+            s.admin_token,
+            s.admin_token_file.as_deref(),
+            credentials_dir.as_deref(),
+            "admin-token",
+        )?;
+        let service_token = secret_setting(
+            "service_token",
+            s.service_token,
+            s.service_token_file.as_deref(),
+            credentials_dir.as_deref(),
+            "service-token",
+        )?;
+        let encryption_master_key = secret_setting(
+            "encryption_master_key",
+            s.encryption_master_key,
+            None,
+            credentials_dir.as_deref(),
+            "encryption-master-key",
+        )?;
+        let config = Config {
+            listen: s.listen.unwrap_or_else(|| parse_default(DEFAULT_LISTEN)),
+            metrics_listen: s.metrics_listen,
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            log_format: match s.log_format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => return Err(invalid("log_format", format!("{other:?} is not text or json"))),
+            },
+            admin_token,
+            service_token,
+            token_signing_key: s.token_signing_key.map(SecretString::from),
+            user_token_ttl_secs: s.user_token_ttl_secs.unwrap_or(24 * 3600),
+            rate_limit_per_second: s.rate_limit_per_second.unwrap_or(50),
+            rate_limit_burst: s.rate_limit_burst.unwrap_or(100),
+            max_body_bytes: s.max_body_bytes.unwrap_or(64 * 1024),
+            ws_max_connections: s.ws_max_connections.unwrap_or(1024),
+            ws_queue_len: s.ws_queue_len.unwrap_or(256),
+            ws_max_subscriptions: s.ws_max_subscriptions.unwrap_or(64),
+            max_vms: s.max_vms.unwrap_or(180),
+            shutdown_timeout_secs: s.shutdown_timeout_secs.unwrap_or(20),
+            supabase_url: s.supabase_url,
+            supabase_service_key: s.supabase_service_key.map(SecretString::from),
+            encryption_master_key,
+            decodo_user: s.decodo_user,
+            decodo_password: s.decodo_password.map(SecretString::from),
+            decodo_host: s.decodo_host,
+            decodo_port_start: s.decodo_port_start.unwrap_or(10001),
+            decodo_port_end: s.decodo_port_end.unwrap_or(10100),
+            firecracker_base: s.firecracker_base,
+            golden_snapshot: s.golden_snapshot,
+            golden_memory: s.golden_memory,
+            golden_kernel: s.golden_kernel,
+            golden_rootfs: s.golden_rootfs,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the settings that do not depend on the command being run.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use secrecy::ExposeSecret;
+        for (field, token) in [
+            ("admin_token", &self.admin_token),
+            ("service_token", &self.service_token),
+            ("token_signing_key", &self.token_signing_key),
+        ] {
+            if let Some(token) = token
+                && token.expose_secret().len() < MIN_TOKEN_LEN
+            {
+                return Err(invalid(field, format!("must be at least {MIN_TOKEN_LEN} characters")));
+            }
+        }
+        if let (Some(admin), Some(service)) = (&self.admin_token, &self.service_token)
+            && admin.expose_secret() == service.expose_secret()
+        {
+            return Err(invalid("service_token", "must differ from the admin token".into()));
+        }
+        let positive = [
+            ("user_token_ttl_secs", self.user_token_ttl_secs),
+            ("rate_limit_per_second", u64::from(self.rate_limit_per_second)),
+            ("rate_limit_burst", u64::from(self.rate_limit_burst)),
+            ("max_body_bytes", self.max_body_bytes),
+            ("ws_max_connections", self.ws_max_connections as u64),
+            ("ws_queue_len", self.ws_queue_len as u64),
+            ("ws_max_subscriptions", self.ws_max_subscriptions as u64),
+            ("max_vms", u64::from(self.max_vms)),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(invalid(field, "must be greater than 0".into()));
+            }
+        }
+        if self.decodo_port_start == 0 || self.decodo_port_start > self.decodo_port_end {
+            return Err(invalid(
+                "decodo_port_start",
+                format!(
+                    "port range {}..={} is empty or starts at 0",
+                    self.decodo_port_start, self.decodo_port_end
+                ),
+            ));
+        }
+        if let Some(url) = &self.supabase_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid("supabase_url", format!("{url:?} is not an http(s) URL")));
+        }
+        if self.supabase_url.is_some() && self.supabase_service_key.is_none() {
+            return Err(ConfigError::Missing {
+                setting: Settings::env_name("supabase_service_key"),
+                reason: "required when SUPABASE_URL is set".into(),
+            });
+        }
+        if !self.data_dir.is_absolute() {
+            return Err(invalid("data_dir", format!("{} is not an absolute path", self.data_dir.display())));
+        }
+        Ok(())
+    }
+
+    /// `serve` cannot run without an admin token: every route needs a token, and admin routes
+    /// need this one.
+    pub fn require_admin_token(&self) -> Result<(), ConfigError> {
+        if self.admin_token.is_none() {
+            return Err(ConfigError::Missing {
+                setting: "MC_ADMIN_TOKEN",
+                reason: "serve needs an admin token (MC_ADMIN_TOKEN, MC_ADMIN_TOKEN_FILE, or the systemd credential admin-token)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        setting: Settings::env_name(field),
+        reason,
+    }
+}
+
+fn parse_default<T: std::str::FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    text.parse().expect("built-in default parses")
+}
+
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        reason: e.message().to_string(),
+    })
+}
+
+/// A secret comes from its own setting, else from the file named by `<setting>_file`, else from
+/// the systemd credential of that name.
+fn secret_setting(
+    field: &'static str,
+    value: Option<String>,
+    file: Option<&Path>,
+    credentials_dir: Option<&Path>,
+    credential_name: &str,
+) -> Result<Option<SecretString>, ConfigError> {
+    if let Some(value) = value {
+        return Ok(Some(SecretString::from(value)));
+    }
+    let path = match (file, credentials_dir) {
+        (Some(file), _) => file.to_path_buf(),
+        (None, Some(dir)) if dir.join(credential_name).exists() => dir.join(credential_name),
+        _ => return Ok(None),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        invalid(field, format!("cannot read {}: {e}", path.display()))
+    })?;
+    Ok(Some(SecretString::from(text.trim().to_string())))
+}
+
+#[cfg(test)]
+mod tests;

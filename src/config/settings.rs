@@ -1,0 +1,102 @@
+//! The raw, layered settings: every field optional, so the TOML file, the environment and the
+//! command line can each supply some of them and be overlaid in that order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// Declares `Settings` with one optional field per setting, the environment names each is read
+/// from (the first set one wins), and the overlay of one layer on another.
+macro_rules! settings {
+    ($($field:ident: $ty:ty = [$($env:literal),+]),+ $(,)?) => {
+        #[derive(Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $(pub $field: Option<$ty>,)+
+        }
+
+        impl Settings {
+            /// Reads every setting from the environment through `lookup`.
+            pub fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+                Ok(Settings {
+                    $($field: parse_env(lookup, &[$($env),+])?,)+
+                })
+            }
+
+            /// `top`'s values win over `self`'s.
+            pub fn overlay(self, top: Settings) -> Settings {
+                Settings {
+                    $($field: top.$field.or(self.$field),)+
+                }
+            }
+
+            /// The primary environment name of a setting, for error messages.
+            pub fn env_name(field: &str) -> &'static str {
+                match field {
+                    $(stringify!($field) => [$($env),+][0],)+
+                    _ => "",
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    listen: SocketAddr = ["MC_LISTEN"],
+    metrics_listen: SocketAddr = ["MC_METRICS_LISTEN"],
+    data_dir: PathBuf = ["MC_DATA_DIR"],
+    log_format: String = ["MC_LOG_FORMAT"],
+    admin_token: String = ["MC_ADMIN_TOKEN"],
+    admin_token_file: PathBuf = ["MC_ADMIN_TOKEN_FILE"],
+    service_token: String = ["MC_SERVICE_TOKEN"],
+    service_token_file: PathBuf = ["MC_SERVICE_TOKEN_FILE"],
+    token_signing_key: String = ["MC_TOKEN_SIGNING_KEY"],
+    user_token_ttl_secs: u64 = ["MC_USER_TOKEN_TTL_SECS"],
+    rate_limit_per_second: u32 = ["MC_RATE_LIMIT_PER_SECOND"],
+    rate_limit_burst: u32 = ["MC_RATE_LIMIT_BURST"],
+    max_body_bytes: u64 = ["MC_MAX_BODY_BYTES"],
+    ws_max_connections: usize = ["MC_WS_MAX_CONNECTIONS"],
+    ws_queue_len: usize = ["MC_WS_QUEUE_LEN"],
+    ws_max_subscriptions: usize = ["MC_WS_MAX_SUBSCRIPTIONS"],
+    max_vms: u32 = ["MC_MAX_VMS"],
+    shutdown_timeout_secs: u64 = ["MC_SHUTDOWN_TIMEOUT_SECS"],
+    supabase_url: String = ["MC_SUPABASE_URL", "SUPABASE_URL"],
+    supabase_service_key: String = ["MC_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_KEY"],
+    encryption_master_key: String = ["MC_ENCRYPTION_MASTER_KEY", "ENCRYPTION_MASTER_KEY"],
+    decodo_user: String = ["MC_DECODO_USER", "DECODO_USER"],
+    decodo_password: String = ["MC_DECODO_PASSWORD", "DECODO_PASSWORD"],
+    decodo_host: String = ["MC_DECODO_HOST", "DECODO_HOST"],
+    decodo_port_start: u16 = ["MC_DECODO_PORT_START", "DECODO_PORT_START"],
+    decodo_port_end: u16 = ["MC_DECODO_PORT_END", "DECODO_PORT_END"],
+    firecracker_base: PathBuf = ["MC_FIRECRACKER_BASE", "FIRECRACKER_BASE"],
+    golden_snapshot: PathBuf = ["MC_GOLDEN_SNAPSHOT", "GOLDEN_SNAPSHOT"],
+    golden_memory: PathBuf = ["MC_GOLDEN_MEMORY", "GOLDEN_MEMORY"],
+    golden_kernel: PathBuf = ["MC_GOLDEN_KERNEL", "GOLDEN_KERNEL"],
+    golden_rootfs: PathBuf = ["MC_GOLDEN_ROOTFS", "GOLDEN_ROOTFS"],
+}
+
+fn parse_env<T: FromStr>(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    names: &[&'static str],
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    for name in names {
+        if let Some(raw) = lookup(name) {
+            return raw
+                .trim()
+                .parse::<T>()
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid {
+                    setting: name,
+                    reason: format!("{:?}: {e}", raw.trim()),
+                });
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,124 @@
+use std::collections::HashMap;
+use std::io::Write;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name: &str| map.get(name).cloned()
+}
+
+#[test]
+fn defaults_apply() {
+    let config = Config::load(None, &env(&[]), Settings::default()).unwrap();
+    assert_eq!(config.listen.to_string(), "0.0.0.0:4000");
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/master-controller"));
+    assert_eq!(config.max_vms, 180);
+    assert_eq!((config.decodo_port_start, config.decodo_port_end), (10001, 10100));
+    assert!(config.require_admin_token().is_err());
+}
+
+#[test]
+fn file_then_env_then_flags() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "listen = \"127.0.0.1:1000\"\nmax_vms = 5\ndecodo_host = \"file-host\"\ndata_dir = \"/srv/file\""
+    )
+    .unwrap();
+    let lookup = env(&[
+        ("MC_MAX_VMS", "7"),
+        ("DECODO_HOST", "env-host"),
+        ("MC_DATA_DIR", "/srv/env"),
+    ]);
+    let flags = Settings {
+        data_dir: Some(PathBuf::from("/srv/flag")),
+        ..Settings::default()
+    };
+    let config = Config::load(Some(file.path()), &lookup, flags).unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:1000");
+    assert_eq!(config.max_vms, 7);
+    assert_eq!(config.decodo_host.as_deref(), Some("env-host"));
+    assert_eq!(config.data_dir, PathBuf::from("/srv/flag"));
+}
+
+#[test]
+fn mc_name_wins_over_seed_name() {
+    let lookup = env(&[
+        ("SUPABASE_URL", "https://seed.example"),
+        ("MC_SUPABASE_URL", "https://mc.example"),
+        ("SUPABASE_SERVICE_KEY", "k"),
+    ]);
+    let config = Config::load(None, &lookup, Settings::default()).unwrap();
+    assert_eq!(config.supabase_url.as_deref(), Some("https://mc.example"));
+}
+
+#[test]
+fn bad_values_name_the_setting() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("MC_LISTEN", "nowhere")], "MC_LISTEN"),
+        (&[("MC_MAX_VMS", "many")], "MC_MAX_VMS"),
+        (&[("MC_MAX_VMS", "0")], "MC_MAX_VMS"),
+        (&[("DECODO_PORT_START", "20"), ("DECODO_PORT_END", "10")], "MC_DECODO_PORT_START"),
+        (&[("MC_ADMIN_TOKEN", "short")], "MC_ADMIN_TOKEN"),
+        (&[("SUPABASE_URL", "ftp://x")], "MC_SUPABASE_URL"),
+        (&[("SUPABASE_URL", "https://x")], "MC_SUPABASE_SERVICE_KEY"),
+        (&[("MC_DATA_DIR", "relative/dir")], "MC_DATA_DIR"),
+        (&[("MC_LOG_FORMAT", "xml")], "MC_LOG_FORMAT"),
+    ];
+    for (pairs, setting) in cases {
+        let err = Config::load(None, &env(pairs), Settings::default())
+            .err()
+            .unwrap_or_else(|| panic!("{pairs:?} must be rejected"));
+        let line = err.to_string();
+        assert!(line.contains(setting), "{line} should name {setting}");
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
+}
+
+#[test]
+fn unknown_file_keys_are_rejected() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "listn = \"127.0.0.1:1\"").unwrap();
+    let err = Config::load(Some(file.path()), &env(&[]), Settings::default())
+        .err()
+        .expect("typo must be rejected");
+    assert!(err.to_string().contains("listn"), "{err}");
+}
+
+#[test]
+fn secrets_come_from_files_and_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), "admin-token-from-credential\n").unwrap();
+    let token_file = dir.path().join("svc");
+    std::fs::write(&token_file, "service-token-from-a-file").unwrap();
+    let creds = dir.path().to_string_lossy().to_string();
+    let file = token_file.to_string_lossy().to_string();
+    let lookup = env(&[
+        ("CREDENTIALS_DIRECTORY", creds.as_str()),
+        ("MC_SERVICE_TOKEN_FILE", file.as_str()),
+    ]);
+    let config = Config::load(None, &lookup, Settings::default()).unwrap();
+    assert_eq!(
+        config.admin_token.unwrap().expose_secret(),
+        "admin-token-from-credential"
+    );
+    assert_eq!(
+        config.service_token.unwrap().expose_secret(),
+        "service-token-from-a-file"
+    );
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let lookup = env(&[("MC_ADMIN_TOKEN", "super-secret-admin-token"), ("DECODO_PASSWORD", "hunter2hunter2")]);
+    let config = Config::load(None, &lookup, Settings::default()).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("super-secret-admin-token"));
+    assert!(!debug.contains("hunter2hunter2"));
+}

@@ -1,0 +1,185 @@
+//! `master-controller doctor`: what the host has and lacks. Each check says ok, warn (works,
+//! but a capability is off) or fail (serve cannot work), and why.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+use crate::tokens;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+}
+
+fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        level,
+        detail: detail.into(),
+    }
+}
+
+/// Runs every check. Blocking: call it from a blocking context.
+pub fn run(config: &Config) -> Vec<Check> {
+    vec![
+        admin_token(config),
+        data_dir(&config.data_dir),
+        state_file(&config.data_dir),
+        signing_key(config),
+        device("/dev/kvm", "KVM", "VMs run under TCG software emulation (slow)"),
+        device("/dev/net/tun", "TUN/TAP", "VMs cannot get network interfaces"),
+        cgroup_v2(),
+        binary("qemu-system-x86_64", "QEMU"),
+        firecracker(config),
+        supabase(config),
+        decodo(config),
+    ]
+}
+
+pub fn render(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .map(|c| format!("{:<5} {:<14} {}\n", c.level, c.name, c.detail))
+        .collect()
+}
+
+fn admin_token(config: &Config) -> Check {
+    match config.require_admin_token() {
+        Ok(()) => check("admin token", Level::Ok, "configured"),
+        Err(e) => check("admin token", Level::Fail, e.to_string()),
+    }
+}
+
+fn data_dir(path: &Path) -> Check {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let probe = path.join(".doctor-probe");
+            match std::fs::write(&probe, b"") {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&probe);
+                    check("data dir", Level::Ok, format!("{} is writable", path.display()))
+                }
+                Err(e) => check("data dir", Level::Fail, format!("{} is not writable: {e}", path.display())),
+            }
+        }
+        Ok(_) => check("data dir", Level::Fail, format!("{} is not a directory", path.display())),
+        Err(_) => check(
+            "data dir",
+            Level::Warn,
+            format!("{} does not exist yet; serve creates it", path.display()),
+        ),
+    }
+}
+
+fn state_file(dir: &Path) -> Check {
+    let path = dir.join(Store::FILE_NAME);
+    if !path.exists() {
+        return check("state file", Level::Ok, format!("{} will be created", path.display()));
+    }
+    match Store::open_blocking(dir) {
+        Ok(_) => check("state file", Level::Ok, format!("{} opens, schema is current", path.display())),
+        Err(StoreError::AlreadyOpen { .. }) => check(
+            "state file",
+            Level::Ok,
+            format!("{} is open in a running daemon", path.display()),
+        ),
+        Err(e) => check("state file", Level::Fail, e.to_string()),
+    }
+}
+
+fn signing_key(config: &Config) -> Check {
+    if config.token_signing_key.is_some() {
+        return check("token key", Level::Ok, "MC_TOKEN_SIGNING_KEY is configured");
+    }
+    let path = config.data_dir.join(tokens::KEY_FILE_NAME);
+    if path.exists() {
+        check("token key", Level::Ok, format!("{} exists", path.display()))
+    } else {
+        check("token key", Level::Ok, format!("{} is generated at first start", path.display()))
+    }
+}
+
+fn device(path: &str, name: &'static str, without: &str) -> Check {
+    if Path::new(path).exists() {
+        check(name, Level::Ok, format!("{path} present"))
+    } else {
+        check(name, Level::Warn, format!("{path} missing: {without}"))
+    }
+}
+
+fn cgroup_v2() -> Check {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        check("cgroup v2", Level::Ok, "unified hierarchy mounted")
+    } else {
+        check("cgroup v2", Level::Warn, "not mounted: the Firecracker jailer needs it")
+    }
+}
+
+fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+fn binary(name: &str, label: &'static str) -> Check {
+    match find_in_path(name) {
+        Some(path) => check(label, Level::Ok, format!("{}", path.display())),
+        None => check(label, Level::Warn, format!("{name} not found in PATH")),
+    }
+}
+
+fn firecracker(config: &Config) -> Check {
+    match &config.firecracker_base {
+        Some(base) if base.exists() => check("Firecracker", Level::Ok, format!("{} present", base.display())),
+        Some(base) => check("Firecracker", Level::Warn, format!("FIRECRACKER_BASE {} does not exist", base.display())),
+        None => match find_in_path("firecracker") {
+            Some(path) => check("Firecracker", Level::Ok, format!("{}", path.display())),
+            None => check("Firecracker", Level::Warn, "not installed; only the qemu backend can run"),
+        },
+    }
+}
+
+fn supabase(config: &Config) -> Check {
+    match &config.supabase_url {
+        Some(url) => check("Supabase", Level::Ok, format!("mirroring to {url}")),
+        None => check("Supabase", Level::Warn, "SUPABASE_URL unset: changes stay in the local outbox"),
+    }
+}
+
+fn decodo(config: &Config) -> Check {
+    match (&config.decodo_host, &config.decodo_user, &config.decodo_password) {
+        (Some(host), Some(_), Some(_)) => check(
+            "upstream proxy",
+            Level::Ok,
+            format!("{host}, ports {}-{}", config.decodo_port_start, config.decodo_port_end),
+        ),
+        _ => check(
+            "upstream proxy",
+            Level::Warn,
+            "DECODO_HOST/DECODO_USER/DECODO_PASSWORD not all set: no dedicated egress",
+        ),
+    }
+}

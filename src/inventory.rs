@@ -1,0 +1,72 @@
+//! Counts across the store, for metrics, the VM summary and the system stats.
+
+use std::collections::BTreeMap;
+
+use redb::ReadableTableMetadata;
+
+use crate::model::{PromptStatus, Provider, UserStatus, VmStatus, VmType};
+use crate::store::{self, Store, StoreError, tables};
+
+/// The addresses `.2`–`.254` of the bridge's /24.
+pub const IP_POOL_SIZE: u64 = 253;
+
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub users_by_status: BTreeMap<UserStatus, u64>,
+    pub vms_by_status_type: BTreeMap<(VmStatus, VmType), u64>,
+    pub prompts_by_provider_status: BTreeMap<(Provider, PromptStatus), u64>,
+    pub ip_leases: u64,
+    pub port_leases: u64,
+    pub outbox_depth: u64,
+    pub credentials: u64,
+    pub auth_sessions: u64,
+}
+
+impl Inventory {
+    pub async fn take(store: &Store) -> Result<Inventory, StoreError> {
+        store
+            .read(|tx| {
+                let mut inventory = Inventory::default();
+                for user in store::all(&tx.open_table(tables::USERS)?)? {
+                    *inventory.users_by_status.entry(user.status).or_insert(0) += 1;
+                }
+                for vm in store::all(&tx.open_table(tables::VMS)?)? {
+                    *inventory.vms_by_status_type.entry((vm.status, vm.vm_type)).or_insert(0) += 1;
+                }
+                for prompt in store::all(&tx.open_table(tables::PROMPTS)?)? {
+                    *inventory
+                        .prompts_by_provider_status
+                        .entry((prompt.provider, prompt.status))
+                        .or_insert(0) += 1;
+                }
+                inventory.ip_leases = tx.open_table(tables::IP_LEASES)?.len()?;
+                inventory.port_leases = tx.open_table(tables::PORT_LEASES)?.len()?;
+                inventory.outbox_depth = tx.open_table(tables::OUTBOX)?.len()?;
+                inventory.credentials = tx.open_table(tables::CREDENTIALS)?.len()?;
+                inventory.auth_sessions = tx.open_table(tables::AUTH_SESSIONS)?.len()?;
+                Ok(inventory)
+            })
+            .await
+    }
+
+    pub fn total_users(&self) -> u64 {
+        self.users_by_status.values().sum()
+    }
+
+    pub fn vms(&self, status: VmStatus, vm_type: VmType) -> u64 {
+        self.vms_by_status_type.get(&(status, vm_type)).copied().unwrap_or(0)
+    }
+
+    pub fn vms_with_status(&self, status: VmStatus) -> u64 {
+        VmType::ALL.iter().map(|t| self.vms(status, *t)).sum()
+    }
+
+    /// VMs that hold a guest: running or being created.
+    pub fn active_vms(&self) -> u64 {
+        self.vms_with_status(VmStatus::Running) + self.vms_with_status(VmStatus::Creating)
+    }
+
+    pub fn ip_pool_available(&self) -> u64 {
+        IP_POOL_SIZE.saturating_sub(self.ip_leases)
+    }
+}

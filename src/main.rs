@@ -1,0 +1,108 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use master_controller::cli::{Cli, Command};
+use master_controller::config::{Config, LogFormat};
+use master_controller::daemon::{self, DaemonError};
+use master_controller::doctor::{self, Level};
+use master_controller::model::now_ms;
+use master_controller::tokens::TokenSigner;
+
+/// Exit status for a bad setting, so scripts can tell it from a runtime failure.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("master-controller {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            let config = match load(args.common.config.as_deref(), args.flags()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            init_tracing(config.log_format);
+            report(serve(config))
+        }
+        Command::Token(args) => {
+            let config = match load(args.common.config.as_deref(), args.common.flags()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            report(mint(&config, &args.user, args.ttl))
+        }
+        Command::Doctor(args) => {
+            let config = match load(args.config.as_deref(), args.flags()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let checks = doctor::run(&config);
+            print!("{}", doctor::render(&checks));
+            if checks.iter().any(|c| c.level == Level::Fail) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+/// Loads and validates the configuration; a bad setting is one line on stderr.
+fn load(
+    file: Option<&std::path::Path>,
+    flags: master_controller::config::Settings,
+) -> Result<Config, ExitCode> {
+    Config::from_process(file, flags).map_err(|e| {
+        eprintln!("master-controller: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match runtime.block_on(daemon::run(config)) {
+        Err(DaemonError::Config(e)) => {
+            eprintln!("master-controller: {e}");
+            std::process::exit(i32::from(EXIT_CONFIG));
+        }
+        other => other.map_err(Into::into),
+    }
+}
+
+fn mint(config: &Config, user: &str, ttl: Option<u64>) -> anyhow::Result<()> {
+    anyhow::ensure!(!user.trim().is_empty(), "--user must not be empty");
+    let signer = TokenSigner::load(config.token_signing_key.as_ref(), &config.data_dir)
+        .context("minting a user token needs the daemon's signing key")?;
+    let ttl = ttl.unwrap_or(config.user_token_ttl_secs);
+    anyhow::ensure!(ttl > 0, "--ttl must be greater than 0");
+    println!("{}", signer.mint(user, now_ms() / 1000, ttl));
+    Ok(())
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("master-controller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,195 @@
+//! Every Prometheus metric of the daemon, in one place. The seed's `polydev_*` names are kept
+//! so existing dashboards and alerts keep working.
+
+mod json;
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::inventory::Inventory;
+use crate::model::{PromptStatus, Provider, VmStatus, VmType};
+
+pub use json::text_to_json;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VmLabels {
+    pub status: String,
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PromptLabels {
+    pub provider: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub vm_id: String,
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn prompt_histogram() -> Histogram {
+    // 0.5 s to ~68 min.
+    Histogram::new(exponential_buckets(0.5, 2.0, 14))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub total_users: Gauge,
+    pub total_vms: Family<VmLabels, Gauge>,
+    pub active_vms: Gauge,
+    pub prompts: Family<PromptLabels, Counter>,
+    pub prompt_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    pub vm_resource_usage: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
+    pub ip_pool_available: Gauge,
+    pub decodo_ports_used: Gauge,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub ws_connections: Gauge,
+    pub outbox_depth: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            total_users: Gauge::default(),
+            total_vms: Family::default(),
+            active_vms: Gauge::default(),
+            prompts: Family::default(),
+            prompt_duration: Family::new_with_constructor(prompt_histogram as fn() -> Histogram),
+            vm_resource_usage: Family::default(),
+            ip_pool_available: Gauge::default(),
+            decodo_ports_used: Gauge::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ws_connections: Gauge::default(),
+            outbox_depth: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("polydev_total_users", "Users known to the appliance", metrics.total_users.clone());
+        registry.register("polydev_total_vms", "VMs by status and type", metrics.total_vms.clone());
+        registry.register("polydev_active_vms", "VMs running or being created", metrics.active_vms.clone());
+        // prometheus-client appends `_total` to counters: this is `polydev_prompts_total`.
+        registry.register("polydev_prompts", "Prompts by provider and final status", metrics.prompts.clone());
+        registry.register(
+            "polydev_prompt_duration_seconds",
+            "Prompt duration by provider",
+            metrics.prompt_duration.clone(),
+        );
+        registry.register(
+            "polydev_vm_resource_usage",
+            "Last sampled resource usage per VM",
+            metrics.vm_resource_usage.clone(),
+        );
+        registry.register("polydev_ip_pool_available", "Free addresses in the VM IP pool", metrics.ip_pool_available.clone());
+        registry.register("polydev_decodo_ports_used", "Upstream proxy ports leased to users", metrics.decodo_ports_used.clone());
+        registry.register("mc_http_requests", "HTTP requests by route template and status", metrics.http_requests.clone());
+        registry.register(
+            "mc_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            metrics.http_duration.clone(),
+        );
+        registry.register("mc_ws_connections", "Open WebSocket connections", metrics.ws_connections.clone());
+        registry.register("mc_outbox_depth", "Pending Supabase outbox rows", metrics.outbox_depth.clone());
+        Metrics { registry, ..metrics }
+    }
+
+    /// Sets the gauges that mirror the store.
+    pub fn refresh(&self, inventory: &Inventory) {
+        self.total_users.set(gauge_value(inventory.total_users()));
+        for status in VmStatus::ALL {
+            for vm_type in VmType::ALL {
+                self.total_vms
+                    .get_or_create(&VmLabels {
+                        status: status.to_string(),
+                        r#type: vm_type.to_string(),
+                    })
+                    .set(gauge_value(inventory.vms(*status, *vm_type)));
+            }
+        }
+        self.active_vms.set(gauge_value(inventory.active_vms()));
+        self.ip_pool_available.set(gauge_value(inventory.ip_pool_available()));
+        self.decodo_ports_used.set(gauge_value(inventory.port_leases));
+        self.outbox_depth.set(gauge_value(inventory.outbox_depth));
+    }
+
+    /// Registers every provider/status pair at zero so the series exist before the first prompt.
+    pub fn seed_prompt_series(&self) {
+        for provider in Provider::ALL {
+            let _ = self.prompt_duration.get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+            });
+            for status in PromptStatus::ALL {
+                let _ = self.prompts.get_or_create(&PromptLabels {
+                    provider: provider.to_string(),
+                    status: status.to_string(),
+                });
+            }
+        }
+    }
+
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn gauge_value(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}

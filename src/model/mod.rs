@@ -1,0 +1,119 @@
+//! The domain records and their status enums. Every status change goes through
+//! [`Status::transition`], so an illegal transition is an error, never a silent write.
+
+mod auth_session;
+mod prompt;
+mod records;
+mod user;
+mod vm;
+
+pub use auth_session::{AuthSession, AuthSessionStatus};
+pub use prompt::{Prompt, PromptStatus, Provider};
+pub use records::{Credential, IpLease, MetricsSample, OutboxEntry, PortLease};
+pub use user::{Plan, User, UserStatus};
+pub use vm::{Vm, VmStatus, VmType};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("{entity} cannot go from {from} to {to}")]
+    IllegalTransition {
+        entity: &'static str,
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error("unknown {kind} {value:?}; expected one of: {expected}")]
+    UnknownVariant {
+        kind: &'static str,
+        value: String,
+        expected: String,
+    },
+}
+
+/// Milliseconds since the Unix epoch, the timestamp unit of every record.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A status enum with a transition table.
+pub trait Status: Copy + PartialEq + Sized + 'static {
+    const ENTITY: &'static str;
+    fn as_str(self) -> &'static str;
+    /// The transition table. Staying in the same status is always allowed.
+    fn allows(self, next: Self) -> bool;
+
+    fn can_transition_to(self, next: Self) -> bool {
+        self == next || self.allows(next)
+    }
+
+    fn transition(&mut self, next: Self) -> Result<(), ModelError> {
+        if !self.can_transition_to(next) {
+            return Err(ModelError::IllegalTransition {
+                entity: Self::ENTITY,
+                from: self.as_str(),
+                to: next.as_str(),
+            });
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+/// Declares a snake_case enum with `as_str`, `FromStr`, `Display` and `ALL`.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident, $kind:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::model::ModelError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err($crate::model::ModelError::UnknownVariant {
+                        kind: $kind,
+                        value: s.to_string(),
+                        expected: [$($text),+].join(", "),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use named_enum;
+
+/// Implements [`Status`] from a table of allowed successors.
+macro_rules! transitions {
+    ($name:ident, $entity:literal { $($from:ident => [$($to:ident),*]),+ $(,)? }) => {
+        impl $crate::model::Status for $name {
+            const ENTITY: &'static str = $entity;
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
+            }
+            fn allows(self, next: Self) -> bool {
+                match self {
+                    $($name::$from => [$($name::$to),*].contains(&next),)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use transitions;

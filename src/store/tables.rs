@@ -1,0 +1,117 @@
+//! Every redb table of the daemon, in one place. Values are versioned records (see `codec`);
+//! the value type of each table names the record it holds, so a table cannot be opened with the
+//! wrong record type.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use redb::{TableDefinition, TypeName, Value};
+
+use super::StoreError;
+use super::codec::{self, Record};
+use crate::model::{
+    AuthSession, Credential, IpLease, MetricsSample, OutboxEntry, PortLease, Prompt, User, Vm,
+};
+
+/// The schema version this binary writes. A file with a higher one is refused at open.
+pub const SCHEMA_VERSION: u64 = 1;
+
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+
+pub const USERS: TableDefinition<&str, Stored<User>> = TableDefinition::new("users");
+/// Lower-cased email to user id; keeps emails unique.
+pub const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_by_email");
+pub const VMS: TableDefinition<&str, Stored<Vm>> = TableDefinition::new("vms");
+/// Keyed by the leased IPv4 address in dotted form.
+pub const IP_LEASES: TableDefinition<&str, Stored<IpLease>> = TableDefinition::new("ip_leases");
+pub const PORT_LEASES: TableDefinition<u16, Stored<PortLease>> =
+    TableDefinition::new("port_leases");
+pub const AUTH_SESSIONS: TableDefinition<&str, Stored<AuthSession>> =
+    TableDefinition::new("auth_sessions");
+pub const PROMPTS: TableDefinition<&str, Stored<Prompt>> = TableDefinition::new("prompts");
+pub const CREDENTIALS: TableDefinition<&str, Stored<Credential>> =
+    TableDefinition::new("credentials");
+/// Keyed by entity (`<table>:<id>`), so a newer change supersedes a pending older one.
+pub const OUTBOX: TableDefinition<&str, Stored<OutboxEntry>> = TableDefinition::new("outbox");
+/// Keyed by `(unix millis, sequence)`.
+pub const METRICS_SAMPLES: TableDefinition<(i64, u32), Stored<MetricsSample>> =
+    TableDefinition::new("metrics_samples");
+
+/// An encoded record as redb stores it. Decoding is explicit (`decode`) so that a corrupt or
+/// unknown record is an error, not a panic inside redb.
+pub struct Stored<R> {
+    bytes: Vec<u8>,
+    record: PhantomData<R>,
+}
+
+impl<R: Record> Stored<R> {
+    pub fn encode(record: &R) -> Result<Self, StoreError> {
+        Ok(Self {
+            bytes: codec::encode(record)?,
+            record: PhantomData,
+        })
+    }
+
+    pub fn decode(&self) -> Result<R, StoreError> {
+        codec::decode(&self.bytes)
+    }
+}
+
+impl<R> fmt::Debug for Stored<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Stored({} bytes)", self.bytes.len())
+    }
+}
+
+impl<R: Record> Value for Stored<R> {
+    type SelfType<'a>
+        = Stored<R>
+    where
+        Self: 'a;
+    type AsBytes<'a>
+        = &'a [u8]
+    where
+        Self: 'a;
+
+    fn fixed_width() -> Option<usize> {
+        None
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> Stored<R>
+    where
+        Self: 'a,
+    {
+        Stored {
+            bytes: data.to_vec(),
+            record: PhantomData,
+        }
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a Stored<R>) -> &'a [u8]
+    where
+        Self: 'b,
+    {
+        &value.bytes
+    }
+
+    fn type_name() -> TypeName {
+        TypeName::new(&format!("master_controller::{}", R::KIND))
+    }
+}
+
+/// Creates every table, so that read transactions never meet a missing one.
+pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(META)?;
+    tx.open_table(USERS)?;
+    tx.open_table(USERS_BY_EMAIL)?;
+    tx.open_table(VMS)?;
+    tx.open_table(IP_LEASES)?;
+    tx.open_table(PORT_LEASES)?;
+    tx.open_table(AUTH_SESSIONS)?;
+    tx.open_table(PROMPTS)?;
+    tx.open_table(CREDENTIALS)?;
+    tx.open_table(OUTBOX)?;
+    tx.open_table(METRICS_SAMPLES)?;
+    Ok(())
+}
