@@ -108,7 +108,10 @@ pub async fn start(config: &Config, watchdog: &Watchdog) -> Result<Running, Daem
     let tracker = TaskTracker::new();
     let main_listener = bind(config.listen).await?;
     let addr = local_addr(&main_listener, config.listen)?;
-    let separate_metrics = config.metrics_listen.filter(|m| *m != config.listen);
+    // Port 0 means "any free port", so two such addresses are two listeners.
+    let separate_metrics = config
+        .metrics_listen
+        .filter(|m| *m != config.listen || m.port() == 0);
     let mut servers = vec![(
         addr,
         spawn_server(&tracker, &cancel, main_listener, api::routes(&ctx, separate_metrics.is_none())),
