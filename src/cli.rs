@@ -8,7 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "master-controller", about = "A private microVM per user, running the AI coding CLIs")]
+#[command(
+    name = "master-controller",
+    about = "A private microVM per user, running the AI coding CLIs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

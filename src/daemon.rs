@@ -114,13 +114,21 @@ pub async fn start(config: &Config, watchdog: &Watchdog) -> Result<Running, Daem
         .filter(|m| *m != config.listen || m.port() == 0);
     let mut servers = vec![(
         addr,
-        spawn_server(&tracker, &cancel, main_listener, api::routes(&ctx, separate_metrics.is_none())),
+        spawn_server(
+            &tracker,
+            &cancel,
+            main_listener,
+            api::routes(&ctx, separate_metrics.is_none()),
+        ),
     )];
     let mut metrics_addr = None;
     if let Some(wanted) = separate_metrics {
         let listener = bind(wanted).await?;
         let bound = local_addr(&listener, wanted)?;
-        servers.push((bound, spawn_server(&tracker, &cancel, listener, api::metrics_routes(&ctx))));
+        servers.push((
+            bound,
+            spawn_server(&tracker, &cancel, listener, api::metrics_routes(&ctx)),
+        ));
         metrics_addr = Some(bound);
     }
     ctx.ready.store(true, Ordering::Release);
@@ -187,7 +195,10 @@ impl Running {
         self.ctx.ready.store(false, Ordering::Release);
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("requests still open at the shutdown deadline; aborting them");
             for (_, task) in &self.servers {
                 task.abort();
@@ -207,7 +218,10 @@ async fn create_data_dir(path: &std::path::Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
     })
     .await
     .map_err(|e| StoreError::Task(e.to_string()))?
@@ -224,9 +238,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
 }
 
 fn local_addr(listener: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, DaemonError> {
-    listener
-        .local_addr()
-        .map_err(|source| DaemonError::Bind { addr: wanted, source })
+    listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: wanted,
+        source,
+    })
 }
 
 fn spawn_server(

@@ -47,8 +47,16 @@ pub fn run(config: &Config) -> Vec<Check> {
         data_dir(&config.data_dir),
         state_file(&config.data_dir),
         signing_key(config),
-        device("/dev/kvm", "KVM", "VMs run under TCG software emulation (slow)"),
-        device("/dev/net/tun", "TUN/TAP", "VMs cannot get network interfaces"),
+        device(
+            "/dev/kvm",
+            "KVM",
+            "VMs run under TCG software emulation (slow)",
+        ),
+        device(
+            "/dev/net/tun",
+            "TUN/TAP",
+            "VMs cannot get network interfaces",
+        ),
         cgroup_v2(),
         binary("qemu-system-x86_64", "QEMU"),
         firecracker(config),
@@ -78,12 +86,24 @@ fn data_dir(path: &Path) -> Check {
             match std::fs::write(&probe, b"") {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&probe);
-                    check("data dir", Level::Ok, format!("{} is writable", path.display()))
+                    check(
+                        "data dir",
+                        Level::Ok,
+                        format!("{} is writable", path.display()),
+                    )
                 }
-                Err(e) => check("data dir", Level::Fail, format!("{} is not writable: {e}", path.display())),
+                Err(e) => check(
+                    "data dir",
+                    Level::Fail,
+                    format!("{} is not writable: {e}", path.display()),
+                ),
             }
         }
-        Ok(_) => check("data dir", Level::Fail, format!("{} is not a directory", path.display())),
+        Ok(_) => check(
+            "data dir",
+            Level::Fail,
+            format!("{} is not a directory", path.display()),
+        ),
         Err(_) => check(
             "data dir",
             Level::Warn,
@@ -95,10 +115,18 @@ fn data_dir(path: &Path) -> Check {
 fn state_file(dir: &Path) -> Check {
     let path = dir.join(Store::FILE_NAME);
     if !path.exists() {
-        return check("state file", Level::Ok, format!("{} will be created", path.display()));
+        return check(
+            "state file",
+            Level::Ok,
+            format!("{} will be created", path.display()),
+        );
     }
     match Store::open_blocking(dir) {
-        Ok(_) => check("state file", Level::Ok, format!("{} opens, schema is current", path.display())),
+        Ok(_) => check(
+            "state file",
+            Level::Ok,
+            format!("{} opens, schema is current", path.display()),
+        ),
         Err(StoreError::AlreadyOpen { .. }) => check(
             "state file",
             Level::Ok,
@@ -116,7 +144,11 @@ fn signing_key(config: &Config) -> Check {
     if path.exists() {
         check("token key", Level::Ok, format!("{} exists", path.display()))
     } else {
-        check("token key", Level::Ok, format!("{} is generated at first start", path.display()))
+        check(
+            "token key",
+            Level::Ok,
+            format!("{} is generated at first start", path.display()),
+        )
     }
 }
 
@@ -132,7 +164,11 @@ fn cgroup_v2() -> Check {
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         check("cgroup v2", Level::Ok, "unified hierarchy mounted")
     } else {
-        check("cgroup v2", Level::Warn, "not mounted: the Firecracker jailer needs it")
+        check(
+            "cgroup v2",
+            Level::Warn,
+            "not mounted: the Firecracker jailer needs it",
+        )
     }
 }
 
@@ -153,11 +189,23 @@ fn binary(name: &str, label: &'static str) -> Check {
 
 fn firecracker(config: &Config) -> Check {
     match &config.firecracker_base {
-        Some(base) if base.exists() => check("Firecracker", Level::Ok, format!("{} present", base.display())),
-        Some(base) => check("Firecracker", Level::Warn, format!("FIRECRACKER_BASE {} does not exist", base.display())),
+        Some(base) if base.exists() => check(
+            "Firecracker",
+            Level::Ok,
+            format!("{} present", base.display()),
+        ),
+        Some(base) => check(
+            "Firecracker",
+            Level::Warn,
+            format!("FIRECRACKER_BASE {} does not exist", base.display()),
+        ),
         None => match find_in_path("firecracker") {
             Some(path) => check("Firecracker", Level::Ok, format!("{}", path.display())),
-            None => check("Firecracker", Level::Warn, "not installed; only the qemu backend can run"),
+            None => check(
+                "Firecracker",
+                Level::Warn,
+                "not installed; only the qemu backend can run",
+            ),
         },
     }
 }
@@ -165,16 +213,27 @@ fn firecracker(config: &Config) -> Check {
 fn supabase(config: &Config) -> Check {
     match &config.supabase_url {
         Some(url) => check("Supabase", Level::Ok, format!("mirroring to {url}")),
-        None => check("Supabase", Level::Warn, "SUPABASE_URL unset: changes stay in the local outbox"),
+        None => check(
+            "Supabase",
+            Level::Warn,
+            "SUPABASE_URL unset: changes stay in the local outbox",
+        ),
     }
 }
 
 fn decodo(config: &Config) -> Check {
-    match (&config.decodo_host, &config.decodo_user, &config.decodo_password) {
+    match (
+        &config.decodo_host,
+        &config.decodo_user,
+        &config.decodo_password,
+    ) {
         (Some(host), Some(_), Some(_)) => check(
             "upstream proxy",
             Level::Ok,
-            format!("{host}, ports {}-{}", config.decodo_port_start, config.decodo_port_end),
+            format!(
+                "{host}, ports {}-{}",
+                config.decodo_port_start, config.decodo_port_end
+            ),
         ),
         _ => check(
             "upstream proxy",

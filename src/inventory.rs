@@ -31,7 +31,10 @@ impl Inventory {
                     *inventory.users_by_status.entry(user.status).or_insert(0) += 1;
                 }
                 for vm in store::all(&tx.open_table(tables::VMS)?)? {
-                    *inventory.vms_by_status_type.entry((vm.status, vm.vm_type)).or_insert(0) += 1;
+                    *inventory
+                        .vms_by_status_type
+                        .entry((vm.status, vm.vm_type))
+                        .or_insert(0) += 1;
                 }
                 for prompt in store::all(&tx.open_table(tables::PROMPTS)?)? {
                     *inventory
@@ -54,7 +57,10 @@ impl Inventory {
     }
 
     pub fn vms(&self, status: VmStatus, vm_type: VmType) -> u64 {
-        self.vms_by_status_type.get(&(status, vm_type)).copied().unwrap_or(0)
+        self.vms_by_status_type
+            .get(&(status, vm_type))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn vms_with_status(&self, status: VmStatus) -> u64 {

@@ -48,7 +48,10 @@ impl TokenSigner {
 
     /// Uses the configured key, or the key file in `data_dir`, creating it (mode 0600) on first
     /// use.
-    pub fn load(configured: Option<&SecretString>, data_dir: &Path) -> Result<TokenSigner, TokenError> {
+    pub fn load(
+        configured: Option<&SecretString>,
+        data_dir: &Path,
+    ) -> Result<TokenSigner, TokenError> {
         if let Some(key) = configured {
             return Ok(Self::from_key(key.expose_secret().as_bytes().to_vec()));
         }
@@ -111,8 +114,11 @@ impl TokenSigner {
         mac.update(signed.as_bytes());
         mac.verify_slice(&signature)
             .map_err(|_| TokenError::BadSignature)?;
-        let body = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Malformed)?;
-        let claims: UserClaims = serde_json::from_slice(&body).map_err(|_| TokenError::Malformed)?;
+        let body = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: UserClaims =
+            serde_json::from_slice(&body).map_err(|_| TokenError::Malformed)?;
         if claims.exp <= now_secs {
             return Err(TokenError::Expired);
         }
@@ -135,7 +141,10 @@ mod tests {
         assert!(looks_like_user_token(&token));
         let claims = signer.verify(&token, 1010).unwrap();
         assert_eq!(claims.sub, "user-1");
-        assert!(matches!(signer.verify(&token, 1060), Err(TokenError::Expired)));
+        assert!(matches!(
+            signer.verify(&token, 1060),
+            Err(TokenError::Expired)
+        ));
     }
 
     #[test]
@@ -143,12 +152,21 @@ mod tests {
         let signer = TokenSigner::from_key(vec![7; 32]);
         let token = signer.mint("user-1", 1000, 60);
         let other = TokenSigner::from_key(vec![8; 32]);
-        assert!(matches!(other.verify(&token, 1001), Err(TokenError::BadSignature)));
+        assert!(matches!(
+            other.verify(&token, 1001),
+            Err(TokenError::BadSignature)
+        ));
         let forged_claims = URL_SAFE_NO_PAD.encode(br#"{"sub":"admin","iat":0,"exp":99999}"#);
         let parts: Vec<&str> = token.split('.').collect();
         let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
-        assert!(matches!(signer.verify(&forged, 1001), Err(TokenError::BadSignature)));
-        assert!(matches!(signer.verify("nonsense", 1001), Err(TokenError::Malformed)));
+        assert!(matches!(
+            signer.verify(&forged, 1001),
+            Err(TokenError::BadSignature)
+        ));
+        assert!(matches!(
+            signer.verify("nonsense", 1001),
+            Err(TokenError::Malformed)
+        ));
     }
 
     #[test]

@@ -10,7 +10,12 @@ use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 async fn user_routes_happy_path() {
     let d = TestDaemon::start().await;
     let created = d
-        .call("POST", "/api/users", Some(SERVICE_TOKEN), Some(r#"{"email":"Ann@Example.com","supabaseAuthId":"sb-1"}"#))
+        .call(
+            "POST",
+            "/api/users",
+            Some(SERVICE_TOKEN),
+            Some(r#"{"email":"Ann@Example.com","supabaseAuthId":"sb-1"}"#),
+        )
         .await;
     assert_eq!(created.status, 201, "{:?}", created.json);
     assert_eq!(created.json["email"], "ann@example.com");
@@ -19,12 +24,24 @@ async fn user_routes_happy_path() {
     assert_eq!(created.json["supabaseAuthId"], "sb-1");
     let id = created.json["userId"].as_str().unwrap().to_string();
 
-    let fetched = d.call("GET", &format!("/api/users/{id}"), Some(SERVICE_TOKEN), None).await;
+    let fetched = d
+        .call(
+            "GET",
+            &format!("/api/users/{id}"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(fetched.status, 200);
     assert_eq!(fetched.json, created.json);
 
     let patched = d
-        .call("PATCH", &format!("/api/users/{id}"), Some(ADMIN_TOKEN), Some(r#"{"plan":"pro","status":"active"}"#))
+        .call(
+            "PATCH",
+            &format!("/api/users/{id}"),
+            Some(ADMIN_TOKEN),
+            Some(r#"{"plan":"pro","status":"active"}"#),
+        )
         .await;
     assert_eq!(patched.status, 200, "{:?}", patched.json);
     assert_eq!(patched.json["plan"], "pro");
@@ -32,18 +49,32 @@ async fn user_routes_happy_path() {
     assert_eq!(patched.json["version"], 2);
 
     d.seed_vm(&id, VmStatus::Running).await;
-    let stats = d.call("GET", &format!("/api/users/{id}/stats"), Some(SERVICE_TOKEN), None).await;
+    let stats = d
+        .call(
+            "GET",
+            &format!("/api/users/{id}/stats"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(stats.status, 200);
     assert_eq!(stats.json["plan"], "pro");
     assert_eq!(stats.json["vmsByStatus"]["running"], 1);
     assert_eq!(stats.json["promptCount"], 0);
 
     let minted = d
-        .call("POST", &format!("/api/users/{id}/tokens"), Some(SERVICE_TOKEN), Some(r#"{"ttlSec":60}"#))
+        .call(
+            "POST",
+            &format!("/api/users/{id}/tokens"),
+            Some(SERVICE_TOKEN),
+            Some(r#"{"ttlSec":60}"#),
+        )
         .await;
     assert_eq!(minted.status, 201);
     let token = minted.json["token"].as_str().unwrap();
-    let own = d.call("GET", &format!("/api/users/{id}"), Some(token), None).await;
+    let own = d
+        .call("GET", &format!("/api/users/{id}"), Some(token), None)
+        .await;
     assert_eq!(own.status, 200);
     d.shutdown().await;
 }
@@ -58,20 +89,48 @@ async fn vm_routes_happy_path() {
     let all = d.call("GET", "/api/vms", Some(SERVICE_TOKEN), None).await;
     assert_eq!(all.status, 200);
     assert_eq!(all.json["total"], 2);
-    let filtered = d.call("GET", "/api/vms?status=running&type=cli", Some(SERVICE_TOKEN), None).await;
+    let filtered = d
+        .call(
+            "GET",
+            "/api/vms?status=running&type=cli",
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(filtered.json["total"], 1);
     assert_eq!(filtered.json["vms"][0]["vmId"], running.as_str());
 
-    let one = d.call("GET", &format!("/api/vms/{hibernated}"), Some(SERVICE_TOKEN), None).await;
+    let one = d
+        .call(
+            "GET",
+            &format!("/api/vms/{hibernated}"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(one.status, 200);
     assert_eq!(one.json["status"], "hibernated");
     assert_eq!(one.json["ipAddress"], "192.168.100.2");
 
-    let beat = d.call("POST", &format!("/api/vms/{running}/heartbeat"), Some(SERVICE_TOKEN), None).await;
+    let beat = d
+        .call(
+            "POST",
+            &format!("/api/vms/{running}/heartbeat"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(beat.status, 200, "{:?}", beat.json);
     assert!(beat.json["lastHeartbeat"].is_string());
 
-    let summary = d.call("GET", "/api/vms/statistics/summary", Some(ADMIN_TOKEN), None).await;
+    let summary = d
+        .call(
+            "GET",
+            "/api/vms/statistics/summary",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(summary.status, 200);
     assert_eq!(summary.json["total"], 2);
     assert_eq!(summary.json["active"], 1);
@@ -85,21 +144,41 @@ async fn admin_routes_and_probes() {
     for i in 0..5 {
         d.create_user(&format!("user{i}@example.com")).await;
     }
-    let page = d.call("GET", "/api/admin/users?page=2&limit=2", Some(ADMIN_TOKEN), None).await;
+    let page = d
+        .call(
+            "GET",
+            "/api/admin/users?page=2&limit=2",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(page.status, 200);
     assert_eq!(page.json["total"], 5);
     assert_eq!(page.json["users"].as_array().unwrap().len(), 2);
     assert_eq!(page.json["users"][0]["email"], "user2@example.com");
 
-    let stats = d.call("GET", "/api/admin/system/stats", Some(ADMIN_TOKEN), None).await;
+    let stats = d
+        .call("GET", "/api/admin/system/stats", Some(ADMIN_TOKEN), None)
+        .await;
     assert_eq!(stats.status, 200);
     assert_eq!(stats.json["users"]["total"], 5);
     assert_eq!(stats.json["vms"]["ipPoolAvailable"], 253);
 
     assert_eq!(d.call("GET", "/health", None, None).await.status, 200);
-    assert_eq!(d.call("GET", "/ready", None, None).await.json["status"], "ready");
+    assert_eq!(
+        d.call("GET", "/ready", None, None).await.json["status"],
+        "ready"
+    );
 
-    let text = d.client.get(d.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = d
+        .client
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "polydev_total_users 5",
         "polydev_total_vms{",
@@ -149,42 +228,92 @@ async fn bad_input_is_400_and_names_the_problem() {
         (r#"{"email": "#, "invalid_json"),
         ("not json", "invalid_json"),
         ("", "invalid_json"),
-        (r#"{"email":"a@example.com","role":"admin"}"#, "unknown_field"),
+        (
+            r#"{"email":"a@example.com","role":"admin"}"#,
+            "unknown_field",
+        ),
         (r#"{"supabaseAuthId":"x"}"#, "missing_field"),
         (r#"{"email":"not-an-email"}"#, "invalid_field"),
         (r#"{"email":"a@@example.com"}"#, "invalid_field"),
         (r#"{"email":42}"#, "invalid_field"),
     ];
     for (body, code) in cases {
-        let reply = d.call("POST", "/api/users", Some(SERVICE_TOKEN), Some(body)).await;
+        let reply = d
+            .call("POST", "/api/users", Some(SERVICE_TOKEN), Some(body))
+            .await;
         assert_eq!(reply.status, 400, "{body}: {:?}", reply.json);
         assert_eq!(reply.error_code(), code, "{body}: {:?}", reply.json);
         assert!(reply.json["error"]["message"].as_str().unwrap().len() > 5);
     }
-    let bad_email = d.call("POST", "/api/users", Some(SERVICE_TOKEN), Some(r#"{"email":"nope"}"#)).await;
-    assert!(bad_email.json["error"]["message"].as_str().unwrap().starts_with("email"));
+    let bad_email = d
+        .call(
+            "POST",
+            "/api/users",
+            Some(SERVICE_TOKEN),
+            Some(r#"{"email":"nope"}"#),
+        )
+        .await;
+    assert!(
+        bad_email.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("email")
+    );
 
     let id = d.create_user("patch@example.com").await;
     let bad_plan = d
-        .call("PATCH", &format!("/api/users/{id}"), Some(SERVICE_TOKEN), Some(r#"{"plan":"gold"}"#))
+        .call(
+            "PATCH",
+            &format!("/api/users/{id}"),
+            Some(SERVICE_TOKEN),
+            Some(r#"{"plan":"gold"}"#),
+        )
         .await;
     assert_eq!(bad_plan.status, 400);
-    assert!(bad_plan.json["error"]["message"].as_str().unwrap().starts_with("plan"));
-    let empty = d.call("PATCH", &format!("/api/users/{id}"), Some(SERVICE_TOKEN), Some("{}")).await;
+    assert!(
+        bad_plan.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("plan")
+    );
+    let empty = d
+        .call(
+            "PATCH",
+            &format!("/api/users/{id}"),
+            Some(SERVICE_TOKEN),
+            Some("{}"),
+        )
+        .await;
     assert_eq!(empty.status, 400);
-    let bad_filter = d.call("GET", "/api/vms?status=sleeping", Some(SERVICE_TOKEN), None).await;
+    let bad_filter = d
+        .call("GET", "/api/vms?status=sleeping", Some(SERVICE_TOKEN), None)
+        .await;
     assert_eq!(bad_filter.status, 400);
-    let unknown_param = d.call("GET", "/api/vms?colour=red", Some(SERVICE_TOKEN), None).await;
+    let unknown_param = d
+        .call("GET", "/api/vms?colour=red", Some(SERVICE_TOKEN), None)
+        .await;
     assert_eq!(unknown_param.error_code(), "unknown_query_parameter");
-    let bad_page = d.call("GET", "/api/admin/users?limit=0", Some(ADMIN_TOKEN), None).await;
+    let bad_page = d
+        .call("GET", "/api/admin/users?limit=0", Some(ADMIN_TOKEN), None)
+        .await;
     assert_eq!(bad_page.status, 400);
     let bad_ttl = d
-        .call("POST", &format!("/api/users/{id}/tokens"), Some(SERVICE_TOKEN), Some(r#"{"ttlSec":0}"#))
+        .call(
+            "POST",
+            &format!("/api/users/{id}/tokens"),
+            Some(SERVICE_TOKEN),
+            Some(r#"{"ttlSec":0}"#),
+        )
         .await;
     assert_eq!(bad_ttl.status, 400);
 
     let illegal = d
-        .call("PATCH", &format!("/api/users/{id}"), Some(SERVICE_TOKEN), Some(r#"{"status":"hibernated"}"#))
+        .call(
+            "PATCH",
+            &format!("/api/users/{id}"),
+            Some(SERVICE_TOKEN),
+            Some(r#"{"status":"hibernated"}"#),
+        )
         .await;
     assert_eq!(illegal.status, 409, "{:?}", illegal.json);
     assert_eq!(illegal.error_code(), "illegal_transition");
@@ -195,7 +324,9 @@ async fn bad_input_is_400_and_names_the_problem() {
 async fn oversized_bodies_are_413() {
     let d = TestDaemon::start_with(&[("MC_MAX_BODY_BYTES", "1024")]).await;
     let body = json!({ "email": format!("{}@example.com", "a".repeat(2000)) }).to_string();
-    let reply = d.call("POST", "/api/users", Some(SERVICE_TOKEN), Some(&body)).await;
+    let reply = d
+        .call("POST", "/api/users", Some(SERVICE_TOKEN), Some(&body))
+        .await;
     assert_eq!(reply.status, 413);
     assert_eq!(reply.error_code(), "payload_too_large");
     d.shutdown().await;
@@ -206,7 +337,11 @@ async fn unknown_ids_are_404() {
     let d = TestDaemon::start().await;
     for (method, path, body) in [
         ("GET", "/api/users/no-such-user", None),
-        ("PATCH", "/api/users/no-such-user", Some(r#"{"plan":"pro"}"#)),
+        (
+            "PATCH",
+            "/api/users/no-such-user",
+            Some(r#"{"plan":"pro"}"#),
+        ),
         ("GET", "/api/users/no-such-user/stats", None),
         ("POST", "/api/users/no-such-user/tokens", None),
         ("GET", "/api/vms/no-such-vm", None),
@@ -214,12 +349,20 @@ async fn unknown_ids_are_404() {
     ] {
         let reply = d.call(method, path, Some(ADMIN_TOKEN), body).await;
         assert_eq!(reply.status, 404, "{method} {path}: {:?}", reply.json);
-        assert!(reply.error_code().ends_with("not_found"), "{:?}", reply.json);
+        assert!(
+            reply.error_code().ends_with("not_found"),
+            "{:?}",
+            reply.json
+        );
     }
-    let route = d.call("GET", "/api/nothing-here", Some(ADMIN_TOKEN), None).await;
+    let route = d
+        .call("GET", "/api/nothing-here", Some(ADMIN_TOKEN), None)
+        .await;
     assert_eq!(route.status, 404);
     assert_eq!(route.error_code(), "route_not_found");
-    let method = d.call("DELETE", "/api/admin/users", Some(ADMIN_TOKEN), None).await;
+    let method = d
+        .call("DELETE", "/api/admin/users", Some(ADMIN_TOKEN), None)
+        .await;
     assert_eq!(method.status, 405);
     d.shutdown().await;
 }
@@ -229,7 +372,12 @@ async fn duplicate_email_is_409_with_the_existing_user() {
     let d = TestDaemon::start().await;
     let id = d.create_user("dup@example.com").await;
     let again = d
-        .call("POST", "/api/users", Some(SERVICE_TOKEN), Some(r#"{"email":"DUP@example.com"}"#))
+        .call(
+            "POST",
+            "/api/users",
+            Some(SERVICE_TOKEN),
+            Some(r#"{"email":"DUP@example.com"}"#),
+        )
         .await;
     assert_eq!(again.status, 409);
     assert_eq!(again.error_code(), "user_exists");
@@ -243,11 +391,11 @@ async fn every_token_kind_on_a_user_route_and_an_admin_route() {
     let alice = d.create_user("alice@example.com").await;
     let bob = d.create_user("bob@example.com").await;
     let alice_token = d.user_token(&alice).await;
-    let expired = d
-        .ctx
-        .auth
-        .signer()
-        .mint(&alice, master_controller::model::now_ms() / 1000 - 100, 10);
+    let expired =
+        d.ctx
+            .auth
+            .signer()
+            .mint(&alice, master_controller::model::now_ms() / 1000 - 100, 10);
     let user_route = format!("/api/users/{alice}");
     let admin_route = "/api/admin/users";
 
@@ -263,26 +411,60 @@ async fn every_token_kind_on_a_user_route_and_an_admin_route() {
     ];
     for (token, user_status, admin_status) in cases {
         let reply = d.call("GET", &user_route, token, None).await;
-        assert_eq!(reply.status, user_status, "user route with {token:?}: {:?}", reply.json);
+        assert_eq!(
+            reply.status, user_status,
+            "user route with {token:?}: {:?}",
+            reply.json
+        );
         let reply = d.call("GET", admin_route, token, None).await;
-        assert_eq!(reply.status, admin_status, "admin route with {token:?}: {:?}", reply.json);
+        assert_eq!(
+            reply.status, admin_status,
+            "admin route with {token:?}: {:?}",
+            reply.json
+        );
     }
     // A user token cannot reach another user, nor act as the service.
-    let other = d.call("GET", &format!("/api/users/{bob}"), Some(&alice_token), None).await;
+    let other = d
+        .call(
+            "GET",
+            &format!("/api/users/{bob}"),
+            Some(&alice_token),
+            None,
+        )
+        .await;
     assert_eq!(other.status, 403);
     assert_eq!(other.error_code(), "forbidden");
     let create = d
-        .call("POST", "/api/users", Some(&alice_token), Some(r#"{"email":"eve@example.com"}"#))
+        .call(
+            "POST",
+            "/api/users",
+            Some(&alice_token),
+            Some(r#"{"email":"eve@example.com"}"#),
+        )
         .await;
     assert_eq!(create.status, 403);
-    let mint = d.call("POST", &format!("/api/users/{bob}/tokens"), Some(&alice_token), None).await;
+    let mint = d
+        .call(
+            "POST",
+            &format!("/api/users/{bob}/tokens"),
+            Some(&alice_token),
+            None,
+        )
+        .await;
     assert_eq!(mint.status, 403);
     // A user token sees only its own VMs.
     d.seed_vm(&alice, VmStatus::Running).await;
     let bobs_vm = d.seed_vm(&bob, VmStatus::Running).await;
     let listed = d.call("GET", "/api/vms", Some(&alice_token), None).await;
     assert_eq!(listed.json["total"], 1);
-    let foreign = d.call("GET", &format!("/api/vms/{bobs_vm}"), Some(&alice_token), None).await;
+    let foreign = d
+        .call(
+            "GET",
+            &format!("/api/vms/{bobs_vm}"),
+            Some(&alice_token),
+            None,
+        )
+        .await;
     assert_eq!(foreign.status, 403);
     let bad_scheme = d
         .client
@@ -297,11 +479,17 @@ async fn every_token_kind_on_a_user_route_and_an_admin_route() {
 
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
-    let d = TestDaemon::start_with(&[("MC_RATE_LIMIT_PER_SECOND", "1"), ("MC_RATE_LIMIT_BURST", "3")]).await;
+    let d = TestDaemon::start_with(&[
+        ("MC_RATE_LIMIT_PER_SECOND", "1"),
+        ("MC_RATE_LIMIT_BURST", "3"),
+    ])
+    .await;
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..6 {
-        let reply = d.call("GET", "/api/admin/users", Some(ADMIN_TOKEN), None).await;
+        let reply = d
+            .call("GET", "/api/admin/users", Some(ADMIN_TOKEN), None)
+            .await;
         if reply.status == 429 {
             retry_after = reply.retry_after.clone();
             assert_eq!(reply.error_code(), "rate_limited");
@@ -309,7 +497,10 @@ async fn rate_limit_answers_429_with_retry_after() {
         statuses.push(reply.status);
     }
     assert!(statuses.contains(&429), "no 429 in {statuses:?}");
-    let retry_after: u64 = retry_after.expect("Retry-After header").parse().expect("seconds");
+    let retry_after: u64 = retry_after
+        .expect("Retry-After header")
+        .parse()
+        .expect("seconds");
     assert!(retry_after >= 1);
     // Limits are per token: the service token still gets through.
     let other = d.call("GET", "/api/vms", Some(SERVICE_TOKEN), None).await;

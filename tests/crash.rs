@@ -13,7 +13,12 @@ use support::{ADMIN_TOKEN, SERVICE_TOKEN};
 
 fn spawn_daemon(data_dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_master-controller"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env_clear()
         .env("MC_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -72,7 +77,9 @@ async fn every_acknowledged_user_survives_sigkill() {
                         if response.status().as_u16() != 201 {
                             break;
                         }
-                        let Ok(json) = response.json::<serde_json::Value>().await else { break };
+                        let Ok(json) = response.json::<serde_json::Value>().await else {
+                            break;
+                        };
                         if let Some(id) = json["userId"].as_str() {
                             acknowledged.lock().expect("lock").push(id.to_string());
                         }
@@ -89,8 +96,14 @@ async fn every_acknowledged_user_survives_sigkill() {
     }
 
     let acknowledged = acknowledged.lock().expect("lock").clone();
-    assert!(acknowledged.len() > 30, "too few writes to prove anything: {}", acknowledged.len());
-    let store = Store::open(dir.path()).await.expect("state file reopens after SIGKILL");
+    assert!(
+        acknowledged.len() > 30,
+        "too few writes to prove anything: {}",
+        acknowledged.len()
+    );
+    let store = Store::open(dir.path())
+        .await
+        .expect("state file reopens after SIGKILL");
     let users = UserService::new(store);
     let mut missing = Vec::new();
     for id in &acknowledged {
@@ -98,8 +111,16 @@ async fn every_acknowledged_user_survives_sigkill() {
             missing.push(id.clone());
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged users lost: {missing:?}", missing.len(), acknowledged.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged users lost: {missing:?}",
+        missing.len(),
+        acknowledged.len()
+    );
     let listed = users.list(1, 200).await.expect("list");
     assert!(listed.total >= acknowledged.len() as u64);
-    eprintln!("{} acknowledged users, all present after 3 SIGKILLs", acknowledged.len());
+    eprintln!(
+        "{} acknowledged users, all present after 3 SIGKILLs",
+        acknowledged.len()
+    );
 }

@@ -19,7 +19,12 @@ fn free_port() -> u16 {
 }
 
 /// Collects notify messages until `until` matches one or the deadline passes.
-fn collect(socket: &UnixDatagram, seen: &mut Vec<String>, until: impl Fn(&[String]) -> bool, deadline: Duration) {
+fn collect(
+    socket: &UnixDatagram,
+    seen: &mut Vec<String>,
+    until: impl Fn(&[String]) -> bool,
+    deadline: Duration,
+) {
     let started = Instant::now();
     let mut buf = [0u8; 4096];
     while !until(seen) && started.elapsed() < deadline {
@@ -57,21 +62,39 @@ fn ready_then_watchdog_then_stopping() {
 
     let mut seen = Vec::new();
     let pings = |seen: &[String]| seen.iter().filter(|l| *l == "WATCHDOG=1").count();
-    collect(&socket, &mut seen, |s| pings(s) >= 3, Duration::from_secs(30));
+    collect(
+        &socket,
+        &mut seen,
+        |s| pings(s) >= 3,
+        Duration::from_secs(30),
+    );
     let ready_at = seen.iter().position(|l| l == "READY=1");
     let first_ping = seen.iter().position(|l| l == "WATCHDOG=1");
     assert!(ready_at.is_some(), "no READY=1 in {seen:?}");
     assert!(pings(&seen) >= 3, "fewer than 3 WATCHDOG=1 in {seen:?}");
     assert!(ready_at < first_ping, "WATCHDOG=1 before READY=1: {seen:?}");
-    assert!(seen.iter().any(|l| l.starts_with("STATUS=serving on")), "{seen:?}");
     assert!(
-        seen.iter().position(|l| l.starts_with("EXTEND_TIMEOUT_USEC=")) < ready_at,
+        seen.iter().any(|l| l.starts_with("STATUS=serving on")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .position(|l| l.starts_with("EXTEND_TIMEOUT_USEC="))
+            < ready_at,
         "start-up should extend the timeout before READY: {seen:?}"
     );
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    collect(&socket, &mut seen, |s| s.iter().any(|l| l == "STOPPING=1"), Duration::from_secs(30));
-    assert!(seen.iter().any(|l| l == "STOPPING=1"), "no STOPPING=1 in {seen:?}");
+    collect(
+        &socket,
+        &mut seen,
+        |s| s.iter().any(|l| l == "STOPPING=1"),
+        Duration::from_secs(30),
+    );
+    assert!(
+        seen.iter().any(|l| l == "STOPPING=1"),
+        "no STOPPING=1 in {seen:?}"
+    );
     let status = child.wait().expect("daemon exits");
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
 }
@@ -108,7 +131,11 @@ fn cli_token_is_accepted_by_the_daemon_key() {
         .env_clear()
         .output()
         .expect("run");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let signer = master_controller::tokens::TokenSigner::load(None, dir.path()).expect("key");
     let claims = signer

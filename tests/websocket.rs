@@ -10,25 +10,32 @@ use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(d: &TestDaemon, path: &str, token: Option<&str>) -> Result<Socket, u16> {
     let url = format!("{}{path}", d.base.replace("http://", "ws://"));
     let mut request = url.into_client_request().expect("request");
     if let Some(token) = token {
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((socket, _)) => Ok(socket),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
         Err(e) => panic!("unexpected WebSocket error: {e}"),
     }
 }
 
 async fn send(socket: &mut Socket, value: Value) {
-    socket.send(Message::text(value.to_string())).await.expect("send");
+    socket
+        .send(Message::text(value.to_string()))
+        .await
+        .expect("send");
 }
 
 async fn next_json(socket: &mut Socket) -> Value {
@@ -52,20 +59,38 @@ async fn subscribe_receive_and_ping() {
     let token = d.user_token(&alice).await;
     let mut socket = connect(&d, "/ws", Some(&token)).await.expect("upgrade");
 
-    send(&mut socket, json!({"type":"subscribe","payload":{"channel": format!("user:{alice}")}})).await;
+    send(
+        &mut socket,
+        json!({"type":"subscribe","payload":{"channel": format!("user:{alice}")}}),
+    )
+    .await;
     let reply = next_json(&mut socket).await;
     assert_eq!(reply["type"], "subscribed");
 
-    send(&mut socket, json!({"type":"subscribe","payload":{"channel": format!("user:{bob}")}})).await;
+    send(
+        &mut socket,
+        json!({"type":"subscribe","payload":{"channel": format!("user:{bob}")}}),
+    )
+    .await;
     let reply = next_json(&mut socket).await;
     assert_eq!(reply["type"], "error");
     assert_eq!(reply["payload"]["code"], "forbidden");
-    send(&mut socket, json!({"type":"subscribe","payload":{"channel":"admin"}})).await;
+    send(
+        &mut socket,
+        json!({"type":"subscribe","payload":{"channel":"admin"}}),
+    )
+    .await;
     assert_eq!(next_json(&mut socket).await["payload"]["code"], "forbidden");
 
     // An event on the forbidden channel must not arrive; the allowed one must.
-    d.ctx.events.publish(&format!("user:{bob}"), json!({"event":"vm_crashed","vmId":"b"}));
-    d.ctx.events.publish(&format!("user:{alice}"), json!({"event":"prompt_completed","promptId":"p1"}));
+    d.ctx.events.publish(
+        &format!("user:{bob}"),
+        json!({"event":"vm_crashed","vmId":"b"}),
+    );
+    d.ctx.events.publish(
+        &format!("user:{alice}"),
+        json!({"event":"prompt_completed","promptId":"p1"}),
+    );
     let event = next_json(&mut socket).await;
     assert_eq!(event["type"], "event");
     assert_eq!(event["channel"], format!("user:{alice}"));
@@ -76,13 +101,26 @@ async fn subscribe_receive_and_ping() {
     assert_eq!(next_json(&mut socket).await["type"], "pong");
 
     send(&mut socket, json!({"type":"dance"})).await;
-    assert_eq!(next_json(&mut socket).await["payload"]["code"], "bad_message");
+    assert_eq!(
+        next_json(&mut socket).await["payload"]["code"],
+        "bad_message"
+    );
 
-    send(&mut socket, json!({"type":"unsubscribe","payload":{"channel": format!("user:{alice}")}})).await;
+    send(
+        &mut socket,
+        json!({"type":"unsubscribe","payload":{"channel": format!("user:{alice}")}}),
+    )
+    .await;
     assert_eq!(next_json(&mut socket).await["type"], "unsubscribed");
-    d.ctx.events.publish(&format!("user:{alice}"), json!({"event":"auth_completed"}));
+    d.ctx
+        .events
+        .publish(&format!("user:{alice}"), json!({"event":"auth_completed"}));
     send(&mut socket, json!({"type":"ping"})).await;
-    assert_eq!(next_json(&mut socket).await["type"], "pong", "no event after unsubscribe");
+    assert_eq!(
+        next_json(&mut socket).await["type"],
+        "pong",
+        "no event after unsubscribe"
+    );
     drop(socket);
     d.shutdown().await;
 }
@@ -90,16 +128,33 @@ async fn subscribe_receive_and_ping() {
 #[tokio::test]
 async fn admin_channel_sees_every_event_and_query_tokens_work() {
     let d = TestDaemon::start().await;
-    let mut admin = connect(&d, &format!("/?token={ADMIN_TOKEN}"), None).await.expect("upgrade");
-    send(&mut admin, json!({"type":"subscribe","payload":{"channel":"admin"}})).await;
+    let mut admin = connect(&d, &format!("/?token={ADMIN_TOKEN}"), None)
+        .await
+        .expect("upgrade");
+    send(
+        &mut admin,
+        json!({"type":"subscribe","payload":{"channel":"admin"}}),
+    )
+    .await;
     assert_eq!(next_json(&mut admin).await["type"], "subscribed");
-    d.ctx.events.publish("user:someone", json!({"event":"vm_crashed"}));
+    d.ctx
+        .events
+        .publish("user:someone", json!({"event":"vm_crashed"}));
     let event = next_json(&mut admin).await;
     assert_eq!(event["channel"], "user:someone");
 
-    let mut service = connect(&d, "/", Some(SERVICE_TOKEN)).await.expect("upgrade");
-    send(&mut service, json!({"type":"subscribe","payload":{"channel":"admin"}})).await;
-    assert_eq!(next_json(&mut service).await["payload"]["code"], "forbidden");
+    let mut service = connect(&d, "/", Some(SERVICE_TOKEN))
+        .await
+        .expect("upgrade");
+    send(
+        &mut service,
+        json!({"type":"subscribe","payload":{"channel":"admin"}}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut service).await["payload"]["code"],
+        "forbidden"
+    );
     drop((admin, service));
     d.shutdown().await;
 }
@@ -108,7 +163,12 @@ async fn admin_channel_sees_every_event_and_query_tokens_work() {
 async fn upgrade_needs_a_valid_token() {
     let d = TestDaemon::start().await;
     assert_eq!(connect(&d, "/ws", None).await.err(), Some(401));
-    assert_eq!(connect(&d, "/ws", Some("wrong-token-0123456789")).await.err(), Some(401));
+    assert_eq!(
+        connect(&d, "/ws", Some("wrong-token-0123456789"))
+            .await
+            .err(),
+        Some(401)
+    );
     assert_eq!(connect(&d, "/ws?token=nope", None).await.err(), Some(401));
     d.shutdown().await;
 }
@@ -116,7 +176,9 @@ async fn upgrade_needs_a_valid_token() {
 #[tokio::test]
 async fn connection_limit_is_enforced() {
     let d = TestDaemon::start_with(&[("MC_WS_MAX_CONNECTIONS", "1")]).await;
-    let first = connect(&d, "/ws", Some(ADMIN_TOKEN)).await.expect("first fits");
+    let first = connect(&d, "/ws", Some(ADMIN_TOKEN))
+        .await
+        .expect("first fits");
     assert_eq!(connect(&d, "/ws", Some(ADMIN_TOKEN)).await.err(), Some(503));
     drop(first);
     d.shutdown().await;
@@ -126,15 +188,25 @@ async fn connection_limit_is_enforced() {
 async fn a_client_that_falls_behind_is_closed_with_a_reason() {
     let d = TestDaemon::start_with(&[("MC_WS_QUEUE_LEN", "4")]).await;
     let user = d.create_user("slow@example.com").await;
-    let mut socket = connect(&d, "/ws", Some(ADMIN_TOKEN)).await.expect("upgrade");
-    send(&mut socket, json!({"type":"subscribe","payload":{"channel": format!("user:{user}")}})).await;
+    let mut socket = connect(&d, "/ws", Some(ADMIN_TOKEN))
+        .await
+        .expect("upgrade");
+    send(
+        &mut socket,
+        json!({"type":"subscribe","payload":{"channel": format!("user:{user}")}}),
+    )
+    .await;
     assert_eq!(next_json(&mut socket).await["type"], "subscribed");
     // Published faster than the connection task can forward them: the queue of 4 overflows.
     for i in 0..64 {
-        d.ctx.events.publish(&format!("user:{user}"), json!({"event":"tick","n":i}));
+        d.ctx
+            .events
+            .publish(&format!("user:{user}"), json!({"event":"tick","n":i}));
     }
     let mut close_reason = None;
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(5), socket.next()).await
+    {
         if let Message::Close(Some(frame)) = message {
             close_reason = Some((u16::from(frame.code), frame.reason.to_string()));
             break;

@@ -23,17 +23,29 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .and(warp::query::<HashMap<String, String>>())
         .then(list_users);
     let stats = warp::path!("api" / "admin" / "system" / "stats")
-        .and(endpoint(ctx.clone(), Method::GET, "/api/admin/system/stats"))
+        .and(endpoint(
+            ctx.clone(),
+            Method::GET,
+            "/api/admin/system/stats",
+        ))
         .then(system_stats);
     users.or(stats).unify().boxed()
 }
 
-fn page_param(query: &HashMap<String, String>, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+fn page_param(
+    query: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     match query.get(name) {
         None => Ok(default),
         Some(raw) => match raw.parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid_field(name, format!("must be an integer from 1 to {max}"))),
+            _ => Err(ApiError::invalid_field(
+                name,
+                format!("must be an integer from 1 to {max}"),
+            )),
         },
     }
 }
@@ -41,7 +53,10 @@ fn page_param(query: &HashMap<String, String>, name: &str, default: usize, max: 
 async fn list_users(call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
-        if let Some(unknown) = query.keys().find(|k| !["page", "limit"].contains(&k.as_str())) {
+        if let Some(unknown) = query
+            .keys()
+            .find(|k| !["page", "limit"].contains(&k.as_str()))
+        {
             return Err(ApiError::BadRequest {
                 code: "unknown_query_parameter",
                 message: format!("unknown query parameter {unknown:?}; expected page or limit"),
@@ -72,7 +87,10 @@ async fn system_stats(call: Call) -> Response {
             .iter()
             .map(|((provider, status), n)| (format!("{provider}:{status}"), *n))
             .collect();
-        let store_bytes = tokio::fs::metadata(ctx.store.path()).await.map(|m| m.len()).unwrap_or(0);
+        let store_bytes = tokio::fs::metadata(ctx.store.path())
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptimeSec": ctx.started.elapsed().as_secs(),

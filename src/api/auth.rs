@@ -30,7 +30,9 @@ impl Principal {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Principal::Admin => Ok(()),
-            _ => Err(ApiError::Forbidden("this route needs the admin token".into())),
+            _ => Err(ApiError::Forbidden(
+                "this route needs the admin token".into(),
+            )),
         }
     }
 
@@ -107,7 +109,9 @@ impl Authenticator {
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization must be `Bearer <token>`".into())
+            })?;
         self.from_token(token)
     }
 
@@ -121,9 +125,8 @@ impl Authenticator {
         }
         // Hashing first makes the comparison constant-time regardless of length.
         let presented = digest(token);
-        let is = |expected: &Option<[u8; 32]>| {
-            expected.is_some_and(|e| bool::from(e.ct_eq(&presented)))
-        };
+        let is =
+            |expected: &Option<[u8; 32]>| expected.is_some_and(|e| bool::from(e.ct_eq(&presented)));
         if is(&self.admin) {
             Ok(Principal::Admin)
         } else if is(&self.service) {
@@ -149,15 +152,31 @@ mod tests {
     #[test]
     fn recognises_each_kind() {
         let auth = authenticator();
-        assert_eq!(auth.from_header(Some("Bearer admin-token-0123456789")).unwrap(), Principal::Admin);
-        assert_eq!(auth.from_header(Some("Bearer service-token-0123456789")).unwrap(), Principal::Service);
+        assert_eq!(
+            auth.from_header(Some("Bearer admin-token-0123456789"))
+                .unwrap(),
+            Principal::Admin
+        );
+        assert_eq!(
+            auth.from_header(Some("Bearer service-token-0123456789"))
+                .unwrap(),
+            Principal::Service
+        );
         let token = auth.signer().mint("u1", now_ms() / 1000, 60);
         assert_eq!(
             auth.from_header(Some(&format!("Bearer {token}"))).unwrap(),
             Principal::User("u1".into())
         );
-        for bad in [None, Some("admin-token-0123456789"), Some("Bearer "), Some("Bearer nope")] {
-            assert!(matches!(auth.from_header(bad), Err(ApiError::Unauthorized(_))), "{bad:?}");
+        for bad in [
+            None,
+            Some("admin-token-0123456789"),
+            Some("Bearer "),
+            Some("Bearer nope"),
+        ] {
+            assert!(
+                matches!(auth.from_header(bad), Err(ApiError::Unauthorized(_))),
+                "{bad:?}"
+            );
         }
     }
 

@@ -34,7 +34,11 @@ impl Call {
     }
 
     /// Maps the handler's result to a response and records the route's metrics.
-    pub fn respond<T: Serialize>(self, status: StatusCode, result: Result<T, ApiError>) -> Response {
+    pub fn respond<T: Serialize>(
+        self,
+        status: StatusCode,
+        result: Result<T, ApiError>,
+    ) -> Response {
         let response = match result {
             Ok(body) => warp::Reply::into_response(warp::reply::with_status(
                 warp::reply::json(&body),
@@ -123,11 +127,18 @@ impl Body {
     }
 
     /// Reads and parses a JSON body; an empty body means `T::default()`.
-    pub async fn json_or_default<T: DeserializeOwned + Default>(self, limit: u64) -> Result<T, ApiError> {
+    pub async fn json_or_default<T: DeserializeOwned + Default>(
+        self,
+        limit: u64,
+    ) -> Result<T, ApiError> {
         self.json_or(limit, Some(T::default())).await
     }
 
-    async fn json_or<T: DeserializeOwned>(self, limit: u64, empty: Option<T>) -> Result<T, ApiError> {
+    async fn json_or<T: DeserializeOwned>(
+        self,
+        limit: u64,
+        empty: Option<T>,
+    ) -> Result<T, ApiError> {
         let bytes = self.bytes(limit).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return empty.ok_or_else(|| ApiError::BadRequest {

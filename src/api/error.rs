@@ -14,20 +14,33 @@ use super::views::UserView;
 
 #[derive(Debug, Clone)]
 pub enum ApiError {
-    BadRequest { code: &'static str, message: String },
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
     Unauthorized(String),
     Forbidden(String),
-    NotFound { code: &'static str, message: String },
+    NotFound {
+        code: &'static str,
+        message: String,
+    },
     Conflict {
         code: &'static str,
         message: String,
         /// Extra top-level fields of the body, such as the existing user on a duplicate.
         extra: Option<(&'static str, Value)>,
     },
-    RateLimited { retry_after_secs: u64 },
-    PayloadTooLarge { limit: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    PayloadTooLarge {
+        limit: u64,
+    },
     MethodNotAllowed,
-    Unavailable { code: &'static str, message: String },
+    Unavailable {
+        code: &'static str,
+        message: String,
+    },
     Internal(String),
 }
 
@@ -101,9 +114,10 @@ impl ApiError {
                 .insert(header::RETRY_AFTER, retry_after_secs.into());
         }
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }
@@ -182,8 +196,12 @@ impl From<serde_json::Error> for ApiError {
     fn from(e: serde_json::Error) -> Self {
         let message = e.to_string();
         let code = match e.classify() {
-            serde_json::error::Category::Data if message.starts_with("unknown field") => "unknown_field",
-            serde_json::error::Category::Data if message.starts_with("missing field") => "missing_field",
+            serde_json::error::Category::Data if message.starts_with("unknown field") => {
+                "unknown_field"
+            }
+            serde_json::error::Category::Data if message.starts_with("missing field") => {
+                "missing_field"
+            }
             serde_json::error::Category::Data => "invalid_field",
             _ => "invalid_json",
         };

@@ -82,17 +82,28 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
 
 /// The separate metrics listener's routes: probes and metrics, no token.
 pub fn metrics_routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
-    with_recovery(ctx, probes::health(ctx).or(probes::metrics(ctx)).unify().boxed())
+    with_recovery(
+        ctx,
+        probes::health(ctx).or(probes::metrics(ctx)).unify().boxed(),
+    )
 }
 
-fn with_recovery(ctx: &Arc<ApiContext>, routes: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
+fn with_recovery(
+    ctx: &Arc<ApiContext>,
+    routes: BoxedFilter<(Response,)>,
+) -> BoxedFilter<(Response,)> {
     let metrics = ctx.metrics.clone();
     routes
         .recover(move |rejection: warp::Rejection| {
             let metrics = metrics.clone();
             async move {
                 let response = error::from_rejection(&rejection).into_response();
-                metrics.observe_http("ANY", "unmatched", response.status().as_u16(), Default::default());
+                metrics.observe_http(
+                    "ANY",
+                    "unmatched",
+                    response.status().as_u16(),
+                    Default::default(),
+                );
                 Ok::<_, Infallible>(response)
             }
         })
@@ -106,5 +117,9 @@ pub async fn serve(
     routes: BoxedFilter<(Response,)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }

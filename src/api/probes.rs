@@ -16,9 +16,9 @@ use super::error::ApiError;
 use crate::inventory::Inventory;
 
 pub fn health(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
-    let health = warp::path!("health").and(warp::get()).map(|| {
-        warp::Reply::into_response(warp::reply::json(&json!({ "status": "ok" })))
-    });
+    let health = warp::path!("health")
+        .and(warp::get())
+        .map(|| warp::Reply::into_response(warp::reply::json(&json!({ "status": "ok" }))));
     let ready_ctx = ctx.clone();
     let ready = warp::path!("ready")
         .and(warp::get())
@@ -46,21 +46,19 @@ fn not_ready(reason: &str) -> Response {
 
 pub fn metrics(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let text_ctx = ctx.clone();
-    let text = warp::path!("metrics")
-        .and(warp::get())
-        .then(move || {
-            let ctx = text_ctx.clone();
-            async move {
-                match refreshed_text(&ctx).await {
-                    Ok(text) => warp::Reply::into_response(warp::reply::with_header(
-                        text,
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )),
-                    Err(e) => e.into_response(),
-                }
+    let text = warp::path!("metrics").and(warp::get()).then(move || {
+        let ctx = text_ctx.clone();
+        async move {
+            match refreshed_text(&ctx).await {
+                Ok(text) => warp::Reply::into_response(warp::reply::with_header(
+                    text,
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )),
+                Err(e) => e.into_response(),
             }
-        });
+        }
+    });
     let json_ctx = ctx.clone();
     let json = warp::path!("metrics" / "json")
         .and(warp::get())

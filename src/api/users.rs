@@ -32,10 +32,18 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .and(body())
         .then(patch_user);
     let stats = warp::path!("api" / "users" / String / "stats")
-        .and(endpoint(ctx.clone(), Method::GET, "/api/users/:userId/stats"))
+        .and(endpoint(
+            ctx.clone(),
+            Method::GET,
+            "/api/users/:userId/stats",
+        ))
         .then(user_stats);
     let mint = warp::path!("api" / "users" / String / "tokens")
-        .and(endpoint(ctx.clone(), Method::POST, "/api/users/:userId/tokens"))
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/users/:userId/tokens",
+        ))
         .and(body())
         .then(mint_token);
     get.or(create)

@@ -23,13 +23,21 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .and(warp::query::<HashMap<String, String>>())
         .then(list_vms);
     let summary = warp::path!("api" / "vms" / "statistics" / "summary")
-        .and(endpoint(ctx.clone(), Method::GET, "/api/vms/statistics/summary"))
+        .and(endpoint(
+            ctx.clone(),
+            Method::GET,
+            "/api/vms/statistics/summary",
+        ))
         .then(summary);
     let get = warp::path!("api" / "vms" / String)
         .and(endpoint(ctx.clone(), Method::GET, "/api/vms/:vmId"))
         .then(get_vm);
     let heartbeat = warp::path!("api" / "vms" / String / "heartbeat")
-        .and(endpoint(ctx.clone(), Method::POST, "/api/vms/:vmId/heartbeat"))
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/vms/:vmId/heartbeat",
+        ))
         .then(heartbeat);
     list.or(summary)
         .unify()
@@ -45,16 +53,26 @@ fn parse_filter(query: &HashMap<String, String>) -> Result<VmFilter, ApiError> {
     for (key, value) in query {
         match key.as_str() {
             "status" => {
-                filter.status = Some(value.parse::<VmStatus>().map_err(|e| ApiError::invalid_field("status", e))?)
+                filter.status = Some(
+                    value
+                        .parse::<VmStatus>()
+                        .map_err(|e| ApiError::invalid_field("status", e))?,
+                )
             }
             "type" => {
-                filter.vm_type = Some(value.parse::<VmType>().map_err(|e| ApiError::invalid_field("type", e))?)
+                filter.vm_type = Some(
+                    value
+                        .parse::<VmType>()
+                        .map_err(|e| ApiError::invalid_field("type", e))?,
+                )
             }
             "userId" => filter.user_id = Some(value.clone()),
             other => {
                 return Err(ApiError::BadRequest {
                     code: "unknown_query_parameter",
-                    message: format!("unknown query parameter {other:?}; expected status, type or userId"),
+                    message: format!(
+                        "unknown query parameter {other:?}; expected status, type or userId"
+                    ),
                 });
             }
         }

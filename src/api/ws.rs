@@ -38,9 +38,11 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .and(warp::ws())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::query::<HashMap<String, String>>())
-        .map(move |ws: Ws, authorization: Option<String>, query: HashMap<String, String>| {
-            upgrade(ctx.clone(), ws, authorization, query)
-        })
+        .map(
+            move |ws: Ws, authorization: Option<String>, query: HashMap<String, String>| {
+                upgrade(ctx.clone(), ws, authorization, query)
+            },
+        )
         .boxed()
 }
 
@@ -121,7 +123,9 @@ async fn serve_connection(ctx: &ApiContext, socket: WebSocket, principal: Princi
         };
         if let Outcome::Close(code, reason) = outcome {
             tracing::info!(code, %reason, "closing WebSocket");
-            let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::close_with(code, reason))).await;
+            let _ =
+                tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::close_with(code, reason)))
+                    .await;
             break;
         }
     }
@@ -154,7 +158,11 @@ fn reply_to(
         return None;
     }
     let Ok(text) = message.to_str() else {
-        return Some(error_reply("bad_message", "messages must be JSON text", None));
+        return Some(error_reply(
+            "bad_message",
+            "messages must be JSON text",
+            None,
+        ));
     };
     let parsed: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
@@ -164,9 +172,19 @@ fn reply_to(
         ClientMessage::Ping => json!({ "type": "pong" }),
         ClientMessage::Subscribe { channel } => {
             if !principal.may_see_channel(&channel) {
-                error_reply("forbidden", "this token may not subscribe to that channel", Some(&channel))
-            } else if channels.len() >= ctx.limits.ws_max_subscriptions && !channels.contains(&channel) {
-                error_reply("too_many_subscriptions", "subscription limit reached", Some(&channel))
+                error_reply(
+                    "forbidden",
+                    "this token may not subscribe to that channel",
+                    Some(&channel),
+                )
+            } else if channels.len() >= ctx.limits.ws_max_subscriptions
+                && !channels.contains(&channel)
+            {
+                error_reply(
+                    "too_many_subscriptions",
+                    "subscription limit reached",
+                    Some(&channel),
+                )
             } else {
                 channels.insert(channel.clone());
                 json!({ "type": "subscribed", "payload": { "channel": channel } })

@@ -92,7 +92,10 @@ impl Config {
         Config::load(file, &|name| std::env::var(name).ok(), flags)
     }
 
-    fn resolve(s: Settings, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    fn resolve(
+        s: Settings,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let credentials_dir = lookup("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let admin_token = secret_setting(
             "admin_token",
@@ -118,11 +121,18 @@ impl Config {
         let config = Config {
             listen: s.listen.unwrap_or_else(|| parse_default(DEFAULT_LISTEN)),
             metrics_listen: s.metrics_listen,
-            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: s
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             log_format: match s.log_format.as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
-                Some(other) => return Err(invalid("log_format", format!("{other:?} is not text or json"))),
+                Some(other) => {
+                    return Err(invalid(
+                        "log_format",
+                        format!("{other:?} is not text or json"),
+                    ));
+                }
             },
             admin_token,
             service_token,
@@ -165,17 +175,26 @@ impl Config {
             if let Some(token) = token
                 && token.expose_secret().len() < MIN_TOKEN_LEN
             {
-                return Err(invalid(field, format!("must be at least {MIN_TOKEN_LEN} characters")));
+                return Err(invalid(
+                    field,
+                    format!("must be at least {MIN_TOKEN_LEN} characters"),
+                ));
             }
         }
         if let (Some(admin), Some(service)) = (&self.admin_token, &self.service_token)
             && admin.expose_secret() == service.expose_secret()
         {
-            return Err(invalid("service_token", "must differ from the admin token".into()));
+            return Err(invalid(
+                "service_token",
+                "must differ from the admin token".into(),
+            ));
         }
         let positive = [
             ("user_token_ttl_secs", self.user_token_ttl_secs),
-            ("rate_limit_per_second", u64::from(self.rate_limit_per_second)),
+            (
+                "rate_limit_per_second",
+                u64::from(self.rate_limit_per_second),
+            ),
             ("rate_limit_burst", u64::from(self.rate_limit_burst)),
             ("max_body_bytes", self.max_body_bytes),
             ("ws_max_connections", self.ws_max_connections as u64),
@@ -200,7 +219,10 @@ impl Config {
         if let Some(url) = &self.supabase_url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
-            return Err(invalid("supabase_url", format!("{url:?} is not an http(s) URL")));
+            return Err(invalid(
+                "supabase_url",
+                format!("{url:?} is not an http(s) URL"),
+            ));
         }
         if self.supabase_url.is_some() && self.supabase_service_key.is_none() {
             return Err(ConfigError::Missing {
@@ -209,7 +231,10 @@ impl Config {
             });
         }
         if !self.data_dir.is_absolute() {
-            return Err(invalid("data_dir", format!("{} is not an absolute path", self.data_dir.display())));
+            return Err(invalid(
+                "data_dir",
+                format!("{} is not an absolute path", self.data_dir.display()),
+            ));
         }
         Ok(())
     }
@@ -269,9 +294,8 @@ fn secret_setting(
         (None, Some(dir)) if dir.join(credential_name).exists() => dir.join(credential_name),
         _ => return Ok(None),
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        invalid(field, format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
     Ok(Some(SecretString::from(text.trim().to_string())))
 }
 

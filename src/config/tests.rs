@@ -5,7 +5,7 @@ use secrecy::ExposeSecret;
 
 use super::*;
 
-fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
     let map: HashMap<String, String> = pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -19,7 +19,10 @@ fn defaults_apply() {
     assert_eq!(config.listen.to_string(), "0.0.0.0:4000");
     assert_eq!(config.data_dir, PathBuf::from("/var/lib/master-controller"));
     assert_eq!(config.max_vms, 180);
-    assert_eq!((config.decodo_port_start, config.decodo_port_end), (10001, 10100));
+    assert_eq!(
+        (config.decodo_port_start, config.decodo_port_end),
+        (10001, 10100)
+    );
     assert!(config.require_admin_token().is_err());
 }
 
@@ -64,7 +67,10 @@ fn bad_values_name_the_setting() {
         (&[("MC_LISTEN", "nowhere")], "MC_LISTEN"),
         (&[("MC_MAX_VMS", "many")], "MC_MAX_VMS"),
         (&[("MC_MAX_VMS", "0")], "MC_MAX_VMS"),
-        (&[("DECODO_PORT_START", "20"), ("DECODO_PORT_END", "10")], "MC_DECODO_PORT_START"),
+        (
+            &[("DECODO_PORT_START", "20"), ("DECODO_PORT_END", "10")],
+            "MC_DECODO_PORT_START",
+        ),
         (&[("MC_ADMIN_TOKEN", "short")], "MC_ADMIN_TOKEN"),
         (&[("SUPABASE_URL", "ftp://x")], "MC_SUPABASE_URL"),
         (&[("SUPABASE_URL", "https://x")], "MC_SUPABASE_SERVICE_KEY"),
@@ -86,15 +92,18 @@ fn unknown_file_keys_are_rejected() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(file, "listn = \"127.0.0.1:1\"").unwrap();
     let err = Config::load(Some(file.path()), &env(&[]), Settings::default())
-        .err()
-        .expect("typo must be rejected");
+        .expect_err("typo must be rejected");
     assert!(err.to_string().contains("listn"), "{err}");
 }
 
 #[test]
 fn secrets_come_from_files_and_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("admin-token"), "admin-token-from-credential\n").unwrap();
+    std::fs::write(
+        dir.path().join("admin-token"),
+        "admin-token-from-credential\n",
+    )
+    .unwrap();
     let token_file = dir.path().join("svc");
     std::fs::write(&token_file, "service-token-from-a-file").unwrap();
     let creds = dir.path().to_string_lossy().to_string();
@@ -116,7 +125,10 @@ fn secrets_come_from_files_and_credentials() {
 
 #[test]
 fn debug_output_hides_secrets() {
-    let lookup = env(&[("MC_ADMIN_TOKEN", "super-secret-admin-token"), ("DECODO_PASSWORD", "hunter2hunter2")]);
+    let lookup = env(&[
+        ("MC_ADMIN_TOKEN", "super-secret-admin-token"),
+        ("DECODO_PASSWORD", "hunter2hunter2"),
+    ]);
     let config = Config::load(None, &lookup, Settings::default()).unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("super-secret-admin-token"));

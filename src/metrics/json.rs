@@ -100,7 +100,12 @@ mod tests {
     fn real_registry_round_trips() {
         let metrics = super::super::Metrics::new();
         metrics.seed_prompt_series();
-        metrics.observe_http("GET", "/api/users/:userId", 200, std::time::Duration::from_millis(3));
+        metrics.observe_http(
+            "GET",
+            "/api/users/:userId",
+            200,
+            std::time::Duration::from_millis(3),
+        );
         let value = text_to_json(&metrics.render_text());
         let names: Vec<&str> = value["metrics"]
             .as_array()
@@ -108,8 +113,15 @@ mod tests {
             .iter()
             .map(|m| m["name"].as_str().unwrap())
             .collect();
-        for expected in ["polydev_total_users", "polydev_prompts", "mc_http_request_duration_seconds"] {
-            assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        for expected in [
+            "polydev_total_users",
+            "polydev_prompts",
+            "mc_http_request_duration_seconds",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from {names:?}"
+            );
         }
     }
 }

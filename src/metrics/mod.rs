@@ -98,11 +98,27 @@ impl Metrics {
             outbox_depth: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("polydev_total_users", "Users known to the appliance", metrics.total_users.clone());
-        registry.register("polydev_total_vms", "VMs by status and type", metrics.total_vms.clone());
-        registry.register("polydev_active_vms", "VMs running or being created", metrics.active_vms.clone());
+        registry.register(
+            "polydev_total_users",
+            "Users known to the appliance",
+            metrics.total_users.clone(),
+        );
+        registry.register(
+            "polydev_total_vms",
+            "VMs by status and type",
+            metrics.total_vms.clone(),
+        );
+        registry.register(
+            "polydev_active_vms",
+            "VMs running or being created",
+            metrics.active_vms.clone(),
+        );
         // prometheus-client appends `_total` to counters: this is `polydev_prompts_total`.
-        registry.register("polydev_prompts", "Prompts by provider and final status", metrics.prompts.clone());
+        registry.register(
+            "polydev_prompts",
+            "Prompts by provider and final status",
+            metrics.prompts.clone(),
+        );
         registry.register(
             "polydev_prompt_duration_seconds",
             "Prompt duration by provider",
@@ -113,17 +129,40 @@ impl Metrics {
             "Last sampled resource usage per VM",
             metrics.vm_resource_usage.clone(),
         );
-        registry.register("polydev_ip_pool_available", "Free addresses in the VM IP pool", metrics.ip_pool_available.clone());
-        registry.register("polydev_decodo_ports_used", "Upstream proxy ports leased to users", metrics.decodo_ports_used.clone());
-        registry.register("mc_http_requests", "HTTP requests by route template and status", metrics.http_requests.clone());
+        registry.register(
+            "polydev_ip_pool_available",
+            "Free addresses in the VM IP pool",
+            metrics.ip_pool_available.clone(),
+        );
+        registry.register(
+            "polydev_decodo_ports_used",
+            "Upstream proxy ports leased to users",
+            metrics.decodo_ports_used.clone(),
+        );
+        registry.register(
+            "mc_http_requests",
+            "HTTP requests by route template and status",
+            metrics.http_requests.clone(),
+        );
         registry.register(
             "mc_http_request_duration_seconds",
             "HTTP request latency by route template",
             metrics.http_duration.clone(),
         );
-        registry.register("mc_ws_connections", "Open WebSocket connections", metrics.ws_connections.clone());
-        registry.register("mc_outbox_depth", "Pending Supabase outbox rows", metrics.outbox_depth.clone());
-        Metrics { registry, ..metrics }
+        registry.register(
+            "mc_ws_connections",
+            "Open WebSocket connections",
+            metrics.ws_connections.clone(),
+        );
+        registry.register(
+            "mc_outbox_depth",
+            "Pending Supabase outbox rows",
+            metrics.outbox_depth.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
     /// Sets the gauges that mirror the store.
@@ -140,8 +179,10 @@ impl Metrics {
             }
         }
         self.active_vms.set(gauge_value(inventory.active_vms()));
-        self.ip_pool_available.set(gauge_value(inventory.ip_pool_available()));
-        self.decodo_ports_used.set(gauge_value(inventory.port_leases));
+        self.ip_pool_available
+            .set(gauge_value(inventory.ip_pool_available()));
+        self.decodo_ports_used
+            .set(gauge_value(inventory.port_leases));
         self.outbox_depth.set(gauge_value(inventory.outbox_depth));
     }
 

@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn parses_names() {
-        assert_eq!("vm_destroyed".parse::<UserStatus>().unwrap(), UserStatus::VmDestroyed);
+        assert_eq!(
+            "vm_destroyed".parse::<UserStatus>().unwrap(),
+            UserStatus::VmDestroyed
+        );
         let err = "gold".parse::<Plan>().unwrap_err().to_string();
         assert!(err.contains("free, pro, enterprise"), "{err}");
     }

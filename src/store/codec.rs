@@ -58,12 +58,10 @@ pub fn decode<R: Record>(bytes: &[u8]) -> Result<R, StoreError> {
 /// Decodes a payload of the current shape; `Record::upgrade` implementations use it for the
 /// older shapes they know.
 pub fn decode_payload<T: DeserializeOwned, R: Record>(payload: &[u8]) -> Result<T, StoreError> {
-    let (value, used) =
-        bincode::serde::decode_from_slice(payload, bincode::config::standard()).map_err(|e| {
-            StoreError::Decode {
-                kind: R::KIND,
-                reason: e.to_string(),
-            }
+    let (value, used) = bincode::serde::decode_from_slice(payload, bincode::config::standard())
+        .map_err(|e| StoreError::Decode {
+            kind: R::KIND,
+            reason: e.to_string(),
         })?;
     if used != payload.len() {
         return Err(StoreError::Decode {

@@ -9,14 +9,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
 
 pub use codec::Record;
 pub use tables::Stored;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state file {path} was written by a newer master-controller (schema {found}, this binary knows up to {supported}); upgrade the binary")]
+    #[error(
+        "state file {path} was written by a newer master-controller (schema {found}, this binary knows up to {supported}); upgrade the binary"
+    )]
     SchemaTooNew {
         path: PathBuf,
         found: u64,
@@ -77,7 +81,9 @@ impl Store {
     pub fn open_blocking(data_dir: &Path) -> Result<Store, StoreError> {
         let path = data_dir.join(Self::FILE_NAME);
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: path.clone() },
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::AlreadyOpen { path: path.clone() }
+            }
             other => StoreError::Open {
                 path: path.clone(),
                 reason: other.to_string(),
@@ -106,9 +112,7 @@ impl Store {
         let tx = self.begin_write()?;
         let found = {
             let mut meta = tx.open_table(tables::META)?;
-            let found = meta
-                .get(tables::META_SCHEMA_VERSION)?
-                .map(|v| v.value());
+            let found = meta.get(tables::META_SCHEMA_VERSION)?.map(|v| v.value());
             if found.is_none() {
                 meta.insert(tables::META_SCHEMA_VERSION, tables::SCHEMA_VERSION)?;
             }
@@ -248,7 +252,17 @@ mod tests {
             .unwrap();
         assert!(store.close(Duration::from_secs(5)).await);
         let err = Store::open(dir.path()).await.err().expect("must refuse");
-        assert!(matches!(err, StoreError::SchemaTooNew { found: 2, supported: 1, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaTooNew {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("newer master-controller"));
     }
 
@@ -258,14 +272,19 @@ mod tests {
         let store = Store::open(dir.path()).await.unwrap();
         let result: Result<(), StoreError> = store
             .write(|tx| {
-                tx.open_table(tables::USERS_BY_EMAIL)?.insert("a@b.c", "id")?;
+                tx.open_table(tables::USERS_BY_EMAIL)?
+                    .insert("a@b.c", "id")?;
                 Err(StoreError::Task("abort".into()))
             })
             .await;
         assert!(result.is_err());
         let found = store
             .read(|tx| {
-                Ok::<_, StoreError>(tx.open_table(tables::USERS_BY_EMAIL)?.get("a@b.c")?.is_some())
+                Ok::<_, StoreError>(
+                    tx.open_table(tables::USERS_BY_EMAIL)?
+                        .get("a@b.c")?
+                        .is_some(),
+                )
             })
             .await
             .unwrap();

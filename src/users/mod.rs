@@ -90,7 +90,9 @@ impl UserService {
             .write(move |tx| {
                 let mut by_email = tx.open_table(tables::USERS_BY_EMAIL)?;
                 let mut users = tx.open_table(tables::USERS)?;
-                let existing_id = by_email.get(user.email.as_str())?.map(|id| id.value().to_string());
+                let existing_id = by_email
+                    .get(user.email.as_str())?
+                    .map(|id| id.value().to_string());
                 if let Some(existing_id) = existing_id {
                     let existing = store::get(&users, &existing_id)?
                         .ok_or_else(|| UserError::NotFound(existing_id.clone()))?;
@@ -172,7 +174,9 @@ impl UserService {
                 let mut prompts_by_status = BTreeMap::new();
                 for prompt in store::all(&tx.open_table(tables::PROMPTS)?)? {
                     if prompt.user_id == id {
-                        *prompts_by_status.entry(prompt.status.to_string()).or_insert(0) += 1;
+                        *prompts_by_status
+                            .entry(prompt.status.to_string())
+                            .or_insert(0) += 1;
                     }
                 }
                 let auth_sessions = store::all(&tx.open_table(tables::AUTH_SESSIONS)?)?
@@ -192,7 +196,10 @@ impl UserService {
 
 fn normalise_email(email: &str) -> Result<String, UserError> {
     let email = email.trim().to_lowercase();
-    if email.len() > MAX_EMAIL_LEN || !email_address::EmailAddress::is_valid(&email) || !email.contains('.') {
+    if email.len() > MAX_EMAIL_LEN
+        || !email_address::EmailAddress::is_valid(&email)
+        || !email.contains('.')
+    {
         return Err(UserError::Invalid {
             field: "email",
             reason: format!("{email:?} is not a valid email address"),
@@ -207,8 +214,18 @@ mod tests {
 
     #[test]
     fn emails_are_checked_and_normalised() {
-        assert_eq!(normalise_email(" Ann@Example.COM ").unwrap(), "ann@example.com");
-        for bad in ["", "ann", "ann@", "@example.com", "ann@@example.com", "ann@localhost"] {
+        assert_eq!(
+            normalise_email(" Ann@Example.COM ").unwrap(),
+            "ann@example.com"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@@example.com",
+            "ann@localhost",
+        ] {
             assert!(normalise_email(bad).is_err(), "{bad} must be rejected");
         }
     }

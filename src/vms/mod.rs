@@ -54,7 +54,9 @@ impl VmService {
     pub async fn get(&self, id: &str) -> Result<Vm, VmError> {
         let id = id.to_string();
         self.store
-            .read(move |tx| store::get(&tx.open_table(tables::VMS)?, &id)?.ok_or(VmError::NotFound(id)))
+            .read(move |tx| {
+                store::get(&tx.open_table(tables::VMS)?, &id)?.ok_or(VmError::NotFound(id))
+            })
             .await
     }
 
@@ -64,9 +66,14 @@ impl VmService {
         self.store
             .write(move |tx| {
                 let mut vms = tx.open_table(tables::VMS)?;
-                let mut vm: Vm = store::get(&vms, &id)?.ok_or_else(|| VmError::NotFound(id.clone()))?;
-                if !vm.status.can_transition_to(VmStatus::Running) || vm.status == VmStatus::Stopped {
-                    return Err(VmError::NotAlive { id, status: vm.status });
+                let mut vm: Vm =
+                    store::get(&vms, &id)?.ok_or_else(|| VmError::NotFound(id.clone()))?;
+                if !vm.status.can_transition_to(VmStatus::Running) || vm.status == VmStatus::Stopped
+                {
+                    return Err(VmError::NotAlive {
+                        id,
+                        status: vm.status,
+                    });
                 }
                 let now = now_ms();
                 vm.last_heartbeat_ms = Some(now);

@@ -40,8 +40,9 @@ impl TestDaemon {
         for (k, v) in env {
             vars.insert(k.to_string(), v.to_string());
         }
-        let config: Config = Config::load(None, &|name| vars.get(name).cloned(), Settings::default())
-            .expect("test config is valid");
+        let config: Config =
+            Config::load(None, &|name| vars.get(name).cloned(), Settings::default())
+                .expect("test config is valid");
         let running = daemon::start(&config, &Watchdog::from_env())
             .await
             .expect("daemon starts");
@@ -67,7 +68,13 @@ impl TestDaemon {
 
     /// Sends a request with an optional bearer token and optional raw body; returns the status,
     /// the Retry-After header, and the parsed JSON body (Null if none).
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.client.request(method, self.url(path));
         if let Some(token) = token {
@@ -101,7 +108,12 @@ impl TestDaemon {
     /// Creates a user through the API and returns its id.
     pub async fn create_user(&self, email: &str) -> String {
         let reply = self
-            .call("POST", "/api/users", Some(ADMIN_TOKEN), Some(&format!(r#"{{"email":"{email}"}}"#)))
+            .call(
+                "POST",
+                "/api/users",
+                Some(ADMIN_TOKEN),
+                Some(&format!(r#"{{"email":"{email}"}}"#)),
+            )
             .await;
         assert_eq!(reply.status, 201, "{:?}", reply.json);
         reply.json["userId"].as_str().expect("userId").to_string()
@@ -110,7 +122,12 @@ impl TestDaemon {
     /// Mints a user-scoped token through the API.
     pub async fn user_token(&self, user_id: &str) -> String {
         let reply = self
-            .call("POST", &format!("/api/users/{user_id}/tokens"), Some(SERVICE_TOKEN), None)
+            .call(
+                "POST",
+                &format!("/api/users/{user_id}/tokens"),
+                Some(SERVICE_TOKEN),
+                None,
+            )
             .await;
         assert_eq!(reply.status, 201, "{:?}", reply.json);
         reply.json["token"].as_str().expect("token").to_string()
@@ -141,7 +158,11 @@ impl TestDaemon {
 }
 
 fn uuid_like(user_id: &str, status: VmStatus) -> String {
-    format!("vm-{}-{}", &user_id[user_id.len().saturating_sub(8)..], status)
+    format!(
+        "vm-{}-{}",
+        &user_id[user_id.len().saturating_sub(8)..],
+        status
+    )
 }
 
 #[derive(Debug)]

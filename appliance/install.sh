@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs master-controller on a bare-metal Debian/Ubuntu host: the binary, the systemd unit,
+# the tmpfiles entry, an example config, and generated credentials (never overwritten).
+# Usage: sudo appliance/install.sh [path/to/master-controller]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
+binary=${1:-target/release/master-controller}
+if [ ! -x "$binary" ]; then
+  echo "install.sh: building the release binary"
+  cargo build --release --locked
+fi
+
+echo "install.sh: installing $binary to /usr/local/bin"
+install -m 0755 "$binary" /usr/local/bin/master-controller
+install -m 0644 systemd/master-controller.service /etc/systemd/system/master-controller.service
+install -m 0644 systemd/master-controller.tmpfiles.conf /usr/lib/tmpfiles.d/master-controller.conf
+systemd-tmpfiles --create /usr/lib/tmpfiles.d/master-controller.conf
+
+[ -f /etc/master-controller/config.toml ] || install -m 0644 appliance/config.example.toml /etc/master-controller/config.toml
+[ -f /etc/master-controller/env ] || install -m 0600 appliance/env.example /etc/master-controller/env
+
+umask 077
+for name in admin-token encryption-master-key; do
+  path=/etc/master-controller/credentials/$name
+  if [ ! -s "$path" ]; then
+    echo "install.sh: generating $path"
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$path"
+  fi
+done
+
+systemctl daemon-reload
+/usr/local/bin/master-controller doctor --config /etc/master-controller/config.toml || true
+echo "install.sh: done. Edit /etc/master-controller/env, then: systemctl enable --now master-controller"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, installing what it needs first. This is the README's test command and
+# what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "test.sh: needs a Rust toolchain (1.85 or newer) on PATH; Debian's packaged cargo is too old" >&2
+  exit 1
+fi
+
+# Debian packages the tests use. Installed only when missing, so a prepared host needs no network.
+packages=(ca-certificates)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "test.sh: building and running the tests"
+# Benchmarks are not run here (they are not tests), but they are compiled by clippy in CI.
+cargo test --locked --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}"
