@@ -1,0 +1,119 @@
+//! `write-file` (atomic: a temporary file in the same directory, fsync, rename) and
+//! `read-file` (refused above the caller's cap).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use super::AgentError;
+use crate::guest::messages::{ReadFileRequest, Response, WriteFileRequest};
+
+fn io_error(path: &Path, e: std::io::Error) -> AgentError {
+    let code = match e.kind() {
+        std::io::ErrorKind::NotFound => "not_found",
+        std::io::ErrorKind::PermissionDenied => "permission_denied",
+        _ => "io",
+    };
+    AgentError::request(code, format!("{}: {e}", path.display()))
+}
+
+fn absolute(path: &str) -> Result<PathBuf, AgentError> {
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(AgentError::request(
+            "bad_request",
+            format!("{} is not absolute", path.display()),
+        ));
+    }
+    Ok(path)
+}
+
+pub async fn write(request: WriteFileRequest) -> Result<(), AgentError> {
+    let path = absolute(&request.path)?;
+    let data = STANDARD
+        .decode(request.data_base64.as_bytes())
+        .map_err(|e| AgentError::request("bad_request", format!("dataBase64: {e}")))?;
+    tokio::task::spawn_blocking(move || write_atomically(&path, &data, &request))
+        .await
+        .map_err(|e| AgentError::request("io", e.to_string()))?
+}
+
+fn write_atomically(
+    path: &Path,
+    data: &[u8],
+    request: &WriteFileRequest,
+) -> Result<(), AgentError> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| AgentError::request("bad_request", "path has no parent directory"))?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.mc-tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(request.mode)
+            .open(&temp)?;
+        file.write_all(data)?;
+        // The umask may have narrowed the mode given at open.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(request.mode))?;
+        if request.uid.is_some() || request.gid.is_some() {
+            std::os::unix::fs::fchown(&file, request.uid, request.gid)?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io_error(path, e));
+    }
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+pub async fn read(request: ReadFileRequest) -> Result<Response, AgentError> {
+    let path = absolute(&request.path)?;
+    let meta = tokio::fs::metadata(&path)
+        .await
+        .map_err(|e| io_error(&path, e))?;
+    if !meta.is_file() {
+        return Err(AgentError::request(
+            "bad_request",
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if meta.len() > request.max_bytes {
+        return Err(AgentError::request(
+            "too_large",
+            format!(
+                "{} is {} bytes; the cap is {}",
+                path.display(),
+                meta.len(),
+                request.max_bytes
+            ),
+        ));
+    }
+    let data = tokio::fs::read(&path)
+        .await
+        .map_err(|e| io_error(&path, e))?;
+    if data.len() as u64 > request.max_bytes {
+        return Err(AgentError::request(
+            "too_large",
+            format!("{} grew past the cap", path.display()),
+        ));
+    }
+    Ok(Response::File {
+        size: data.len() as u64,
+        data_base64: STANDARD.encode(&data),
+    })
+}

@@ -1,0 +1,461 @@
+//! The host side of the agent channel: connect (with a deadline and backoff), authenticate,
+//! and multiplex requests over one connection. Exec output arrives as an async stream of chunks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::messages::{
+    ErrorBody, ExecRequest, ExitStatus, HealthReport, Hello, HelloOk, NetworkConfig,
+    ReadFileRequest, Request, Response, WriteFileRequest,
+};
+use super::{Frame, FrameCodec, FrameKind};
+
+/// How many frames of one request may wait for its consumer before the connection slows down.
+const PER_REQUEST_QUEUE: usize = 64;
+const OUTBOUND_QUEUE: usize = 64;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone)]
+pub enum AgentEndpoint {
+    /// QEMU's virtio-serial chardev socket.
+    Unix(PathBuf),
+    /// Firecracker's vsock UDS; the host writes `CONNECT <port>\n` and reads `OK <n>\n`.
+    HybridVsock { uds: PathBuf, port: u32 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("agent did not answer within {waited:?}: {last}")]
+    Unreachable { waited: Duration, last: String },
+    #[error("agent refused the connection: {}: {}", .0.code, .0.message)]
+    Refused(ErrorBody),
+    #[error("agent error {}: {}", .0.code, .0.message)]
+    Agent(ErrorBody),
+    #[error("agent connection closed")]
+    Disconnected,
+    #[error("agent protocol error: {0}")]
+    Protocol(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Frame>>>>;
+
+pub struct AgentClient {
+    out: mpsc::Sender<Frame>,
+    pending: Pending,
+    next_id: AtomicU64,
+    hello: HelloOk,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Frame>>> {
+    pending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl AgentClient {
+    /// Connects and authenticates, retrying with backoff until `deadline` has passed.
+    pub async fn connect(
+        endpoint: &AgentEndpoint,
+        token: &str,
+        deadline: Duration,
+    ) -> Result<AgentClient, GuestError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let attempt =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::try_connect(endpoint, token)).await;
+            let last = match attempt {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(GuestError::Refused(body))) => return Err(GuestError::Refused(body)),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "handshake timed out".to_string(),
+            };
+            if started.elapsed() + backoff > deadline {
+                return Err(GuestError::Unreachable {
+                    waited: started.elapsed(),
+                    last,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn try_connect(endpoint: &AgentEndpoint, token: &str) -> Result<AgentClient, GuestError> {
+        let io = |e: std::io::Error| GuestError::Protocol(e.to_string());
+        let mut stream = match endpoint {
+            AgentEndpoint::Unix(path) => UnixStream::connect(path).await.map_err(io)?,
+            AgentEndpoint::HybridVsock { uds, port } => {
+                let mut stream = UnixStream::connect(uds).await.map_err(io)?;
+                stream
+                    .write_all(format!("CONNECT {port}\n").as_bytes())
+                    .await
+                    .map_err(io)?;
+                let line = read_line(&mut stream).await.map_err(io)?;
+                if !line.starts_with("OK ") {
+                    return Err(GuestError::Protocol(format!(
+                        "vsock CONNECT answered {line:?}"
+                    )));
+                }
+                stream
+            }
+        };
+        let nonce = u64::from_le_bytes(random_bytes());
+        let hello = Hello {
+            token: token.to_string(),
+            nonce,
+            host_time_ms: Some(now_ms()),
+        };
+        let mut encoded = bytes::BytesMut::new();
+        tokio_util::codec::Encoder::encode(
+            &mut FrameCodec::default(),
+            Frame::json(FrameKind::Hello, 0, &hello),
+            &mut encoded,
+        )
+        .map_err(|e| GuestError::Protocol(e.to_string()))?;
+        stream.write_all(&encoded).await.map_err(io)?;
+        let (reader, writer) = stream.into_split();
+        // Until the answer to this Hello, skip whatever a previous connection left in the pipe.
+        let mut frames = FramedRead::new(reader, FrameCodec { resync: true });
+        let hello_ok = loop {
+            let frame = frames
+                .next()
+                .await
+                .ok_or(GuestError::Disconnected)?
+                .map_err(|e| GuestError::Protocol(e.to_string()))?;
+            match frame.kind {
+                FrameKind::HelloOk => {
+                    let ok: HelloOk = frame
+                        .parse()
+                        .map_err(|e| GuestError::Protocol(e.to_string()))?;
+                    if ok.nonce == nonce {
+                        break ok;
+                    }
+                }
+                FrameKind::Error if frame.request_id == 0 => {
+                    let body: ErrorBody = frame
+                        .parse()
+                        .map_err(|e| GuestError::Protocol(e.to_string()))?;
+                    if body.code == "unauthenticated" {
+                        return Err(GuestError::Refused(body));
+                    }
+                }
+                _ => {}
+            }
+        };
+        frames.decoder_mut().resync = false;
+        Ok(Self::start(frames, writer, hello_ok))
+    }
+
+    fn start(
+        mut frames: FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
+        writer: tokio::net::unix::OwnedWriteHalf,
+        hello: HelloOk,
+    ) -> AgentClient {
+        let pending: Pending = Arc::default();
+        let (out, mut outbound) = mpsc::channel::<Frame>(OUTBOUND_QUEUE);
+        let writer_task = tokio::spawn(async move {
+            let mut sink = FramedWrite::new(writer, FrameCodec::default());
+            while let Some(frame) = outbound.recv().await {
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let routes = pending.clone();
+        let reader_task = tokio::spawn(async move {
+            while let Some(Ok(frame)) = frames.next().await {
+                let route = lock(&routes).get(&frame.request_id).cloned();
+                if let Some(route) = route {
+                    let _ = route.send(frame).await;
+                }
+            }
+            // Dropping every route ends every waiting request with `Disconnected`.
+            lock(&routes).clear();
+        });
+        AgentClient {
+            out,
+            pending,
+            next_id: AtomicU64::new(1),
+            hello,
+            tasks: vec![writer_task, reader_task],
+        }
+    }
+
+    /// The agent's answer to this connection's Hello: boot id, and work the previous
+    /// connection left interrupted.
+    pub fn hello(&self) -> &HelloOk {
+        &self.hello
+    }
+
+    pub fn is_connected(&self) -> bool {
+        !self.out.is_closed() && self.tasks.iter().all(|t| !t.is_finished())
+    }
+
+    async fn send_request(
+        &self,
+        request: &Request,
+        queue: usize,
+    ) -> Result<(u64, mpsc::Receiver<Frame>), GuestError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(queue);
+        lock(&self.pending).insert(id, tx);
+        if self
+            .out
+            .send(Frame::json(FrameKind::Request, id, request))
+            .await
+            .is_err()
+        {
+            lock(&self.pending).remove(&id);
+            return Err(GuestError::Disconnected);
+        }
+        Ok((id, rx))
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, GuestError> {
+        let (id, mut rx) = self.send_request(&request, 1).await?;
+        let frame = rx.recv().await;
+        lock(&self.pending).remove(&id);
+        response_of(frame.ok_or(GuestError::Disconnected)?)
+    }
+
+    pub async fn health(&self) -> Result<HealthReport, GuestError> {
+        match self.call(Request::Health).await? {
+            Response::Health(report) => Ok(report),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn exec(&self, request: ExecRequest) -> Result<ExecStream, GuestError> {
+        let (id, mut rx) = self
+            .send_request(&Request::Exec(request), PER_REQUEST_QUEUE)
+            .await?;
+        let first = rx.recv().await.ok_or(GuestError::Disconnected)?;
+        match response_of(first) {
+            Ok(Response::ExecStarted { pid }) => Ok(ExecStream {
+                id,
+                pid,
+                rx,
+                out: self.out.clone(),
+                pending: self.pending.clone(),
+                finished: false,
+            }),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => {
+                lock(&self.pending).remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), GuestError> {
+        let request = Request::WriteFile(WriteFileRequest {
+            path: path.to_string(),
+            data_base64: STANDARD.encode(data),
+            mode,
+            uid: None,
+            gid: None,
+        });
+        self.call(request).await.map(|_| ())
+    }
+
+    pub async fn read_file(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, GuestError> {
+        let request = Request::ReadFile(ReadFileRequest {
+            path: path.to_string(),
+            max_bytes,
+        });
+        match self.call(request).await? {
+            Response::File { data_base64, .. } => STANDARD
+                .decode(data_base64.as_bytes())
+                .map_err(|e| GuestError::Protocol(format!("file data: {e}"))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn configure_network(&self, config: NetworkConfig) -> Result<(), GuestError> {
+        self.call(Request::ConfigureNetwork(config))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn set_clock(&self, unix_ms: i64) -> Result<(), GuestError> {
+        self.call(Request::SetClock { unix_ms }).await.map(|_| ())
+    }
+
+    pub async fn cancel(&self, exec_id: u64) -> Result<(), GuestError> {
+        self.call(Request::Cancel {
+            request_id: exec_id,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Sends raw frames; for tests of the agent's defences.
+    pub async fn send_raw(&self, frame: Frame) -> Result<(), GuestError> {
+        self.out
+            .send(frame)
+            .await
+            .map_err(|_| GuestError::Disconnected)
+    }
+}
+
+fn response_of(frame: Frame) -> Result<Response, GuestError> {
+    match frame.kind {
+        FrameKind::Response => frame
+            .parse()
+            .map_err(|e| GuestError::Protocol(e.to_string())),
+        FrameKind::Error => Err(GuestError::Agent(
+            frame
+                .parse()
+                .map_err(|e| GuestError::Protocol(e.to_string()))?,
+        )),
+        other => Err(GuestError::Protocol(format!(
+            "expected a response, got {other:?}"
+        ))),
+    }
+}
+
+fn unexpected(response: &Response) -> GuestError {
+    GuestError::Protocol(format!("unexpected response {response:?}"))
+}
+
+fn random_bytes() -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    // A nonce only needs to differ between connections; the time is a fine fallback.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = (now_ms() as u64).to_le_bytes();
+    }
+    bytes
+}
+
+async fn read_line(stream: &mut UnixStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' || line.len() > 64 {
+            return Ok(String::from_utf8_lossy(&line).to_string());
+        }
+        line.push(byte);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exit(ExitStatus),
+}
+
+/// A running exec: its output as a stream of events, ending with `Exit`.
+pub struct ExecStream {
+    pub id: u64,
+    pub pid: u32,
+    rx: mpsc::Receiver<Frame>,
+    out: mpsc::Sender<Frame>,
+    pending: Pending,
+    finished: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: Option<ExitStatus>,
+}
+
+impl ExecStream {
+    /// Sends stdin (for execs started with `stdin: true`); an empty chunk closes it.
+    pub async fn write_stdin(&self, chunk: Bytes) -> Result<(), GuestError> {
+        self.out
+            .send(Frame::new(FrameKind::Stdin, self.id, chunk))
+            .await
+            .map_err(|_| GuestError::Disconnected)
+    }
+
+    /// Collects everything until the exit.
+    pub async fn collect_output(mut self) -> Result<ExecOutput, GuestError> {
+        let mut output = ExecOutput::default();
+        while let Some(event) = self.next().await {
+            match event? {
+                ExecEvent::Stdout(chunk) => output.stdout.extend_from_slice(&chunk),
+                ExecEvent::Stderr(chunk) => output.stderr.extend_from_slice(&chunk),
+                ExecEvent::Exit(status) => output.status = Some(status),
+            }
+        }
+        Ok(output)
+    }
+}
+
+impl Drop for ExecStream {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(&self.id);
+    }
+}
+
+impl Stream for ExecStream {
+    type Item = Result<ExecEvent, GuestError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let frame = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                self.finished = true;
+                return Poll::Ready(Some(Err(GuestError::Disconnected)));
+            }
+            Poll::Ready(Some(frame)) => frame,
+        };
+        let event = match frame.kind {
+            FrameKind::Stdout => Ok(ExecEvent::Stdout(frame.payload)),
+            FrameKind::Stderr => Ok(ExecEvent::Stderr(frame.payload)),
+            FrameKind::Exit => {
+                self.finished = true;
+                frame
+                    .parse()
+                    .map(ExecEvent::Exit)
+                    .map_err(|e| GuestError::Protocol(e.to_string()))
+            }
+            FrameKind::Error => {
+                self.finished = true;
+                Err(frame
+                    .parse::<ErrorBody>()
+                    .map(GuestError::Agent)
+                    .unwrap_or_else(|e| GuestError::Protocol(e.to_string())))
+            }
+            other => Err(GuestError::Protocol(format!(
+                "unexpected {other:?} in an exec stream"
+            ))),
+        };
+        Poll::Ready(Some(event))
+    }
+}
