@@ -10,7 +10,9 @@ if ! command -v cargo >/dev/null; then
 fi
 
 # Debian packages the tests use. Installed only when missing, so a prepared host needs no network.
-packages=(ca-certificates)
+# QEMU boots the real guests; e2fsprogs formats their data disks; iproute2 makes the test's
+# private network; procps gives pgrep to the agent tests.
+packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,6 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+echo "test.sh: building the guest test image"
+image/build-test-image.sh
+
 echo "test.sh: building and running the tests"
+# The real-guest tests must not skip here: every prerequisite was just installed.
+export MC_REQUIRE_GUESTS=1
 # Benchmarks are not run here (they are not tests), but they are compiled by clippy in CI.
 cargo test --locked --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}"

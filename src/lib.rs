@@ -34,6 +34,8 @@ pub mod tokens;
 #[cfg(feature = "daemon")]
 pub mod users;
 #[cfg(feature = "daemon")]
+pub mod vmm;
+#[cfg(feature = "daemon")]
 pub mod vms;
 #[cfg(feature = "daemon")]
 pub mod watchdog;

@@ -177,3 +177,5 @@ impl Reply {
         self.json["error"]["code"].as_str().unwrap_or("")
     }
 }
+
+pub mod vmhost;

@@ -1,0 +1,140 @@
+//! Hypervisors behind one trait. Both backends give the daemon the same things: a process it
+//! supervises (with a watch on its exit), a Unix-socket byte stream to the agent, and hibernate
+//! and resume files under the VM's directory.
+
+pub mod disks;
+mod process;
+pub mod qemu;
+mod qmp;
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::watch;
+
+use crate::guest::client::AgentEndpoint;
+pub use process::ExitInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("{0} did not come up: {1}")]
+    Startup(&'static str, String),
+    #[error("QMP {command}: {message}")]
+    Qmp { command: String, message: String },
+    #[error("hypervisor control channel: {0}")]
+    Control(String),
+    #[error("no hibernation image in {0}")]
+    NoSnapshot(PathBuf),
+    #[error("bad VM spec: {0}")]
+    Spec(String),
+    #[error("the hypervisor process exited: {0}")]
+    Exited(ExitInfo),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl VmmError {
+    pub fn io(path: &Path, source: std::io::Error) -> VmmError {
+        VmmError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    pub id: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// Everything needed to boot (or resume) one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub vm_id: String,
+    /// Sockets, the console log and the hibernation image live here.
+    pub dir: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel arguments; the backend adds the console and the agent's token and channel.
+    pub boot_args: String,
+    pub disks: Vec<DiskSpec>,
+    pub net: Option<NetSpec>,
+    /// The per-VM secret the agent expects in `Hello`.
+    pub agent_token: String,
+}
+
+impl VmSpec {
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshot")
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+}
+
+/// A running VM's process.
+pub struct VmHandle {
+    pub pid: u32,
+    pub agent: AgentEndpoint,
+    /// `None` while the process runs; then how it ended.
+    pub exited: watch::Receiver<Option<ExitInfo>>,
+    control: PathBuf,
+}
+
+impl VmHandle {
+    /// Resolves when the process has exited.
+    pub async fn wait_exit(&mut self) -> ExitInfo {
+        loop {
+            if let Some(info) = self.exited.borrow().clone() {
+                return info;
+            }
+            if self.exited.changed().await.is_err() {
+                return ExitInfo::unknown();
+            }
+        }
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+}
+
+/// What a hibernation produced.
+#[derive(Debug, Clone)]
+pub struct Hibernated {
+    pub state_bytes: u64,
+}
+
+#[async_trait::async_trait]
+pub trait Hypervisor: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Cold-boots the spec's kernel.
+    async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError>;
+    async fn pause(&self, vm: &VmHandle) -> Result<(), VmmError>;
+    async fn unpause(&self, vm: &VmHandle) -> Result<(), VmmError>;
+    /// Saves the VM's whole state under `spec.snapshot_dir()` and stops its process.
+    async fn hibernate(&self, spec: &VmSpec, vm: VmHandle) -> Result<Hibernated, VmmError>;
+    /// Starts a new process from the state under `spec.snapshot_dir()` and lets the guest run.
+    /// The spec's tap, disks and sockets may differ from those at hibernation.
+    async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError>;
+    /// Stops the process at once.
+    async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError>;
+}

@@ -1,0 +1,397 @@
+//! The QEMU backend: the microvm machine with virtio-mmio devices, the agent on a virtio-serial
+//! port backed by a Unix socket, and QMP on another. Hibernation migrates the stopped VM into a
+//! file; resume starts a new QEMU with `-incoming` from it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::process::Command;
+
+use super::process::{ExitInfo, spawn_supervised};
+use super::qmp::Qmp;
+use super::{Hibernated, Hypervisor, VmHandle, VmSpec, VmmError};
+use crate::guest::client::AgentEndpoint;
+use crate::guest::messages::{CMDLINE_CHANNEL, CMDLINE_TOKEN, DEFAULT_SERIAL_PORT_NAME};
+
+const QMP_DEADLINE: Duration = Duration::from_secs(10);
+const MIGRATION_DEADLINE: Duration = Duration::from_secs(300);
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+/// Migration is throttled to 32 MiB/s by default; a stopped VM's memory should go at disk speed.
+const MIGRATION_BANDWIDTH: u64 = 10 << 30;
+const STATE_FILE: &str = "state";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub binary: String,
+    pub accel: Accel,
+}
+
+pub struct QemuBackend {
+    config: QemuConfig,
+    tsc_khz: Option<u64>,
+}
+
+/// The host's TSC frequency in kHz. Under TCG the guest kernel otherwise calibrates it against
+/// an emulated timer and hangs in about 40% of boots; it differs between hosts, so it is read
+/// at run time.
+pub fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// QEMU option values cannot hold a comma unescaped, and `exec:` migration URIs go through a
+/// shell, so every path handed to QEMU is held to a plain alphabet.
+fn plain_path(path: &Path) -> Result<String, VmmError> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| VmmError::Spec(format!("{} is not UTF-8", path.display())))?;
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b'+' | b'@'));
+    if !plain {
+        return Err(VmmError::Spec(format!(
+            "path {text:?} has characters QEMU options cannot carry"
+        )));
+    }
+    Ok(text.to_string())
+}
+
+impl QemuBackend {
+    pub fn new(config: QemuConfig) -> QemuBackend {
+        QemuBackend {
+            tsc_khz: host_tsc_khz(),
+            config,
+        }
+    }
+
+    fn agent_socket(spec: &VmSpec) -> PathBuf {
+        spec.dir.join("agent.sock")
+    }
+
+    fn qmp_socket(spec: &VmSpec) -> PathBuf {
+        spec.dir.join("qmp.sock")
+    }
+
+    fn kernel_args(&self, spec: &VmSpec) -> String {
+        let mut args = vec![
+            "console=ttyS0".to_string(),
+            "reboot=k".into(),
+            "panic=-1".into(),
+            format!("{CMDLINE_TOKEN}={}", spec.agent_token),
+            format!("{CMDLINE_CHANNEL}=virtio-serial:{DEFAULT_SERIAL_PORT_NAME}"),
+        ];
+        if self.config.accel == Accel::Tcg
+            && let Some(khz) = self.tsc_khz
+        {
+            args.push(format!("tsc_early_khz={khz}"));
+        }
+        if !spec.boot_args.trim().is_empty() {
+            args.push(spec.boot_args.trim().to_string());
+        }
+        args.join(" ")
+    }
+
+    fn command(&self, spec: &VmSpec, incoming: Option<&Path>) -> Result<Command, VmmError> {
+        if spec.agent_token.is_empty()
+            || !spec.agent_token.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(VmmError::Spec(
+                "the agent token must be non-empty and alphanumeric".into(),
+            ));
+        }
+        let mut command = Command::new(&self.config.binary);
+        command.args([
+            "-M",
+            "microvm,pit=on,pic=on,rtc=on",
+            "-accel",
+            match self.config.accel {
+                Accel::Kvm => "kvm",
+                Accel::Tcg => "tcg",
+            },
+            "-nographic",
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+        ]);
+        command
+            .arg("-m")
+            .arg(format!("{}M", spec.memory_mib))
+            .arg("-smp")
+            .arg(spec.vcpus.to_string())
+            .arg("-kernel")
+            .arg(plain_path(&spec.kernel)?);
+        if let Some(initrd) = &spec.initrd {
+            command.arg("-initrd").arg(plain_path(initrd)?);
+        }
+        command.arg("-append").arg(self.kernel_args(spec));
+        command
+            .arg("-serial")
+            .arg(format!("file:{}", plain_path(&spec.console_log())?));
+        for disk in &spec.disks {
+            let mut drive = format!(
+                "id={},file={},format=raw,if=none",
+                disk.id,
+                plain_path(&disk.path)?
+            );
+            if disk.read_only {
+                drive.push_str(",readonly=on");
+            }
+            command
+                .arg("-drive")
+                .arg(drive)
+                .arg("-device")
+                .arg(format!("virtio-blk-device,drive={}", disk.id));
+        }
+        if let Some(net) = &spec.net {
+            command
+                .arg("-netdev")
+                .arg(format!(
+                    "tap,id=net0,ifname={},script=no,downscript=no",
+                    net.tap
+                ))
+                .arg("-device")
+                .arg(format!("virtio-net-device,netdev=net0,mac={}", net.mac));
+        }
+        command
+            .args(["-device", "virtio-serial-device", "-chardev"])
+            .arg(format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                plain_path(&Self::agent_socket(spec))?
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtserialport,chardev=agent,name={DEFAULT_SERIAL_PORT_NAME}"
+            ))
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                plain_path(&Self::qmp_socket(spec))?
+            ));
+        if let Some(state) = incoming {
+            command
+                .arg("-incoming")
+                .arg(format!("exec:cat {}", plain_path(state)?));
+        }
+        Ok(command)
+    }
+
+    async fn start(
+        &self,
+        spec: &VmSpec,
+        incoming: Option<&Path>,
+    ) -> Result<(VmHandle, Qmp), VmmError> {
+        tokio::fs::create_dir_all(&spec.dir)
+            .await
+            .map_err(|e| VmmError::io(&spec.dir, e))?;
+        for socket in [Self::agent_socket(spec), Self::qmp_socket(spec)] {
+            let _ = tokio::fs::remove_file(&socket).await;
+        }
+        let command = self.command(spec, incoming)?;
+        let (pid, exited) = spawn_supervised(command, &self.config.binary)?;
+        let handle = VmHandle {
+            pid,
+            agent: AgentEndpoint::Unix(Self::agent_socket(spec)),
+            exited,
+            control: Self::qmp_socket(spec),
+        };
+        let qmp = tokio::select! {
+            qmp = Qmp::connect(&handle.control, QMP_DEADLINE) => qmp,
+            info = wait_exited(handle.exited.clone()) => Err(VmmError::Exited(info)),
+        };
+        match qmp {
+            Ok(qmp) => Ok((handle, qmp)),
+            Err(e) => {
+                let mut handle = handle;
+                let _ = self.kill(&mut handle).await;
+                Err(VmmError::Startup(
+                    "qemu",
+                    format!("{e}; console: {}", console_tail(spec).await),
+                ))
+            }
+        }
+    }
+
+    async fn control(&self, vm: &VmHandle) -> Result<Qmp, VmmError> {
+        Qmp::connect(&vm.control, QMP_DEADLINE).await
+    }
+}
+
+async fn wait_exited(mut exited: tokio::sync::watch::Receiver<Option<ExitInfo>>) -> ExitInfo {
+    loop {
+        if let Some(info) = exited.borrow().clone() {
+            return info;
+        }
+        if exited.changed().await.is_err() {
+            return ExitInfo::unknown();
+        }
+    }
+}
+
+/// The last lines the guest printed, for error messages.
+async fn console_tail(spec: &VmSpec) -> String {
+    let text = tokio::fs::read_to_string(spec.console_log())
+        .await
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        let (handle, _qmp) = self.start(spec, None).await?;
+        Ok(handle)
+    }
+
+    async fn pause(&self, vm: &VmHandle) -> Result<(), VmmError> {
+        self.control(vm)
+            .await?
+            .execute("stop", None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn unpause(&self, vm: &VmHandle) -> Result<(), VmmError> {
+        self.control(vm)
+            .await?
+            .execute("cont", None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn hibernate(&self, spec: &VmSpec, mut vm: VmHandle) -> Result<Hibernated, VmmError> {
+        let snapshot = spec.snapshot_dir();
+        tokio::fs::create_dir_all(&snapshot)
+            .await
+            .map_err(|e| VmmError::io(&snapshot, e))?;
+        let partial = snapshot.join("state.partial");
+        let state = snapshot.join(STATE_FILE);
+        let mut qmp = self.control(&vm).await?;
+        qmp.execute("stop", None).await?;
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": MIGRATION_BANDWIDTH })),
+        )
+        .await?;
+        qmp.execute(
+            "migrate",
+            Some(json!({ "uri": format!("exec:cat > {}", plain_path(&partial)?) })),
+        )
+        .await?;
+        let started = Instant::now();
+        loop {
+            let info = qmp.execute("query-migrate", None).await?;
+            match info["status"].as_str().unwrap_or_default() {
+                "completed" => break,
+                "failed" | "cancelled" => {
+                    let _ = qmp.execute("cont", None).await;
+                    return Err(VmmError::Qmp {
+                        command: "migrate".into(),
+                        message: info["error-desc"]
+                            .as_str()
+                            .unwrap_or("migration failed")
+                            .to_string(),
+                    });
+                }
+                _ if started.elapsed() > MIGRATION_DEADLINE => {
+                    let _ = qmp.execute("migrate_cancel", None).await;
+                    let _ = qmp.execute("cont", None).await;
+                    return Err(VmmError::Qmp {
+                        command: "migrate".into(),
+                        message: format!("not finished after {MIGRATION_DEADLINE:?}"),
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        // The monitor may close before it answers `quit`.
+        let _ = qmp.execute("quit", None).await;
+        if tokio::time::timeout(EXIT_DEADLINE, vm.wait_exit())
+            .await
+            .is_err()
+        {
+            self.kill(&mut vm).await?;
+        }
+        let size = sync_and_publish(&partial, &state).await?;
+        Ok(Hibernated { state_bytes: size })
+    }
+
+    async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        let state = spec.snapshot_dir().join(STATE_FILE);
+        if !tokio::fs::try_exists(&state).await.unwrap_or(false) {
+            return Err(VmmError::NoSnapshot(spec.snapshot_dir()));
+        }
+        let (mut handle, mut qmp) = self.start(spec, Some(&state)).await?;
+        let started = Instant::now();
+        loop {
+            match qmp.status().await?.as_str() {
+                // The source was stopped before migrating, so the VM arrives paused.
+                "paused" | "postmigrate" => {
+                    qmp.execute("cont", None).await?;
+                    break;
+                }
+                "running" => break,
+                "inmigrate" | "prelaunch" if started.elapsed() < MIGRATION_DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => {
+                    let _ = self.kill(&mut handle).await;
+                    return Err(VmmError::Startup(
+                        "qemu resume",
+                        format!("run state {other:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(handle)
+    }
+
+    async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError> {
+        if !vm.has_exited() {
+            let pid = nix::unistd::Pid::from_raw(vm.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        Ok(vm.wait_exit().await)
+    }
+}
+
+/// Makes the finished image durable and gives it its final name.
+async fn sync_and_publish(partial: &Path, state: &Path) -> Result<u64, VmmError> {
+    let (partial, state) = (partial.to_path_buf(), state.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&partial).map_err(|e| VmmError::io(&partial, e))?;
+        file.sync_all().map_err(|e| VmmError::io(&partial, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| VmmError::io(&partial, e))?
+            .len();
+        std::fs::rename(&partial, &state).map_err(|e| VmmError::io(&state, e))?;
+        if let Some(dir) = state.parent()
+            && let Ok(dir) = std::fs::File::open(dir)
+        {
+            let _ = dir.sync_all();
+        }
+        Ok(size)
+    })
+    .await
+    .map_err(|e| VmmError::Control(e.to_string()))?
+}

@@ -1,0 +1,92 @@
+//! Real guests on this host: the test image, a private network namespace with a bridge, and a
+//! VM spec for the QEMU backend under TCG.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use master_controller::vmm::{DiskSpec, NetSpec, VmSpec};
+
+pub const BRIDGE: &str = "mcbr0";
+pub const BRIDGE_ADDR: &str = "10.213.0.1";
+pub const BRIDGE_CIDR: &str = "10.213.0.1/24";
+
+/// Where the test image is: `MC_TEST_IMAGE_DIR`, else `image/out/test` in the repository.
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("MC_TEST_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("image/out/test"))
+}
+
+/// Why real guests cannot run here, if they cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    let image = image_dir();
+    if !image.join("vmlinux").is_file() || !image.join("initramfs.cpio.gz").is_file() {
+        return Some(format!(
+            "no test image in {} (build it with image/build-test-image.sh)",
+            image.display()
+        ));
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Some(
+            "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
+        );
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Some("real-guest tests need root for network namespaces and taps".into());
+    }
+    None
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {} failed", args.join(" "));
+}
+
+/// Moves this process into a network namespace of its own (it disappears with the process) and
+/// creates the bridge there. Must run before any other thread starts, so that every thread and
+/// every child inherits the namespace.
+pub fn enter_private_network() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["link", "add", BRIDGE, "type", "bridge"]);
+    ip(&["addr", "add", BRIDGE_CIDR, "dev", BRIDGE]);
+    ip(&["link", "set", BRIDGE, "up"]);
+}
+
+/// Creates a tap on the bridge.
+pub fn add_tap(name: &str) {
+    ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
+    ip(&["link", "set", name, "master", BRIDGE, "up"]);
+}
+
+pub fn remove_tap(name: &str) {
+    let _ = Command::new("ip").args(["link", "del", name]).status();
+}
+
+/// A spec for the test image with a data disk and a NIC on `tap`.
+pub fn test_spec(dir: &Path, tap: &str, data_disk: &Path) -> VmSpec {
+    let image = image_dir();
+    VmSpec {
+        vm_id: "test-vm".into(),
+        dir: dir.to_path_buf(),
+        vcpus: 1,
+        memory_mib: 256,
+        kernel: image.join("vmlinux"),
+        initrd: Some(image.join("initramfs.cpio.gz")),
+        boot_args: "mc.hostname=guest-one".into(),
+        disks: vec![DiskSpec {
+            id: "data".into(),
+            path: data_disk.to_path_buf(),
+            read_only: false,
+        }],
+        net: Some(NetSpec {
+            tap: tap.to_string(),
+            mac: "06:00:0a:d5:00:02".into(),
+        }),
+        agent_token: "guesttesttoken0123456789".into(),
+    }
+}
