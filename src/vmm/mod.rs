@@ -3,6 +3,7 @@
 //! and resume files under the VM's directory.
 
 pub mod disks;
+pub mod firecracker;
 mod process;
 pub mod qemu;
 mod qmp;
@@ -33,6 +34,12 @@ pub enum VmmError {
     Spec(String),
     #[error("the hypervisor process exited: {0}")]
     Exited(ExitInfo),
+    #[error("Firecracker answered {status} to {request}: {fault}")]
+    Firecracker {
+        request: String,
+        status: u16,
+        fault: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -54,6 +61,8 @@ pub struct DiskSpec {
     pub id: String,
     pub path: PathBuf,
     pub read_only: bool,
+    /// The guest's root filesystem (the shared base rootfs of the golden image).
+    pub root: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -102,14 +111,7 @@ pub struct VmHandle {
 impl VmHandle {
     /// Resolves when the process has exited.
     pub async fn wait_exit(&mut self) -> ExitInfo {
-        loop {
-            if let Some(info) = self.exited.borrow().clone() {
-                return info;
-            }
-            if self.exited.changed().await.is_err() {
-                return ExitInfo::unknown();
-            }
-        }
+        process::wait_exited(self.exited.clone()).await
     }
 
     pub fn has_exited(&self) -> bool {
@@ -137,4 +139,13 @@ pub trait Hypervisor: Send + Sync {
     async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError>;
     /// Stops the process at once.
     async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError>;
+}
+
+/// The last lines the guest printed, for error messages.
+pub(crate) async fn console_tail(spec: &VmSpec) -> String {
+    let text = tokio::fs::read_to_string(spec.console_log())
+        .await
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
 }

@@ -35,15 +35,17 @@ impl fmt::Display for ExitInfo {
     }
 }
 
-/// Spawns `command` and returns its pid and the watch on its exit.
+/// Spawns `command` with its stdout going to `stdout`, and returns its pid and the watch on its
+/// exit.
 pub fn spawn_supervised(
     mut command: Command,
     binary: &str,
+    stdout: Stdio,
 ) -> Result<(u32, watch::Receiver<Option<ExitInfo>>), VmmError> {
     command
         .process_group(0)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     let mut child = command.spawn().map_err(|source| VmmError::Spawn {
@@ -87,4 +89,27 @@ pub fn spawn_supervised(
         let _ = tx.send(Some(info));
     });
     Ok((pid, rx))
+}
+
+/// Resolves when the watched process has exited.
+pub async fn wait_exited(mut exited: watch::Receiver<Option<ExitInfo>>) -> ExitInfo {
+    loop {
+        if let Some(info) = exited.borrow().clone() {
+            return info;
+        }
+        if exited.changed().await.is_err() {
+            return ExitInfo::unknown();
+        }
+    }
+}
+
+/// SIGKILLs `pid` unless it has already exited, and waits for the exit.
+pub async fn kill_and_wait(pid: u32, exited: watch::Receiver<Option<ExitInfo>>) -> ExitInfo {
+    if exited.borrow().is_none() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    wait_exited(exited).await
 }

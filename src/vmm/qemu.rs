@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::process::Command;
 
-use super::process::{ExitInfo, spawn_supervised};
+use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
 use super::qmp::Qmp;
-use super::{Hibernated, Hypervisor, VmHandle, VmSpec, VmmError};
+use super::{Hibernated, Hypervisor, VmHandle, VmSpec, VmmError, console_tail};
 use crate::guest::client::AgentEndpoint;
 use crate::guest::messages::{CMDLINE_CHANNEL, CMDLINE_TOKEN, DEFAULT_SERIAL_PORT_NAME};
 
@@ -99,6 +99,9 @@ impl QemuBackend {
             && let Some(khz) = self.tsc_khz
         {
             args.push(format!("tsc_early_khz={khz}"));
+        }
+        if spec.disks.first().is_some_and(|d| d.root) {
+            args.push("root=/dev/vda".into());
         }
         if !spec.boot_args.trim().is_empty() {
             args.push(spec.boot_args.trim().to_string());
@@ -202,7 +205,8 @@ impl QemuBackend {
             let _ = tokio::fs::remove_file(&socket).await;
         }
         let command = self.command(spec, incoming)?;
-        let (pid, exited) = spawn_supervised(command, &self.config.binary)?;
+        let (pid, exited) =
+            spawn_supervised(command, &self.config.binary, std::process::Stdio::null())?;
         let handle = VmHandle {
             pid,
             agent: AgentEndpoint::Unix(Self::agent_socket(spec)),
@@ -229,26 +233,6 @@ impl QemuBackend {
     async fn control(&self, vm: &VmHandle) -> Result<Qmp, VmmError> {
         Qmp::connect(&vm.control, QMP_DEADLINE).await
     }
-}
-
-async fn wait_exited(mut exited: tokio::sync::watch::Receiver<Option<ExitInfo>>) -> ExitInfo {
-    loop {
-        if let Some(info) = exited.borrow().clone() {
-            return info;
-        }
-        if exited.changed().await.is_err() {
-            return ExitInfo::unknown();
-        }
-    }
-}
-
-/// The last lines the guest printed, for error messages.
-async fn console_tail(spec: &VmSpec) -> String {
-    let text = tokio::fs::read_to_string(spec.console_log())
-        .await
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
 #[async_trait::async_trait]
@@ -366,11 +350,7 @@ impl Hypervisor for QemuBackend {
     }
 
     async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError> {
-        if !vm.has_exited() {
-            let pid = nix::unistd::Pid::from_raw(vm.pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        Ok(vm.wait_exit().await)
+        Ok(kill_and_wait(vm.pid, vm.exited.clone()).await)
     }
 }
 

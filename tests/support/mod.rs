@@ -178,4 +178,6 @@ impl Reply {
     }
 }
 
+pub mod firecracker_fake;
+pub mod firecracker_spec;
 pub mod vmhost;

@@ -53,6 +53,9 @@ pub fn enter_private_network() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
     ip(&["link", "set", "lo", "up"]);
     ip(&["link", "add", BRIDGE, "type", "bridge"]);
+    // A bridge without an address of its own takes the lowest port MAC, so it would change when
+    // taps come and go, and guests would keep sending to the stale gateway MAC.
+    ip(&["link", "set", BRIDGE, "address", "02:6d:63:00:00:01"]);
     ip(&["addr", "add", BRIDGE_CIDR, "dev", BRIDGE]);
     ip(&["link", "set", BRIDGE, "up"]);
 }
@@ -82,6 +85,7 @@ pub fn test_spec(dir: &Path, tap: &str, data_disk: &Path) -> VmSpec {
             id: "data".into(),
             path: data_disk.to_path_buf(),
             read_only: false,
+            root: false,
         }],
         net: Some(NetSpec {
             tap: tap.to_string(),

@@ -1,0 +1,210 @@
+//! The Firecracker backend (production default). Boot configures the VM through the API
+//! socket; hibernate pauses, writes a full snapshot and stops the process; resume starts a new
+//! process and loads the snapshot with `resume_vm`. The agent is reached over hybrid vsock.
+
+pub mod api;
+mod jailer;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
+use super::{Hibernated, Hypervisor, VmHandle, VmSpec, VmmError, console_tail};
+use crate::guest::client::AgentEndpoint;
+use crate::guest::messages::{CMDLINE_CHANNEL, CMDLINE_TOKEN, DEFAULT_VSOCK_PORT};
+use api::{FirecrackerApi, Layout};
+pub use jailer::JailerConfig;
+
+const API_DEADLINE: Duration = Duration::from_secs(10);
+const GUEST_CID: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct FirecrackerConfig {
+    /// The `firecracker` binary (`FIRECRACKER_BASE`).
+    pub binary: PathBuf,
+    pub jailer: Option<JailerConfig>,
+}
+
+pub struct FirecrackerBackend {
+    config: FirecrackerConfig,
+}
+
+/// What resume needs to know about the snapshot's VM.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotMeta {
+    tap: Option<String>,
+}
+
+impl FirecrackerBackend {
+    pub fn new(config: FirecrackerConfig) -> FirecrackerBackend {
+        FirecrackerBackend { config }
+    }
+
+    pub fn boot_args(spec: &VmSpec) -> String {
+        let mut args = vec![
+            "console=ttyS0".to_string(),
+            "reboot=k".into(),
+            "panic=1".into(),
+            "pci=off".into(),
+            format!("{CMDLINE_TOKEN}={}", spec.agent_token),
+            format!("{CMDLINE_CHANNEL}=vsock:{DEFAULT_VSOCK_PORT}"),
+        ];
+        if !spec.boot_args.trim().is_empty() {
+            args.push(spec.boot_args.trim().to_string());
+        }
+        args.join(" ")
+    }
+
+    /// Starts a fresh Firecracker process (under the jailer when configured) and waits for its
+    /// API.
+    async fn launch(&self, spec: &VmSpec) -> Result<(VmHandle, FirecrackerApi), VmmError> {
+        tokio::fs::create_dir_all(&spec.dir)
+            .await
+            .map_err(|e| VmmError::io(&spec.dir, e))?;
+        let layout = Layout::of(spec);
+        // A socket left by the previous process would make the new one fail to bind.
+        for stale in [&layout.api_socket, &layout.vsock_socket] {
+            let _ = tokio::fs::remove_file(stale).await;
+        }
+        for file in [&layout.log, &layout.metrics] {
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .await
+                .map_err(|e| VmmError::io(file, e))?;
+        }
+        let console = std::fs::File::create(spec.console_log())
+            .map_err(|e| VmmError::io(&spec.console_log(), e))?;
+        let (command, api_socket) = match &self.config.jailer {
+            Some(jailer) => jailer.command(&self.config.binary, spec).await?,
+            None => {
+                let mut command = Command::new(&self.config.binary);
+                command
+                    .arg("--api-sock")
+                    .arg(&layout.api_socket)
+                    .arg("--id")
+                    .arg(&spec.vm_id);
+                (command, layout.api_socket.clone())
+            }
+        };
+        let binary = self.config.binary.display().to_string();
+        let (pid, exited) = spawn_supervised(command, &binary, Stdio::from(console))?;
+        let handle = VmHandle {
+            pid,
+            agent: AgentEndpoint::HybridVsock {
+                uds: layout.vsock_socket.clone(),
+                port: DEFAULT_VSOCK_PORT,
+            },
+            exited,
+            control: api_socket.clone(),
+        };
+        let api = FirecrackerApi::new(&api_socket);
+        let ready = tokio::select! {
+            ready = api.wait_ready(API_DEADLINE) => ready,
+            info = wait_exited(handle.exited.clone()) => Err(VmmError::Exited(info)),
+        };
+        if let Err(e) = ready {
+            kill_and_wait(handle.pid, handle.exited.clone()).await;
+            return Err(VmmError::Startup(
+                "firecracker",
+                format!("{e}; console: {}", console_tail(spec).await),
+            ));
+        }
+        Ok((handle, api))
+    }
+
+    async fn fail(&self, handle: VmHandle, error: VmmError) -> VmmError {
+        kill_and_wait(handle.pid, handle.exited.clone()).await;
+        error
+    }
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for FirecrackerBackend {
+    fn name(&self) -> &'static str {
+        "firecracker"
+    }
+
+    async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        let (handle, api) = self.launch(spec).await?;
+        let requests =
+            api::boot_requests(spec, &Layout::of(spec), GUEST_CID, &Self::boot_args(spec));
+        match api.send_all(&requests).await {
+            Ok(()) => Ok(handle),
+            Err(e) => Err(self.fail(handle, e).await),
+        }
+    }
+
+    async fn pause(&self, vm: &VmHandle) -> Result<(), VmmError> {
+        FirecrackerApi::new(&vm.control)
+            .send(&api::set_state("Paused"))
+            .await
+            .map(|_| ())
+    }
+
+    async fn unpause(&self, vm: &VmHandle) -> Result<(), VmmError> {
+        FirecrackerApi::new(&vm.control)
+            .send(&api::set_state("Resumed"))
+            .await
+            .map(|_| ())
+    }
+
+    async fn hibernate(&self, spec: &VmSpec, vm: VmHandle) -> Result<Hibernated, VmmError> {
+        let layout = Layout::of(spec);
+        let dir = spec.snapshot_dir();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| VmmError::io(&dir, e))?;
+        let api = FirecrackerApi::new(&vm.control);
+        api.send(&api::set_state("Paused")).await?;
+        if let Err(e) = api.send(&api::snapshot_create(&layout)).await {
+            let _ = api.send(&api::set_state("Resumed")).await;
+            return Err(e);
+        }
+        let meta = SnapshotMeta {
+            tap: spec.net.as_ref().map(|n| n.tap.clone()),
+        };
+        let meta_path = dir.join("meta.json");
+        tokio::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap_or_default())
+            .await
+            .map_err(|e| VmmError::io(&meta_path, e))?;
+        // The snapshot holds everything; the paused process has nothing left to do.
+        kill_and_wait(vm.pid, vm.exited.clone()).await;
+        let state_bytes = tokio::fs::metadata(&layout.snapshot_memory)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(Hibernated { state_bytes })
+    }
+
+    async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        let layout = Layout::of(spec);
+        let meta_path = spec.snapshot_dir().join("meta.json");
+        let meta: SnapshotMeta = match tokio::fs::read(&meta_path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| VmmError::Control(format!("{}: {e}", meta_path.display())))?,
+            Err(_) => return Err(VmmError::NoSnapshot(spec.snapshot_dir())),
+        };
+        let (handle, api) = self.launch(spec).await?;
+        let new_tap = spec
+            .net
+            .as_ref()
+            .map(|n| n.tap.as_str())
+            .filter(|tap| meta.tap.as_deref() != Some(*tap));
+        let mut requests = api::observability_requests(&layout);
+        requests.push(api::snapshot_load(&layout, new_tap));
+        match api.send_all(&requests).await {
+            Ok(()) => Ok(handle),
+            Err(e) => Err(self.fail(handle, e).await),
+        }
+    }
+
+    async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError> {
+        Ok(kill_and_wait(vm.pid, vm.exited.clone()).await)
+    }
+}

@@ -1,0 +1,357 @@
+//! The Firecracker backend without Firecracker: every request body it produces is validated
+//! against the official API spec, and its boot, hibernate and resume sequences run through a
+//! fake (`tests/support/firecracker_fake.rs`) that enforces Firecracker's ordering rules. This
+//! binary is also that fake: the backend starts it as its "firecracker" process.
+//!
+//! With `MC_TEST_FIRECRACKER_BIN` set, the same lifecycle also runs against a real Firecracker
+//! booting the test image; otherwise that case is skipped with a message.
+
+mod support;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use master_controller::guest::client::AgentClient;
+use master_controller::vmm::firecracker::api::{self, ApiRequest, FirecrackerApi, Layout};
+use master_controller::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
+use master_controller::vmm::{DiskSpec, Hypervisor, NetSpec, VmSpec, VmmError};
+use support::firecracker_fake::{self, LOG_ENV};
+use support::firecracker_spec::ApiSpec;
+
+fn spec(dir: &Path, tap: &str) -> VmSpec {
+    VmSpec {
+        vm_id: "fc-test".into(),
+        dir: dir.to_path_buf(),
+        vcpus: 2,
+        memory_mib: 512,
+        kernel: "/images/vmlinux".into(),
+        initrd: Some("/images/initrd.gz".into()),
+        boot_args: "mc.hostname=fc".into(),
+        disks: vec![
+            DiskSpec {
+                id: "rootfs".into(),
+                path: "/images/rootfs.ext4".into(),
+                read_only: true,
+                root: true,
+            },
+            DiskSpec {
+                id: "data".into(),
+                path: dir.join("data.img"),
+                read_only: false,
+                root: false,
+            },
+        ],
+        net: Some(NetSpec {
+            tap: tap.into(),
+            mac: "06:00:c0:a8:64:02".into(),
+        }),
+        agent_token: "fctoken123".into(),
+    }
+}
+
+/// Every kind of request the backend sends.
+fn every_request(dir: &Path) -> Vec<ApiRequest> {
+    let spec = spec(dir, "mc-tap-a");
+    let layout = Layout::of(&spec);
+    let mut requests = api::boot_requests(&spec, &layout, 3, &FirecrackerBackend::boot_args(&spec));
+    requests.push(api::set_state("Paused"));
+    requests.push(api::set_state("Resumed"));
+    requests.push(api::snapshot_create(&layout));
+    requests.push(api::snapshot_load(&layout, None));
+    requests.push(api::snapshot_load(&layout, Some("mc-tap-b")));
+    requests
+}
+
+async fn bodies_validate_against_the_spec() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for version in ["1.16.1", "1.13.1"] {
+        let spec = ApiSpec::load(version);
+        let requests = every_request(dir.path());
+        for request in &requests {
+            spec.validate(
+                request.method.as_str(),
+                &request.path,
+                request.body.as_ref(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        eprintln!("    {} requests valid against v{version}", requests.len());
+    }
+    // The validator can fail: a typo'd field and a wrong type are caught.
+    let spec = ApiSpec::load("1.16.1");
+    let typo = serde_json::json!({ "vcpu_count": 1, "mem_size_mb": 128 });
+    assert!(
+        spec.validate("PUT", "/machine-config", Some(&typo))
+            .is_err()
+    );
+    let wrong_type = serde_json::json!({ "vcpu_count": "two", "mem_size_mib": 128 });
+    assert!(
+        spec.validate("PUT", "/machine-config", Some(&wrong_type))
+            .is_err()
+    );
+    let bad_enum = serde_json::json!({ "state": "Sleeping" });
+    assert!(spec.validate("PATCH", "/vm", Some(&bad_enum)).is_err());
+}
+
+struct FakeRun {
+    backend: FirecrackerBackend,
+    log: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn fake_backend() -> FakeRun {
+    let dir = tempfile::Builder::new()
+        .prefix("mcfc")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    // `main` named the log before any thread started; the fake processes inherit it.
+    let log = std::env::var(LOG_ENV)
+        .map(PathBuf::from)
+        .expect("log path set in main");
+    let _ = std::fs::remove_file(&log);
+    let backend = FirecrackerBackend::new(FirecrackerConfig {
+        binary: std::env::current_exe().expect("own path"),
+        jailer: None,
+    });
+    FakeRun { backend, log, dir }
+}
+
+fn paths(log: &Path) -> Vec<String> {
+    firecracker_fake::logged(log)
+        .iter()
+        .map(|entry| {
+            format!(
+                "{} {}",
+                entry["method"].as_str().unwrap_or(""),
+                entry["path"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+async fn lifecycle_through_the_fake() {
+    let run = fake_backend();
+    let vm_dir = run.dir.path().join("vm");
+    let mut vm_spec = spec(&vm_dir, "mc-tap-a");
+    let vm = run.backend.boot(&vm_spec).await.expect("boot");
+    assert!(!vm.has_exited());
+    let boot = paths(&run.log);
+    assert_eq!(boot.first().map(String::as_str), Some("GET /"));
+    assert_eq!(boot.last().map(String::as_str), Some("PUT /actions"));
+    for expected in [
+        "PUT /machine-config",
+        "PUT /boot-source",
+        "PUT /drives/rootfs",
+        "PUT /drives/data",
+        "PUT /network-interfaces/eth0",
+        "PUT /vsock",
+        "PUT /entropy",
+    ] {
+        assert!(
+            boot.iter().any(|p| p == expected),
+            "boot lacks {expected}: {boot:?}"
+        );
+    }
+    assert!(
+        firecracker_fake::logged(&run.log)
+            .iter()
+            .all(|e| e["ok"] == true),
+        "fake refused part of boot"
+    );
+
+    let image = run
+        .backend
+        .hibernate(&vm_spec, vm)
+        .await
+        .expect("hibernate");
+    assert!(image.state_bytes > 0);
+    let after_hibernate = paths(&run.log);
+    let tail: Vec<&str> = after_hibernate[boot.len()..]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(tail, ["PATCH /vm", "PUT /snapshot/create"]);
+
+    std::fs::remove_file(&run.log).expect("reset log");
+    vm_spec.net.as_mut().expect("net").tap = "mc-tap-b".into();
+    let mut resumed = run.backend.resume(&vm_spec).await.expect("resume");
+    let entries = firecracker_fake::logged(&run.log);
+    let resume: Vec<String> = paths(&run.log);
+    assert_eq!(
+        resume,
+        ["GET /", "PUT /logger", "PUT /metrics", "PUT /snapshot/load"]
+    );
+    let load = &entries[3]["body"];
+    assert_eq!(load["resume_vm"], true);
+    assert_eq!(load["mem_backend"]["backend_type"], "File");
+    assert_eq!(load["network_overrides"][0]["host_dev_name"], "mc-tap-b");
+    assert!(entries.iter().all(|e| e["ok"] == true));
+
+    let exit = run.backend.kill(&mut resumed).await.expect("kill");
+    assert_eq!(exit.signal, Some(9));
+}
+
+async fn the_fake_enforces_the_ordering_rules() {
+    let run = fake_backend();
+    let vm_dir = run.dir.path().join("vm");
+    let vm_spec = spec(&vm_dir, "mc-tap-a");
+    let mut vm = run.backend.boot(&vm_spec).await.expect("boot");
+    let api = FirecrackerApi::new(&vm_dir.join("firecracker.sock"));
+    let layout = Layout::of(&vm_spec);
+    // Each of these breaks a rule, and the backend turns the fault into a typed error.
+    let refusals = [
+        (api::snapshot_create(&layout), "not paused"),
+        (api::instance_start(), "already running"),
+        (
+            api::snapshot_load(&layout, None),
+            "not allowed after configuring",
+        ),
+    ];
+    for (request, fault) in refusals {
+        match api.send(&request).await {
+            Err(VmmError::Firecracker {
+                status: 400,
+                fault: message,
+                ..
+            }) => {
+                assert!(message.contains(fault), "{message}");
+            }
+            other => panic!(
+                "{} {} was not refused: {other:?}",
+                request.method, request.path
+            ),
+        }
+    }
+    let bad_body = ApiRequest {
+        method: hyper::Method::PUT,
+        path: "/machine-config".into(),
+        body: Some(serde_json::json!({"vcpus": 1})),
+    };
+    assert!(matches!(
+        api.send(&bad_body).await,
+        Err(VmmError::Firecracker { status: 400, .. })
+    ));
+    run.backend.kill(&mut vm).await.expect("kill");
+}
+
+async fn real_firecracker_lifecycle() -> Option<()> {
+    let binary = std::env::var_os("MC_TEST_FIRECRACKER_BIN").map(PathBuf::from)?;
+    let image = support::vmhost::image_dir();
+    let dir = tempfile::Builder::new()
+        .prefix("mcfr")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let backend = FirecrackerBackend::new(FirecrackerConfig {
+        binary,
+        jailer: None,
+    });
+    let vm_spec = VmSpec {
+        vm_id: "fc-real".into(),
+        dir: dir.path().join("vm"),
+        vcpus: 1,
+        memory_mib: 256,
+        kernel: image.join("vmlinux"),
+        initrd: Some(image.join("initramfs.cpio.gz")),
+        boot_args: String::new(),
+        disks: vec![],
+        net: None,
+        agent_token: "fcrealtoken123".into(),
+    };
+    let vm = backend.boot(&vm_spec).await.expect("boot");
+    let client = AgentClient::connect(&vm.agent, &vm_spec.agent_token, Duration::from_secs(60))
+        .await
+        .expect("agent");
+    let before = client.health().await.expect("health");
+    drop(client);
+    backend.hibernate(&vm_spec, vm).await.expect("hibernate");
+    let mut vm = backend.resume(&vm_spec).await.expect("resume");
+    let client = AgentClient::connect(&vm.agent, &vm_spec.agent_token, Duration::from_secs(60))
+        .await
+        .expect("agent");
+    assert_eq!(
+        client.health().await.expect("health").boot_id,
+        before.boot_id
+    );
+    backend.kill(&mut vm).await.expect("kill");
+    Some(())
+}
+
+type Case = fn() -> Pin<Box<dyn Future<Output = Option<()>>>>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--api-sock") {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(firecracker_fake::serve(&args));
+        return ExitCode::SUCCESS;
+    }
+    let log =
+        std::env::temp_dir().join(format!("mc-fake-firecracker-{}.jsonl", std::process::id()));
+    // SAFETY: no other thread exists yet, so nothing can read the environment concurrently.
+    unsafe { std::env::set_var(LOG_ENV, &log) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let cases: Vec<(&str, Case)> = vec![
+        ("every request body validates against the spec", || {
+            Box::pin(async {
+                bodies_validate_against_the_spec().await;
+                Some(())
+            })
+        }),
+        ("boot, hibernate and resume through the fake", || {
+            Box::pin(async {
+                lifecycle_through_the_fake().await;
+                Some(())
+            })
+        }),
+        (
+            "the fake refuses out-of-order requests with typed faults",
+            || {
+                Box::pin(async {
+                    the_fake_enforces_the_ordering_rules().await;
+                    Some(())
+                })
+            },
+        ),
+        ("boot, hibernate and resume on a real Firecracker", || {
+            Box::pin(real_firecracker_lifecycle())
+        }),
+    ];
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, case) in cases {
+        match runtime.block_on(AssertUnwindSafe(case()).catch_unwind()) {
+            Ok(Some(())) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Ok(None) => {
+                println!(
+                    "test {name} ... skipped: MC_TEST_FIRECRACKER_BIN is unset (no Firecracker on this host)"
+                );
+                skipped += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&log);
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
