@@ -58,7 +58,12 @@ pub fn run(config: &Config) -> Vec<Check> {
             "VMs cannot get network interfaces",
         ),
         cgroup_v2(),
-        binary("qemu-system-x86_64", "QEMU"),
+        binary("qemu-system-x86_64", "QEMU", "the qemu backend cannot run"),
+        binary(
+            "mkfs.ext4",
+            "mkfs.ext4",
+            "VM data disks cannot be formatted (install e2fsprogs)",
+        ),
         firecracker(config),
         supabase(config),
         decodo(config),
@@ -180,10 +185,14 @@ fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-fn binary(name: &str, label: &'static str) -> Check {
+fn binary(name: &str, label: &'static str, without: &str) -> Check {
     match find_in_path(name) {
         Some(path) => check(label, Level::Ok, format!("{}", path.display())),
-        None => check(label, Level::Warn, format!("{name} not found in PATH")),
+        None => check(
+            label,
+            Level::Warn,
+            format!("{name} not found in PATH: {without}"),
+        ),
     }
 }
 

@@ -18,7 +18,7 @@ use futures_util::{FutureExt, StreamExt};
 use master_controller::guest::client::{AgentClient, AgentEndpoint, ExecEvent, GuestError};
 use master_controller::guest::messages::{ExecRequest, NetworkConfig, PtySize};
 use master_controller::guest::{Frame, FrameKind};
-use master_controller::vmm::qemu::{Accel, QemuBackend, QemuConfig};
+use master_controller::vmm::qemu::{self, QemuBackend, QemuConfig};
 use master_controller::vmm::{Hypervisor, VmHandle, VmSpec, disks};
 use support::vmhost;
 
@@ -228,7 +228,11 @@ async fn hibernate_and_resume(guest: &mut Guest) {
         .write_file("/tmp/in-memory", b"kept in RAM", 0o644)
         .await
         .expect("write");
+    // Left running across the snapshot: the agent must report it as interrupted.
+    let in_flight = client.exec(sh("sleep 1000")).await.expect("exec");
+    let in_flight_id = in_flight.id;
     guest.client = None;
+    drop(in_flight);
     let vm = guest.vm.take().expect("vm");
     let started = Instant::now();
     let image = guest
@@ -262,6 +266,13 @@ async fn hibernate_and_resume(guest: &mut Guest) {
     assert_eq!(
         after.boot_id, before.boot_id,
         "the resumed guest is the same boot"
+    );
+    let interrupted = &guest.client().hello().interrupted;
+    assert!(
+        interrupted
+            .iter()
+            .any(|w| w.request_id == in_flight_id && w.op == "exec"),
+        "the exec running across the snapshot is not reported: {interrupted:?}"
     );
     assert!(
         after.uptime_sec >= before.uptime_sec,
@@ -363,10 +374,19 @@ fn main() -> ExitCode {
     runtime
         .block_on(disks::create_data_disk(&data_disk, 64))
         .expect("data disk");
+    let mut probe = vmhost::test_spec(&dir.path().join("probe"), "unused", &data_disk);
+    probe.disks.clear();
+    probe.net = None;
+    let accel = runtime.block_on(qemu::probe_accel(
+        "qemu-system-x86_64",
+        &probe,
+        Duration::from_secs(20),
+    ));
+    println!("guests: the KVM probe chose {accel:?}");
     let mut guest = Guest {
         backend: QemuBackend::new(QemuConfig {
             binary: "qemu-system-x86_64".into(),
-            accel: Accel::Tcg,
+            accel,
         }),
         spec: vmhost::test_spec(&dir.path().join("vm"), "mctap0", &data_disk),
         vm: None,

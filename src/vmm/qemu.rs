@@ -79,11 +79,11 @@ impl QemuBackend {
         }
     }
 
-    fn agent_socket(spec: &VmSpec) -> PathBuf {
+    pub fn agent_socket(spec: &VmSpec) -> PathBuf {
         spec.dir.join("agent.sock")
     }
 
-    fn qmp_socket(spec: &VmSpec) -> PathBuf {
+    pub fn qmp_socket(spec: &VmSpec) -> PathBuf {
         spec.dir.join("qmp.sock")
     }
 
@@ -109,7 +109,9 @@ impl QemuBackend {
         args.join(" ")
     }
 
-    fn command(&self, spec: &VmSpec, incoming: Option<&Path>) -> Result<Command, VmmError> {
+    /// QEMU's arguments for `spec`, resuming from `incoming` when given. Public so that the
+    /// lifecycle benchmark can time QEMU itself with exactly the backend's arguments.
+    pub fn args(&self, spec: &VmSpec, incoming: Option<&Path>) -> Result<Vec<String>, VmmError> {
         if spec.agent_token.is_empty()
             || !spec.agent_token.bytes().all(|b| b.is_ascii_alphanumeric())
         {
@@ -117,80 +119,87 @@ impl QemuBackend {
                 "the agent token must be non-empty and alphanumeric".into(),
             ));
         }
-        let mut command = Command::new(&self.config.binary);
-        command.args([
+        let accel = match self.config.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        };
+        let mut args: Vec<String> = [
             "-M",
             "microvm,pit=on,pic=on,rtc=on",
             "-accel",
-            match self.config.accel {
-                Accel::Kvm => "kvm",
-                Accel::Tcg => "tcg",
-            },
+            accel,
             "-nographic",
             "-nodefaults",
             "-no-user-config",
             "-no-reboot",
-        ]);
-        command
-            .arg("-m")
-            .arg(format!("{}M", spec.memory_mib))
-            .arg("-smp")
-            .arg(spec.vcpus.to_string())
-            .arg("-kernel")
-            .arg(plain_path(&spec.kernel)?);
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.to_string());
+            args.push(value);
+        };
+        push("-m", format!("{}M", spec.memory_mib));
+        push("-smp", spec.vcpus.to_string());
+        push("-kernel", plain_path(&spec.kernel)?);
         if let Some(initrd) = &spec.initrd {
-            command.arg("-initrd").arg(plain_path(initrd)?);
+            push("-initrd", plain_path(initrd)?);
         }
-        command.arg("-append").arg(self.kernel_args(spec));
-        command
-            .arg("-serial")
-            .arg(format!("file:{}", plain_path(&spec.console_log())?));
+        push("-append", self.kernel_args(spec));
+        push(
+            "-serial",
+            format!("file:{}", plain_path(&spec.console_log())?),
+        );
         for disk in &spec.disks {
-            let mut drive = format!(
-                "id={},file={},format=raw,if=none",
-                disk.id,
-                plain_path(&disk.path)?
+            let read_only = if disk.read_only { ",readonly=on" } else { "" };
+            push(
+                "-drive",
+                format!(
+                    "id={},file={},format=raw,if=none{read_only}",
+                    disk.id,
+                    plain_path(&disk.path)?
+                ),
             );
-            if disk.read_only {
-                drive.push_str(",readonly=on");
-            }
-            command
-                .arg("-drive")
-                .arg(drive)
-                .arg("-device")
-                .arg(format!("virtio-blk-device,drive={}", disk.id));
+            push("-device", format!("virtio-blk-device,drive={}", disk.id));
         }
         if let Some(net) = &spec.net {
-            command
-                .arg("-netdev")
-                .arg(format!(
-                    "tap,id=net0,ifname={},script=no,downscript=no",
-                    net.tap
-                ))
-                .arg("-device")
-                .arg(format!("virtio-net-device,netdev=net0,mac={}", net.mac));
+            push(
+                "-netdev",
+                format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
+            );
+            push(
+                "-device",
+                format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+            );
         }
-        command
-            .args(["-device", "virtio-serial-device", "-chardev"])
-            .arg(format!(
+        push("-device", "virtio-serial-device".into());
+        push(
+            "-chardev",
+            format!(
                 "socket,id=agent,path={},server=on,wait=off",
                 plain_path(&Self::agent_socket(spec))?
-            ))
-            .arg("-device")
-            .arg(format!(
-                "virtserialport,chardev=agent,name={DEFAULT_SERIAL_PORT_NAME}"
-            ))
-            .arg("-qmp")
-            .arg(format!(
+            ),
+        );
+        push(
+            "-device",
+            format!("virtserialport,chardev=agent,name={DEFAULT_SERIAL_PORT_NAME}"),
+        );
+        push(
+            "-qmp",
+            format!(
                 "unix:{},server=on,wait=off",
                 plain_path(&Self::qmp_socket(spec))?
-            ));
+            ),
+        );
         if let Some(state) = incoming {
-            command
-                .arg("-incoming")
-                .arg(format!("exec:cat {}", plain_path(state)?));
+            push("-incoming", format!("exec:cat {}", plain_path(state)?));
         }
-        Ok(command)
+        Ok(args)
+    }
+
+    pub fn binary(&self) -> &str {
+        &self.config.binary
     }
 
     async fn start(
@@ -204,7 +213,8 @@ impl QemuBackend {
         for socket in [Self::agent_socket(spec), Self::qmp_socket(spec)] {
             let _ = tokio::fs::remove_file(&socket).await;
         }
-        let command = self.command(spec, incoming)?;
+        let mut command = Command::new(&self.config.binary);
+        command.args(self.args(spec, incoming)?);
         let (pid, exited) =
             spawn_supervised(command, &self.config.binary, std::process::Stdio::null())?;
         let handle = VmHandle {
@@ -374,4 +384,27 @@ async fn sync_and_publish(partial: &Path, state: &Path) -> Result<u64, VmmError>
     })
     .await
     .map_err(|e| VmmError::Control(e.to_string()))?
+}
+
+/// Chooses the accelerator: KVM only if a guest actually boots under it. On hosts with a
+/// paravirtual nested KVM, `/dev/kvm` exists but guests die before userspace, so its presence
+/// proves nothing. The probe boots `probe` (kernel and initrd, no devices) under KVM and waits
+/// for its agent.
+pub async fn probe_accel(binary: &str, probe: &VmSpec, deadline: std::time::Duration) -> Accel {
+    if !Path::new("/dev/kvm").exists() {
+        return Accel::Tcg;
+    }
+    let backend = QemuBackend::new(QemuConfig {
+        binary: binary.to_string(),
+        accel: Accel::Kvm,
+    });
+    let Ok(mut vm) = backend.boot(probe).await else {
+        return Accel::Tcg;
+    };
+    let answered = tokio::select! {
+        client = crate::guest::client::AgentClient::connect(&vm.agent, &probe.agent_token, deadline) => client.is_ok(),
+        _ = wait_exited(vm.exited.clone()) => false,
+    };
+    let _ = backend.kill(&mut vm).await;
+    if answered { Accel::Kvm } else { Accel::Tcg }
 }

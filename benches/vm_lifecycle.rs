@@ -1,0 +1,276 @@
+//! VM lifecycle benchmark (not a timed test), on the test image under QEMU/TCG.
+//!
+//! Over N cycles (`MC_BENCH_CYCLES`, default 5) it times, through the QEMU backend and the agent
+//! client: cold boot to agent ready, hibernate, and resume to agent ready. In the same run it
+//! times the same operations done directly — QEMU with the backend's exact arguments and raw QMP,
+//! no agent client — and prints the ratio. It also reports how long a cancel of `sleep 1000`
+//! and a killed QEMU take to be seen.
+//!
+//! `cargo bench --bench vm_lifecycle` (needs the test image: `image/build-test-image.sh`).
+
+#[path = "../tests/support/vmhost.rs"]
+#[allow(dead_code)]
+mod vmhost;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use master_controller::guest::client::{AgentClient, ExecEvent};
+use master_controller::guest::messages::ExecRequest;
+use master_controller::vmm::qemu::{Accel, QemuBackend, QemuConfig};
+use master_controller::vmm::{Hypervisor, VmSpec, disks};
+
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1000.0)
+}
+
+/// Raw QMP, blocking: just enough to time QEMU itself.
+struct RawQmp(BufReader<UnixStream>);
+
+impl RawQmp {
+    fn connect(path: &Path) -> RawQmp {
+        let started = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("QMP {}: {e}", path.display()),
+            }
+        };
+        let mut qmp = RawQmp(BufReader::new(stream));
+        qmp.line();
+        qmp.run(r#"{"execute":"qmp_capabilities"}"#);
+        qmp
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.0.read_line(&mut line).expect("QMP read");
+        serde_json::from_str(&line).expect("QMP JSON")
+    }
+
+    fn run(&mut self, command: &str) -> serde_json::Value {
+        self.0
+            .get_mut()
+            .write_all(format!("{command}\n").as_bytes())
+            .expect("QMP write");
+        loop {
+            let reply = self.line();
+            if reply.get("return").is_some() || reply.get("error").is_some() {
+                return reply;
+            }
+        }
+    }
+}
+
+fn spawn_raw(backend: &QemuBackend, spec: &VmSpec, incoming: Option<&Path>) -> Child {
+    let _ = std::fs::remove_file(QemuBackend::qmp_socket(spec));
+    let _ = std::fs::remove_file(QemuBackend::agent_socket(spec));
+    let _ = std::fs::remove_file(spec.console_log());
+    Command::new(backend.binary())
+        .args(backend.args(spec, incoming).expect("args"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn qemu")
+}
+
+/// Raw cold boot: until `/init` announces the agent on the console.
+fn raw_boot(backend: &QemuBackend, spec: &VmSpec) -> (Child, Duration) {
+    let started = Instant::now();
+    let child = spawn_raw(backend, spec, None);
+    loop {
+        let console = std::fs::read_to_string(spec.console_log()).unwrap_or_default();
+        if console.contains("mc-init: starting vm-agent") {
+            return (child, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "raw boot hung"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn raw_hibernate(spec: &VmSpec, mut child: Child, state: &Path) -> Duration {
+    let mut qmp = RawQmp::connect(&QemuBackend::qmp_socket(spec));
+    let started = Instant::now();
+    qmp.run(r#"{"execute":"stop"}"#);
+    qmp.run(r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":10737418240}}"#);
+    qmp.run(&format!(
+        r#"{{"execute":"migrate","arguments":{{"uri":"exec:cat > {}"}}}}"#,
+        state.display()
+    ));
+    while qmp.run(r#"{"execute":"query-migrate"}"#)["return"]["status"] != "completed" {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = qmp.0.get_mut().write_all(b"{\"execute\":\"quit\"}\n");
+    let _ = child.wait();
+    started.elapsed()
+}
+
+fn raw_resume(backend: &QemuBackend, spec: &VmSpec, state: &Path) -> (Child, Duration) {
+    let started = Instant::now();
+    let child = spawn_raw(backend, spec, Some(state));
+    let mut qmp = RawQmp::connect(&QemuBackend::qmp_socket(spec));
+    while qmp.run(r#"{"execute":"query-status"}"#)["return"]["status"] != "paused" {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    qmp.run(r#"{"execute":"cont"}"#);
+    (child, started.elapsed())
+}
+
+struct Samples {
+    boot: Vec<Duration>,
+    hibernate: Vec<Duration>,
+    resume: Vec<Duration>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if let Some(reason) = vmhost::missing_prerequisite() {
+        eprintln!("vm_lifecycle: cannot run: {reason}");
+        std::process::exit(1);
+    }
+    let cycles: usize = std::env::var("MC_BENCH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let backend = QemuBackend::new(QemuConfig {
+        binary: "qemu-system-x86_64".into(),
+        accel: Accel::Tcg,
+    });
+    let dir = tempfile::Builder::new()
+        .prefix("mcb")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let data = dir.path().join("data.img");
+    disks::create_data_disk(&data, 64).await.expect("data disk");
+    let mut spec = vmhost::test_spec(&dir.path().join("vm"), "unused", &data);
+    spec.net = None;
+
+    let mut ours = Samples {
+        boot: vec![],
+        hibernate: vec![],
+        resume: vec![],
+    };
+    let mut raw = Samples {
+        boot: vec![],
+        hibernate: vec![],
+        resume: vec![],
+    };
+    let (mut cancels, mut exit_watch) = (vec![], vec![]);
+    for cycle in 0..cycles {
+        eprintln!("vm_lifecycle: cycle {}/{cycles}", cycle + 1);
+        // Through the backend and the agent.
+        let started = Instant::now();
+        let vm = backend.boot(&spec).await.expect("boot");
+        let client = AgentClient::connect(&vm.agent, &spec.agent_token, Duration::from_secs(120))
+            .await
+            .expect("agent");
+        client.health().await.expect("health");
+        ours.boot.push(started.elapsed());
+
+        let mut stream = client
+            .exec(ExecRequest {
+                argv: vec!["sleep".into(), "1000".into()],
+                ..ExecRequest::default()
+            })
+            .await
+            .expect("exec");
+        let started = Instant::now();
+        client.cancel(stream.id).await.expect("cancel");
+        while let Some(event) = stream.next().await {
+            if matches!(event, Ok(ExecEvent::Exit(_)) | Err(_)) {
+                break;
+            }
+        }
+        cancels.push(started.elapsed());
+        drop(stream);
+        drop(client);
+
+        let started = Instant::now();
+        backend.hibernate(&spec, vm).await.expect("hibernate");
+        ours.hibernate.push(started.elapsed());
+
+        let started = Instant::now();
+        let mut vm = backend.resume(&spec).await.expect("resume");
+        let client = AgentClient::connect(&vm.agent, &spec.agent_token, Duration::from_secs(120))
+            .await
+            .expect("agent");
+        client.health().await.expect("health");
+        ours.resume.push(started.elapsed());
+        drop(client);
+
+        let started = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(vm.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        vm.wait_exit().await;
+        exit_watch.push(started.elapsed());
+
+        // The same, directly.
+        let state = dir.path().join("raw-state");
+        let (child, took) = raw_boot(&backend, &spec);
+        raw.boot.push(took);
+        raw.hibernate.push(raw_hibernate(&spec, child, &state));
+        let (mut child, took) = raw_resume(&backend, &spec, &state);
+        raw.resume.push(took);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    println!("\n### VM lifecycle, QEMU/TCG, test image, {cycles} cycles\n");
+    println!("| operation | p50 ms | p95 ms | raw p50 ms | raw p95 ms | p50 ÷ raw p50 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, ours, raw) in [
+        (
+            "cold boot → agent ready (raw: → /init starts the agent)",
+            &ours.boot,
+            &raw.boot,
+        ),
+        (
+            "hibernate (raw: QMP stop + migrate + quit)",
+            &ours.hibernate,
+            &raw.hibernate,
+        ),
+        (
+            "resume → agent ready (raw: -incoming + cont)",
+            &ours.resume,
+            &raw.resume,
+        ),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {} | {:.2}× |",
+            ms(percentile(ours, 0.5)),
+            ms(percentile(ours, 0.95)),
+            ms(percentile(raw, 0.5)),
+            ms(percentile(raw, 0.95)),
+            percentile(ours, 0.5).as_secs_f64() / percentile(raw, 0.5).as_secs_f64()
+        );
+    }
+    for (name, samples) in [
+        ("cancel of `sleep 1000` → exit reported", &cancels),
+        ("SIGKILL of QEMU → exit watch fires", &exit_watch),
+    ] {
+        println!(
+            "| {name} | {} | {} | — | — | — |",
+            ms(percentile(samples, 0.5)),
+            ms(percentile(samples, 0.95))
+        );
+    }
+}
