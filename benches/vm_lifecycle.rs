@@ -90,18 +90,17 @@ fn spawn_raw(backend: &QemuBackend, spec: &VmSpec, incoming: Option<&Path>) -> C
 /// Raw cold boot: until `/init` announces the agent on the console.
 fn raw_boot(backend: &QemuBackend, spec: &VmSpec) -> (Child, Duration) {
     let started = Instant::now();
-    let child = spawn_raw(backend, spec, None);
-    loop {
+    let mut child = spawn_raw(backend, spec, None);
+    while started.elapsed() < Duration::from_secs(120) {
         let console = std::fs::read_to_string(spec.console_log()).unwrap_or_default();
         if console.contains("mc-init: starting vm-agent") {
             return (child, started.elapsed());
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "raw boot hung"
-        );
         std::thread::sleep(Duration::from_millis(5));
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("raw boot hung");
 }
 
 fn raw_hibernate(spec: &VmSpec, mut child: Child, state: &Path) -> Duration {
