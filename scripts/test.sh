@@ -31,4 +31,4 @@ echo "test.sh: building and running the tests"
 # The real-guest tests must not skip here: every prerequisite was just installed.
 export MC_REQUIRE_GUESTS=1
 # Benchmarks are not run here (they are not tests), but they are compiled by clippy in CI.
-cargo test --locked --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}"
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}"
