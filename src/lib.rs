@@ -28,6 +28,8 @@ pub mod metrics;
 #[cfg(feature = "daemon")]
 pub mod model;
 #[cfg(feature = "daemon")]
+pub mod net;
+#[cfg(feature = "daemon")]
 pub mod store;
 #[cfg(feature = "daemon")]
 pub mod tokens;

@@ -1,0 +1,26 @@
+//! Guest networking: the bridge, one isolated tap per VM, and the address plan (IP pool, MACs
+//! derived from IPs, tap names derived from VM ids).
+
+mod links;
+pub mod plan;
+
+pub use links::{Netlink, RtNetlink};
+pub use plan::{Subnet, mac_for, tap_name};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("bad network setting {setting}: {reason}")]
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("tap {name}: {source}")]
+    Tap {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("no link named {0}")]
+    NoSuchLink(String),
+}

@@ -1,0 +1,99 @@
+//! The bridge and taps through rtnetlink, in a network namespace private to the test's thread
+//! (it vanishes with the thread).
+
+use std::net::Ipv4Addr;
+
+use master_controller::net::{Netlink, RtNetlink};
+
+fn in_private_netns<F: std::future::Future<Output = ()>>(
+    body: impl FnOnce() -> F + Send + 'static,
+) {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root for a network namespace");
+        return;
+    }
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(body());
+    })
+    .join()
+    .expect("test thread");
+}
+
+/// `ip -d -j link show dev NAME`, run in this thread's namespace (sysfs would show the host's).
+fn link(name: &str) -> serde_json::Value {
+    let output = std::process::Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", name])
+        .output()
+        .expect("ip");
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    links[0].clone()
+}
+
+#[test]
+fn bridge_and_isolated_taps() {
+    in_private_netns(|| async {
+        let net = RtNetlink::connect().expect("netlink");
+        let mac = [0x02, 0x6d, 0x63, 0, 0, 1];
+        let gateway = Ipv4Addr::new(192, 168, 100, 1);
+        net.ensure_bridge("fcbr0", mac, gateway, 24)
+            .await
+            .expect("bridge");
+        net.ensure_bridge("fcbr0", mac, gateway, 24)
+            .await
+            .expect("idempotent");
+        assert_eq!(link("fcbr0")["address"], "02:6d:63:00:00:01");
+        assert!(
+            link("fcbr0")["flags"]
+                .as_array()
+                .expect("flags")
+                .iter()
+                .any(|f| f == "UP")
+        );
+        let output = std::process::Command::new("ip")
+            .args(["-j", "addr", "show", "dev", "fcbr0"])
+            .output()
+            .expect("ip");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("\"192.168.100.1\""));
+
+        net.create_tap("mc0123456789abc", "fcbr0")
+            .await
+            .expect("tap a");
+        net.create_tap("mc0123456789abd", "fcbr0")
+            .await
+            .expect("tap b");
+        for tap in ["mc0123456789abc", "mc0123456789abd"] {
+            let info = link(tap);
+            assert_eq!(info["master"], "fcbr0", "{info}");
+            assert_eq!(info["linkinfo"]["info_kind"], "tun", "{info}");
+            assert_eq!(
+                info["linkinfo"]["info_slave_data"]["isolated"], true,
+                "{tap} not isolated: {info}"
+            );
+        }
+        let mut ports = net.bridge_ports("fcbr0").await.expect("ports");
+        ports.sort();
+        assert_eq!(ports, ["mc0123456789abc", "mc0123456789abd"]);
+        // Adding a tap does not move the bridge's MAC.
+        assert_eq!(link("fcbr0")["address"], "02:6d:63:00:00:01");
+
+        net.delete_link("mc0123456789abc").await.expect("delete");
+        net.delete_link("mc0123456789abc")
+            .await
+            .expect("deleting a missing link is fine");
+        assert_eq!(
+            net.bridge_ports("fcbr0").await.expect("ports"),
+            ["mc0123456789abd"]
+        );
+        assert!(
+            net.create_tap("this-name-is-far-too-long", "fcbr0")
+                .await
+                .is_err()
+        );
+        assert!(net.create_tap("mc0123456789abe", "nobridge").await.is_err());
+    });
+}
