@@ -45,16 +45,27 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn of(spec: &VmSpec) -> Layout {
-        let snapshot = spec.snapshot_dir();
+    /// The files under `root`: the VM directory, or `/` as Firecracker sees it inside a jail.
+    pub fn at(root: &Path) -> Layout {
         Layout {
-            api_socket: spec.dir.join("firecracker.sock"),
-            vsock_socket: spec.dir.join("vsock.sock"),
-            log: spec.dir.join("firecracker.log"),
-            metrics: spec.dir.join("firecracker.metrics"),
-            snapshot_state: snapshot.join("vmstate"),
-            snapshot_memory: snapshot.join("memory"),
+            api_socket: root.join("firecracker.sock"),
+            vsock_socket: root.join("vsock.sock"),
+            log: root.join("firecracker.log"),
+            metrics: root.join("firecracker.metrics"),
+            snapshot_state: root.join("snapshot/vmstate"),
+            snapshot_memory: root.join("snapshot/memory"),
         }
+    }
+
+    pub fn of(spec: &VmSpec) -> Layout {
+        Layout::at(&spec.dir)
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.snapshot_state
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 }
 

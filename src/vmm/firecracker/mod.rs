@@ -33,6 +33,12 @@ pub struct FirecrackerBackend {
     config: FirecrackerConfig,
 }
 
+struct Placement {
+    host: Layout,
+    api: Layout,
+    api_spec: VmSpec,
+}
+
 /// What resume needs to know about the snapshot's VM.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotMeta {
@@ -59,13 +65,33 @@ impl FirecrackerBackend {
         args.join(" ")
     }
 
+    /// Where the VM's files are on the host, and the spec and files as Firecracker sees them
+    /// (the same, unless it runs in a jail).
+    fn placement(&self, spec: &VmSpec) -> Placement {
+        match &self.config.jailer {
+            Some(jailer) => Placement {
+                host: Layout::at(&jailer.chroot(&spec.vm_id)),
+                api: Layout::at(std::path::Path::new("/")),
+                api_spec: JailerConfig::jailed_spec(spec),
+            },
+            None => Placement {
+                host: Layout::of(spec),
+                api: Layout::of(spec),
+                api_spec: spec.clone(),
+            },
+        }
+    }
+
     /// Starts a fresh Firecracker process (under the jailer when configured) and waits for its
     /// API.
     async fn launch(&self, spec: &VmSpec) -> Result<(VmHandle, FirecrackerApi), VmmError> {
         tokio::fs::create_dir_all(&spec.dir)
             .await
             .map_err(|e| VmmError::io(&spec.dir, e))?;
-        let layout = Layout::of(spec);
+        if let Some(jailer) = &self.config.jailer {
+            jailer.stage(spec).await?;
+        }
+        let layout = self.placement(spec).host;
         // A socket left by the previous process would make the new one fail to bind.
         for stale in [&layout.api_socket, &layout.vsock_socket] {
             let _ = tokio::fs::remove_file(stale).await;
@@ -132,8 +158,13 @@ impl Hypervisor for FirecrackerBackend {
 
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
         let (handle, api) = self.launch(spec).await?;
-        let requests =
-            api::boot_requests(spec, &Layout::of(spec), GUEST_CID, &Self::boot_args(spec));
+        let placement = self.placement(spec);
+        let requests = api::boot_requests(
+            &placement.api_spec,
+            &placement.api,
+            GUEST_CID,
+            &Self::boot_args(spec),
+        );
         match api.send_all(&requests).await {
             Ok(()) => Ok(handle),
             Err(e) => Err(self.fail(handle, e).await),
@@ -155,14 +186,16 @@ impl Hypervisor for FirecrackerBackend {
     }
 
     async fn hibernate(&self, spec: &VmSpec, vm: VmHandle) -> Result<Hibernated, VmmError> {
-        let layout = Layout::of(spec);
-        let dir = spec.snapshot_dir();
+        let Placement {
+            host, api: inside, ..
+        } = self.placement(spec);
+        let dir = host.snapshot_dir();
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| VmmError::io(&dir, e))?;
         let api = FirecrackerApi::new(&vm.control);
         api.send(&api::set_state("Paused")).await?;
-        if let Err(e) = api.send(&api::snapshot_create(&layout)).await {
+        if let Err(e) = api.send(&api::snapshot_create(&inside)).await {
             let _ = api.send(&api::set_state("Resumed")).await;
             return Err(e);
         }
@@ -175,7 +208,7 @@ impl Hypervisor for FirecrackerBackend {
             .map_err(|e| VmmError::io(&meta_path, e))?;
         // The snapshot holds everything; the paused process has nothing left to do.
         kill_and_wait(vm.pid, vm.exited.clone()).await;
-        let state_bytes = tokio::fs::metadata(&layout.snapshot_memory)
+        let state_bytes = tokio::fs::metadata(&host.snapshot_memory)
             .await
             .map(|m| m.len())
             .unwrap_or(0);
@@ -183,12 +216,14 @@ impl Hypervisor for FirecrackerBackend {
     }
 
     async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
-        let layout = Layout::of(spec);
-        let meta_path = spec.snapshot_dir().join("meta.json");
+        let Placement {
+            host, api: inside, ..
+        } = self.placement(spec);
+        let meta_path = host.snapshot_dir().join("meta.json");
         let meta: SnapshotMeta = match tokio::fs::read(&meta_path).await {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| VmmError::Control(format!("{}: {e}", meta_path.display())))?,
-            Err(_) => return Err(VmmError::NoSnapshot(spec.snapshot_dir())),
+            Err(_) => return Err(VmmError::NoSnapshot(host.snapshot_dir())),
         };
         let (handle, api) = self.launch(spec).await?;
         let new_tap = spec
@@ -196,8 +231,8 @@ impl Hypervisor for FirecrackerBackend {
             .as_ref()
             .map(|n| n.tap.as_str())
             .filter(|tap| meta.tap.as_deref() != Some(*tap));
-        let mut requests = api::observability_requests(&layout);
-        requests.push(api::snapshot_load(&layout, new_tap));
+        let mut requests = api::observability_requests(&inside);
+        requests.push(api::snapshot_load(&inside, new_tap));
         match api.send_all(&requests).await {
             Ok(()) => Ok(handle),
             Err(e) => Err(self.fail(handle, e).await),
