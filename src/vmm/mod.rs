@@ -139,6 +139,32 @@ pub trait Hypervisor: Send + Sync {
     async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError>;
     /// Stops the process at once.
     async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError>;
+    /// Takes over a running VM after a daemon restart: `pid` must be this spec's hypervisor
+    /// (its command line names the spec's control socket), else `Err`.
+    async fn adopt(&self, spec: &VmSpec, pid: u32) -> Result<VmHandle, VmmError>;
+}
+
+/// Adoption, shared by the backends: the process must exist and its command line must name the
+/// VM's control socket, so a recycled pid is never mistaken for the VM.
+pub(crate) fn adopt_process(
+    pid: u32,
+    control: PathBuf,
+    agent: AgentEndpoint,
+) -> Result<VmHandle, VmmError> {
+    let control_text = control.display().to_string();
+    let owns_socket =
+        process::cmdline(pid).is_some_and(|args| args.iter().any(|a| a.contains(&control_text)));
+    if !owns_socket {
+        return Err(VmmError::Control(format!(
+            "process {pid} is not the hypervisor of {control_text}"
+        )));
+    }
+    Ok(VmHandle {
+        pid,
+        agent,
+        exited: process::watch_adopted(pid)?,
+        control,
+    })
 }
 
 /// The last lines the guest printed, for error messages.

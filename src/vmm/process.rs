@@ -113,3 +113,96 @@ pub async fn kill_and_wait(pid: u32, exited: watch::Receiver<Option<ExitInfo>>) 
     }
     wait_exited(exited).await
 }
+
+/// Watches a process that is not our child (found again after a daemon restart). Its pidfd
+/// becomes readable when it exits; how it exited cannot be known.
+pub fn watch_adopted(pid: u32) -> Result<watch::Receiver<Option<ExitInfo>>, VmmError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let io = |source: std::io::Error| VmmError::Io {
+        path: format!("/proc/{pid}").into(),
+        source,
+    };
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns `pidfd`, which stays open and unchanged until it is dropped.
+    let readable = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| io(e.into_parts().1))?;
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let _ = readable.readable().await;
+        let _ = tx.send(Some(ExitInfo::unknown()));
+    });
+    Ok(rx)
+}
+
+/// The process's command line, as its arguments.
+pub fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).to_string())
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper() -> Command {
+        let mut command = Command::new("sleep");
+        command.arg("1000");
+        command
+    }
+
+    #[tokio::test]
+    async fn a_child_killed_by_a_signal_is_reported() {
+        let (pid, exited) = spawn_supervised(sleeper(), "sleep", Stdio::null()).unwrap();
+        assert!(exited.borrow().is_none());
+        let info = kill_and_wait(pid, exited).await;
+        assert_eq!(info.signal, Some(9));
+        assert_eq!(info.to_string(), "killed by signal 9");
+    }
+
+    #[tokio::test]
+    async fn an_adopted_process_exit_is_seen_through_its_pidfd() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Another test's spawn in this process can leave the new child briefly without its
+        // command line; give exec a moment.
+        let mut args = Vec::new();
+        for _ in 0..100 {
+            args = cmdline(pid).unwrap_or_default();
+            if !args.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(args.contains(&"1000".to_string()), "{args:?}");
+        let mut exited = watch_adopted(pid).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            exited.borrow().is_none(),
+            "a live process reported as exited"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), exited.changed())
+            .await
+            .expect("pidfd fires")
+            .unwrap();
+        assert_eq!(*exited.borrow(), Some(ExitInfo::unknown()));
+        assert!(watch_adopted(pid).is_err(), "a gone pid cannot be watched");
+    }
+}

@@ -362,6 +362,17 @@ impl Hypervisor for QemuBackend {
     async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError> {
         Ok(kill_and_wait(vm.pid, vm.exited.clone()).await)
     }
+
+    async fn adopt(&self, spec: &VmSpec, pid: u32) -> Result<VmHandle, VmmError> {
+        let handle = super::adopt_process(
+            pid,
+            Self::qmp_socket(spec),
+            AgentEndpoint::Unix(Self::agent_socket(spec)),
+        )?;
+        // The monitor must answer too: a QEMU that lost its QMP socket cannot be hibernated.
+        self.control(&handle).await?;
+        Ok(handle)
+    }
 }
 
 /// Makes the finished image durable and gives it its final name.

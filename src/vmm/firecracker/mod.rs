@@ -242,4 +242,26 @@ impl Hypervisor for FirecrackerBackend {
     async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError> {
         Ok(kill_and_wait(vm.pid, vm.exited.clone()).await)
     }
+
+    async fn adopt(&self, spec: &VmSpec, pid: u32) -> Result<VmHandle, VmmError> {
+        let host = self.placement(spec).host;
+        // Jailed, the command line names the jail-relative socket; the jail's id names the VM.
+        let marker = match &self.config.jailer {
+            Some(_) => std::path::PathBuf::from(&spec.vm_id),
+            None => host.api_socket.clone(),
+        };
+        let mut handle = super::adopt_process(
+            pid,
+            marker,
+            AgentEndpoint::HybridVsock {
+                uds: host.vsock_socket.clone(),
+                port: DEFAULT_VSOCK_PORT,
+            },
+        )?;
+        handle.control = host.api_socket.clone();
+        FirecrackerApi::new(&handle.control)
+            .wait_ready(API_DEADLINE)
+            .await?;
+        Ok(handle)
+    }
 }
