@@ -6,9 +6,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use super::channel::{Reader, Writer};
 use super::{AgentError, exec, files, system};
@@ -84,15 +84,7 @@ impl Agent {
     /// Serves one session until the host goes away or misbehaves.
     pub async fn serve(self: &Arc<Self>, reader: Reader, writer: Writer) -> SessionEnd {
         let mut frames = FramedRead::new(reader, FrameCodec::default());
-        let (out, mut outbound) = mpsc::channel::<Frame>(OUTBOUND_QUEUE);
-        let writer_task = tokio::spawn(async move {
-            let mut sink = FramedWrite::new(writer, FrameCodec::default());
-            while let Some(frame) = outbound.recv().await {
-                if sink.send(frame).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (out, writer_task) = crate::guest::frame::spawn_writer(writer, OUTBOUND_QUEUE);
         let mut session: Option<u64> = None;
         let mut got_anything = false;
         let end = loop {

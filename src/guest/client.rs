@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use super::messages::{
     ErrorBody, ExecRequest, ExitStatus, HealthReport, Hello, HelloOk, NetworkConfig,
@@ -181,15 +181,7 @@ impl AgentClient {
         hello: HelloOk,
     ) -> AgentClient {
         let pending: Pending = Arc::default();
-        let (out, mut outbound) = mpsc::channel::<Frame>(OUTBOUND_QUEUE);
-        let writer_task = tokio::spawn(async move {
-            let mut sink = FramedWrite::new(writer, FrameCodec::default());
-            while let Some(frame) = outbound.recv().await {
-                if sink.send(frame).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (out, writer_task) = crate::guest::frame::spawn_writer(writer, OUTBOUND_QUEUE);
         let routes = pending.clone();
         let reader_task = tokio::spawn(async move {
             while let Some(Ok(frame)) = frames.next().await {

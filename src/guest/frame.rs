@@ -158,6 +158,31 @@ impl Encoder<Frame> for FrameCodec {
     }
 }
 
+/// Spawns the task that owns a connection's write half: frames queued on the returned sender
+/// (at most `queue` of them) are written in order until the sender is dropped or a write fails.
+pub fn spawn_writer<W>(
+    writer: W,
+    queue: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Frame>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    use futures_util::SinkExt;
+    let (out, mut outbound) = tokio::sync::mpsc::channel::<Frame>(queue);
+    let task = tokio::spawn(async move {
+        let mut sink = tokio_util::codec::FramedWrite::new(writer, FrameCodec::default());
+        while let Some(frame) = outbound.recv().await {
+            if sink.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    (out, task)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
