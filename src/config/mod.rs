@@ -25,6 +25,15 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
 }
 
+/// Which hypervisor runs the VMs (`MC_HYPERVISOR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HypervisorChoice {
+    Firecracker,
+    Qemu,
+    /// Firecracker when its binary is present, else QEMU.
+    Auto,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -64,10 +73,22 @@ pub struct Config {
     pub golden_memory: Option<PathBuf>,
     pub golden_kernel: Option<PathBuf>,
     pub golden_rootfs: Option<PathBuf>,
+    pub hypervisor: HypervisorChoice,
+    pub qemu_binary: String,
+    /// The initramfs used as root (the test image).
+    pub initrd: Option<PathBuf>,
+    pub bridge: String,
+    /// The bridge's own address and prefix; the VM pool is the rest of that network.
+    pub bridge_subnet: crate::net::Subnet,
+    pub vm_vcpus: u32,
+    pub vm_memory_mib: u32,
+    pub vm_data_disk_mib: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/master-controller";
+pub const DEFAULT_BRIDGE: &str = "fcbr0";
+pub const DEFAULT_BRIDGE_CIDR: &str = "192.168.100.1/24";
 const MIN_TOKEN_LEN: usize = 16;
 
 impl Config {
@@ -159,6 +180,27 @@ impl Config {
             golden_memory: s.golden_memory,
             golden_kernel: s.golden_kernel,
             golden_rootfs: s.golden_rootfs,
+            hypervisor: match s.hypervisor.as_deref() {
+                None | Some("auto") => HypervisorChoice::Auto,
+                Some("firecracker") => HypervisorChoice::Firecracker,
+                Some("qemu") => HypervisorChoice::Qemu,
+                Some(other) => {
+                    return Err(invalid(
+                        "hypervisor",
+                        format!("{other:?} is not firecracker, qemu or auto"),
+                    ));
+                }
+            },
+            qemu_binary: s.qemu_binary.unwrap_or_else(|| "qemu-system-x86_64".into()),
+            initrd: s.initrd,
+            bridge: s.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.into()),
+            bridge_subnet: crate::net::Subnet::parse(
+                s.bridge_cidr.as_deref().unwrap_or(DEFAULT_BRIDGE_CIDR),
+            )
+            .map_err(|e| invalid("bridge_cidr", e.to_string()))?,
+            vm_vcpus: s.vm_vcpus.unwrap_or(2),
+            vm_memory_mib: s.vm_memory_mib.unwrap_or(2048),
+            vm_data_disk_mib: s.vm_data_disk_mib.unwrap_or(10 * 1024),
         };
         config.validate()?;
         Ok(config)
@@ -201,6 +243,9 @@ impl Config {
             ("ws_queue_len", self.ws_queue_len as u64),
             ("ws_max_subscriptions", self.ws_max_subscriptions as u64),
             ("max_vms", u64::from(self.max_vms)),
+            ("vm_vcpus", u64::from(self.vm_vcpus)),
+            ("vm_memory_mib", u64::from(self.vm_memory_mib)),
+            ("vm_data_disk_mib", self.vm_data_disk_mib),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -229,6 +274,27 @@ impl Config {
                 setting: Settings::env_name("supabase_service_key"),
                 reason: "required when SUPABASE_URL is set".into(),
             });
+        }
+        let bridge_ok = !self.bridge.is_empty()
+            && self.bridge.len() <= 15
+            && self
+                .bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !bridge_ok {
+            return Err(invalid(
+                "bridge",
+                format!(
+                    "{:?} is not a link name (1 to 15 of a-z, 0-9, - and _)",
+                    self.bridge
+                ),
+            ));
+        }
+        if self.vm_vcpus > 32 || (self.vm_vcpus > 1 && self.vm_vcpus % 2 == 1) {
+            return Err(invalid(
+                "vm_vcpus",
+                "must be 1 or an even number up to 32 (Firecracker's rule)".into(),
+            ));
         }
         if !self.data_dir.is_absolute() {
             return Err(invalid(

@@ -77,6 +77,14 @@ settings! {
     golden_memory: PathBuf = ["MC_GOLDEN_MEMORY", "GOLDEN_MEMORY"],
     golden_kernel: PathBuf = ["MC_GOLDEN_KERNEL", "GOLDEN_KERNEL"],
     golden_rootfs: PathBuf = ["MC_GOLDEN_ROOTFS", "GOLDEN_ROOTFS"],
+    hypervisor: String = ["MC_HYPERVISOR"],
+    qemu_binary: String = ["MC_QEMU_BINARY"],
+    initrd: PathBuf = ["MC_INITRD"],
+    bridge: String = ["MC_BRIDGE"],
+    bridge_cidr: String = ["MC_BRIDGE_CIDR"],
+    vm_vcpus: u32 = ["MC_VM_VCPUS"],
+    vm_memory_mib: u32 = ["MC_VM_MEMORY_MIB"],
+    vm_data_disk_mib: u64 = ["MC_VM_DATA_DISK_MIB"],
 }
 
 fn parse_env<T: FromStr>(

@@ -24,6 +24,29 @@ fn defaults_apply() {
         (10001, 10100)
     );
     assert!(config.require_admin_token().is_err());
+    assert_eq!(config.hypervisor, HypervisorChoice::Auto);
+    assert_eq!(config.bridge, "fcbr0");
+    assert_eq!(config.bridge_subnet.pool_size(), 253);
+}
+
+#[test]
+fn vm_settings_from_the_environment() {
+    let lookup = env(&[
+        ("MC_HYPERVISOR", "qemu"),
+        ("MC_BRIDGE", "mcbr1"),
+        ("MC_BRIDGE_CIDR", "10.9.0.1/28"),
+        ("MC_INITRD", "/images/initramfs.cpio.gz"),
+        ("GOLDEN_KERNEL", "/images/vmlinux"),
+    ]);
+    let config = Config::load(None, &lookup, Settings::default()).unwrap();
+    assert_eq!(config.hypervisor, HypervisorChoice::Qemu);
+    assert_eq!(config.bridge, "mcbr1");
+    assert_eq!(config.bridge_subnet.pool_size(), 13);
+    assert_eq!(
+        config.initrd,
+        Some(PathBuf::from("/images/initramfs.cpio.gz"))
+    );
+    assert_eq!(config.golden_kernel, Some(PathBuf::from("/images/vmlinux")));
 }
 
 #[test]
@@ -76,6 +99,10 @@ fn bad_values_name_the_setting() {
         (&[("SUPABASE_URL", "https://x")], "MC_SUPABASE_SERVICE_KEY"),
         (&[("MC_DATA_DIR", "relative/dir")], "MC_DATA_DIR"),
         (&[("MC_LOG_FORMAT", "xml")], "MC_LOG_FORMAT"),
+        (&[("MC_HYPERVISOR", "vmware")], "MC_HYPERVISOR"),
+        (&[("MC_BRIDGE_CIDR", "192.168.100.0/24")], "MC_BRIDGE_CIDR"),
+        (&[("MC_BRIDGE", "a-bridge-name-too-long")], "MC_BRIDGE"),
+        (&[("MC_VM_VCPUS", "3")], "MC_VM_VCPUS"),
     ];
     for (pairs, setting) in cases {
         let err = Config::load(None, &env(pairs), Settings::default())
