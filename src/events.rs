@@ -9,10 +9,6 @@ use tokio::sync::broadcast;
 
 pub const ADMIN_CHANNEL: &str = "admin";
 
-pub fn user_channel(user_id: &str) -> String {
-    format!("user:{user_id}")
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub channel: String,

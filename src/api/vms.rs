@@ -84,10 +84,10 @@ async fn list_vms(call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         let principal = call.principal()?;
         let mut filter = parse_filter(&query)?;
+        if let Some(asked) = &filter.user_id {
+            principal.require_user(asked)?;
+        }
         if let Some(own) = principal.user_scope() {
-            if filter.user_id.as_deref().is_some_and(|u| u != own) {
-                principal.require_user(filter.user_id.as_deref().unwrap_or_default())?;
-            }
             filter.user_id = Some(own.to_string());
         }
         let vms = call.ctx.vms.list(filter).await?;

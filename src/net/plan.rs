@@ -92,11 +92,6 @@ pub fn tap_name(vm_id: &str) -> String {
     format!("mc{}", digits.to_ascii_lowercase())
 }
 
-/// Whether a link name is one of ours (for the orphan sweep).
-pub fn is_tap_name(name: &str) -> bool {
-    name.len() == 15 && name.starts_with("mc") && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,7 +148,5 @@ mod tests {
         let tap = tap_name("01a21a55-bbfb-740a-a261-bb464dc5b8a2");
         assert_eq!(tap, "mc01a21a55bbfb7");
         assert!(tap.len() <= 15);
-        assert!(is_tap_name(&tap));
-        assert!(!is_tap_name("eth0"));
     }
 }

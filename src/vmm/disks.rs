@@ -1,6 +1,6 @@
 //! Per-VM disks: the shared base rootfs is attached read-only; each VM gets its own writable
-//! data disk, created sparse and formatted ext4, which survives hibernation and is deleted with
-//! the VM.
+//! data disk, created sparse and formatted ext4, which survives hibernation (the VM manager
+//! deletes it with the VM).
 
 use std::path::Path;
 
@@ -45,12 +45,4 @@ pub async fn create_data_disk(path: &Path, size_mib: u64) -> Result<(), VmmError
         });
     }
     Ok(())
-}
-
-/// Removes a VM's data disk; a disk that is already gone is fine.
-pub async fn remove_data_disk(path: &Path) -> Result<(), VmmError> {
-    match tokio::fs::remove_file(path).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VmmError::io(path, e)),
-        _ => Ok(()),
-    }
 }
