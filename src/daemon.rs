@@ -15,10 +15,11 @@ use crate::api::{self, ApiContext, ApiLimits, auth::Authenticator, rate_limit::R
 use crate::config::{Config, ConfigError};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
+use crate::net::{NetError, Netlink, RtNetlink};
 use crate::store::{Store, StoreError};
 use crate::tokens::{TokenError, TokenSigner};
 use crate::users::UserService;
-use crate::vms::VmService;
+use crate::vms::{Limits, VmError, VmHost, VmManager, VmSettings};
 use crate::watchdog::Watchdog;
 
 /// The main loop's period when systemd arms no watchdog.
@@ -49,7 +50,15 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("the HTTP server on {0} stopped unexpectedly")]
     ServerDied(SocketAddr),
+    #[error("guest network: {0}")]
+    Network(#[from] NetError),
+    #[error("reconcile: {0}")]
+    Reconcile(#[from] VmError),
 }
+
+/// The fixed MAC of the guest bridge (locally administered). A bridge without one takes its
+/// lowest port's MAC, which changes as taps come and go, and guests keep sending to the old one.
+pub const BRIDGE_MAC: [u8; 6] = [0x02, 0x6d, 0x63, 0x00, 0x00, 0x01];
 
 /// A started daemon: listeners bound, store open, requests served.
 pub struct Running {
@@ -62,8 +71,17 @@ pub struct Running {
     shutdown_timeout: Duration,
 }
 
-/// Opens the store and binds the listeners; does not notify systemd.
+/// Opens the store, reconciles the VMs, and binds the listeners; does not notify systemd.
 pub async fn start(config: &Config, watchdog: &Watchdog) -> Result<Running, DaemonError> {
+    start_with(config, watchdog, None).await
+}
+
+/// [`start`] with the VM host given (tests drive the manager with a fake hypervisor).
+pub async fn start_with(
+    config: &Config,
+    watchdog: &Watchdog,
+    host: Option<VmHost>,
+) -> Result<Running, DaemonError> {
     config.require_admin_token()?;
     create_data_dir(&config.data_dir).await?;
 
@@ -81,11 +99,31 @@ pub async fn start(config: &Config, watchdog: &Watchdog) -> Result<Running, Daem
     let cancel = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     metrics.seed_prompt_series();
+    let events = EventHub::new(config.ws_queue_len);
+    let settings = vm_settings(config);
+    let host = match host {
+        Some(host) => host,
+        None => real_host(config, &settings).await?,
+    };
+    let vms = VmManager::new(
+        store.clone(),
+        host,
+        events.clone(),
+        metrics.clone(),
+        settings,
+    );
+    let tracker = TaskTracker::new();
+    if vms.settings().kernel.is_some() {
+        watchdog.status("reconciling VMs");
+        let report = vms.reconcile(&|line| watchdog.status(line)).await?;
+        tracing::info!(?report, "reconciled VMs");
+        tracker.spawn(vms.clone().poll_health(cancel.clone()));
+    }
     let ctx = Arc::new(ApiContext {
         users: UserService::new(store.clone()),
-        vms: VmService::new(store.clone()),
+        vms,
         store,
-        events: EventHub::new(config.ws_queue_len),
+        events,
         metrics,
         auth: Authenticator::new(
             config.admin_token.as_ref(),
@@ -105,7 +143,6 @@ pub async fn start(config: &Config, watchdog: &Watchdog) -> Result<Running, Daem
         shutdown: cancel.clone(),
     });
 
-    let tracker = TaskTracker::new();
     let main_listener = bind(config.listen).await?;
     let addr = local_addr(&main_listener, config.listen)?;
     // Port 0 means "any free port", so two such addresses are two listeners.
@@ -212,6 +249,61 @@ impl Running {
         }
         tracing::info!("master-controller stopped");
     }
+}
+
+fn vm_settings(config: &Config) -> VmSettings {
+    VmSettings {
+        root: config.data_dir.join("vms"),
+        kernel: config.golden_kernel.clone(),
+        initrd: config.initrd.clone(),
+        rootfs: config.golden_rootfs.clone(),
+        vcpus: config.vm_vcpus,
+        memory_mib: config.vm_memory_mib,
+        data_disk_mib: config.vm_data_disk_mib,
+        bridge: config.bridge.clone(),
+        limits: Limits {
+            max_running: config.max_vms,
+            subnet: config.bridge_subnet,
+            pool_limit: config.ip_pool_limit,
+        },
+        agent_timeout: Duration::from_secs(config.vm_agent_timeout_secs),
+        health_interval: Duration::from_secs(config.vm_health_interval_secs),
+    }
+}
+
+/// The host's hypervisor and links. With VMs configured, the bridge is ensured here.
+async fn real_host(config: &Config, settings: &VmSettings) -> Result<VmHost, DaemonError> {
+    let netlink = RtNetlink::connect()?;
+    let probe = match (&settings.kernel, &settings.initrd) {
+        (Some(kernel), Some(initrd)) => Some(crate::vmm::VmSpec {
+            vm_id: "accel-probe".into(),
+            dir: config.data_dir.join("accel-probe"),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: kernel.clone(),
+            initrd: Some(initrd.clone()),
+            boot_args: String::new(),
+            disks: Vec::new(),
+            net: None,
+            agent_token: "accelprobe".into(),
+        }),
+        _ => None,
+    };
+    if settings.kernel.is_some() {
+        let subnet = settings.limits.subnet;
+        netlink
+            .ensure_bridge(&settings.bridge, BRIDGE_MAC, subnet.gateway, subnet.prefix)
+            .await?;
+    }
+    let hypervisor = if settings.kernel.is_some() {
+        crate::vmm::select::hypervisor(config, probe).await
+    } else {
+        crate::vmm::select::hypervisor(config, None).await
+    };
+    Ok(VmHost {
+        hypervisor,
+        netlink: Arc::new(netlink),
+    })
 }
 
 async fn create_data_dir(path: &std::path::Path) -> Result<(), DaemonError> {

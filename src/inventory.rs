@@ -7,15 +7,14 @@ use redb::ReadableTableMetadata;
 use crate::model::{PromptStatus, Provider, UserStatus, VmStatus, VmType};
 use crate::store::{self, Store, StoreError, tables};
 
-/// The addresses `.2`–`.254` of the bridge's /24.
-pub const IP_POOL_SIZE: u64 = 253;
-
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     pub users_by_status: BTreeMap<UserStatus, u64>,
     pub vms_by_status_type: BTreeMap<(VmStatus, VmType), u64>,
     pub prompts_by_provider_status: BTreeMap<(Provider, PromptStatus), u64>,
     pub ip_leases: u64,
+    /// How many addresses the VM pool has (from the bridge network and its limit).
+    pub ip_pool_size: u64,
     pub port_leases: u64,
     pub outbox_depth: u64,
     pub credentials: u64,
@@ -23,10 +22,13 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub async fn take(store: &Store) -> Result<Inventory, StoreError> {
+    pub async fn take(store: &Store, ip_pool_size: u64) -> Result<Inventory, StoreError> {
         store
-            .read(|tx| {
-                let mut inventory = Inventory::default();
+            .read(move |tx| {
+                let mut inventory = Inventory {
+                    ip_pool_size,
+                    ..Inventory::default()
+                };
                 for user in store::all(&tx.open_table(tables::USERS)?)? {
                     *inventory.users_by_status.entry(user.status).or_insert(0) += 1;
                 }
@@ -73,6 +75,6 @@ impl Inventory {
     }
 
     pub fn ip_pool_available(&self) -> u64 {
-        IP_POOL_SIZE.saturating_sub(self.ip_leases)
+        self.ip_pool_size.saturating_sub(self.ip_leases)
     }
 }

@@ -22,6 +22,8 @@ pub mod doctor;
 #[cfg(feature = "daemon")]
 pub mod events;
 #[cfg(feature = "daemon")]
+pub mod failpoint;
+#[cfg(feature = "daemon")]
 pub mod inventory;
 #[cfg(feature = "daemon")]
 pub mod metrics;

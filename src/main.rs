@@ -96,8 +96,14 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
+    // netlink-packet-route warns on every link dump about kernel attributes newer than itself.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(
+            "netlink_packet_route=error"
+                .parse()
+                .expect("a constant directive parses"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

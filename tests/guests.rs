@@ -210,6 +210,7 @@ async fn pty_and_network(guest: &mut Guest) {
             gateway: Some(vmhost::BRIDGE_ADDR.into()),
             dns: vec![vmhost::BRIDGE_ADDR.into()],
             hostname: None,
+            mac: None,
         })
         .await
         .expect("configure network");

@@ -119,7 +119,22 @@ pub async fn configure_network(config: NetworkConfig) -> Result<(), AgentError> 
             "addresses must be literal IPs",
         ));
     }
+    let mac_ok = config.mac.as_deref().is_none_or(|mac| {
+        mac.len() == 17
+            && mac
+                .split(':')
+                .all(|part| part.len() == 2 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if !mac_ok {
+        return Err(AgentError::request(
+            "bad_request",
+            "mac must be aa:bb:cc:dd:ee:ff",
+        ));
+    }
     let iface = config.interface.as_str();
+    if let Some(mac) = &config.mac {
+        ip(&["link", "set", iface, "address", mac]).await?;
+    }
     ip(&["link", "set", iface, "up"]).await?;
     ip(&["addr", "flush", "dev", iface]).await?;
     ip(&["addr", "add", &config.address, "dev", iface]).await?;

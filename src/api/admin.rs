@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use serde::Deserialize;
 use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -11,9 +12,9 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::ApiContext;
-use super::endpoint::{Call, endpoint};
+use super::endpoint::{Body, Call, body, endpoint};
 use super::error::ApiError;
-use super::views::UserView;
+use super::views::{UserView, VmView};
 use crate::inventory::Inventory;
 use crate::users::MAX_PAGE_SIZE;
 
@@ -29,7 +30,128 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
             "/api/admin/system/stats",
         ))
         .then(system_stats);
-    users.or(stats).unify().boxed()
+    let force_destroy = warp::path!("api" / "admin" / "users" / String / "force-destroy-vm")
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/admin/users/:userId/force-destroy-vm",
+        ))
+        .then(force_destroy_vm);
+    let inactive = warp::path!("api" / "admin" / "cleanup" / "inactive-vms")
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/admin/cleanup/inactive-vms",
+        ))
+        .and(body())
+        .then(cleanup_inactive);
+    let orphans = warp::path!("api" / "admin" / "cleanup" / "orphaned-resources")
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/admin/cleanup/orphaned-resources",
+        ))
+        .then(cleanup_orphans);
+    let exec = warp::path!("api" / "admin" / "vms" / String / "exec")
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/admin/vms/:vmId/exec",
+        ))
+        .and(body())
+        .then(exec_in_vm);
+    users
+        .or(stats)
+        .unify()
+        .or(force_destroy)
+        .unify()
+        .or(inactive)
+        .unify()
+        .or(orphans)
+        .unify()
+        .or(exec)
+        .unify()
+        .boxed()
+}
+
+async fn force_destroy_vm(user_id: String, call: Call) -> Response {
+    let result = async {
+        call.principal()?.require_admin()?;
+        let vm = call.ctx.vms.user_vm(&user_id).await?;
+        Ok(VmView::from(&call.ctx.vms.destroy(&vm.id).await?))
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CleanupInactiveBody {
+    older_than_days: Option<u32>,
+}
+
+async fn cleanup_inactive(call: Call, body: Body) -> Response {
+    let result = async {
+        call.principal()?.require_admin()?;
+        let body: CleanupInactiveBody =
+            body.json_or_default(call.ctx.limits.max_body_bytes).await?;
+        let days = body.older_than_days.unwrap_or(14);
+        if days == 0 {
+            return Err(ApiError::invalid_field(
+                "olderThanDays",
+                "must be at least 1",
+            ));
+        }
+        let destroyed = call.ctx.vms.destroy_inactive(days).await?;
+        let views: Vec<VmView> = destroyed.iter().map(VmView::from).collect();
+        Ok(json!({ "olderThanDays": days, "destroyed": views, "count": views.len() }))
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}
+
+async fn cleanup_orphans(call: Call) -> Response {
+    let result = async {
+        call.principal()?.require_admin()?;
+        Ok(call.ctx.vms.sweep_orphans().await?)
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}
+
+/// The longest a command run through the admin exec may take.
+const MAX_EXEC_TIMEOUT_SECS: u64 = 600;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExecBody {
+    argv: Vec<String>,
+    timeout_sec: Option<u64>,
+}
+
+async fn exec_in_vm(vm_id: String, call: Call, body: Body) -> Response {
+    let result = async {
+        call.principal()?.require_admin()?;
+        let body: ExecBody = body.json(call.ctx.limits.max_body_bytes).await?;
+        if body.argv.is_empty() {
+            return Err(ApiError::invalid_field("argv", "must name a program"));
+        }
+        let timeout = body.timeout_sec.unwrap_or(30);
+        if !(1..=MAX_EXEC_TIMEOUT_SECS).contains(&timeout) {
+            return Err(ApiError::invalid_field(
+                "timeoutSec",
+                format!("must be from 1 to {MAX_EXEC_TIMEOUT_SECS}"),
+            ));
+        }
+        let outcome = call
+            .ctx
+            .vms
+            .exec(&vm_id, body.argv, std::time::Duration::from_secs(timeout))
+            .await?;
+        Ok(outcome)
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
 }
 
 fn page_param(
@@ -76,7 +198,7 @@ async fn system_stats(call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let ctx = &call.ctx;
-        let inventory = Inventory::take(&ctx.store).await?;
+        let inventory = Inventory::take(&ctx.store, ctx.vms.ip_pool_size()).await?;
         let users_by_status: BTreeMap<&str, u64> = inventory
             .users_by_status
             .iter()

@@ -41,6 +41,11 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// The host below us (hypervisor, guest) failed the operation.
+    BadGateway {
+        code: &'static str,
+        message: String,
+    },
     Internal(String),
 }
 
@@ -63,6 +68,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,7 +78,8 @@ impl ApiError {
             ApiError::BadRequest { code, message }
             | ApiError::NotFound { code, message }
             | ApiError::Conflict { code, message, .. }
-            | ApiError::Unavailable { code, message } => (code, message.clone()),
+            | ApiError::Unavailable { code, message }
+            | ApiError::BadGateway { code, message } => (code, message.clone()),
             ApiError::Unauthorized(message) => ("unauthorized", message.clone()),
             ApiError::Forbidden(message) => ("forbidden", message.clone()),
             ApiError::RateLimited { retry_after_secs } => (
@@ -177,16 +184,39 @@ impl From<UserError> for ApiError {
 
 impl From<VmError> for ApiError {
     fn from(e: VmError) -> Self {
+        let message = e.to_string();
+        let conflict = |code| ApiError::Conflict {
+            code,
+            message: message.clone(),
+            extra: None,
+        };
+        let unavailable = |code| ApiError::Unavailable {
+            code,
+            message: message.clone(),
+        };
         match e {
-            VmError::NotFound(_) => ApiError::NotFound {
+            VmError::NotFound(_) | VmError::NoVm(_) => ApiError::NotFound {
                 code: "vm_not_found",
-                message: e.to_string(),
+                message,
             },
-            VmError::NotAlive { .. } => ApiError::Conflict {
-                code: "vm_not_alive",
-                message: e.to_string(),
-                extra: None,
+            VmError::UserNotFound(_) => ApiError::NotFound {
+                code: "user_not_found",
+                message,
             },
+            VmError::NotAlive { .. } => conflict("vm_not_alive"),
+            VmError::AlreadyHasVm { .. } => conflict("vm_exists"),
+            VmError::WrongStatus { .. } => conflict("vm_status_conflict"),
+            VmError::Busy { .. } => conflict("vm_busy"),
+            VmError::TooManyVms { .. } => unavailable("vm_limit_reached"),
+            VmError::PoolExhausted { .. } => unavailable("ip_pool_exhausted"),
+            VmError::NotConfigured(_) => unavailable("vms_not_configured"),
+            VmError::AgentUnavailable { .. } => unavailable("agent_unavailable"),
+            VmError::Host { .. } => ApiError::BadGateway {
+                code: "vm_operation_failed",
+                message,
+            },
+            VmError::Corrupt(_) => ApiError::Internal(message),
+            VmError::Transition(e) => e.into(),
             VmError::Store(e) => e.into(),
         }
     }

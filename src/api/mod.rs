@@ -7,6 +7,7 @@ mod endpoint;
 pub mod error;
 mod probes;
 pub mod rate_limit;
+mod user_vm;
 mod users;
 pub mod views;
 mod vms;
@@ -62,7 +63,9 @@ pub struct ApiContext {
 /// The main listener's routes. `/metrics` is included when `with_metrics` (no separate
 /// metrics listener).
 pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Response,)> {
-    let api = users::routes(ctx)
+    let api = user_vm::routes(ctx)
+        .or(users::routes(ctx))
+        .unify()
         .or(vms::routes(ctx))
         .unify()
         .or(admin::routes(ctx))

@@ -78,7 +78,7 @@ pub fn metrics(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
 }
 
 async fn refreshed_text(ctx: &ApiContext) -> Result<String, ApiError> {
-    let inventory = Inventory::take(&ctx.store).await?;
+    let inventory = Inventory::take(&ctx.store, ctx.vms.ip_pool_size()).await?;
     ctx.metrics.refresh(&inventory);
     ctx.metrics
         .ws_connections

@@ -67,6 +67,18 @@ pub struct VmView {
     pub last_heartbeat: Option<String>,
     pub hibernated_at: Option<String>,
     pub version: u64,
+    pub mac_address: Option<String>,
+    pub agent: Option<AgentView>,
+    pub error: Option<String>,
+}
+
+/// The agent's answer at the last health check.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub boot_id: String,
+    pub uptime_sec: f64,
+    pub checked_at: String,
 }
 
 impl From<&Vm> for VmView {
@@ -85,6 +97,13 @@ impl From<&Vm> for VmView {
             last_heartbeat: vm.last_heartbeat_ms.map(rfc3339),
             hibernated_at: vm.hibernated_at_ms.map(rfc3339),
             version: vm.version,
+            mac_address: vm.mac_address.clone(),
+            agent: vm.agent.as_ref().map(|a| AgentView {
+                boot_id: a.boot_id.clone(),
+                uptime_sec: a.uptime_sec,
+                checked_at: rfc3339(a.checked_at_ms),
+            }),
+            error: vm.error.clone(),
         }
     }
 }

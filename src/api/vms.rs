@@ -123,7 +123,7 @@ async fn heartbeat(id: String, call: Call) -> Response {
 async fn summary(call: Call) -> Response {
     let result = async {
         call.principal()?.require_service()?;
-        let inventory = Inventory::take(&call.ctx.store).await?;
+        let inventory = Inventory::take(&call.ctx.store, call.ctx.vms.ip_pool_size()).await?;
         Ok(summary_json(&inventory))
     }
     .await;

@@ -75,6 +75,8 @@ pub struct Config {
     pub golden_rootfs: Option<PathBuf>,
     pub hypervisor: HypervisorChoice,
     pub qemu_binary: String,
+    /// `None`: probe whether guests boot under KVM, else use TCG.
+    pub qemu_accel: Option<crate::vmm::qemu::Accel>,
     /// The initramfs used as root (the test image).
     pub initrd: Option<PathBuf>,
     pub bridge: String,
@@ -83,6 +85,10 @@ pub struct Config {
     pub vm_vcpus: u32,
     pub vm_memory_mib: u32,
     pub vm_data_disk_mib: u64,
+    /// Hand out at most this many pool addresses (`None`: the whole network).
+    pub ip_pool_limit: Option<u32>,
+    pub vm_agent_timeout_secs: u64,
+    pub vm_health_interval_secs: u64,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
@@ -192,6 +198,17 @@ impl Config {
                 }
             },
             qemu_binary: s.qemu_binary.unwrap_or_else(|| "qemu-system-x86_64".into()),
+            qemu_accel: match s.qemu_accel.as_deref() {
+                None | Some("auto") => None,
+                Some("kvm") => Some(crate::vmm::qemu::Accel::Kvm),
+                Some("tcg") => Some(crate::vmm::qemu::Accel::Tcg),
+                Some(other) => {
+                    return Err(invalid(
+                        "qemu_accel",
+                        format!("{other:?} is not kvm, tcg or auto"),
+                    ));
+                }
+            },
             initrd: s.initrd,
             bridge: s.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.into()),
             bridge_subnet: crate::net::Subnet::parse(
@@ -201,6 +218,9 @@ impl Config {
             vm_vcpus: s.vm_vcpus.unwrap_or(2),
             vm_memory_mib: s.vm_memory_mib.unwrap_or(2048),
             vm_data_disk_mib: s.vm_data_disk_mib.unwrap_or(10 * 1024),
+            ip_pool_limit: s.ip_pool_limit,
+            vm_agent_timeout_secs: s.vm_agent_timeout_secs.unwrap_or(60),
+            vm_health_interval_secs: s.vm_health_interval_secs.unwrap_or(30),
         };
         config.validate()?;
         Ok(config)
@@ -246,6 +266,9 @@ impl Config {
             ("vm_vcpus", u64::from(self.vm_vcpus)),
             ("vm_memory_mib", u64::from(self.vm_memory_mib)),
             ("vm_data_disk_mib", self.vm_data_disk_mib),
+            ("ip_pool_limit", self.ip_pool_limit.map_or(1, u64::from)),
+            ("vm_agent_timeout_secs", self.vm_agent_timeout_secs),
+            ("vm_health_interval_secs", self.vm_health_interval_secs),
         ];
         for (field, value) in positive {
             if value == 0 {

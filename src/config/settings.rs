@@ -79,12 +79,16 @@ settings! {
     golden_rootfs: PathBuf = ["MC_GOLDEN_ROOTFS", "GOLDEN_ROOTFS"],
     hypervisor: String = ["MC_HYPERVISOR"],
     qemu_binary: String = ["MC_QEMU_BINARY"],
+    qemu_accel: String = ["MC_QEMU_ACCEL"],
     initrd: PathBuf = ["MC_INITRD"],
     bridge: String = ["MC_BRIDGE"],
     bridge_cidr: String = ["MC_BRIDGE_CIDR"],
     vm_vcpus: u32 = ["MC_VM_VCPUS"],
     vm_memory_mib: u32 = ["MC_VM_MEMORY_MIB"],
     vm_data_disk_mib: u64 = ["MC_VM_DATA_DISK_MIB"],
+    ip_pool_limit: u32 = ["MC_IP_POOL_LIMIT"],
+    vm_agent_timeout_secs: u64 = ["MC_VM_AGENT_TIMEOUT_SECS"],
+    vm_health_interval_secs: u64 = ["MC_VM_HEALTH_INTERVAL_SECS"],
 }
 
 fn parse_env<T: FromStr>(

@@ -130,6 +130,9 @@ pub struct NetworkConfig {
     #[serde(default)]
     pub dns: Vec<String>,
     pub hostname: Option<String>,
+    /// A new MAC for the interface (when the host moved the guest to another address).
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

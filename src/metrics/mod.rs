@@ -59,6 +59,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+fn vm_operation_histogram() -> Histogram {
+    // 10 ms to ~5 min: a KVM resume is milliseconds, a TCG cold boot tens of seconds.
+    Histogram::new(exponential_buckets(0.01, 2.0, 15))
+}
+
 fn prompt_histogram() -> Histogram {
     // 0.5 s to ~68 min.
     Histogram::new(exponential_buckets(0.5, 2.0, 14))
@@ -78,6 +83,9 @@ pub struct Metrics {
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub ws_connections: Gauge,
     pub outbox_depth: Gauge,
+    pub vm_create_duration: Histogram,
+    pub vm_hibernate_duration: Histogram,
+    pub vm_resume_duration: Histogram,
 }
 
 impl Metrics {
@@ -96,6 +104,9 @@ impl Metrics {
             http_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             ws_connections: Gauge::default(),
             outbox_depth: Gauge::default(),
+            vm_create_duration: vm_operation_histogram(),
+            vm_hibernate_duration: vm_operation_histogram(),
+            vm_resume_duration: vm_operation_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -158,6 +169,21 @@ impl Metrics {
             "mc_outbox_depth",
             "Pending Supabase outbox rows",
             metrics.outbox_depth.clone(),
+        );
+        registry.register(
+            "polydev_vm_create_duration_seconds",
+            "Time from create request to a running VM whose agent answers",
+            metrics.vm_create_duration.clone(),
+        );
+        registry.register(
+            "polydev_vm_hibernate_duration_seconds",
+            "Time to save a VM to disk and stop its process",
+            metrics.vm_hibernate_duration.clone(),
+        );
+        registry.register(
+            "polydev_vm_resume_duration_seconds",
+            "Time from resume request to a running VM whose agent answers",
+            metrics.vm_resume_duration.clone(),
         );
         Metrics {
             registry,

@@ -11,7 +11,7 @@ pub use auth_session::{AuthSession, AuthSessionStatus};
 pub use prompt::{Prompt, PromptStatus, Provider};
 pub use records::{Credential, IpLease, MetricsSample, OutboxEntry, PortLease};
 pub use user::{Plan, User, UserStatus};
-pub use vm::{Vm, VmStatus, VmType};
+pub use vm::{AgentInfo, Vm, VmIntent, VmOp, VmStatus, VmType};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::{named_enum, transitions};
+use super::{Status, named_enum, transitions};
 use crate::store::Record;
 
 named_enum!(VmStatus, "VM status" {
@@ -28,7 +28,15 @@ named_enum!(VmType, "VM type" {
     Browser => "browser",
 });
 
+/// What the agent reported at the last health check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub boot_id: String,
+    pub uptime_sec: f64,
+    pub checked_at_ms: i64,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vm {
     pub id: String,
     pub user_id: String,
@@ -43,17 +51,177 @@ pub struct Vm {
     pub last_heartbeat_ms: Option<i64>,
     pub hibernated_at_ms: Option<i64>,
     pub version: u64,
+    pub mac_address: Option<String>,
+    /// The hypervisor process while the VM runs.
+    pub pid: Option<u32>,
+    /// The per-VM secret the agent expects; never leaves the host.
+    pub agent_token: String,
+    pub agent: Option<AgentInfo>,
+    /// The IP was reclaimed while hibernated: resume gives the guest a new one.
+    pub needs_readdress: bool,
+    /// Why the VM failed, for operators.
+    pub error: Option<String>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("status", &self.status)
+            .field("ip_address", &self.ip_address)
+            .field("tap_device", &self.tap_device)
+            .field("pid", &self.pid)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// A CLI VM counts against the user's one-VM limit and the pool until it is destroyed or
+    /// has failed.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.status, VmStatus::Destroyed | VmStatus::Failed)
+    }
+
+    /// Sets the status (checked against the transition table) and bumps the version.
+    pub fn set_status(&mut self, next: VmStatus) -> Result<(), super::ModelError> {
+        self.status.transition(next)?;
+        self.touch();
+        Ok(())
+    }
+
+    pub fn touch(&mut self) {
+        self.updated_at_ms = super::now_ms();
+        self.version += 1;
+    }
+}
+
+/// The first stored shape, before the manager existed.
+#[derive(Deserialize)]
+struct VmV1 {
+    id: String,
+    user_id: String,
+    vm_type: VmType,
+    status: VmStatus,
+    ip_address: Option<String>,
+    tap_device: Option<String>,
+    vcpus: u32,
+    memory_mib: u32,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    last_heartbeat_ms: Option<i64>,
+    hibernated_at_ms: Option<i64>,
+    version: u64,
 }
 
 impl Record for Vm {
     const KIND: &'static str = "vm";
+    const VERSION: u16 = 2;
+
+    fn upgrade(version: u16, payload: &[u8]) -> Result<Self, crate::store::StoreError> {
+        if version != 1 {
+            return Err(crate::store::StoreError::UnknownRecordVersion {
+                kind: Self::KIND,
+                found: version,
+                supported: Self::VERSION,
+            });
+        }
+        let old: VmV1 = crate::store::codec::decode_payload::<VmV1, Vm>(payload)?;
+        Ok(Vm {
+            id: old.id,
+            user_id: old.user_id,
+            vm_type: old.vm_type,
+            status: old.status,
+            ip_address: old.ip_address,
+            tap_device: old.tap_device,
+            vcpus: old.vcpus,
+            memory_mib: old.memory_mib,
+            created_at_ms: old.created_at_ms,
+            updated_at_ms: old.updated_at_ms,
+            last_heartbeat_ms: old.last_heartbeat_ms,
+            hibernated_at_ms: old.hibernated_at_ms,
+            version: old.version,
+            mac_address: None,
+            pid: None,
+            agent_token: String::new(),
+            agent: None,
+            needs_readdress: false,
+            error: None,
+        })
+    }
+}
+
+named_enum!(VmOp, "VM operation" {
+    Create => "create",
+    Hibernate => "hibernate",
+    Resume => "resume",
+    Destroy => "destroy",
+});
+
+/// A multi-step operation in flight, written with its reservations before the host is touched,
+/// so that reconcile can finish or roll it back after a crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmIntent {
+    pub vm_id: String,
+    pub op: VmOp,
+    /// The address reserved for (or held by) the VM during the operation.
+    pub ip: Option<String>,
+    pub tap: String,
+    pub dir: String,
+    pub started_at_ms: i64,
+}
+
+impl Record for VmIntent {
+    const KIND: &'static str = "vm_intent";
     const VERSION: u16 = 1;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Status;
+
+    #[test]
+    fn a_version_1_record_upgrades() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            id: &'a str,
+            user_id: &'a str,
+            vm_type: VmType,
+            status: VmStatus,
+            ip_address: Option<&'a str>,
+            tap_device: Option<&'a str>,
+            vcpus: u32,
+            memory_mib: u32,
+            created_at_ms: i64,
+            updated_at_ms: i64,
+            last_heartbeat_ms: Option<i64>,
+            hibernated_at_ms: Option<i64>,
+            version: u64,
+        }
+        let old = V1 {
+            id: "vm-1",
+            user_id: "u-1",
+            vm_type: VmType::Cli,
+            status: VmStatus::Hibernated,
+            ip_address: Some("192.168.100.9"),
+            tap_device: None,
+            vcpus: 2,
+            memory_mib: 512,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            last_heartbeat_ms: None,
+            hibernated_at_ms: Some(3),
+            version: 4,
+        };
+        let mut bytes = vec![0xA7, 1, 0];
+        bytes.extend(bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap());
+        let vm: Vm = crate::store::codec::decode(&bytes).unwrap();
+        assert_eq!(vm.status, VmStatus::Hibernated);
+        assert_eq!(vm.ip_address.as_deref(), Some("192.168.100.9"));
+        assert_eq!(vm.version, 4);
+        assert!(vm.pid.is_none() && !vm.needs_readdress);
+    }
 
     #[test]
     fn destroyed_is_terminal() {

@@ -5,7 +5,7 @@ mod links;
 pub mod plan;
 
 pub use links::{Netlink, RtNetlink};
-pub use plan::{Subnet, mac_for, tap_name};
+pub use plan::{Subnet, is_tap_name, mac_for, tap_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

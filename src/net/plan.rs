@@ -82,14 +82,22 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
     format!("06:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
-/// `mc` and the first 13 hex digits of the VM id: unique enough, and within the kernel's 15.
+/// `mc` and the last 13 hex digits of the VM id, within the kernel's 15 characters. VM ids are
+/// UUIDv7, whose leading digits are a timestamp shared by VMs created in the same millisecond;
+/// the trailing 52 bits are random.
 pub fn tap_name(vm_id: &str) -> String {
-    let digits: String = vm_id
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(13)
-        .collect();
-    format!("mc{}", digits.to_ascii_lowercase())
+    let digits: Vec<char> = vm_id.chars().filter(char::is_ascii_hexdigit).collect();
+    let tail: String = digits[digits.len().saturating_sub(13)..].iter().collect();
+    format!("mc{}", tail.to_ascii_lowercase())
+}
+
+/// Whether `name` has the shape of a VM tap (so the orphan sweep may remove it).
+pub fn is_tap_name(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with("mc")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -146,7 +154,14 @@ mod tests {
             "06:00:c0:a8:64:02"
         );
         let tap = tap_name("01a21a55-bbfb-740a-a261-bb464dc5b8a2");
-        assert_eq!(tap, "mc01a21a55bbfb7");
-        assert!(tap.len() <= 15);
+        assert_eq!(tap, "mc1bb464dc5b8a2");
+        assert!(is_tap_name(&tap));
+        assert!(!is_tap_name("mcbr0"));
+        assert!(!is_tap_name("eth0"));
+        assert_ne!(
+            tap_name("01a21a55-bbfb-740a-a261-000000000001"),
+            tap_name("01a21a55-bbfb-740a-a261-000000000002"),
+            "VMs created in the same millisecond get distinct taps"
+        );
     }
 }

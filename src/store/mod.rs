@@ -256,8 +256,8 @@ mod tests {
             matches!(
                 err,
                 StoreError::SchemaTooNew {
-                    found: 2,
-                    supported: 1,
+                    found: 3,
+                    supported: 2,
                     ..
                 }
             ),

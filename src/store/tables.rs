@@ -11,10 +11,11 @@ use super::StoreError;
 use super::codec::{self, Record};
 use crate::model::{
     AuthSession, Credential, IpLease, MetricsSample, OutboxEntry, PortLease, Prompt, User, Vm,
+    VmIntent,
 };
 
 /// The schema version this binary writes. A file with a higher one is refused at open.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const META_SCHEMA_VERSION: &str = "schema_version";
@@ -23,6 +24,8 @@ pub const USERS: TableDefinition<&str, Stored<User>> = TableDefinition::new("use
 /// Lower-cased email to user id; keeps emails unique.
 pub const USERS_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("users_by_email");
 pub const VMS: TableDefinition<&str, Stored<Vm>> = TableDefinition::new("vms");
+/// In-flight VM operations, keyed by VM id (one at a time per VM).
+pub const VM_INTENTS: TableDefinition<&str, Stored<VmIntent>> = TableDefinition::new("vm_intents");
 /// Keyed by the leased IPv4 address in dotted form.
 pub const IP_LEASES: TableDefinition<&str, Stored<IpLease>> = TableDefinition::new("ip_leases");
 pub const PORT_LEASES: TableDefinition<u16, Stored<PortLease>> =
@@ -106,6 +109,7 @@ pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> 
     tx.open_table(USERS)?;
     tx.open_table(USERS_BY_EMAIL)?;
     tx.open_table(VMS)?;
+    tx.open_table(VM_INTENTS)?;
     tx.open_table(IP_LEASES)?;
     tx.open_table(PORT_LEASES)?;
     tx.open_table(AUTH_SESSIONS)?;

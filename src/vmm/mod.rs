@@ -7,6 +7,7 @@ pub mod firecracker;
 mod process;
 pub mod qemu;
 mod qmp;
+pub mod select;
 
 use std::path::{Path, PathBuf};
 
@@ -109,6 +110,27 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
+    /// A handle on a process some other [`Hypervisor`] started (fakes in tests build theirs
+    /// here). `control` is the path its command line names, for adoption.
+    pub fn new(
+        pid: u32,
+        agent: AgentEndpoint,
+        exited: watch::Receiver<Option<ExitInfo>>,
+        control: PathBuf,
+    ) -> VmHandle {
+        VmHandle {
+            pid,
+            agent,
+            exited,
+            control,
+        }
+    }
+
+    /// Resolves when the process has exited; does not borrow the handle.
+    pub fn exit_watch(&self) -> impl std::future::Future<Output = ExitInfo> + Send + 'static {
+        process::wait_exited(self.exited.clone())
+    }
+
     /// Resolves when the process has exited.
     pub async fn wait_exit(&mut self) -> ExitInfo {
         process::wait_exited(self.exited.clone()).await

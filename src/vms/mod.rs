@@ -1,20 +1,113 @@
-//! The VM service. This part is read-only (list, get, heartbeat); the manager that
-//! creates, hibernates, resumes and destroys VMs joins it later.
+//! The VM manager: users' VMs from create to destroy. Each VM's operations are serialised by
+//! its own slot (an async mutex over its process handle and agent connection); every
+//! multi-step operation records its intent and reservations in one redb transaction before it
+//! touches the host, and reconcile finishes or rolls back what a crash left half-done.
 
-use crate::model::{Status, Vm, VmStatus, VmType, now_ms};
-use crate::store::{self, Store, StoreError, tables};
+mod exec;
+mod host;
+pub mod ledger;
+mod manager;
+mod reconcile;
+mod upkeep;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::{ModelError, Vm, VmOp, VmStatus, VmType};
+use crate::net::Netlink;
+use crate::store::StoreError;
+use crate::vmm::Hypervisor;
+
+pub use exec::ExecResult;
+pub use ledger::Limits;
+pub use manager::VmManager;
+pub use reconcile::{OrphanReport, ReconcileReport};
+pub use upkeep::MAX_DIAGNOSTIC_LINES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("VM {0} not found")]
     NotFound(String),
+    #[error("user {0} not found")]
+    UserNotFound(String),
+    #[error("user {0} has no VM")]
+    NoVm(String),
     #[error("VM {id} is {status} and takes no heartbeat")]
     NotAlive { id: String, status: VmStatus },
+    #[error("user {user_id} already has VM {vm_id} ({status}); one CLI VM per user")]
+    AlreadyHasVm {
+        user_id: String,
+        vm_id: String,
+        status: VmStatus,
+    },
+    #[error("cannot {op} VM {id}: it is {status}")]
+    WrongStatus {
+        id: String,
+        op: VmOp,
+        status: VmStatus,
+    },
+    #[error("VM {id} is busy: a {op} is in progress")]
+    Busy { id: String, op: VmOp },
+    #[error("the maximum of {max} running VMs is reached (MC_MAX_VMS)")]
+    TooManyVms { max: u32 },
+    #[error("the IP pool is exhausted: all {size} addresses are leased to running VMs")]
+    PoolExhausted { size: u64 },
+    #[error("VMs are not configured on this host: {0}")]
+    NotConfigured(&'static str),
+    #[error("VM {id}: {op} failed: {reason}")]
+    Host {
+        id: String,
+        op: VmOp,
+        reason: String,
+    },
+    #[error("VM {id} has no agent connection: {reason}")]
+    AgentUnavailable { id: String, reason: String },
+    #[error("inconsistent state: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Transition(#[from] ModelError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 crate::lift_redb_errors!(VmError);
+
+impl VmError {
+    pub(crate) fn host(id: &str, op: VmOp, reason: impl std::fmt::Display) -> VmError {
+        VmError::Host {
+            id: id.to_string(),
+            op,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The OS edge the manager drives: the hypervisor and the host's links.
+#[derive(Clone)]
+pub struct VmHost {
+    pub hypervisor: Arc<dyn Hypervisor>,
+    pub netlink: Arc<dyn Netlink>,
+}
+
+/// How VMs are built on this host.
+#[derive(Debug, Clone)]
+pub struct VmSettings {
+    /// One directory per VM lives here (`<data-dir>/vms`).
+    pub root: PathBuf,
+    /// `None` disables VMs: the API answers 503 to creates.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub data_disk_mib: u64,
+    pub bridge: String,
+    pub limits: Limits,
+    pub agent_timeout: Duration,
+    pub health_interval: Duration,
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct VmFilter {
@@ -32,67 +125,5 @@ impl VmFilter {
     }
 }
 
-#[derive(Clone)]
-pub struct VmService {
-    store: Store,
-}
-
-impl VmService {
-    pub fn new(store: Store) -> VmService {
-        VmService { store }
-    }
-
-    pub async fn list(&self, filter: VmFilter) -> Result<Vec<Vm>, VmError> {
-        self.store
-            .read(move |tx| {
-                let vms = store::all(&tx.open_table(tables::VMS)?)?;
-                Ok(vms.into_iter().filter(|vm| filter.matches(vm)).collect())
-            })
-            .await
-    }
-
-    pub async fn get(&self, id: &str) -> Result<Vm, VmError> {
-        let id = id.to_string();
-        self.store
-            .read(move |tx| {
-                store::get(&tx.open_table(tables::VMS)?, &id)?.ok_or(VmError::NotFound(id))
-            })
-            .await
-    }
-
-    /// Records that the VM's agent (or the web backend on its behalf) saw it alive.
-    pub async fn heartbeat(&self, id: &str) -> Result<Vm, VmError> {
-        let id = id.to_string();
-        self.store
-            .write(move |tx| {
-                let mut vms = tx.open_table(tables::VMS)?;
-                let mut vm: Vm =
-                    store::get(&vms, &id)?.ok_or_else(|| VmError::NotFound(id.clone()))?;
-                if !vm.status.can_transition_to(VmStatus::Running) || vm.status == VmStatus::Stopped
-                {
-                    return Err(VmError::NotAlive {
-                        id,
-                        status: vm.status,
-                    });
-                }
-                let now = now_ms();
-                vm.last_heartbeat_ms = Some(now);
-                vm.updated_at_ms = now;
-                vm.version += 1;
-                store::put(&mut vms, &vm.id, &vm)?;
-                Ok(vm)
-            })
-            .await
-    }
-
-    /// Writes a VM record as it is. The manager is the only other writer; tests and the
-    /// benchmark use this to set up VMs.
-    pub async fn insert(&self, vm: Vm) -> Result<(), VmError> {
-        self.store
-            .write(move |tx| {
-                store::put(&mut tx.open_table(tables::VMS)?, &vm.id, &vm)?;
-                Ok(())
-            })
-            .await
-    }
-}
+/// What the API holds: a cheap handle on the manager.
+pub type VmService = Arc<VmManager>;

@@ -151,6 +151,12 @@ impl TestDaemon {
             last_heartbeat_ms: None,
             hibernated_at_ms: None,
             version: 1,
+            mac_address: None,
+            pid: None,
+            agent_token: "seedtoken".into(),
+            agent: None,
+            needs_readdress: false,
+            error: None,
         };
         self.ctx.vms.insert(vm).await.expect("seed VM");
         id
@@ -178,6 +184,7 @@ impl Reply {
     }
 }
 
+pub mod daemon_proc;
 pub mod firecracker_fake;
 pub mod firecracker_spec;
 pub mod vmhost;

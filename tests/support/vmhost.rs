@@ -50,14 +50,20 @@ fn ip(args: &[&str]) {
 /// creates the bridge there. Must run before any other thread starts, so that every thread and
 /// every child inherits the namespace.
 pub fn enter_private_network() {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    ip(&["link", "set", "lo", "up"]);
+    enter_private_namespace();
     ip(&["link", "add", BRIDGE, "type", "bridge"]);
     // A bridge without an address of its own takes the lowest port MAC, so it would change when
     // taps come and go, and guests would keep sending to the stale gateway MAC.
     ip(&["link", "set", BRIDGE, "address", "02:6d:63:00:00:01"]);
     ip(&["addr", "add", BRIDGE_CIDR, "dev", BRIDGE]);
     ip(&["link", "set", BRIDGE, "up"]);
+}
+
+/// Moves this process into a network namespace of its own with only loopback up. Must run
+/// before any other thread starts.
+pub fn enter_private_namespace() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    ip(&["link", "set", "lo", "up"]);
 }
 
 /// Creates a tap on the bridge.

@@ -1,0 +1,246 @@
+//! The host side of VM operations: each VM's directory, data disk, tap and spec, starting its
+//! process, and giving the guest its identity through the agent.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::guest::client::AgentClient;
+use crate::guest::messages::{HealthReport, NetworkConfig};
+use crate::model::{AgentInfo, Vm, VmOp, now_ms};
+use crate::vmm::{DiskSpec, NetSpec, VmHandle, VmSpec, disks};
+
+use super::{VmError, VmManager};
+
+const DATA_DISK: &str = "data.ext4";
+/// Written once a hibernation's files are complete; reconcile trusts nothing else.
+const SNAPSHOT_COMPLETE: &str = "complete";
+const GUEST_INTERFACE: &str = "eth0";
+
+/// How a VM's process starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    Boot,
+    Resume,
+}
+
+/// A started VM whose agent answered.
+pub(super) struct Started {
+    pub handle: VmHandle,
+    pub agent: Arc<AgentClient>,
+    pub health: HealthReport,
+}
+
+pub(super) fn snapshot_marker(spec: &VmSpec) -> PathBuf {
+    spec.snapshot_dir().join(SNAPSHOT_COMPLETE)
+}
+
+pub(super) fn agent_info(health: &HealthReport) -> AgentInfo {
+    AgentInfo {
+        boot_id: health.boot_id.clone(),
+        uptime_sec: health.uptime_sec,
+        checked_at_ms: now_ms(),
+    }
+}
+
+/// A 32-character alphanumeric secret for the agent's `Hello`.
+pub(super) fn agent_token() -> Result<String, VmError> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| VmError::Corrupt(format!("no randomness for the agent token: {e}")))?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect())
+}
+
+impl VmManager {
+    pub(super) fn dir_of(&self, vm_id: &str) -> PathBuf {
+        self.settings.root.join(vm_id)
+    }
+
+    /// The spec a VM boots or resumes with, from its record and this host's settings.
+    pub(super) fn spec(&self, vm: &Vm) -> Result<VmSpec, VmError> {
+        let kernel = self.settings.kernel.clone().ok_or(VmError::NotConfigured(
+            "no guest kernel (set GOLDEN_KERNEL)",
+        ))?;
+        let dir = self.dir_of(&vm.id);
+        let mut disks = Vec::new();
+        if let Some(rootfs) = &self.settings.rootfs {
+            disks.push(DiskSpec {
+                id: "rootfs".into(),
+                path: rootfs.clone(),
+                read_only: true,
+                root: true,
+            });
+        }
+        disks.push(DiskSpec {
+            id: "data".into(),
+            path: dir.join(DATA_DISK),
+            read_only: false,
+            root: false,
+        });
+        let net = match (&vm.tap_device, &vm.mac_address) {
+            (Some(tap), Some(mac)) => Some(NetSpec {
+                tap: tap.clone(),
+                mac: mac.clone(),
+            }),
+            _ => None,
+        };
+        Ok(VmSpec {
+            vm_id: vm.id.clone(),
+            dir,
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            kernel,
+            initrd: self.settings.initrd.clone(),
+            boot_args: String::new(),
+            disks,
+            net,
+            agent_token: vm.agent_token.clone(),
+        })
+    }
+
+    /// Creates the VM's directory and data disk (first boot only).
+    pub(super) async fn prepare_dir(&self, spec: &VmSpec) -> Result<(), VmError> {
+        let fail = |e: &dyn std::fmt::Display| VmError::host(&spec.vm_id, VmOp::Create, e);
+        create_private_dir(&spec.dir).await.map_err(|e| fail(&e))?;
+        disks::create_data_disk(&spec.dir.join(DATA_DISK), self.settings.data_disk_mib)
+            .await
+            .map_err(|e| fail(&e))
+    }
+
+    /// Creates the tap, starts the process, and waits for the agent. With `address` the guest
+    /// is given its address, gateway and hostname (a first boot, or a resume after its old
+    /// address went to another VM). On error nothing of the process is left running; the tap
+    /// is the caller's to remove.
+    pub(super) async fn start(
+        &self,
+        vm: &Vm,
+        spec: &VmSpec,
+        start: Start,
+        address: bool,
+    ) -> Result<Started, VmError> {
+        let op = match start {
+            Start::Boot => VmOp::Create,
+            Start::Resume => VmOp::Resume,
+        };
+        let fail = |e: &dyn std::fmt::Display| VmError::host(&vm.id, op, e);
+        if let Some(net) = &spec.net {
+            self.host
+                .netlink
+                .create_tap(&net.tap, &self.settings.bridge)
+                .await
+                .map_err(|e| fail(&e))?;
+        }
+        crate::failpoint::hit(&format!("vm.{op}.after_tap"));
+        let mut handle = match start {
+            Start::Boot => self.host.hypervisor.boot(spec).await,
+            Start::Resume => self.host.hypervisor.resume(spec).await,
+        }
+        .map_err(|e| fail(&e))?;
+        match self.greet(vm, &handle, start, address).await {
+            Ok((agent, health)) => Ok(Started {
+                handle,
+                agent: Arc::new(agent),
+                health,
+            }),
+            Err(e) => {
+                let _ = self.host.hypervisor.kill(&mut handle).await;
+                Err(fail(&e))
+            }
+        }
+    }
+
+    async fn greet(
+        &self,
+        vm: &Vm,
+        handle: &VmHandle,
+        start: Start,
+        address: bool,
+    ) -> Result<(AgentClient, HealthReport), String> {
+        let connect =
+            AgentClient::connect(&handle.agent, &vm.agent_token, self.settings.agent_timeout);
+        let exited = handle.exit_watch();
+        let agent = tokio::select! {
+            agent = connect => agent.map_err(|e| e.to_string())?,
+            info = exited => return Err(format!("the hypervisor exited before the agent answered: {info}")),
+        };
+        if start == Start::Resume {
+            agent
+                .set_clock(now_ms())
+                .await
+                .map_err(|e| format!("set clock: {e}"))?;
+        }
+        if address {
+            agent
+                .configure_network(self.network_config(vm, start)?)
+                .await
+                .map_err(|e| format!("configure network: {e}"))?;
+        }
+        let health = agent.health().await.map_err(|e| format!("health: {e}"))?;
+        Ok((agent, health))
+    }
+
+    fn network_config(&self, vm: &Vm, start: Start) -> Result<NetworkConfig, String> {
+        let ip: Ipv4Addr = vm
+            .ip_address
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| format!("VM {} has no address", vm.id))?;
+        let gateway = self.settings.limits.subnet.gateway.to_string();
+        Ok(NetworkConfig {
+            interface: GUEST_INTERFACE.into(),
+            address: self.settings.limits.subnet.cidr_of(ip),
+            gateway: Some(gateway.clone()),
+            dns: vec![gateway],
+            hostname: Some(hostname_of(&vm.id)),
+            // After a resume the NIC still carries the MAC of its old address.
+            mac: (start == Start::Resume)
+                .then(|| vm.mac_address.clone())
+                .flatten(),
+        })
+    }
+
+    /// Removes a tap; an error is logged, since reconcile sweeps what is left.
+    pub(super) async fn remove_tap(&self, tap: Option<&str>) {
+        let Some(tap) = tap else { return };
+        if let Err(e) = self.host.netlink.delete_link(tap).await {
+            tracing::warn!(tap, error = %e, "cannot remove tap; the orphan sweep will retry");
+        }
+    }
+
+    pub(super) async fn remove_dir(&self, dir: &Path) {
+        match tokio::fs::remove_dir_all(dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove VM directory")
+            }
+        }
+    }
+}
+
+/// `vm-` and the first 12 hex digits of the id: a valid, recognisable hostname.
+fn hostname_of(vm_id: &str) -> String {
+    let digits: String = vm_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    format!("vm-{digits}")
+}
+
+async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}

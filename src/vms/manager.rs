@@ -1,0 +1,521 @@
+//! The manager's operations. Each takes the VM's slot for its whole length, so operations on
+//! one VM never interleave, while different VMs proceed in parallel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::host::{Start, Started, agent_info, agent_token, snapshot_marker};
+use super::ledger::{self, Reclaimed};
+use super::{VmError, VmFilter, VmHost, VmSettings};
+use crate::events::EventHub;
+use crate::guest::client::AgentClient;
+use crate::metrics::Metrics;
+use crate::model::{Status, Vm, VmOp, VmStatus, VmType, now_ms};
+use crate::net::tap_name;
+use crate::store::{self, Store, tables};
+use crate::vmm::VmHandle;
+
+/// A VM's live parts. `generation` changes whenever the process does, so an exit watch that
+/// fires late for an older process changes nothing.
+#[derive(Default)]
+pub(super) struct Live {
+    pub handle: Option<VmHandle>,
+    pub agent: Option<Arc<AgentClient>>,
+    pub generation: u64,
+}
+
+pub(super) type Slot = Arc<tokio::sync::Mutex<Live>>;
+
+pub struct VmManager {
+    pub(super) store: Store,
+    pub(super) host: VmHost,
+    pub(super) events: EventHub,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) settings: VmSettings,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl VmManager {
+    pub fn new(
+        store: Store,
+        host: VmHost,
+        events: EventHub,
+        metrics: Arc<Metrics>,
+        settings: VmSettings,
+    ) -> Arc<VmManager> {
+        Arc::new(VmManager {
+            store,
+            host,
+            events,
+            metrics,
+            settings,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn settings(&self) -> &VmSettings {
+        &self.settings
+    }
+
+    pub fn ip_pool_size(&self) -> u64 {
+        self.settings.limits.pool_size()
+    }
+
+    pub(super) fn slot(&self, vm_id: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(vm_id.to_string()).or_default().clone()
+    }
+
+    pub(super) fn slots(&self) -> Vec<(String, Slot)> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn forget(&self, vm_id: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(vm_id);
+    }
+
+    pub async fn list(&self, filter: VmFilter) -> Result<Vec<Vm>, VmError> {
+        self.store
+            .read(move |tx| {
+                let vms = store::all(&tx.open_table(tables::VMS)?)?;
+                Ok(vms.into_iter().filter(|vm| filter.matches(vm)).collect())
+            })
+            .await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Vm, VmError> {
+        let id = id.to_string();
+        self.store
+            .read(move |tx| {
+                store::get(&tx.open_table(tables::VMS)?, &id)?.ok_or(VmError::NotFound(id))
+            })
+            .await
+    }
+
+    /// The user's current VM: the live one, else the most recently created.
+    pub async fn user_vm(&self, user_id: &str) -> Result<Vm, VmError> {
+        let filter = VmFilter {
+            user_id: Some(user_id.to_string()),
+            ..VmFilter::default()
+        };
+        let vms = self.list(filter).await?;
+        let live = vms.iter().find(|vm| vm.is_live()).cloned();
+        live.or_else(|| {
+            vms.into_iter()
+                .filter(|vm| vm.status != VmStatus::Destroyed)
+                .max_by_key(|vm| vm.created_at_ms)
+        })
+        .ok_or_else(|| VmError::NoVm(user_id.to_string()))
+    }
+
+    /// Records that the VM (or the web backend on its behalf) saw it alive.
+    pub async fn heartbeat(&self, id: &str) -> Result<Vm, VmError> {
+        let id = id.to_string();
+        self.store
+            .write(move |tx| {
+                let mut vms = tx.open_table(tables::VMS)?;
+                let mut vm: Vm =
+                    store::get(&vms, &id)?.ok_or_else(|| VmError::NotFound(id.clone()))?;
+                if !matches!(vm.status, VmStatus::Running | VmStatus::Creating) {
+                    return Err(VmError::NotAlive {
+                        id,
+                        status: vm.status,
+                    });
+                }
+                vm.last_heartbeat_ms = Some(now_ms());
+                vm.touch();
+                store::put(&mut vms, &vm.id, &vm)?;
+                Ok(vm)
+            })
+            .await
+    }
+
+    /// Writes a VM record as it is; tests and the benchmark use it to set up VMs.
+    pub async fn insert(&self, vm: Vm) -> Result<(), VmError> {
+        self.store
+            .write(move |tx| {
+                store::put(&mut tx.open_table(tables::VMS)?, &vm.id, &vm)?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub(super) fn publish_status(&self, vm: &Vm, previous: VmStatus) {
+        if vm.status == previous {
+            return;
+        }
+        self.events.publish(
+            &format!("user:{}", vm.user_id),
+            json!({
+                "event": "vm_status_changed",
+                "vmId": vm.id,
+                "userId": vm.user_id,
+                "status": vm.status,
+                "previousStatus": previous,
+            }),
+        );
+    }
+
+    fn publish_reclaimed(&self, reclaimed: &Option<Reclaimed>) {
+        if let Some(r) = reclaimed {
+            tracing::info!(vm = %r.vm.id, ip = %r.ip, "reclaimed the address of a hibernated VM");
+            self.events.publish(
+                &format!("user:{}", r.vm.user_id),
+                json!({"event": "vm_ip_reclaimed", "vmId": r.vm.id, "ip": r.ip}),
+            );
+        }
+    }
+
+    /// Creates the user's VM: reserves its address, tap and directory with the intent, then
+    /// boots it and waits for its agent. A failed create leaves a `failed` record that holds
+    /// nothing.
+    pub async fn create(self: &Arc<Self>, user_id: &str) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        if self.settings.kernel.is_none() {
+            return Err(VmError::NotConfigured(
+                "no guest kernel (set GOLDEN_KERNEL)",
+            ));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_ms();
+        let vm = Vm {
+            tap_device: Some(tap_name(&id)),
+            id,
+            user_id: user_id.to_string(),
+            vm_type: VmType::Cli,
+            status: VmStatus::Creating,
+            ip_address: None,
+            vcpus: self.settings.vcpus,
+            memory_mib: self.settings.memory_mib,
+            created_at_ms: now,
+            updated_at_ms: now,
+            last_heartbeat_ms: None,
+            hibernated_at_ms: None,
+            version: 1,
+            mac_address: None,
+            pid: None,
+            agent_token: agent_token()?,
+            agent: None,
+            needs_readdress: false,
+            error: None,
+        };
+        let vm_id = vm.id.clone();
+        let slot = self.slot(&vm_id);
+        let mut live = slot.lock().await;
+        let dir = self.dir_of(&vm_id).display().to_string();
+        let limits = self.settings.limits;
+        let reserved = self
+            .store
+            .write(move |tx| ledger::reserve_create(tx, vm, &dir, &limits))
+            .await;
+        let reserved = match reserved {
+            Ok(reserved) => reserved,
+            Err(e) => {
+                drop(live);
+                self.forget(&vm_id);
+                return Err(e);
+            }
+        };
+        let vm = reserved.vm;
+        self.publish_reclaimed(&reserved.reclaimed);
+        self.events.publish(
+            &format!("user:{}", vm.user_id),
+            json!({"event": "vm_status_changed", "vmId": vm.id, "userId": vm.user_id, "status": vm.status}),
+        );
+        crate::failpoint::hit("vm.create.after_reserve");
+        let spec = self.spec(&vm)?;
+        let outcome = match self.prepare_dir(&spec).await {
+            Ok(()) => self.start(&vm, &spec, Start::Boot, true).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(up) => {
+                let vm = self.commit_running(&vm, &mut live, up).await?;
+                self.metrics
+                    .vm_create_duration
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(vm)
+            }
+            Err(e) => {
+                self.remove_tap(vm.tap_device.as_deref()).await;
+                self.remove_dir(&spec.dir).await;
+                self.mark_failed(&vm.id, &e.to_string()).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Installs a started process in the slot, records the VM as running, and watches its exit.
+    pub(super) async fn commit_running(
+        self: &Arc<Self>,
+        vm: &Vm,
+        live: &mut Live,
+        up: Started,
+    ) -> Result<Vm, VmError> {
+        let pid = up.handle.pid;
+        let info = agent_info(&up.health);
+        let previous = vm.status;
+        let written = self
+            .store
+            .write({
+                let id = vm.id.clone();
+                move |tx| {
+                    ledger::finish(tx, &id, |vm| {
+                        vm.set_status(VmStatus::Running)?;
+                        vm.pid = Some(pid);
+                        vm.agent = Some(info);
+                        vm.last_heartbeat_ms = Some(now_ms());
+                        vm.needs_readdress = false;
+                        vm.error = None;
+                        Ok(())
+                    })
+                }
+            })
+            .await?;
+        self.install(&written.id, live, up.handle, Some(up.agent));
+        self.publish_status(&written, previous);
+        Ok(written)
+    }
+
+    /// Puts a process in the slot under a new generation and starts its exit watch.
+    pub(super) fn install(
+        self: &Arc<Self>,
+        vm_id: &str,
+        live: &mut Live,
+        handle: VmHandle,
+        agent: Option<Arc<AgentClient>>,
+    ) {
+        live.generation += 1;
+        let exit = handle.exit_watch();
+        live.handle = Some(handle);
+        live.agent = agent;
+        self.watch_exit(vm_id.to_string(), live.generation, exit);
+    }
+
+    /// Marks a VM failed and releases its address, tap and process.
+    pub(super) async fn mark_failed(&self, vm_id: &str, reason: &str) -> Result<Vm, VmError> {
+        let id = vm_id.to_string();
+        let reason = reason.to_string();
+        let (vm, previous) = self
+            .store
+            .write(move |tx| {
+                let mut previous = VmStatus::Failed;
+                let vm = ledger::finish(tx, &id, |vm| {
+                    previous = vm.status;
+                    vm.set_status(VmStatus::Failed)?;
+                    ledger::strip(vm);
+                    vm.error = Some(reason);
+                    Ok(())
+                })?;
+                Ok::<_, VmError>((vm, previous))
+            })
+            .await?;
+        self.publish_status(&vm, previous);
+        Ok(vm)
+    }
+
+    /// Saves the VM to disk and stops its process. Its address stays leased.
+    pub async fn hibernate(self: &Arc<Self>, vm_id: &str) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        let slot = self.slot(vm_id);
+        let mut live = slot.lock().await;
+        let vm = self
+            .begin(vm_id, VmOp::Hibernate, &[VmStatus::Running])
+            .await?;
+        let spec = self.spec(&vm)?;
+        let Some(handle) = live.handle.take() else {
+            let vm = self
+                .mark_failed(vm_id, "no hypervisor process to hibernate")
+                .await?;
+            return Err(VmError::host(&vm.id, VmOp::Hibernate, "no process"));
+        };
+        live.agent = None;
+        let marker = snapshot_marker(&spec);
+        let _ = tokio::fs::remove_file(&marker).await;
+        let pid = handle.pid;
+        if let Err(e) = self.host.hypervisor.hibernate(&spec, handle).await {
+            let error = VmError::host(vm_id, VmOp::Hibernate, &e);
+            // The process may have survived a failed save: keep the VM running if it did.
+            match self.host.hypervisor.adopt(&spec, pid).await {
+                Ok(handle) => {
+                    self.install(vm_id, &mut live, handle, None);
+                    self.store
+                        .write({
+                            let id = vm_id.to_string();
+                            move |tx| ledger::finish(tx, &id, |_| Ok(()))
+                        })
+                        .await?;
+                }
+                Err(_) => {
+                    self.remove_tap(vm.tap_device.as_deref()).await;
+                    self.mark_failed(vm_id, &error.to_string()).await?;
+                }
+            }
+            return Err(error);
+        }
+        write_marker(&marker)
+            .await
+            .map_err(|e| VmError::host(vm_id, VmOp::Hibernate, e))?;
+        crate::failpoint::hit("vm.hibernate.after_snapshot");
+        self.remove_tap(vm.tap_device.as_deref()).await;
+        let vm = self.commit_hibernated(vm_id).await?;
+        self.metrics
+            .vm_hibernate_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(vm)
+    }
+
+    pub(super) async fn commit_hibernated(&self, vm_id: &str) -> Result<Vm, VmError> {
+        let id = vm_id.to_string();
+        let vm = self
+            .store
+            .write(move |tx| {
+                ledger::finish(tx, &id, |vm| {
+                    vm.set_status(VmStatus::Hibernated)?;
+                    vm.pid = None;
+                    vm.hibernated_at_ms = Some(now_ms());
+                    Ok(())
+                })
+            })
+            .await?;
+        self.publish_status(&vm, VmStatus::Running);
+        Ok(vm)
+    }
+
+    /// Starts the VM from its hibernation image. A VM whose address was reclaimed gets a new
+    /// one, which the agent applies in the guest.
+    pub async fn resume(self: &Arc<Self>, vm_id: &str) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        let slot = self.slot(vm_id);
+        let mut live = slot.lock().await;
+        let vm = self
+            .begin(vm_id, VmOp::Resume, &[VmStatus::Hibernated])
+            .await?;
+        let spec = self.spec(&vm)?;
+        match self
+            .start(&vm, &spec, Start::Resume, vm.needs_readdress)
+            .await
+        {
+            Ok(up) => {
+                let vm = self.commit_running(&vm, &mut live, up).await?;
+                self.remove_dir(&spec.snapshot_dir()).await;
+                self.metrics
+                    .vm_resume_duration
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(vm)
+            }
+            Err(e) => {
+                // The hibernation image is intact: the VM stays hibernated.
+                self.remove_tap(vm.tap_device.as_deref()).await;
+                self.store
+                    .write({
+                        let id = vm_id.to_string();
+                        move |tx| ledger::finish(tx, &id, |_| Ok(()))
+                    })
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the VM's process if any, removes its tap and directory, and releases its address.
+    pub async fn destroy(self: &Arc<Self>, vm_id: &str) -> Result<Vm, VmError> {
+        let slot = self.slot(vm_id);
+        let mut live = slot.lock().await;
+        let from: Vec<VmStatus> = VmStatus::ALL
+            .iter()
+            .copied()
+            .filter(|s| *s != VmStatus::Destroyed)
+            .collect();
+        let vm = self.begin(vm_id, VmOp::Destroy, &from).await?;
+        live.agent = None;
+        if let Some(mut handle) = live.handle.take() {
+            let _ = self.host.hypervisor.kill(&mut handle).await;
+        }
+        crate::failpoint::hit("vm.destroy.after_kill");
+        let vm = self.finish_destroy(&vm).await?;
+        drop(live);
+        self.forget(vm_id);
+        Ok(vm)
+    }
+
+    /// The host half of a destroy after the process is gone, and its record.
+    pub(super) async fn finish_destroy(&self, vm: &Vm) -> Result<Vm, VmError> {
+        self.remove_tap(vm.tap_device.as_deref()).await;
+        self.remove_dir(&self.dir_of(&vm.id)).await;
+        let previous = vm.status;
+        let id = vm.id.clone();
+        let vm = self
+            .store
+            .write(move |tx| {
+                ledger::finish(tx, &id, |vm| {
+                    if !vm.status.can_transition_to(VmStatus::Destroyed) {
+                        vm.status.transition(VmStatus::Stopping)?;
+                    }
+                    vm.set_status(VmStatus::Destroyed)?;
+                    ledger::strip(vm);
+                    Ok(())
+                })
+            })
+            .await?;
+        self.publish_status(&vm, previous);
+        Ok(vm)
+    }
+
+    /// Records `op`'s intent (with a new address for a resume that needs one).
+    async fn begin(&self, vm_id: &str, op: VmOp, from: &[VmStatus]) -> Result<Vm, VmError> {
+        let id = vm_id.to_string();
+        let from = from.to_vec();
+        let dir = self.dir_of(vm_id).display().to_string();
+        let limits = self.settings.limits;
+        let reserved = self
+            .store
+            .write(move |tx| ledger::begin(tx, &id, op, &from, &dir, &limits))
+            .await?;
+        self.publish_reclaimed(&reserved.reclaimed);
+        Ok(reserved.vm)
+    }
+
+    /// The connected agent of a running VM, reconnecting if the connection dropped.
+    pub(super) async fn agent(&self, vm_id: &str) -> Result<Arc<AgentClient>, VmError> {
+        let slot = self.slot(vm_id);
+        let mut live = slot.lock().await;
+        if let Some(agent) = live.agent.as_ref().filter(|a| a.is_connected()) {
+            return Ok(agent.clone());
+        }
+        let unavailable = |reason: String| VmError::AgentUnavailable {
+            id: vm_id.to_string(),
+            reason,
+        };
+        let endpoint = match &live.handle {
+            Some(handle) => handle.agent.clone(),
+            None => return Err(unavailable("the VM is not running".into())),
+        };
+        let vm = self.get(vm_id).await?;
+        let agent = AgentClient::connect(&endpoint, &vm.agent_token, self.settings.agent_timeout)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let agent = Arc::new(agent);
+        live.agent = Some(agent.clone());
+        Ok(agent)
+    }
+}
+
+async fn write_marker(path: &std::path::Path) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::create(&path)?;
+        file.sync_all()?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
