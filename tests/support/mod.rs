@@ -29,6 +29,14 @@ impl TestDaemon {
 
     /// Starts a daemon whose environment is only `env` (plus the test tokens).
     pub async fn start_with(env: &[(&str, &str)]) -> TestDaemon {
+        Self::start_with_host(env, None).await
+    }
+
+    /// [`TestDaemon::start_with`], with the VM manager driving `host` (fakes for scale tests).
+    pub async fn start_with_host(
+        env: &[(&str, &str)],
+        host: Option<master_controller::vms::VmHost>,
+    ) -> TestDaemon {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let mut vars: HashMap<String, String> = HashMap::from([
             ("MC_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
@@ -43,7 +51,7 @@ impl TestDaemon {
         let config: Config =
             Config::load(None, &|name| vars.get(name).cloned(), Settings::default())
                 .expect("test config is valid");
-        let running = daemon::start(&config, &Watchdog::from_env())
+        let running = daemon::start_with(&config, &Watchdog::from_env(), host)
             .await
             .expect("daemon starts");
         TestDaemon {
@@ -185,6 +193,7 @@ impl Reply {
 }
 
 pub mod daemon_proc;
+pub mod fake_vmm;
 pub mod firecracker_fake;
 pub mod firecracker_spec;
 pub mod vmhost;

@@ -1,0 +1,260 @@
+//! A fake hypervisor and fake links for control-plane scale tests only (never a substitute for
+//! the real-guest tests). Each "VM" is a task serving a minimal agent on the VM's Unix socket:
+//! it answers Hello, health, set-clock and configure-network, so the manager's whole path runs
+//! without a guest. Hibernation writes the boot id to the snapshot directory and resume reads it
+//! back, so "same boot after resume" holds as it does for real guests.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use master_controller::guest::client::AgentEndpoint;
+use master_controller::guest::messages::{
+    ErrorBody, HealthReport, Hello, HelloOk, Request, Response,
+};
+use master_controller::guest::{Frame, FrameCodec, FrameKind};
+use master_controller::net::{NetError, Netlink};
+use master_controller::vmm::{ExitInfo, Hibernated, Hypervisor, VmHandle, VmSpec, VmmError};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_util::codec::Framed;
+
+struct FakeVm {
+    exit: watch::Sender<Option<ExitInfo>>,
+    agent: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub struct FakeHypervisor {
+    vms: Mutex<HashMap<String, FakeVm>>,
+    next_pid: AtomicU32,
+    pub boots: AtomicU32,
+    pub resumes: AtomicU32,
+}
+
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> VmmError + '_ {
+    move |e| VmmError::io(path, e)
+}
+
+impl FakeHypervisor {
+    pub fn running(&self) -> usize {
+        self.vms.lock().expect("fake VMs").len()
+    }
+
+    fn start(&self, spec: &VmSpec, boot_id: String) -> Result<VmHandle, VmmError> {
+        let socket = spec.dir.join("agent.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(io(&socket))?;
+        let token = spec.agent_token.clone();
+        let agent = tokio::spawn(serve_agent(listener, token, boot_id));
+        let (exit, exited) = watch::channel(None);
+        let pid = 4_000_000 + self.next_pid.fetch_add(1, Ordering::Relaxed);
+        let previous = self
+            .vms
+            .lock()
+            .expect("fake VMs")
+            .insert(spec.vm_id.clone(), FakeVm { exit, agent });
+        assert!(previous.is_none(), "two processes for VM {}", spec.vm_id);
+        Ok(VmHandle::new(
+            pid,
+            AgentEndpoint::Unix(socket),
+            exited,
+            spec.dir.join("fake.ctl"),
+        ))
+    }
+
+    fn stop(&self, vm_id: &str, info: ExitInfo) {
+        if let Some(vm) = self.vms.lock().expect("fake VMs").remove(vm_id) {
+            vm.agent.abort();
+            let _ = vm.exit.send(Some(info));
+        }
+    }
+
+    fn vm_id_of(&self, handle: &VmHandle) -> Option<String> {
+        let AgentEndpoint::Unix(socket) = &handle.agent else {
+            return None;
+        };
+        socket
+            .parent()?
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+    }
+}
+
+fn boot_id_file(spec: &VmSpec) -> PathBuf {
+    spec.snapshot_dir().join("boot_id")
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for FakeHypervisor {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        self.boots.fetch_add(1, Ordering::Relaxed);
+        self.start(spec, uuid_like(&spec.vm_id))
+    }
+
+    async fn pause(&self, _vm: &VmHandle) -> Result<(), VmmError> {
+        Ok(())
+    }
+
+    async fn unpause(&self, _vm: &VmHandle) -> Result<(), VmmError> {
+        Ok(())
+    }
+
+    async fn hibernate(&self, spec: &VmSpec, vm: VmHandle) -> Result<Hibernated, VmmError> {
+        let dir = spec.snapshot_dir();
+        tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        let file = boot_id_file(spec);
+        tokio::fs::write(&file, uuid_like(&spec.vm_id))
+            .await
+            .map_err(io(&file))?;
+        let id = self.vm_id_of(&vm).unwrap_or_default();
+        self.stop(
+            &id,
+            ExitInfo {
+                code: Some(0),
+                signal: None,
+            },
+        );
+        Ok(Hibernated { state_bytes: 36 })
+    }
+
+    async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+        let file = boot_id_file(spec);
+        let boot_id = tokio::fs::read_to_string(&file).await.map_err(io(&file))?;
+        self.start(spec, boot_id)
+    }
+
+    async fn kill(&self, vm: &mut VmHandle) -> Result<ExitInfo, VmmError> {
+        let info = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
+        let id = self.vm_id_of(vm).unwrap_or_default();
+        self.stop(&id, info.clone());
+        Ok(info)
+    }
+
+    async fn adopt(&self, spec: &VmSpec, pid: u32) -> Result<VmHandle, VmmError> {
+        Err(VmmError::Control(format!(
+            "the fake hypervisor cannot adopt {} (pid {pid})",
+            spec.vm_id
+        )))
+    }
+}
+
+/// A stable per-VM boot id.
+fn uuid_like(vm_id: &str) -> String {
+    format!("boot-{vm_id}")
+}
+
+async fn serve_agent(listener: UnixListener, token: String, boot_id: String) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let token = token.clone();
+        let boot_id = boot_id.clone();
+        tokio::spawn(async move {
+            let mut frames = Framed::new(stream, FrameCodec::default());
+            while let Some(Ok(frame)) = frames.next().await {
+                let reply = answer(&frame, &token, &boot_id);
+                if frames.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn answer(frame: &Frame, token: &str, boot_id: &str) -> Frame {
+    let id = frame.request_id;
+    match frame.kind {
+        FrameKind::Hello => match frame.parse::<Hello>() {
+            Ok(hello) if hello.token == token => Frame::json(
+                FrameKind::HelloOk,
+                0,
+                &HelloOk {
+                    nonce: hello.nonce,
+                    agent_version: "fake".into(),
+                    boot_id: boot_id.to_string(),
+                    interrupted: Vec::new(),
+                },
+            ),
+            _ => Frame::json(
+                FrameKind::Error,
+                0,
+                &ErrorBody::new("unauthenticated", "wrong token"),
+            ),
+        },
+        FrameKind::Request => match frame.parse::<Request>() {
+            Ok(Request::Health) => Frame::json(
+                FrameKind::Response,
+                id,
+                &Response::Health(HealthReport {
+                    agent_version: "fake".into(),
+                    boot_id: boot_id.to_string(),
+                    hostname: "fake".into(),
+                    uptime_sec: 1.0,
+                    load: [0.0; 3],
+                    mem_total_kib: 262_144,
+                    mem_available_kib: 200_000,
+                    disk_total_bytes: 1 << 26,
+                    disk_free_bytes: 1 << 25,
+                }),
+            ),
+            Ok(Request::SetClock { .. } | Request::ConfigureNetwork(_)) => {
+                Frame::json(FrameKind::Response, id, &Response::Done)
+            }
+            _ => Frame::json(
+                FrameKind::Error,
+                id,
+                &ErrorBody::new("unsupported", "the fake agent does not do that"),
+            ),
+        },
+        _ => Frame::json(
+            FrameKind::Error,
+            id,
+            &ErrorBody::new("bad_frame", "unexpected frame"),
+        ),
+    }
+}
+
+/// Links as a set of names: taps come and go, nothing touches the host.
+#[derive(Default)]
+pub struct FakeNetlink {
+    pub taps: Mutex<BTreeSet<String>>,
+}
+
+#[async_trait::async_trait]
+impl Netlink for FakeNetlink {
+    async fn ensure_bridge(
+        &self,
+        _name: &str,
+        _mac: [u8; 6],
+        _address: Ipv4Addr,
+        _prefix: u8,
+    ) -> Result<(), NetError> {
+        Ok(())
+    }
+
+    async fn create_tap(&self, name: &str, _bridge: &str) -> Result<(), NetError> {
+        if !self.taps.lock().expect("taps").insert(name.to_string()) {
+            return Err(NetError::Netlink(format!("tap {name} exists")));
+        }
+        Ok(())
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<(), NetError> {
+        self.taps.lock().expect("taps").remove(name);
+        Ok(())
+    }
+
+    async fn bridge_ports(&self, _bridge: &str) -> Result<Vec<String>, NetError> {
+        Ok(self.taps.lock().expect("taps").iter().cloned().collect())
+    }
+}
