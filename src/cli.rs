@@ -27,6 +27,9 @@ pub enum Command {
     Token(TokenArgs),
     /// Report what this host has and lacks.
     Doctor(CommonArgs),
+    /// Boot one VM as configured, wait for its agent, and save it as the golden snapshot at
+    /// GOLDEN_SNAPSHOT (and GOLDEN_MEMORY).
+    GoldenSnapshot(CommonArgs),
 }
 
 #[derive(Debug, Args)]

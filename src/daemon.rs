@@ -19,6 +19,7 @@ use crate::net::{NetError, Netlink, RtNetlink};
 use crate::store::{Store, StoreError};
 use crate::tokens::{TokenError, TokenSigner};
 use crate::users::UserService;
+use crate::vms::golden::{self, Golden, GoldenError, GoldenMeta};
 use crate::vms::{Limits, VmError, VmHost, VmManager, VmSettings};
 use crate::watchdog::Watchdog;
 
@@ -54,6 +55,8 @@ pub enum DaemonError {
     Network(#[from] NetError),
     #[error("reconcile: {0}")]
     Reconcile(#[from] VmError),
+    #[error(transparent)]
+    Golden(#[from] GoldenError),
 }
 
 /// The fixed MAC of the guest bridge (locally administered). A bridge without one takes its
@@ -100,11 +103,22 @@ pub async fn start_with(
     let metrics = Arc::new(Metrics::new());
     metrics.seed_prompt_series();
     let events = EventHub::new(config.ws_queue_len);
-    let settings = vm_settings(config);
+    let mut settings = vm_settings(config);
     let host = match host {
         Some(host) => host,
         None => real_host(config, &settings).await?,
     };
+    if let Some(snapshot) = &config.golden_snapshot {
+        let golden = Golden::load(
+            snapshot,
+            config.golden_memory.as_deref(),
+            host.hypervisor.name(),
+            config.vm_vcpus,
+            config.vm_memory_mib,
+        )?;
+        tracing::info!(snapshot = %snapshot.display(), "creates restore from the golden snapshot");
+        settings.golden = Some(golden);
+    }
     let vms = VmManager::new(
         store.clone(),
         host,
@@ -268,7 +282,31 @@ fn vm_settings(config: &Config) -> VmSettings {
         },
         agent_timeout: Duration::from_secs(config.vm_agent_timeout_secs),
         health_interval: Duration::from_secs(config.vm_health_interval_secs),
+        golden: None,
     }
+}
+
+/// `master-controller golden-snapshot`: boots one VM as configured and saves it where
+/// `GOLDEN_SNAPSHOT` (and `GOLDEN_MEMORY`) point.
+pub async fn build_golden(config: &Config) -> Result<GoldenMeta, DaemonError> {
+    let snapshot = config.golden_snapshot.clone().ok_or_else(|| {
+        GoldenError::Config("set GOLDEN_SNAPSHOT to where the snapshot is to be written".into())
+    })?;
+    let settings = vm_settings(config);
+    if settings.kernel.is_none() {
+        return Err(GoldenError::Config("set GOLDEN_KERNEL to the guest kernel".into()).into());
+    }
+    create_data_dir(&config.data_dir).await?;
+    let host = real_host(config, &settings).await?;
+    let progress = |line: &str| println!("golden-snapshot: {line}");
+    Ok(golden::build(
+        &settings,
+        &host,
+        &snapshot,
+        config.golden_memory.as_deref(),
+        &progress,
+    )
+    .await?)
 }
 
 /// The host's hypervisor and links. With VMs configured, the bridge is ensured here.

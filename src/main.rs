@@ -34,6 +34,14 @@ fn main() -> ExitCode {
             };
             report(mint(&config, &args.user, args.ttl))
         }
+        Command::GoldenSnapshot(args) => {
+            let config = match load(args.config.as_deref(), args.flags()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            init_tracing(config.log_format);
+            report(golden_snapshot(config))
+        }
         Command::Doctor(args) => {
             let config = match load(args.config.as_deref(), args.flags()) {
                 Ok(config) => config,
@@ -73,6 +81,31 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         other => other.map_err(Into::into),
     }
+}
+
+fn golden_snapshot(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let meta = runtime.block_on(daemon::build_golden(&config))?;
+    println!(
+        "golden-snapshot: done: {} on {} with {} vCPU and {} MiB; set GOLDEN_SNAPSHOT{} for the daemon",
+        config
+            .golden_snapshot
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        meta.hypervisor,
+        meta.vcpus,
+        meta.memory_mib,
+        if meta.memory_file.is_some() {
+            " and GOLDEN_MEMORY"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 fn mint(config: &Config, user: &str, ttl: Option<u64>) -> anyhow::Result<()> {

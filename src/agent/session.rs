@@ -48,7 +48,8 @@ struct Running {
 }
 
 pub struct Agent {
-    token: String,
+    /// Replaced by `SetIdentity` in clones of a golden snapshot.
+    token: std::sync::RwLock<String>,
     boot_id: String,
     running: Mutex<HashMap<u64, Running>>,
     interrupted: Mutex<Vec<InterruptedWork>>,
@@ -67,7 +68,7 @@ fn same_token(a: &str, b: &str) -> bool {
 impl Agent {
     pub fn new(token: String) -> Agent {
         Agent {
-            token,
+            token: std::sync::RwLock::new(token),
             boot_id: system::boot_id(),
             running: Mutex::default(),
             interrupted: Mutex::default(),
@@ -172,7 +173,8 @@ impl Agent {
         let hello: Hello = frame
             .parse()
             .map_err(|e| ErrorBody::new("bad_frame", e.to_string()))?;
-        if !same_token(&hello.token, &self.token) {
+        let expected = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if !same_token(&hello.token, &expected) {
             return Err(ErrorBody::new("unauthenticated", "wrong token"));
         }
         if let Some(ms) = hello.host_time_ms {
@@ -317,6 +319,17 @@ impl Agent {
                 .map(|()| Some(Response::Done)),
             Request::SetClock { unix_ms } => {
                 system::set_clock(unix_ms).map(|()| Some(Response::Done))
+            }
+            Request::SetIdentity { token, seed_base64 } => {
+                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(AgentError::request(
+                        "bad_request",
+                        "the token must be non-empty and alphanumeric",
+                    ));
+                }
+                system::mix_entropy(&seed_base64).await?;
+                *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+                Ok(Some(Response::Done))
             }
             Request::Cancel { request_id } => {
                 let cancel = self

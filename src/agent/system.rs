@@ -168,3 +168,27 @@ pub async fn configure_network(config: NetworkConfig) -> Result<(), AgentError> 
     }
     Ok(())
 }
+
+/// Mixes host-supplied bytes into the kernel's entropy pool. Writing to `/dev/urandom` mixes
+/// without crediting entropy, which is all a snapshot clone needs to stop sharing its state.
+pub async fn mix_entropy(seed_base64: &str) -> Result<(), AgentError> {
+    use base64::Engine;
+    use tokio::io::AsyncWriteExt;
+    let seed = base64::engine::general_purpose::STANDARD
+        .decode(seed_base64)
+        .map_err(|e| AgentError::request("bad_request", format!("seed: {e}")))?;
+    if seed.len() < 16 || seed.len() > 4096 {
+        return Err(AgentError::request(
+            "bad_request",
+            "the seed must be 16 to 4096 bytes",
+        ));
+    }
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .await
+        .map_err(|e| AgentError::request("io", format!("/dev/urandom: {e}")))?
+        .write_all(&seed)
+        .await
+        .map_err(|e| AgentError::request("io", format!("/dev/urandom: {e}")))
+}

@@ -302,6 +302,19 @@ impl AgentClient {
         self.call(Request::SetClock { unix_ms }).await.map(|_| ())
     }
 
+    /// Gives a golden-snapshot clone its own token (for later connections) and fresh entropy.
+    pub async fn set_identity(&self, token: &str, seed: &[u8]) -> Result<(), GuestError> {
+        use base64::Engine;
+        let request = Request::SetIdentity {
+            token: token.to_string(),
+            seed_base64: base64::engine::general_purpose::STANDARD.encode(seed),
+        };
+        match self.call(request).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub async fn cancel(&self, exec_id: u64) -> Result<(), GuestError> {
         self.call(Request::Cancel {
             request_id: exec_id,

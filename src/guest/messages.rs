@@ -62,6 +62,13 @@ pub enum Request {
     Cancel {
         request_id: u64,
     },
+    /// Makes a clone of a golden snapshot its own VM: later connections must present `token`,
+    /// and `seed` (base64) is mixed into the kernel's entropy pool so clones do not share
+    /// their random state.
+    SetIdentity {
+        token: String,
+        seed_base64: String,
+    },
 }
 
 impl Request {
@@ -74,6 +81,7 @@ impl Request {
             Request::ConfigureNetwork(_) => "configure_network",
             Request::SetClock { .. } => "set_clock",
             Request::Cancel { .. } => "cancel",
+            Request::SetIdentity { .. } => "set_identity",
         }
     }
 }

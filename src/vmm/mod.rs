@@ -147,9 +147,18 @@ pub struct Hibernated {
     pub state_bytes: u64,
 }
 
+/// The files `hibernate` leaves in the snapshot directory that hold the VM: its device state
+/// and, when the backend keeps it apart, its memory. A golden snapshot is these files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    pub state: &'static str,
+    pub memory: Option<&'static str>,
+}
+
 #[async_trait::async_trait]
 pub trait Hypervisor: Send + Sync {
     fn name(&self) -> &'static str;
+    fn snapshot_files(&self) -> SnapshotFiles;
     /// Cold-boots the spec's kernel.
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError>;
     async fn pause(&self, vm: &VmHandle) -> Result<(), VmmError>;

@@ -10,7 +10,7 @@ use tokio::process::Command;
 
 use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
 use super::qmp::Qmp;
-use super::{Hibernated, Hypervisor, VmHandle, VmSpec, VmmError, console_tail};
+use super::{Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError, console_tail};
 use crate::guest::client::AgentEndpoint;
 use crate::guest::messages::{CMDLINE_CHANNEL, CMDLINE_TOKEN, DEFAULT_SERIAL_PORT_NAME};
 
@@ -249,6 +249,14 @@ impl QemuBackend {
 impl Hypervisor for QemuBackend {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+
+    fn snapshot_files(&self) -> SnapshotFiles {
+        // The migration stream carries the memory.
+        SnapshotFiles {
+            state: STATE_FILE,
+            memory: None,
+        }
     }
 
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {

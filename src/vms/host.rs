@@ -10,7 +10,7 @@ use crate::guest::messages::{HealthReport, NetworkConfig};
 use crate::model::{AgentInfo, Vm, VmOp, now_ms};
 use crate::vmm::{DiskSpec, NetSpec, VmHandle, VmSpec, disks};
 
-use super::{VmError, VmManager};
+use super::{VmError, VmManager, VmSettings};
 
 const DATA_DISK: &str = "data.ext4";
 /// Written once a hibernation's files are complete; reconcile trusts nothing else.
@@ -22,6 +22,8 @@ const GUEST_INTERFACE: &str = "eth0";
 pub(super) enum Start {
     Boot,
     Resume,
+    /// A create restored from the golden snapshot.
+    Golden,
 }
 
 /// A started VM whose agent answered.
@@ -55,19 +57,23 @@ pub(super) fn agent_token() -> Result<String, VmError> {
         .collect())
 }
 
-impl VmManager {
-    pub(super) fn dir_of(&self, vm_id: &str) -> PathBuf {
-        self.settings.root.join(vm_id)
-    }
-
-    /// The spec a VM boots or resumes with, from its record and this host's settings.
-    pub(super) fn spec(&self, vm: &Vm) -> Result<VmSpec, VmError> {
-        let kernel = self.settings.kernel.clone().ok_or(VmError::NotConfigured(
+impl VmSettings {
+    /// The spec of a VM on this host. Golden snapshots are built with it too, so that their
+    /// devices are the ones every VM has.
+    pub fn spec(
+        &self,
+        vm_id: &str,
+        vcpus: u32,
+        memory_mib: u32,
+        net: Option<NetSpec>,
+        agent_token: &str,
+    ) -> Result<VmSpec, VmError> {
+        let kernel = self.kernel.clone().ok_or(VmError::NotConfigured(
             "no guest kernel (set GOLDEN_KERNEL)",
         ))?;
-        let dir = self.dir_of(&vm.id);
+        let dir = self.root.join(vm_id);
         let mut disks = Vec::new();
-        if let Some(rootfs) = &self.settings.rootfs {
+        if let Some(rootfs) = &self.rootfs {
             disks.push(DiskSpec {
                 id: "rootfs".into(),
                 path: rootfs.clone(),
@@ -81,6 +87,28 @@ impl VmManager {
             read_only: false,
             root: false,
         });
+        Ok(VmSpec {
+            vm_id: vm_id.to_string(),
+            dir,
+            vcpus,
+            memory_mib,
+            kernel,
+            initrd: self.initrd.clone(),
+            boot_args: String::new(),
+            disks,
+            net,
+            agent_token: agent_token.to_string(),
+        })
+    }
+}
+
+impl VmManager {
+    pub(super) fn dir_of(&self, vm_id: &str) -> PathBuf {
+        self.settings.root.join(vm_id)
+    }
+
+    /// The spec a VM boots or resumes with, from its record and this host's settings.
+    pub(super) fn spec(&self, vm: &Vm) -> Result<VmSpec, VmError> {
         let net = match (&vm.tap_device, &vm.mac_address) {
             (Some(tap), Some(mac)) => Some(NetSpec {
                 tap: tap.clone(),
@@ -88,27 +116,15 @@ impl VmManager {
             }),
             _ => None,
         };
-        Ok(VmSpec {
-            vm_id: vm.id.clone(),
-            dir,
-            vcpus: vm.vcpus,
-            memory_mib: vm.memory_mib,
-            kernel,
-            initrd: self.settings.initrd.clone(),
-            boot_args: String::new(),
-            disks,
-            net,
-            agent_token: vm.agent_token.clone(),
-        })
+        self.settings
+            .spec(&vm.id, vm.vcpus, vm.memory_mib, net, &vm.agent_token)
     }
 
     /// Creates the VM's directory and data disk (first boot only).
     pub(super) async fn prepare_dir(&self, spec: &VmSpec) -> Result<(), VmError> {
-        let fail = |e: &dyn std::fmt::Display| VmError::host(&spec.vm_id, VmOp::Create, e);
-        create_private_dir(&spec.dir).await.map_err(|e| fail(&e))?;
-        disks::create_data_disk(&spec.dir.join(DATA_DISK), self.settings.data_disk_mib)
+        prepare_dir(spec, self.settings.data_disk_mib)
             .await
-            .map_err(|e| fail(&e))
+            .map_err(|e| VmError::host(&spec.vm_id, VmOp::Create, e))
     }
 
     /// Creates the tap, starts the process, and waits for the agent. With `address` the guest
@@ -123,7 +139,7 @@ impl VmManager {
         address: bool,
     ) -> Result<Started, VmError> {
         let op = match start {
-            Start::Boot => VmOp::Create,
+            Start::Boot | Start::Golden => VmOp::Create,
             Start::Resume => VmOp::Resume,
         };
         let fail = |e: &dyn std::fmt::Display| VmError::host(&vm.id, op, e);
@@ -137,7 +153,7 @@ impl VmManager {
         crate::failpoint::hit(&format!("vm.{op}.after_tap"));
         let mut handle = match start {
             Start::Boot => self.host.hypervisor.boot(spec).await,
-            Start::Resume => self.host.hypervisor.resume(spec).await,
+            Start::Resume | Start::Golden => self.host.hypervisor.resume(spec).await,
         }
         .map_err(|e| fail(&e))?;
         match self.greet(vm, &handle, start, address).await {
@@ -160,14 +176,29 @@ impl VmManager {
         start: Start,
         address: bool,
     ) -> Result<(AgentClient, HealthReport), String> {
-        let connect =
-            AgentClient::connect(&handle.agent, &vm.agent_token, self.settings.agent_timeout);
+        // A clone of the golden snapshot still expects the golden VM's token until it is given
+        // its own.
+        let golden = match (start, &self.settings.golden) {
+            (Start::Golden, Some(golden)) => Some(golden),
+            (Start::Golden, None) => return Err("no golden snapshot is configured".into()),
+            _ => None,
+        };
+        let token = golden.map_or(vm.agent_token.as_str(), |g| g.meta.agent_token.as_str());
+        let connect = AgentClient::connect(&handle.agent, token, self.settings.agent_timeout);
         let exited = handle.exit_watch();
         let agent = tokio::select! {
             agent = connect => agent.map_err(|e| e.to_string())?,
             info = exited => return Err(format!("the hypervisor exited before the agent answered: {info}")),
         };
-        if start == Start::Resume {
+        if golden.is_some() {
+            let mut seed = [0u8; 64];
+            getrandom::fill(&mut seed).map_err(|e| format!("no randomness for the seed: {e}"))?;
+            agent
+                .set_identity(&vm.agent_token, &seed)
+                .await
+                .map_err(|e| format!("set identity: {e}"))?;
+        }
+        if start != Start::Boot {
             agent
                 .set_clock(now_ms())
                 .await
@@ -196,8 +227,8 @@ impl VmManager {
             gateway: Some(gateway.clone()),
             dns: vec![gateway],
             hostname: Some(hostname_of(&vm.id)),
-            // After a resume the NIC still carries the MAC of its old address.
-            mac: (start == Start::Resume)
+            // After a resume (or a golden restore) the NIC still carries the MAC it was saved with.
+            mac: (start != Start::Boot)
                 .then(|| vm.mac_address.clone())
                 .flatten(),
         })
@@ -230,6 +261,21 @@ fn hostname_of(vm_id: &str) -> String {
         .take(12)
         .collect();
     format!("vm-{digits}")
+}
+
+/// Creates a VM's directory (private to root) and its sparse, formatted data disk.
+pub(super) async fn prepare_dir(spec: &VmSpec, data_disk_mib: u64) -> Result<(), String> {
+    create_private_dir(&spec.dir)
+        .await
+        .map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+    let data = spec
+        .disks
+        .iter()
+        .find(|d| !d.read_only)
+        .ok_or("the spec has no data disk")?;
+    disks::create_data_disk(&data.path, data_disk_mib)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn create_private_dir(dir: &Path) -> std::io::Result<()> {

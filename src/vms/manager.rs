@@ -230,12 +230,21 @@ impl VmManager {
         crate::failpoint::hit("vm.create.after_reserve");
         let spec = self.spec(&vm)?;
         let outcome = match self.prepare_dir(&spec).await {
-            Ok(()) => self.start(&vm, &spec, Start::Boot, true).await,
+            Ok(()) => match &self.settings.golden {
+                Some(golden) => match golden.stage(&spec.snapshot_dir()).await {
+                    Ok(()) => self.start(&vm, &spec, Start::Golden, true).await,
+                    Err(e) => Err(VmError::host(&vm.id, VmOp::Create, e)),
+                },
+                None => self.start(&vm, &spec, Start::Boot, true).await,
+            },
             Err(e) => Err(e),
         };
         match outcome {
             Ok(up) => {
                 let vm = self.commit_running(&vm, &mut live, up).await?;
+                // A golden restore leaves links to the golden files; the VM's own hibernation
+                // image will be written there later.
+                self.remove_dir(&spec.snapshot_dir()).await;
                 self.metrics
                     .vm_create_duration
                     .observe(started.elapsed().as_secs_f64());

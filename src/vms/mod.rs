@@ -4,6 +4,7 @@
 //! touches the host, and reconcile finishes or rolls back what a crash left half-done.
 
 mod exec;
+pub mod golden;
 mod host;
 pub mod ledger;
 mod manager;
@@ -107,6 +108,8 @@ pub struct VmSettings {
     pub limits: Limits,
     pub agent_timeout: Duration,
     pub health_interval: Duration,
+    /// Creates restore from this instead of cold-booting.
+    pub golden: Option<golden::Golden>,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -17,7 +17,9 @@ use master_controller::guest::messages::{
 };
 use master_controller::guest::{Frame, FrameCodec, FrameKind};
 use master_controller::net::{NetError, Netlink};
-use master_controller::vmm::{ExitInfo, Hibernated, Hypervisor, VmHandle, VmSpec, VmmError};
+use master_controller::vmm::{
+    ExitInfo, Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError,
+};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
@@ -92,6 +94,13 @@ fn boot_id_file(spec: &VmSpec) -> PathBuf {
 impl Hypervisor for FakeHypervisor {
     fn name(&self) -> &'static str {
         "fake"
+    }
+
+    fn snapshot_files(&self) -> SnapshotFiles {
+        SnapshotFiles {
+            state: "boot_id",
+            memory: None,
+        }
     }
 
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {

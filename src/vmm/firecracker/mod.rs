@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
-use super::{Hibernated, Hypervisor, VmHandle, VmSpec, VmmError, console_tail};
+use super::{Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError, console_tail};
 use crate::guest::client::AgentEndpoint;
 use crate::guest::messages::{CMDLINE_CHANNEL, CMDLINE_TOKEN, DEFAULT_VSOCK_PORT};
 use api::{FirecrackerApi, Layout};
@@ -154,6 +154,13 @@ impl FirecrackerBackend {
 impl Hypervisor for FirecrackerBackend {
     fn name(&self) -> &'static str {
         "firecracker"
+    }
+
+    fn snapshot_files(&self) -> SnapshotFiles {
+        SnapshotFiles {
+            state: "vmstate",
+            memory: Some("memory"),
+        }
     }
 
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
