@@ -15,6 +15,9 @@ fi
 echo "install.sh: installing $binary to /usr/local/bin"
 install -m 0755 "$binary" /usr/local/bin/master-controller
 install -m 0644 systemd/master-controller.service /etc/systemd/system/master-controller.service
+install -m 0644 systemd/master-controller-network.service /etc/systemd/system/master-controller-network.service
+install -d -m 0755 /usr/local/lib/master-controller
+install -m 0755 scripts/setup-network.sh scripts/build-golden-snapshot.sh /usr/local/lib/master-controller/
 install -m 0644 systemd/master-controller.tmpfiles.conf /usr/lib/tmpfiles.d/master-controller.conf
 systemd-tmpfiles --create /usr/lib/tmpfiles.d/master-controller.conf
 
@@ -32,4 +35,5 @@ done
 
 systemctl daemon-reload
 /usr/local/bin/master-controller doctor --config /etc/master-controller/config.toml || true
-echo "install.sh: done. Edit /etc/master-controller/env, then: systemctl enable --now master-controller"
+echo "install.sh: done. Edit /etc/master-controller/env, then:"
+echo "  systemctl enable --now master-controller-network master-controller"

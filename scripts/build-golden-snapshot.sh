@@ -10,7 +10,7 @@
 # host (it makes a tap on the guest bridge), then restart the daemon. Rebuild it whenever the
 # kernel, image, VM size or hypervisor changes: the daemon refuses a snapshot that does not match.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo="$(cd "$(dirname "$0")/.." && pwd)"
 
 env_file="${MC_ENV_FILE:-/etc/master-controller/env}"
 if [ -r "$env_file" ]; then
@@ -22,7 +22,7 @@ fi
 
 bin="${MC_BIN:-}"
 if [ -z "$bin" ]; then
-  for candidate in "$(command -v master-controller || true)" target/release/master-controller target/debug/master-controller; do
+  for candidate in "$(command -v master-controller || true)" "$repo/target/release/master-controller" "$repo/target/debug/master-controller"; do
     if [ -n "$candidate" ] && [ -x "$candidate" ]; then bin="$candidate"; break; fi
   done
 fi

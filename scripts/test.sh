@@ -11,8 +11,8 @@ fi
 
 # Debian packages the tests use. Installed only when missing, so a prepared host needs no network.
 # QEMU boots the real guests; e2fsprogs formats their data disks; iproute2 makes the test's
-# private network; procps gives pgrep to the agent tests.
-packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps)
+# private network; procps gives pgrep to the agent tests; nftables checks setup-network.sh.
+packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -97,3 +97,92 @@ fn bridge_and_isolated_taps() {
         assert!(net.create_tap("mc0123456789abe", "nobridge").await.is_err());
     });
 }
+
+fn doctor_level(config: &master_controller::config::Config, name: &str) -> String {
+    let checks = master_controller::doctor::run(config);
+    let found = checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no doctor check {name}"));
+    format!("{} {}", found.level, found.detail)
+}
+
+fn setup_network(args: &[&str]) -> String {
+    let output = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/setup-network.sh"
+    ))
+    .args(args)
+    .env("MC_ENV_FILE", "/nonexistent")
+    .output()
+    .expect("run setup-network.sh");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[test]
+fn setup_network_is_idempotent_and_doctor_checks_it() {
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var("MC_REQUIRE_GUESTS").as_deref() == Ok("1") {
+            panic!("nft is not installed (apt-get install nftables)");
+        }
+        eprintln!("SKIPPED: nft is not installed (apt-get install nftables)");
+        return;
+    }
+    in_private_netns(|| async {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let data_dir_text = data_dir.path().display().to_string();
+        let vars = std::collections::HashMap::from([
+            ("MC_ADMIN_TOKEN", "admin-token-0123456789abcdef"),
+            ("GOLDEN_KERNEL", "/nonexistent/vmlinux"),
+            ("MC_BRIDGE", "mcbr9"),
+            ("MC_BRIDGE_CIDR", "10.216.0.1/24"),
+            ("MC_DATA_DIR", data_dir_text.as_str()),
+        ]);
+        let config = master_controller::config::Config::load(
+            None,
+            &|name| vars.get(name).map(|v| v.to_string()),
+            master_controller::config::Settings::default(),
+        )
+        .expect("config");
+        assert!(doctor_level(&config, "IP forwarding").starts_with("FAIL"));
+        assert!(doctor_level(&config, "guest NAT").starts_with("FAIL"));
+
+        let args = ["--bridge", "mcbr9", "--cidr", "10.216.0.1/24"];
+        let progress = setup_network(&args);
+        assert!(progress.contains("NAT and forward rules for 10.216.0.0/24 on mcbr9"));
+        setup_network(&args);
+        let ruleset = std::process::Command::new("nft")
+            .args(["-j", "list", "ruleset"])
+            .output()
+            .expect("nft");
+        let ruleset: serde_json::Value = serde_json::from_slice(&ruleset.stdout).expect("nft JSON");
+        let rules = ruleset["nftables"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|item| item.get("rule").is_some())
+            .count();
+        assert_eq!(
+            rules, 5,
+            "a second run replaces the rules, never adds: {ruleset}"
+        );
+        let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("sysctl");
+        assert_eq!(forwarding.trim(), "1");
+        assert!(doctor_level(&config, "IP forwarding").starts_with("ok"));
+        let nat = doctor_level(&config, "guest NAT");
+        assert!(nat.starts_with("ok"), "{nat}");
+
+        setup_network(&["--bridge", "other0", "--cidr", "10.216.0.1/24"]);
+        let nat = doctor_level(&config, "guest NAT");
+        assert!(nat.starts_with("FAIL") && nat.contains("mcbr9"), "{nat}");
+    });
+}

@@ -1,6 +1,8 @@
 //! `master-controller doctor`: what the host has and lacks. Each check says ok, warn (works,
 //! but a capability is off) or fail (serve cannot work), and why.
 
+mod network;
+
 use std::fmt;
 use std::path::Path;
 
@@ -42,7 +44,7 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>) -> Check {
 
 /// Runs every check. Blocking: call it from a blocking context.
 pub fn run(config: &Config) -> Vec<Check> {
-    vec![
+    let mut checks = vec![
         admin_token(config),
         data_dir(&config.data_dir),
         state_file(&config.data_dir),
@@ -67,7 +69,11 @@ pub fn run(config: &Config) -> Vec<Check> {
         firecracker(config),
         supabase(config),
         decodo(config),
-    ]
+        guest_image(config),
+        golden_snapshot(config),
+    ];
+    checks.extend(network::checks(config));
+    checks
 }
 
 pub fn render(checks: &[Check]) -> String {
@@ -249,5 +255,59 @@ fn decodo(config: &Config) -> Check {
             Level::Warn,
             "DECODO_HOST/DECODO_USER/DECODO_PASSWORD not all set: no dedicated egress",
         ),
+    }
+}
+
+fn guest_image(config: &Config) -> Check {
+    let Some(kernel) = &config.golden_kernel else {
+        return check(
+            "guest kernel",
+            Level::Warn,
+            "GOLDEN_KERNEL is not set: VMs are off (creates answer 503)",
+        );
+    };
+    let mut missing: Vec<String> = [
+        Some(kernel),
+        config.initrd.as_ref(),
+        config.golden_rootfs.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|path| !path.is_file())
+    .map(|path| path.display().to_string())
+    .collect();
+    if missing.is_empty() {
+        check("guest kernel", Level::Ok, kernel.display().to_string())
+    } else {
+        missing.sort();
+        check(
+            "guest kernel",
+            Level::Fail,
+            format!("missing: {}", missing.join(", ")),
+        )
+    }
+}
+
+fn golden_snapshot(config: &Config) -> Check {
+    let Some(snapshot) = &config.golden_snapshot else {
+        return check(
+            "golden snapshot",
+            Level::Warn,
+            "GOLDEN_SNAPSHOT is not set: creates cold-boot (build one with scripts/build-golden-snapshot.sh)",
+        );
+    };
+    let meta = crate::vms::golden::meta_path(snapshot);
+    if snapshot.is_file() && meta.is_file() {
+        check("golden snapshot", Level::Ok, snapshot.display().to_string())
+    } else {
+        check(
+            "golden snapshot",
+            Level::Fail,
+            format!(
+                "{} or {} is missing: the daemon will not start (run scripts/build-golden-snapshot.sh)",
+                snapshot.display(),
+                meta.display()
+            ),
+        )
     }
 }
