@@ -274,3 +274,7 @@ pub fn stray_leases(tx: &WriteTransaction) -> Result<Vec<String>, VmError> {
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+#[path = "ledger_tests.rs"]
+mod tests;
