@@ -6,11 +6,17 @@
 //! no agent client — and prints the ratio. It also reports how long a cancel of `sleep 1000`
 //! and a killed QEMU take to be seen.
 //!
-//! `cargo bench --bench vm_lifecycle` (needs the test image: `image/build-test-image.sh`).
+//! It also times the API path: create, hibernate and resume through HTTP on a daemon running
+//! in this process (in a network namespace of its own, with its bridge and taps), against the
+//! backend-only figures of the same run; that ratio is the daemon's own overhead (the store,
+//! the data disk, the tap, addressing the guest).
+//!
+//! `cargo bench --bench vm_lifecycle` (needs root and the test image: `image/build-test-image.sh`).
 
-#[path = "../tests/support/vmhost.rs"]
-#[allow(dead_code)]
-mod vmhost;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{SERVICE_TOKEN, TestDaemon, vmhost};
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -131,18 +137,51 @@ fn raw_resume(backend: &QemuBackend, spec: &VmSpec, state: &Path) -> (Child, Dur
     (child, started.elapsed())
 }
 
+#[derive(Default)]
 struct Samples {
     boot: Vec<Duration>,
     hibernate: Vec<Duration>,
     resume: Vec<Duration>,
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+/// Times `request` and checks that it answered `status` with the VM in `expect`.
+async fn timed(d: &TestDaemon, method: &str, path: &str, status: u16, expect: &str) -> Duration {
+    let started = Instant::now();
+    let reply = d.call(method, path, Some(SERVICE_TOKEN), None).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, status, "{method} {path}: {:?}", reply.json);
+    assert_eq!(reply.json["status"], expect, "{:?}", reply.json);
+    took
+}
+
+/// The API path: one user per cycle, create → hibernate → resume → destroy.
+async fn api_cycle(d: &TestDaemon, cycle: usize, api: &mut Samples) {
+    let user = d.create_user(&format!("bench-{cycle}@example.com")).await;
+    let vm = format!("/api/users/{user}/vm");
+    api.boot.push(timed(d, "POST", &vm, 201, "running").await);
+    api.hibernate
+        .push(timed(d, "POST", &format!("{vm}/hibernate"), 200, "hibernated").await);
+    api.resume
+        .push(timed(d, "POST", &format!("{vm}/resume"), 200, "running").await);
+    timed(d, "DELETE", &vm, 200, "destroyed").await;
+}
+
+fn main() {
     if let Some(reason) = vmhost::missing_prerequisite() {
         eprintln!("vm_lifecycle: cannot run: {reason}");
         std::process::exit(1);
     }
+    // The daemon's bridge and taps go in a namespace that vanishes with this process.
+    vmhost::enter_private_namespace();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     let cycles: usize = std::env::var("MC_BENCH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -160,16 +199,23 @@ async fn main() {
     let mut spec = vmhost::test_spec(&dir.path().join("vm"), "unused", &data);
     spec.net = None;
 
-    let mut ours = Samples {
-        boot: vec![],
-        hibernate: vec![],
-        resume: vec![],
-    };
-    let mut raw = Samples {
-        boot: vec![],
-        hibernate: vec![],
-        resume: vec![],
-    };
+    let image = vmhost::image_dir();
+    let kernel = image.join("vmlinux").display().to_string();
+    let initrd = image.join("initramfs.cpio.gz").display().to_string();
+    let daemon = TestDaemon::start_with(&[
+        ("MC_HYPERVISOR", "qemu"),
+        ("MC_QEMU_ACCEL", "tcg"),
+        ("GOLDEN_KERNEL", kernel.as_str()),
+        ("MC_INITRD", initrd.as_str()),
+        ("MC_BRIDGE", "mcbench0"),
+        ("MC_BRIDGE_CIDR", "10.217.0.1/24"),
+        ("MC_VM_VCPUS", "1"),
+        ("MC_VM_MEMORY_MIB", "256"),
+        ("MC_VM_DATA_DISK_MIB", "64"),
+        ("MC_VM_AGENT_TIMEOUT_SECS", "120"),
+    ])
+    .await;
+    let (mut ours, mut raw, mut api) = (Samples::default(), Samples::default(), Samples::default());
     let (mut cancels, mut exit_watch) = (vec![], vec![]);
     for cycle in 0..cycles {
         eprintln!("vm_lifecycle: cycle {}/{cycles}", cycle + 1);
@@ -231,11 +277,16 @@ async fn main() {
         raw.resume.push(took);
         let _ = child.kill();
         let _ = child.wait();
+
+        api_cycle(&daemon, cycle, &mut api).await;
     }
+    daemon.shutdown().await;
 
     println!("\n### VM lifecycle, QEMU/TCG, test image, {cycles} cycles\n");
-    println!("| operation | p50 ms | p95 ms | raw p50 ms | raw p95 ms | p50 ÷ raw p50 |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| operation | p50 ms | p95 ms | p99 ms | raw p50 ms | raw p95 ms | raw p99 ms | p50 ÷ raw p50 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, ours, raw) in [
         (
             "cold boot → agent ready (raw: → /init starts the agent)",
@@ -254,11 +305,13 @@ async fn main() {
         ),
     ] {
         println!(
-            "| {name} | {} | {} | {} | {} | {:.2}× |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {:.2}× |",
             ms(percentile(ours, 0.5)),
             ms(percentile(ours, 0.95)),
+            ms(percentile(ours, 0.99)),
             ms(percentile(raw, 0.5)),
             ms(percentile(raw, 0.95)),
+            ms(percentile(raw, 0.99)),
             percentile(ours, 0.5).as_secs_f64() / percentile(raw, 0.5).as_secs_f64()
         );
     }
@@ -267,9 +320,33 @@ async fn main() {
         ("SIGKILL of QEMU → exit watch fires", &exit_watch),
     ] {
         println!(
-            "| {name} | {} | {} | — | — | — |",
+            "| {name} | {} | {} | {} | — | — | — | — |",
             ms(percentile(samples, 0.5)),
-            ms(percentile(samples, 0.95))
+            ms(percentile(samples, 0.95)),
+            ms(percentile(samples, 0.99))
+        );
+    }
+    println!("\n### The API path against the backend alone, same run\n");
+    println!(
+        "| operation | API p50 ms | API p95 ms | API p99 ms | backend p50 ms | API p50 ÷ backend p50 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, api, ours) in [
+        (
+            "`POST /api/users/:id/vm` (create → running)",
+            &api.boot,
+            &ours.boot,
+        ),
+        ("`POST …/vm/hibernate`", &api.hibernate, &ours.hibernate),
+        ("`POST …/vm/resume` (→ running)", &api.resume, &ours.resume),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {} | {:.2}× |",
+            ms(percentile(api, 0.5)),
+            ms(percentile(api, 0.95)),
+            ms(percentile(api, 0.99)),
+            ms(percentile(ours, 0.5)),
+            percentile(api, 0.5).as_secs_f64() / percentile(ours, 0.5).as_secs_f64()
         );
     }
 }
