@@ -119,6 +119,12 @@ impl World {
             .expect("ipPoolAvailable")
     }
 
+    async fn metrics(&self) -> String {
+        let reply = self.daemon.call("GET", "/metrics", ADMIN_TOKEN, None).await;
+        assert_eq!(reply.status, 200);
+        reply.json.as_str().unwrap_or_default().to_string()
+    }
+
     /// After destroy: no tap, no process, no directory. `vm` is the VM as it was created.
     fn assert_gone(&self, vm: &Value) {
         let id = vm["vmId"].as_str().expect("vmId");
@@ -177,6 +183,21 @@ async fn whole_api_path(world: &mut World) {
     assert_eq!(world.pool_available().await, available - 1);
     let (code, out) = world.exec(&id, "cat /proc/sys/kernel/random/boot_id").await;
     assert_eq!((code, out.trim()), (0, boot_id.as_str()));
+
+    // The agent's health is polled (every 2 s here): heartbeat, agent info and usage metrics.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, polled) = world.user_vm(&user, "", "GET").await;
+    assert!(
+        polled["lastHeartbeat"].as_str() > vm["lastHeartbeat"].as_str(),
+        "{polled:?}"
+    );
+    assert!(polled["agent"]["checkedAt"].as_str() > vm["agent"]["checkedAt"].as_str());
+    let metrics = world.metrics().await;
+    let usage =
+        format!("polydev_vm_resource_usage{{vm_id=\"{id}\",resource=\"memory_used_bytes\"}}");
+    assert!(metrics.contains(&usage), "{usage} missing");
+    assert!(metrics.contains("polydev_vm_create_duration_seconds_count 1"));
+    assert!(metrics.contains("polydev_active_vms 1"));
 
     let (status, hibernated) = world.user_vm(&user, "hibernate", "POST").await;
     assert_eq!(status, 200, "{hibernated:?}");
@@ -311,10 +332,21 @@ async fn admin_socket() -> Socket {
         .send(Message::text(subscribe.to_string()))
         .await
         .expect("subscribe");
-    socket
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("an answer to subscribe")
+            .expect("open")
+            .expect("message");
+        if let Message::Text(text) = message
+            && text.contains("\"subscribed\"")
+        {
+            return socket;
+        }
+    }
 }
 
-/// The first event named `name` within `deadline`.
+/// The first event named `name` (any event, for "") within `deadline`.
 async fn wait_event(socket: &mut Socket, name: &str, deadline: Duration) -> Option<Value> {
     let started = Instant::now();
     while let Some(left) = deadline.checked_sub(started.elapsed()) {
@@ -323,7 +355,8 @@ async fn wait_event(socket: &mut Socket, name: &str, deadline: Duration) -> Opti
             continue;
         };
         let value: Value = serde_json::from_str(&text).unwrap_or_default();
-        if value["data"]["event"] == name {
+        let event = value["data"]["event"].as_str().unwrap_or_default();
+        if !event.is_empty() && (name.is_empty() || event == name) {
             return Some(value);
         }
     }
@@ -335,7 +368,6 @@ async fn vm_crash_is_seen(world: &mut World) {
     let id = id_of(&vm);
     let available = world.pool_available().await;
     let mut socket = admin_socket().await;
-    wait_event(&mut socket, "", Duration::from_millis(300)).await;
     let pids = processes_naming(&world.vm_dir(&id));
     assert_eq!(pids.len(), 1);
     let killed = Instant::now();
@@ -344,9 +376,23 @@ async fn vm_crash_is_seen(world: &mut World) {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill QEMU");
-    let event = wait_event(&mut socket, "vm_crashed", Duration::from_secs(2))
-        .await
-        .expect("vm_crashed within 2 s");
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 2 {
+        let left = Duration::from_secs(2).saturating_sub(killed.elapsed());
+        let Some(event) = wait_event(&mut socket, "", left).await else {
+            panic!("within 2 s only {:?}", seen.keys().collect::<Vec<_>>());
+        };
+        seen.insert(
+            event["data"]["event"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            event,
+        );
+    }
+    let event = seen.remove("vm_crashed").expect("vm_crashed within 2 s");
+    let changed = seen.remove("vm_status_changed").expect("vm_status_changed");
+    assert_eq!(changed["data"]["status"], "failed");
     eprintln!("    vm_crashed after {:?}", killed.elapsed());
     assert_eq!(event["data"]["vmId"], id.as_str());
     assert_eq!(event["channel"], format!("user:{user}"));

@@ -198,6 +198,20 @@ pub(crate) fn adopt_process(
     })
 }
 
+/// A console log past this size is rotated when its VM next starts.
+const CONSOLE_LOG_MAX_BYTES: u64 = 1 << 20;
+
+/// The console log is appended to across resumes; it is bounded by keeping one previous
+/// generation (`console.log.1`).
+pub(crate) async fn rotate_console_log(spec: &VmSpec) {
+    let log = spec.console_log();
+    if let Ok(meta) = tokio::fs::metadata(&log).await
+        && meta.len() > CONSOLE_LOG_MAX_BYTES
+    {
+        let _ = tokio::fs::rename(&log, spec.dir.join("console.log.1")).await;
+    }
+}
+
 /// The last lines the guest printed, for error messages.
 pub(crate) async fn console_tail(spec: &VmSpec) -> String {
     let text = tokio::fs::read_to_string(spec.console_log())

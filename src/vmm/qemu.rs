@@ -147,10 +147,15 @@ impl QemuBackend {
             push("-initrd", plain_path(initrd)?);
         }
         push("-append", self.kernel_args(spec));
+        // Appended to, so the log keeps what the guest printed before each hibernation.
         push(
-            "-serial",
-            format!("file:{}", plain_path(&spec.console_log())?),
+            "-chardev",
+            format!(
+                "file,id=console,path={},append=on",
+                plain_path(&spec.console_log())?
+            ),
         );
+        push("-serial", "chardev:console".into());
         for disk in &spec.disks {
             let read_only = if disk.read_only { ",readonly=on" } else { "" };
             push(
@@ -213,6 +218,7 @@ impl QemuBackend {
         for socket in [Self::agent_socket(spec), Self::qmp_socket(spec)] {
             let _ = tokio::fs::remove_file(&socket).await;
         }
+        super::rotate_console_log(spec).await;
         let mut command = Command::new(&self.config.binary);
         command.args(self.args(spec, incoming)?);
         let (pid, exited) =

@@ -324,6 +324,7 @@ impl VmManager {
                 Ok::<_, VmError>((vm, previous))
             })
             .await?;
+        self.forget_usage(vm_id);
         self.publish_status(&vm, previous);
         Ok(vm)
     }
@@ -392,6 +393,7 @@ impl VmManager {
                 })
             })
             .await?;
+        self.forget_usage(vm_id);
         self.publish_status(&vm, VmStatus::Running);
         Ok(vm)
     }
@@ -459,6 +461,7 @@ impl VmManager {
         self.remove_dir(&self.dir_of(&vm.id)).await;
         let previous = vm.status;
         let id = vm.id.clone();
+        self.forget_usage(&id);
         let vm = self
             .store
             .write(move |tx| {

@@ -16,6 +16,13 @@ use crate::store::{self, tables};
 use crate::vmm::ExitInfo;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The `resource` labels of `polydev_vm_resource_usage`.
+const USAGE_RESOURCES: [&str; 4] = [
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "disk_used_bytes",
+    "load1",
+];
 
 impl VmManager {
     /// When the process of `generation` exits while still installed, the exit was not ours:
@@ -96,6 +103,16 @@ impl VmManager {
                     Err(_) => tracing::warn!(vm = %vm_id, "health check timed out"),
                 }
             }
+        }
+    }
+
+    /// Drops a VM's resource series once it no longer runs.
+    pub(super) fn forget_usage(&self, vm_id: &str) {
+        for resource in USAGE_RESOURCES {
+            self.metrics.vm_resource_usage.remove(&ResourceLabels {
+                vm_id: vm_id.to_string(),
+                resource: resource.to_string(),
+            });
         }
     }
 

@@ -104,7 +104,11 @@ impl FirecrackerBackend {
                 .await
                 .map_err(|e| VmmError::io(file, e))?;
         }
-        let console = std::fs::File::create(spec.console_log())
+        super::rotate_console_log(spec).await;
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.console_log())
             .map_err(|e| VmmError::io(&spec.console_log(), e))?;
         let (command, api_socket) = match &self.config.jailer {
             Some(jailer) => jailer.command(&self.config.binary, spec).await?,
