@@ -176,11 +176,7 @@ impl VmManager {
     /// nothing.
     pub async fn create(self: &Arc<Self>, user_id: &str) -> Result<Vm, VmError> {
         let started = Instant::now();
-        if self.settings.kernel.is_none() {
-            return Err(VmError::NotConfigured(
-                "no guest kernel (set GOLDEN_KERNEL)",
-            ));
-        }
+        self.require_vms()?;
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
         let vm = Vm {
@@ -228,23 +224,12 @@ impl VmManager {
             json!({"event": "vm_status_changed", "vmId": vm.id, "userId": vm.user_id, "status": vm.status}),
         );
         crate::failpoint::hit("vm.create.after_reserve");
-        let spec = self.spec(&vm)?;
-        let outcome = match self.prepare_dir(&spec).await {
-            Ok(()) => match &self.settings.golden {
-                Some(golden) => match golden.stage(&spec.snapshot_dir()).await {
-                    Ok(()) => self.start(&vm, &spec, Start::Golden, true).await,
-                    Err(e) => Err(VmError::host(&vm.id, VmOp::Create, e)),
-                },
-                None => self.start(&vm, &spec, Start::Boot, true).await,
-            },
-            Err(e) => Err(e),
-        };
-        match outcome {
+        match self.bring_up(&vm).await {
             Ok(up) => {
                 let vm = self.commit_running(&vm, &mut live, up).await?;
                 // A golden restore leaves links to the golden files; the VM's own hibernation
                 // image will be written there later.
-                self.remove_dir(&spec.snapshot_dir()).await;
+                self.remove_dir(&self.dir_of(&vm.id).join("snapshot")).await;
                 self.metrics
                     .vm_create_duration
                     .observe(started.elapsed().as_secs_f64());
@@ -252,10 +237,27 @@ impl VmManager {
             }
             Err(e) => {
                 self.remove_tap(vm.tap_device.as_deref()).await;
-                self.remove_dir(&spec.dir).await;
+                self.remove_dir(&self.dir_of(&vm.id)).await;
                 self.mark_failed(&vm.id, &e.to_string()).await?;
                 Err(e)
             }
+        }
+    }
+
+    /// The host half of a create: directory and data disk, then a cold boot or a restore of
+    /// the golden snapshot, up to the agent's first answer.
+    async fn bring_up(&self, vm: &Vm) -> Result<Started, VmError> {
+        let spec = self.spec(vm)?;
+        self.prepare_dir(&spec).await?;
+        match &self.settings.golden {
+            Some(golden) => {
+                golden
+                    .stage(&spec.snapshot_dir())
+                    .await
+                    .map_err(|e| VmError::host(&vm.id, VmOp::Create, e))?;
+                self.start(vm, &spec, Start::Golden, true).await
+            }
+            None => self.start(vm, &spec, Start::Boot, true).await,
         }
     }
 
@@ -285,7 +287,17 @@ impl VmManager {
                     })
                 }
             })
-            .await?;
+            .await;
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // Unrecorded, the process would run with nothing owning it; the intent stays
+                // for reconcile.
+                let mut handle = up.handle;
+                let _ = self.host.hypervisor.kill(&mut handle).await;
+                return Err(e);
+            }
+        };
         self.install(&written.id, live, up.handle, Some(up.agent));
         self.publish_status(&written, previous);
         Ok(written)
@@ -329,9 +341,20 @@ impl VmManager {
         Ok(vm)
     }
 
+    /// Refuses operations that need a guest kernel before any intent is written.
+    fn require_vms(&self) -> Result<(), VmError> {
+        match self.settings.kernel {
+            Some(_) => Ok(()),
+            None => Err(VmError::NotConfigured(
+                "no guest kernel (set GOLDEN_KERNEL)",
+            )),
+        }
+    }
+
     /// Saves the VM to disk and stops its process. Its address stays leased.
     pub async fn hibernate(self: &Arc<Self>, vm_id: &str) -> Result<Vm, VmError> {
         let started = Instant::now();
+        self.require_vms()?;
         let slot = self.slot(vm_id);
         let mut live = slot.lock().await;
         let vm = self
@@ -402,6 +425,7 @@ impl VmManager {
     /// one, which the agent applies in the guest.
     pub async fn resume(self: &Arc<Self>, vm_id: &str) -> Result<Vm, VmError> {
         let started = Instant::now();
+        self.require_vms()?;
         let slot = self.slot(vm_id);
         let mut live = slot.lock().await;
         let vm = self
