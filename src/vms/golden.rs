@@ -163,6 +163,11 @@ pub async fn build(
         )));
     }
     let token = super::host::agent_token().map_err(|e| GoldenError::Build(e.to_string()))?;
+    // Built beside the VMs' directory, not in it, so a running daemon's orphan sweep leaves it.
+    let settings = &VmSettings {
+        root: settings.root.with_file_name("golden-build"),
+        ..settings.clone()
+    };
     let build_id = format!("golden-build-{}", std::process::id());
     let net = NetSpec {
         tap: BUILD_TAP.into(),

@@ -376,6 +376,10 @@ impl VmManager {
             // The process may have survived a failed save: keep the VM running if it did.
             match self.host.hypervisor.adopt(&spec, pid).await {
                 Ok(handle) => {
+                    // The save may have stopped the guest's CPUs before it failed.
+                    if let Err(e) = self.host.hypervisor.unpause(&handle).await {
+                        tracing::warn!(vm = vm_id, error = %e, "cannot unpause after a failed hibernation");
+                    }
                     self.install(vm_id, &mut live, handle, None);
                     self.store
                         .write({
@@ -469,8 +473,15 @@ impl VmManager {
             .collect();
         let vm = self.begin(vm_id, VmOp::Destroy, &from).await?;
         live.agent = None;
-        if let Some(mut handle) = live.handle.take() {
-            let _ = self.host.hypervisor.kill(&mut handle).await;
+        match live.handle.take() {
+            Some(mut handle) => {
+                let _ = self.host.hypervisor.kill(&mut handle).await;
+            }
+            // A process the record names but this daemon does not hold is stopped all the same.
+            None if vm.pid.is_some() => {
+                super::reconcile::kill_processes_in(&self.dir_of(vm_id)).await
+            }
+            None => {}
         }
         crate::failpoint::hit("vm.destroy.after_kill");
         let vm = self.finish_destroy(&vm).await?;

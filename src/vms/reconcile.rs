@@ -68,6 +68,11 @@ impl VmManager {
             .filter(|vm| holds_process(vm.status))
             .collect();
         for (n, vm) in running.iter().enumerate() {
+            if self.slot(&vm.id).lock().await.handle.is_some() {
+                // Already taken over while its intent was rolled back.
+                report.adopted.push(vm.id.clone());
+                continue;
+            }
             progress(&format!(
                 "adopting VM {}/{}: {}",
                 n + 1,
@@ -280,7 +285,7 @@ fn hypervisor_processes(root: &Path) -> Vec<(u32, String)> {
 }
 
 /// Kills every process that runs from `dir` (a VM's hypervisor left behind by a crash).
-async fn kill_processes_in(dir: &Path) {
+pub(super) async fn kill_processes_in(dir: &Path) {
     let Some(root) = dir.parent() else { return };
     let Some(id) = dir.file_name().map(|n| n.to_string_lossy().to_string()) else {
         return;

@@ -45,13 +45,13 @@ impl VmManager {
 
     async fn on_exit(&self, vm_id: &str, generation: u64, info: ExitInfo) {
         let slot = self.slot(vm_id);
+        // Held until the failure is recorded, so no operation starts on a half-settled VM.
         let mut live = slot.lock().await;
         if live.generation != generation || live.handle.is_none() {
             return;
         }
         live.handle = None;
         live.agent = None;
-        drop(live);
         tracing::warn!(vm = vm_id, %info, "VM process exited unexpectedly");
         let reason = format!("the hypervisor process exited unexpectedly ({info})");
         let tap = self.get(vm_id).await.ok().and_then(|vm| vm.tap_device);
