@@ -20,8 +20,8 @@ MIRROR=${MC_GOLDEN_MIRROR:-http://archive.ubuntu.com/ubuntu}
 SIZE_MIB=${MC_GOLDEN_SIZE_MIB:-6144}
 KERNEL_CONFIG=${MC_KERNEL_CONFIG:-$REPO/../shared/reference/firecracker-guest-kernel-x86_64-6.1.config}
 NODE_VERSION=20.19.5
-# The versions the CLI reference was checked against; a plain `npm i` may resolve older ones.
-CLIS=(@anthropic-ai/claude-code@2.1.197 @openai/codex@0.171.0 @google/gemini-cli@0.61.0)
+# The pinned CLIs, shared with the tests (scripts/install-cli-tools.sh).
+mapfile -t CLIS < <(grep -Ev '^[[:space:]]*(#|$)' "$REPO/image/cli-tools.txt")
 
 progress() { echo "build-golden: $*"; }
 die() {

@@ -27,8 +27,19 @@ fi
 echo "test.sh: building the guest test image"
 image/build-test-image.sh
 
+# The real AI coding CLIs at their pinned versions, run by tests/cli_tools.rs. They need Node.js 20.
+if ! command -v npm >/dev/null; then
+  echo "test.sh: installing nodejs and npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+echo "test.sh: installing the pinned CLIs (cached)"
+MC_TEST_CLI_TOOLS=$(scripts/install-cli-tools.sh)
+export MC_TEST_CLI_TOOLS
+
 echo "test.sh: building and running the tests"
-# The real-guest tests must not skip here: every prerequisite was just installed.
+# The real-guest and real-CLI tests must not skip here: every prerequisite was just installed.
 export MC_REQUIRE_GUESTS=1
 # Benchmarks are not run here (they are not tests), but they are compiled by clippy in CI.
 cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}"

@@ -32,6 +32,8 @@ pub mod model;
 #[cfg(feature = "daemon")]
 pub mod net;
 #[cfg(feature = "daemon")]
+pub mod prompts;
+#[cfg(feature = "daemon")]
 pub mod store;
 #[cfg(feature = "daemon")]
 pub mod tokens;

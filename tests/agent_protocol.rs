@@ -1,7 +1,9 @@
 //! The agent and the host client over a Unix socket on the host: the protocol's behaviour
 //! without a VM. The same operations run inside real guests in `tests/guests.rs`.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,48 +11,15 @@ use futures_util::StreamExt;
 use master_controller::guest::client::{AgentClient, AgentEndpoint, ExecEvent, GuestError};
 use master_controller::guest::messages::ExecRequest;
 use master_controller::guest::{Frame, FrameKind};
+use support::local_agent::LocalAgent;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TOKEN: &str = "per-vm-test-token";
-
-struct LocalAgent {
-    child: Child,
-    endpoint: AgentEndpoint,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for LocalAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_agent() -> LocalAgent {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("agent.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_vm-agent"))
-        .args([
-            "--channel",
-            &format!("unix:{}", socket.display()),
-            "--token",
-            TOKEN,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn vm-agent");
-    LocalAgent {
-        child,
-        endpoint: AgentEndpoint::Unix(socket),
-        _dir: dir,
-    }
+    LocalAgent::start()
 }
 
 async fn connect(agent: &LocalAgent) -> AgentClient {
-    AgentClient::connect(&agent.endpoint, TOKEN, Duration::from_secs(10))
-        .await
-        .expect("agent answers")
+    agent.connect().await
 }
 
 fn sh(script: &str) -> ExecRequest {

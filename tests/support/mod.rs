@@ -196,4 +196,6 @@ pub mod daemon_proc;
 pub mod fake_vmm;
 pub mod firecracker_fake;
 pub mod firecracker_spec;
+pub mod local_agent;
+pub mod model_server;
 pub mod vmhost;
