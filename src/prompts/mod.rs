@@ -3,4 +3,5 @@
 
 pub mod events;
 pub mod lines;
+pub mod log;
 pub mod providers;
