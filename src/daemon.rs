@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::net::{NetError, Netlink, RtNetlink};
+use crate::prompts::{PromptError, PromptService, PromptSettings};
 use crate::store::{Store, StoreError};
 use crate::tokens::{TokenError, TokenSigner};
 use crate::users::UserService;
@@ -57,6 +58,8 @@ pub enum DaemonError {
     Reconcile(#[from] VmError),
     #[error(transparent)]
     Golden(#[from] GoldenError),
+    #[error("prompts: {0}")]
+    Prompts(#[from] PromptError),
 }
 
 /// The fixed MAC of the guest bridge (locally administered). A bridge without one takes its
@@ -133,9 +136,25 @@ pub async fn start_with(
         tracing::info!(?report, "reconciled VMs");
         tracker.spawn(vms.clone().poll_health(cancel.clone()));
     }
+    let settled = crate::prompts::settle_interrupted(&store).await?;
+    if settled > 0 {
+        tracing::warn!(
+            settled,
+            "prompts left running by the last daemon are marked failed"
+        );
+    }
+    let prompts = PromptService::new(
+        store.clone(),
+        vms.clone(),
+        events.clone(),
+        metrics.clone(),
+        prompt_settings(config),
+        tracker.clone(),
+    );
     let ctx = Arc::new(ApiContext {
         users: UserService::new(store.clone()),
         vms,
+        prompts,
         store,
         events,
         metrics,
@@ -283,6 +302,32 @@ fn vm_settings(config: &Config) -> VmSettings {
         agent_timeout: Duration::from_secs(config.vm_agent_timeout_secs),
         health_interval: Duration::from_secs(config.vm_health_interval_secs),
         golden: None,
+    }
+}
+
+fn prompt_settings(config: &Config) -> PromptSettings {
+    use secrecy::ExposeSecret;
+    PromptSettings {
+        max_prompt_bytes: config.max_prompt_bytes,
+        default_timeout: Duration::from_secs(config.prompt_timeout_secs),
+        max_timeout: Duration::from_secs(config.prompt_max_timeout_secs),
+        per_vm: config.prompts_per_vm,
+        when_busy: config.prompt_when_busy,
+        endpoint: match (&config.model_base_url, &config.model_api_key) {
+            (Some(base_url), Some(key)) => Some(crate::prompts::providers::Endpoint {
+                base_url: base_url.clone(),
+                api_key: key.expose_secret().to_string(),
+            }),
+            _ => None,
+        },
+        cli_home: config.cli_home.clone(),
+        cli_path: config.cli_path.clone(),
+        egress_proxy: config.egress_proxy.clone(),
+        log_bounds: crate::prompts::log::LogBounds {
+            max_events: 20_000,
+            max_bytes: 8 << 20,
+        },
+        retained_runs: 256,
     }
 }
 

@@ -46,6 +46,17 @@ impl Call {
             )),
             Err(error) => error.into_response(),
         };
+        self.finish(response)
+    }
+
+    /// Records the route's metrics for a response the handler built itself (a stream: the
+    /// latency is then the time to its headers).
+    pub fn respond_with(self, result: Result<Response, ApiError>) -> Response {
+        let response = result.unwrap_or_else(ApiError::into_response);
+        self.finish(response)
+    }
+
+    fn finish(self, response: Response) -> Response {
         self.ctx.metrics.observe_http(
             self.method,
             self.route,

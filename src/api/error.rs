@@ -41,6 +41,11 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// Too much at once for one resource (not the per-token rate limit).
+    Busy {
+        code: &'static str,
+        message: String,
+    },
     /// The host below us (hypervisor, guest) failed the operation.
     BadGateway {
         code: &'static str,
@@ -69,6 +74,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,7 +85,8 @@ impl ApiError {
             | ApiError::NotFound { code, message }
             | ApiError::Conflict { code, message, .. }
             | ApiError::Unavailable { code, message }
-            | ApiError::BadGateway { code, message } => (code, message.clone()),
+            | ApiError::BadGateway { code, message }
+            | ApiError::Busy { code, message } => (code, message.clone()),
             ApiError::Unauthorized(message) => ("unauthorized", message.clone()),
             ApiError::Forbidden(message) => ("forbidden", message.clone()),
             ApiError::RateLimited { retry_after_secs } => (
@@ -218,6 +225,44 @@ impl From<VmError> for ApiError {
             VmError::Corrupt(_) => ApiError::Internal(message),
             VmError::Transition(e) => e.into(),
             VmError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::prompts::PromptError> for ApiError {
+    fn from(e: crate::prompts::PromptError) -> Self {
+        use crate::prompts::PromptError;
+        let message = e.to_string();
+        match e {
+            PromptError::Invalid { .. } => ApiError::BadRequest {
+                code: "invalid_field",
+                message,
+            },
+            PromptError::UserNotFound(_) => ApiError::NotFound {
+                code: "user_not_found",
+                message,
+            },
+            PromptError::NotFound(_) => ApiError::NotFound {
+                code: "prompt_not_found",
+                message,
+            },
+            PromptError::Busy { .. } => ApiError::Busy {
+                code: "prompt_busy",
+                message,
+            },
+            PromptError::Finished { .. } => ApiError::Conflict {
+                code: "prompt_finished",
+                message,
+                extra: None,
+            },
+            PromptError::NotStreaming(_) => ApiError::Conflict {
+                code: "prompt_not_streaming",
+                message,
+                extra: None,
+            },
+            PromptError::Vm(e) => e.into(),
+            PromptError::Transition(e) => e.into(),
+            PromptError::Store(e) => e.into(),
         }
     }
 }

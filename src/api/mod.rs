@@ -6,6 +6,7 @@ pub mod auth;
 mod endpoint;
 pub mod error;
 mod probes;
+mod prompts;
 pub mod rate_limit;
 mod user_vm;
 mod users;
@@ -26,6 +27,7 @@ use warp::reply::Response;
 
 use crate::events::EventHub;
 use crate::metrics::Metrics;
+use crate::prompts::PromptService;
 use crate::store::Store;
 use crate::users::UserService;
 use crate::vms::VmService;
@@ -47,6 +49,7 @@ pub struct ApiContext {
     pub store: Store,
     pub users: UserService,
     pub vms: VmService,
+    pub prompts: Arc<PromptService>,
     pub events: EventHub,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
@@ -64,6 +67,8 @@ pub struct ApiContext {
 /// metrics listener).
 pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Response,)> {
     let api = user_vm::routes(ctx)
+        .or(prompts::routes(ctx))
+        .unify()
         .or(users::routes(ctx))
         .unify()
         .or(vms::routes(ctx))

@@ -164,3 +164,52 @@ pub struct MintedToken {
     pub user_id: String,
     pub expires_at: String,
 }
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromptView {
+    pub prompt_id: String,
+    pub user_id: String,
+    pub vm_id: Option<String>,
+    pub provider: String,
+    pub status: String,
+    pub model: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub first_content_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub response_text: String,
+    pub response_truncated: bool,
+    pub error: Option<String>,
+    pub usage: Option<serde_json::Value>,
+    pub version: u64,
+}
+
+impl From<&crate::model::Prompt> for PromptView {
+    fn from(p: &crate::model::Prompt) -> Self {
+        PromptView {
+            prompt_id: p.id.clone(),
+            user_id: p.user_id.clone(),
+            vm_id: p.vm_id.clone(),
+            provider: p.provider.to_string(),
+            status: p.status.to_string(),
+            model: p.model.clone(),
+            created_at: rfc3339(p.created_at_ms),
+            started_at: p.started_at_ms.map(rfc3339),
+            completed_at: p.completed_at_ms.map(rfc3339),
+            duration_ms: p.duration_ms,
+            first_content_ms: p.first_content_ms,
+            exit_code: p.exit_code,
+            response_text: p.response_text.clone(),
+            response_truncated: p.response_truncated,
+            error: p.error.clone(),
+            usage: p
+                .usage_json
+                .as_deref()
+                .and_then(|u| serde_json::from_str(u).ok()),
+            version: p.version,
+        }
+    }
+}

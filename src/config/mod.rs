@@ -34,6 +34,15 @@ pub enum HypervisorChoice {
     Auto,
 }
 
+/// What a prompt meets when its VM already runs as many as it may (`MC_PROMPT_WHEN_BUSY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenBusy {
+    /// Wait for a turn.
+    Queue,
+    /// Answer 429 at once.
+    Reject,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -89,6 +98,20 @@ pub struct Config {
     pub ip_pool_limit: Option<u32>,
     pub vm_agent_timeout_secs: u64,
     pub vm_health_interval_secs: u64,
+    pub max_prompt_bytes: u64,
+    pub prompt_timeout_secs: u64,
+    pub prompt_max_timeout_secs: u64,
+    pub prompts_per_vm: u32,
+    pub prompt_when_busy: WhenBusy,
+    /// A model server for every provider's CLI instead of the vendors' (a gateway; tests).
+    pub model_base_url: Option<String>,
+    pub model_api_key: Option<SecretString>,
+    /// HOME of the CLIs in the guest, where their configuration and credentials live.
+    pub cli_home: String,
+    /// Prepended to the CLIs' PATH in the guest.
+    pub cli_path: Option<String>,
+    /// `HTTP_PROXY`/`HTTPS_PROXY` for the CLIs' egress.
+    pub egress_proxy: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
@@ -221,6 +244,25 @@ impl Config {
             ip_pool_limit: s.ip_pool_limit,
             vm_agent_timeout_secs: s.vm_agent_timeout_secs.unwrap_or(60),
             vm_health_interval_secs: s.vm_health_interval_secs.unwrap_or(30),
+            max_prompt_bytes: s.max_prompt_bytes.unwrap_or(32 * 1024),
+            prompt_timeout_secs: s.prompt_timeout_secs.unwrap_or(600),
+            prompt_max_timeout_secs: s.prompt_max_timeout_secs.unwrap_or(3600),
+            prompts_per_vm: s.prompts_per_vm.unwrap_or(1),
+            prompt_when_busy: match s.prompt_when_busy.as_deref() {
+                None | Some("reject") => WhenBusy::Reject,
+                Some("queue") => WhenBusy::Queue,
+                Some(other) => {
+                    return Err(invalid(
+                        "prompt_when_busy",
+                        format!("{other:?} is not queue or reject"),
+                    ));
+                }
+            },
+            model_base_url: s.model_base_url,
+            model_api_key: s.model_api_key.map(SecretString::from),
+            cli_home: s.cli_home.unwrap_or_else(|| "/root".into()),
+            cli_path: s.cli_path,
+            egress_proxy: s.egress_proxy,
         };
         config.validate()?;
         Ok(config)
@@ -268,6 +310,10 @@ impl Config {
             ("vm_data_disk_mib", self.vm_data_disk_mib),
             ("ip_pool_limit", self.ip_pool_limit.map_or(1, u64::from)),
             ("vm_agent_timeout_secs", self.vm_agent_timeout_secs),
+            ("max_prompt_bytes", self.max_prompt_bytes),
+            ("prompt_timeout_secs", self.prompt_timeout_secs),
+            ("prompt_max_timeout_secs", self.prompt_max_timeout_secs),
+            ("prompts_per_vm", u64::from(self.prompts_per_vm)),
             ("vm_health_interval_secs", self.vm_health_interval_secs),
         ];
         for (field, value) in positive {
@@ -318,6 +364,31 @@ impl Config {
                 "vm_vcpus",
                 "must be 1 or an even number up to 32 (Firecracker's rule)".into(),
             ));
+        }
+        if self.prompt_timeout_secs > self.prompt_max_timeout_secs {
+            return Err(invalid(
+                "prompt_timeout_secs",
+                format!(
+                    "the default {} s is above the maximum {} s (MC_PROMPT_MAX_TIMEOUT_SECS)",
+                    self.prompt_timeout_secs, self.prompt_max_timeout_secs
+                ),
+            ));
+        }
+        for (field, url) in [
+            ("model_base_url", &self.model_base_url),
+            ("egress_proxy", &self.egress_proxy),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(field, format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        if self.model_base_url.is_some() != self.model_api_key.is_some() {
+            return Err(ConfigError::Missing {
+                setting: Settings::env_name("model_api_key"),
+                reason: "MC_MODEL_BASE_URL and MC_MODEL_API_KEY go together".into(),
+            });
         }
         if !self.data_dir.is_absolute() {
             return Err(invalid(

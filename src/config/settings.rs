@@ -89,6 +89,16 @@ settings! {
     ip_pool_limit: u32 = ["MC_IP_POOL_LIMIT"],
     vm_agent_timeout_secs: u64 = ["MC_VM_AGENT_TIMEOUT_SECS"],
     vm_health_interval_secs: u64 = ["MC_VM_HEALTH_INTERVAL_SECS"],
+    max_prompt_bytes: u64 = ["MC_MAX_PROMPT_BYTES"],
+    prompt_timeout_secs: u64 = ["MC_PROMPT_TIMEOUT_SECS"],
+    prompt_max_timeout_secs: u64 = ["MC_PROMPT_MAX_TIMEOUT_SECS"],
+    prompts_per_vm: u32 = ["MC_PROMPTS_PER_VM"],
+    prompt_when_busy: String = ["MC_PROMPT_WHEN_BUSY"],
+    model_base_url: String = ["MC_MODEL_BASE_URL"],
+    model_api_key: String = ["MC_MODEL_API_KEY"],
+    cli_home: String = ["MC_CLI_HOME"],
+    cli_path: String = ["MC_CLI_PATH"],
+    egress_proxy: String = ["MC_EGRESS_PROXY"],
 }
 
 fn parse_env<T: FromStr>(

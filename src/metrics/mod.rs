@@ -83,6 +83,7 @@ pub struct Metrics {
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub ws_connections: Gauge,
     pub outbox_depth: Gauge,
+    pub prompt_first_content: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     pub vm_create_duration: Histogram,
     pub vm_hibernate_duration: Histogram,
     pub vm_resume_duration: Histogram,
@@ -104,6 +105,9 @@ impl Metrics {
             http_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             ws_connections: Gauge::default(),
             outbox_depth: Gauge::default(),
+            prompt_first_content: Family::new_with_constructor(
+                vm_operation_histogram as fn() -> Histogram,
+            ),
             vm_create_duration: vm_operation_histogram(),
             vm_hibernate_duration: vm_operation_histogram(),
             vm_resume_duration: vm_operation_histogram(),
@@ -169,6 +173,11 @@ impl Metrics {
             "mc_outbox_depth",
             "Pending Supabase outbox rows",
             metrics.outbox_depth.clone(),
+        );
+        registry.register(
+            "polydev_prompt_first_content_seconds",
+            "Time from a prompt's request to its first streamed content, by provider",
+            metrics.prompt_first_content.clone(),
         );
         registry.register(
             "polydev_vm_create_duration_seconds",

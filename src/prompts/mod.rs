@@ -1,7 +1,64 @@
 //! Prompt execution: the provider CLIs run through the agent in the user's VM, their output
-//! translated into one normalised event stream.
+//! translated into one normalised event stream that SSE clients read, leave and re-attach to.
 
 pub mod events;
 pub mod lines;
 pub mod log;
 pub mod providers;
+mod records;
+mod runner;
+mod service;
+
+use std::time::Duration;
+
+use crate::config::WhenBusy;
+use crate::model::{ModelError, PromptStatus};
+use crate::store::StoreError;
+use crate::vms::VmError;
+
+pub use records::settle_interrupted;
+pub use service::{PromptRequest, PromptRun, PromptService};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("user {0} not found")]
+    UserNotFound(String),
+    #[error("prompt {0} not found")]
+    NotFound(String),
+    #[error("the VM already runs {limit} prompt(s) (MC_PROMPTS_PER_VM); retry when it finishes")]
+    Busy { limit: u32 },
+    #[error("prompt {id} is already {status}")]
+    Finished { id: String, status: PromptStatus },
+    #[error("prompt {0} is no longer streaming; read its status instead")]
+    NotStreaming(String),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Transition(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+crate::lift_redb_errors!(PromptError);
+
+/// How prompts run on this host.
+#[derive(Debug, Clone)]
+pub struct PromptSettings {
+    pub max_prompt_bytes: u64,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub per_vm: u32,
+    pub when_busy: WhenBusy,
+    pub endpoint: Option<providers::Endpoint>,
+    pub cli_home: String,
+    pub cli_path: Option<String>,
+    pub egress_proxy: Option<String>,
+    pub log_bounds: log::LogBounds,
+    /// Finished prompts whose events stay in memory for re-attach.
+    pub retained_runs: usize,
+}
+
+/// The most of an answer's text a prompt record keeps.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;

@@ -529,7 +529,7 @@ impl VmManager {
     }
 
     /// The connected agent of a running VM, reconnecting if the connection dropped.
-    pub(super) async fn agent(&self, vm_id: &str) -> Result<Arc<AgentClient>, VmError> {
+    pub async fn agent(&self, vm_id: &str) -> Result<Arc<AgentClient>, VmError> {
         let slot = self.slot(vm_id);
         let mut live = slot.lock().await;
         if let Some(agent) = live.agent.as_ref().filter(|a| a.is_connected()) {

@@ -196,6 +196,8 @@ pub mod daemon_proc;
 pub mod fake_vmm;
 pub mod firecracker_fake;
 pub mod firecracker_spec;
+pub mod host_agent;
 pub mod local_agent;
 pub mod model_server;
+pub mod sse;
 pub mod vmhost;

@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Behaviour {
     /// Every word, then the end of the message.
     Stream,
-    /// The first word, then nothing, with the connection held open.
+    /// The first word (nothing at all for OpenAI, which sends no words on their own), then
+    /// nothing, with the connection held open.
     Stall,
     /// `500` with a JSON error body.
     Fail,
@@ -78,6 +79,10 @@ impl ModelServer {
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.lock().delay = delay;
     }
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {
@@ -175,21 +180,22 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
     if stream.write_all(head.as_bytes()).await.is_err() {
         return;
     }
-    let events = match api {
-        Api::Anthropic => anthropic(&words),
-        Api::OpenAi => openai(&words),
-        Api::Gemini => gemini(&words),
+    // With `Stall`, how many events go out before the server falls silent.
+    let (events, stall_after) = match api {
+        Api::Anthropic => (anthropic(&words), 3),
+        Api::OpenAi => (openai(&words), 0),
+        Api::Gemini => (gemini(&words), 1),
     };
     for (n, event) in events.iter().enumerate() {
-        if stream.write_all(event.as_bytes()).await.is_err() {
-            return;
-        }
-        let _ = stream.flush().await;
-        if behaviour == Behaviour::Stall && n >= 1 {
+        if behaviour == Behaviour::Stall && n == stall_after {
             // Hold the connection open until the client gives up.
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return;
         }
+        if stream.write_all(event.as_bytes()).await.is_err() {
+            return;
+        }
+        let _ = stream.flush().await;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

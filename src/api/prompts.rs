@@ -1,0 +1,206 @@
+//! `/api/prompts` routes: execute (an SSE stream), re-attach, cancel, status; and a user's
+//! prompt history.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+
+use super::ApiContext;
+use super::endpoint::{Body, Call, body, endpoint};
+use super::error::ApiError;
+use super::views::PromptView;
+use crate::prompts::log::{Next, Reader};
+use crate::prompts::{PromptRequest, PromptRun};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const MAX_HISTORY: usize = 500;
+
+pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
+    let execute = warp::path!("api" / "prompts" / "execute")
+        .and(endpoint(ctx.clone(), Method::POST, "/api/prompts/execute"))
+        .and(body())
+        .then(execute);
+    let stream = warp::path!("api" / "prompts" / String / "stream")
+        .and(endpoint(
+            ctx.clone(),
+            Method::GET,
+            "/api/prompts/:promptId/stream",
+        ))
+        .and(warp::header::optional::<String>("last-event-id"))
+        .then(reattach);
+    let cancel = warp::path!("api" / "prompts" / String / "cancel")
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/prompts/:promptId/cancel",
+        ))
+        .then(cancel);
+    let status = warp::path!("api" / "prompts" / String / "status")
+        .and(endpoint(
+            ctx.clone(),
+            Method::GET,
+            "/api/prompts/:promptId/status",
+        ))
+        .then(status);
+    let history = warp::path!("api" / "users" / String / "prompts")
+        .and(endpoint(
+            ctx.clone(),
+            Method::GET,
+            "/api/users/:userId/prompts",
+        ))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(history);
+    execute
+        .or(stream)
+        .unify()
+        .or(cancel)
+        .unify()
+        .or(status)
+        .unify()
+        .or(history)
+        .unify()
+        .boxed()
+}
+
+/// Cancels the run when its client goes away, if the prompt asked for that; a stream that
+/// delivered the final event leaves the run alone.
+struct Attachment {
+    run: Arc<PromptRun>,
+    reader: Reader,
+    ended: bool,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if !self.ended && self.run.cancel_on_disconnect && !self.run.is_finished() {
+            tracing::info!(prompt = %self.run.id, "client disconnected; cancelling as asked");
+            self.run.cancel.cancel();
+        }
+    }
+}
+
+fn sse(run: Arc<PromptRun>, after: u64) -> Response {
+    let attachment = Attachment {
+        reader: run.reader(after),
+        run,
+        ended: false,
+    };
+    let events = futures_util::stream::unfold(attachment, |mut attachment| async move {
+        let event = match attachment.reader.next().await? {
+            Next::Event(id, event) => {
+                attachment.ended = event.is_final();
+                warp::sse::Event::default()
+                    .id(id.to_string())
+                    .event(event.name())
+                    .data(serde_json::to_string(&*event).unwrap_or_else(|_| "{}".into()))
+            }
+            Next::Missed { from, to } => warp::sse::Event::default().event("metadata").data(
+                json!({"type": "metadata", "kind": "missed", "from": from, "to": to}).to_string(),
+            ),
+        };
+        Some((Ok::<_, Infallible>(event), attachment))
+    });
+    let reply = warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events));
+    warp::reply::with_header(reply, "x-accel-buffering", "no").into_response_inner()
+}
+
+trait IntoResponseInner {
+    fn into_response_inner(self) -> Response;
+}
+
+impl<T: warp::Reply> IntoResponseInner for T {
+    fn into_response_inner(self) -> Response {
+        warp::Reply::into_response(self)
+    }
+}
+
+async fn execute(call: Call, body: Body) -> Response {
+    let result = async {
+        let principal = call.principal()?;
+        let request: PromptRequest = body.json(call.ctx.limits.max_body_bytes).await?;
+        principal.require_user(&request.user_id)?;
+        let run = call.ctx.prompts.execute(request).await?;
+        Ok(sse(run, 0))
+    }
+    .await;
+    call.respond_with(result)
+}
+
+async fn reattach(id: String, call: Call, last_event_id: Option<String>) -> Response {
+    let result = async {
+        let principal = call.principal()?;
+        let prompt = call.ctx.prompts.get(&id).await?;
+        principal.require_user(&prompt.user_id)?;
+        let after = match last_event_id {
+            None => 0,
+            Some(raw) => raw
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid_field("Last-Event-ID", "must be an event id"))?,
+        };
+        let run = call
+            .ctx
+            .prompts
+            .run(&id)
+            .ok_or(crate::prompts::PromptError::NotStreaming(id))?;
+        Ok(sse(run, after))
+    }
+    .await;
+    call.respond_with(result)
+}
+
+async fn cancel(id: String, call: Call) -> Response {
+    let result = async {
+        let principal = call.principal()?;
+        let prompt = call.ctx.prompts.get(&id).await?;
+        principal.require_user(&prompt.user_id)?;
+        Ok(PromptView::from(&call.ctx.prompts.cancel(&id).await?))
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}
+
+async fn status(id: String, call: Call) -> Response {
+    let result = async {
+        let principal = call.principal()?;
+        let prompt = call.ctx.prompts.get(&id).await?;
+        principal.require_user(&prompt.user_id)?;
+        Ok(PromptView::from(&prompt))
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}
+
+async fn history(user_id: String, call: Call, query: HashMap<String, String>) -> Response {
+    let result = async {
+        call.principal()?.require_user(&user_id)?;
+        if let Some(unknown) = query.keys().find(|k| k.as_str() != "limit") {
+            return Err(ApiError::BadRequest {
+                code: "unknown_query_parameter",
+                message: format!("unknown query parameter {unknown:?}; expected limit"),
+            });
+        }
+        let limit = match query.get("limit") {
+            None => 50,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_HISTORY).contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid_field("limit", format!("must be from 1 to {MAX_HISTORY}"))
+                })?,
+        };
+        let prompts = call.ctx.prompts.history(&user_id, limit).await?;
+        let views: Vec<PromptView> = prompts.iter().map(PromptView::from).collect();
+        Ok(json!({ "prompts": views, "total": views.len() }))
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}

@@ -1,0 +1,385 @@
+//! One prompt's run: make sure the user's VM runs, start the provider's CLI through the agent,
+//! translate its output into the run's event log, and settle the record, the metrics and the
+//! events once it ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::events::PromptEvent;
+use super::lines::{LineSplitter, MAX_LINE_BYTES};
+use super::providers::{self, Invocation, Outcome};
+use super::service::{PromptRequest, PromptRun, PromptService};
+use super::{MAX_RESPONSE_BYTES, PromptError, records};
+use crate::guest::client::{ExecEvent, GuestError};
+use crate::guest::messages::ExecRequest;
+use crate::metrics::{PromptLabels, ProviderLabels};
+use crate::model::{PromptStatus, Status, Vm, VmStatus, now_ms};
+use crate::vms::VmError;
+
+/// The most stderr lines passed on as `metadata`; the rest are counted.
+const MAX_STDERR_LINES: usize = 200;
+/// How long a prompt waits for a VM that another operation is creating or saving.
+const VM_SETTLE_DEADLINE: Duration = Duration::from_secs(300);
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How a run ended.
+enum Ending {
+    Completed { usage: Option<serde_json::Value> },
+    Failed { code: String, message: String },
+    Cancelled,
+}
+
+/// What the run gathered for its record.
+#[derive(Default)]
+struct Gathered {
+    response: String,
+    truncated: bool,
+    first_content: Option<Duration>,
+    exit_code: Option<i32>,
+    vm_id: Option<String>,
+}
+
+impl Gathered {
+    fn observe(&mut self, event: &PromptEvent, started: Instant) {
+        if let PromptEvent::Content { text } = event {
+            self.first_content.get_or_insert_with(|| started.elapsed());
+            let room = MAX_RESPONSE_BYTES.saturating_sub(self.response.len());
+            if text.len() > room {
+                self.truncated = true;
+                let mut cut = room;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                self.response.push_str(&text[..cut]);
+            } else {
+                self.response.push_str(text);
+            }
+        }
+    }
+}
+
+fn progress(run: &PromptRun, stage: &str) {
+    run.log
+        .push(PromptEvent::metadata("progress", json!({ "stage": stage })));
+}
+
+pub(super) async fn run(
+    service: &Arc<PromptService>,
+    run: &Arc<PromptRun>,
+    request: PromptRequest,
+    timeout: Duration,
+    turn: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let started = Instant::now();
+    run.log.push(PromptEvent::Connected {
+        prompt_id: run.id.clone(),
+    });
+    let channel = format!("user:{}", run.user_id);
+    service.events.publish(
+        &channel,
+        json!({"event": "prompt_started", "promptId": run.id, "provider": request.provider}),
+    );
+    let mut gathered = Gathered::default();
+    let ending = async {
+        let _permit = match permit {
+            Some(permit) => permit,
+            None => {
+                if turn.available_permits() == 0 {
+                    progress(run, "queued");
+                }
+                tokio::select! {
+                    permit = turn.acquire_owned() => permit.map_err(|_| PromptError::Busy { limit: 0 })?,
+                    _ = run.cancel.cancelled() => return Ok(Ending::Cancelled),
+                }
+            }
+        };
+        execute(service, run, &request, timeout, &mut gathered, started).await
+    }
+    .await;
+    let ending = ending.unwrap_or_else(|e| Ending::Failed {
+        code: error_code(&e).into(),
+        message: e.to_string(),
+    });
+    let duration = started.elapsed();
+    let (status, final_event, error, usage) = match ending {
+        Ending::Completed { usage } => (
+            PromptStatus::Completed,
+            PromptEvent::Done {
+                exit_code: gathered.exit_code,
+                usage: usage.clone(),
+                duration_ms: duration.as_millis() as u64,
+            },
+            None,
+            usage,
+        ),
+        Ending::Cancelled => (
+            PromptStatus::Cancelled,
+            PromptEvent::Done {
+                exit_code: gathered.exit_code,
+                usage: None,
+                duration_ms: duration.as_millis() as u64,
+            },
+            Some("cancelled".to_string()),
+            None,
+        ),
+        Ending::Failed { code, message } => (
+            PromptStatus::Failed,
+            PromptEvent::Error {
+                code,
+                message: message.clone(),
+            },
+            Some(message),
+            None,
+        ),
+    };
+    let record = {
+        let exit_code = gathered.exit_code;
+        let response = std::mem::take(&mut gathered.response);
+        let truncated = gathered.truncated;
+        let first_content = gathered.first_content.map(|d| d.as_millis() as u64);
+        let vm_id = gathered.vm_id.clone();
+        let usage_json = usage.map(|u| u.to_string());
+        records::update(&service.store, &run.id, move |prompt| {
+            prompt.status.transition(status)?;
+            prompt.completed_at_ms = Some(now_ms());
+            prompt.exit_code = exit_code;
+            prompt.error = error;
+            prompt.response_text = response;
+            prompt.response_truncated = truncated;
+            prompt.first_content_ms = first_content;
+            prompt.duration_ms = Some(duration.as_millis() as u64);
+            prompt.usage_json = usage_json;
+            if vm_id.is_some() {
+                prompt.vm_id = vm_id;
+            }
+            Ok(())
+        })
+        .await
+    };
+    if let Err(e) = record {
+        tracing::error!(prompt = %run.id, error = %e, "cannot record a finished prompt");
+    }
+    if let Err(e) = records::count_for_user(&service.store, &run.user_id).await {
+        tracing::warn!(prompt = %run.id, error = %e, "cannot count a prompt on its user");
+    }
+    let provider = request.provider.to_string();
+    service
+        .metrics
+        .prompts
+        .get_or_create(&PromptLabels {
+            provider: provider.clone(),
+            status: status.to_string(),
+        })
+        .inc();
+    let labels = ProviderLabels { provider };
+    service
+        .metrics
+        .prompt_duration
+        .get_or_create(&labels)
+        .observe(duration.as_secs_f64());
+    if let Some(first) = gathered.first_content {
+        service
+            .metrics
+            .prompt_first_content
+            .get_or_create(&labels)
+            .observe(first.as_secs_f64());
+    }
+    run.log.push(final_event);
+    service.events.publish(
+        &channel,
+        json!({"event": "prompt_completed", "promptId": run.id, "status": status,
+            "exitCode": gathered.exit_code}),
+    );
+}
+
+fn error_code(error: &PromptError) -> &'static str {
+    match error {
+        PromptError::Vm(VmError::AgentUnavailable { .. }) => "agent_unavailable",
+        PromptError::Vm(VmError::TooManyVms { .. }) => "vm_limit_reached",
+        PromptError::Vm(VmError::PoolExhausted { .. }) => "ip_pool_exhausted",
+        PromptError::Vm(VmError::NotConfigured(_)) => "vms_not_configured",
+        PromptError::Vm(_) => "vm_unavailable",
+        _ => "internal",
+    }
+}
+
+/// The user's VM, running: resumed if hibernated, created if there is none.
+async fn ensure_vm(service: &PromptService, run: &PromptRun) -> Result<Vm, PromptError> {
+    let deadline = tokio::time::Instant::now() + VM_SETTLE_DEADLINE;
+    loop {
+        let vm = match service.vms.user_vm(&run.user_id).await {
+            Ok(vm) => Some(vm),
+            Err(VmError::NoVm(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match vm {
+            Some(vm) if vm.status == VmStatus::Running => return Ok(vm),
+            Some(vm) if vm.status == VmStatus::Hibernated => {
+                progress(run, "resuming_vm");
+                return Ok(service.vms.resume(&vm.id).await?);
+            }
+            Some(vm) if vm.is_live() => {
+                // Another operation owns it for now (creating, stopping).
+                if tokio::time::Instant::now() > deadline {
+                    return Err(VmError::WrongStatus {
+                        id: vm.id,
+                        op: crate::model::VmOp::Resume,
+                        status: vm.status,
+                    }
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => {
+                progress(run, "creating_vm");
+                return Ok(service.vms.create(&run.user_id).await?);
+            }
+        }
+    }
+}
+
+async fn execute(
+    service: &Arc<PromptService>,
+    run: &Arc<PromptRun>,
+    request: &PromptRequest,
+    timeout: Duration,
+    gathered: &mut Gathered,
+    started: Instant,
+) -> Result<Ending, PromptError> {
+    let vm = ensure_vm(service, run).await?;
+    if run.cancel.is_cancelled() {
+        return Ok(Ending::Cancelled);
+    }
+    gathered.vm_id = Some(vm.id.clone());
+    progress(run, "vm_ready");
+    let vm_id = vm.id.clone();
+    records::update(&service.store, &run.id, move |prompt| {
+        prompt.status.transition(PromptStatus::Streaming)?;
+        prompt.started_at_ms = Some(now_ms());
+        prompt.vm_id = Some(vm_id);
+        Ok(())
+    })
+    .await?;
+    let agent = service.vms.agent(&vm.id).await?;
+    let unavailable = |e: GuestError| {
+        PromptError::Vm(VmError::AgentUnavailable {
+            id: vm.id.clone(),
+            reason: e.to_string(),
+        })
+    };
+    let settings = &service.settings;
+    let command = providers::command(
+        request.provider,
+        &Invocation {
+            prompt: &request.prompt,
+            model: request.model.as_deref(),
+            home: &settings.cli_home,
+            endpoint: settings.endpoint.as_ref(),
+        },
+    );
+    for file in &command.files {
+        agent
+            .write_file(&file.path, file.contents.as_bytes(), file.mode)
+            .await
+            .map_err(unavailable)?;
+    }
+    let mut env = command.env.clone();
+    let path = match &settings.cli_path {
+        Some(extra) => format!("{extra}:{DEFAULT_PATH}"),
+        None => DEFAULT_PATH.to_string(),
+    };
+    env.insert("PATH".into(), path);
+    if let Some(proxy) = &settings.egress_proxy {
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.insert(name.into(), proxy.clone());
+        }
+        env.insert("NO_PROXY".into(), "localhost,127.0.0.1".into());
+    }
+    let exec = agent
+        .exec(ExecRequest {
+            argv: command.argv.clone(),
+            env,
+            cwd: Some(settings.cli_home.clone()),
+            timeout_sec: Some(timeout.as_secs().max(1)),
+            ..ExecRequest::default()
+        })
+        .await;
+    let mut stream = match exec {
+        Ok(stream) => stream,
+        Err(GuestError::Agent(body)) if body.code == "spawn_failed" => {
+            return Ok(Ending::Failed {
+                code: "cli_not_found".into(),
+                message: format!(
+                    "the {} CLI cannot start: {}",
+                    request.provider, body.message
+                ),
+            });
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
+    let mut translator = providers::translator(request.provider);
+    let mut stdout = LineSplitter::new(MAX_LINE_BYTES);
+    let mut stderr = LineSplitter::new(MAX_LINE_BYTES);
+    let mut stderr_lines = 0usize;
+    let mut cancelling = false;
+    let mut timed_out = false;
+    let emit = |events: Vec<PromptEvent>, gathered: &mut Gathered| {
+        for event in events {
+            gathered.observe(&event, started);
+            run.log.push(event);
+        }
+    };
+    loop {
+        let event = tokio::select! {
+            _ = run.cancel.cancelled(), if !cancelling => {
+                cancelling = true;
+                agent.cancel(stream.id).await.map_err(unavailable)?;
+                continue;
+            }
+            event = stream.next() => event,
+        };
+        match event {
+            None => break,
+            Some(Ok(ExecEvent::Stdout(chunk))) => {
+                for line in stdout.push(&chunk) {
+                    emit(translator.line(&line), gathered);
+                }
+            }
+            Some(Ok(ExecEvent::Stderr(chunk))) => {
+                for line in stderr.push(&chunk) {
+                    stderr_lines += 1;
+                    if stderr_lines <= MAX_STDERR_LINES && !line.trim().is_empty() {
+                        run.log
+                            .push(PromptEvent::metadata("stderr", json!({ "line": line })));
+                    }
+                }
+            }
+            Some(Ok(ExecEvent::Exit(status))) => {
+                gathered.exit_code = status.code;
+                timed_out = status.timed_out;
+            }
+            Some(Err(e)) => return Err(unavailable(e)),
+        }
+    }
+    if let Some(line) = stdout.finish() {
+        emit(translator.line(&line), gathered);
+    }
+    if cancelling {
+        return Ok(Ending::Cancelled);
+    }
+    if timed_out {
+        return Ok(Ending::Failed {
+            code: "timeout".into(),
+            message: format!("the prompt ran past its {} s timeout", timeout.as_secs()),
+        });
+    }
+    Ok(match translator.finish(gathered.exit_code) {
+        Outcome::Success { usage } => Ending::Completed { usage },
+        Outcome::Failure { code, message } => Ending::Failed { code, message },
+    })
+}

@@ -1,0 +1,261 @@
+//! The prompt service: checks a request, records the prompt, and starts its run; keeps each
+//! run's event log for streams to read and re-attach to; cancels runs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::log::{EventLog, Reader};
+use super::{PromptError, PromptSettings, records};
+use crate::config::WhenBusy;
+use crate::events::EventHub;
+use crate::metrics::Metrics;
+use crate::model::{Prompt, PromptStatus, Provider, now_ms};
+use crate::store::Store;
+use crate::vms::VmService;
+
+/// The body of `POST /api/prompts/execute`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PromptRequest {
+    pub user_id: String,
+    pub provider: Provider,
+    pub prompt: String,
+    pub model: Option<String>,
+    pub timeout_sec: Option<u64>,
+    #[serde(default)]
+    pub cancel_on_disconnect: bool,
+}
+
+/// A prompt being run (or recently run): its events, and the means to stop it.
+pub struct PromptRun {
+    pub id: String,
+    pub user_id: String,
+    pub log: Arc<EventLog>,
+    pub cancel: CancellationToken,
+    pub cancel_on_disconnect: bool,
+    finished: AtomicBool,
+}
+
+impl PromptRun {
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    pub(super) fn mark_finished(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+
+    /// A stream of this run's events after `last_event_id`.
+    pub fn reader(&self, last_event_id: u64) -> Reader {
+        self.log.reader(last_event_id)
+    }
+}
+
+pub struct PromptService {
+    pub(super) store: Store,
+    pub(super) vms: VmService,
+    pub(super) events: EventHub,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) settings: PromptSettings,
+    runs: Mutex<HashMap<String, Arc<PromptRun>>>,
+    /// Finished runs, oldest first, evicted past `retained_runs`.
+    finished: Mutex<VecDeque<String>>,
+    /// One semaphore per user (one CLI VM per user), `per_vm` permits each.
+    turns: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tracker: TaskTracker,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PromptService {
+    pub fn new(
+        store: Store,
+        vms: VmService,
+        events: EventHub,
+        metrics: Arc<Metrics>,
+        settings: PromptSettings,
+        tracker: TaskTracker,
+    ) -> Arc<PromptService> {
+        Arc::new(PromptService {
+            store,
+            vms,
+            events,
+            metrics,
+            settings,
+            runs: Mutex::new(HashMap::new()),
+            finished: Mutex::new(VecDeque::new()),
+            turns: Mutex::new(HashMap::new()),
+            tracker,
+        })
+    }
+
+    fn validate(&self, request: &PromptRequest) -> Result<Duration, PromptError> {
+        let invalid = |field, reason: String| PromptError::Invalid { field, reason };
+        if request.prompt.trim().is_empty() {
+            return Err(invalid("prompt", "must not be empty".into()));
+        }
+        if request.prompt.len() as u64 > self.settings.max_prompt_bytes {
+            return Err(invalid(
+                "prompt",
+                format!(
+                    "is {} bytes; the limit is {} (MC_MAX_PROMPT_BYTES)",
+                    request.prompt.len(),
+                    self.settings.max_prompt_bytes
+                ),
+            ));
+        }
+        if request.prompt.contains('\0') {
+            return Err(invalid("prompt", "must not contain NUL".into()));
+        }
+        if let Some(model) = &request.model {
+            let plain = !model.is_empty()
+                && model.len() <= 100
+                && model
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._:/@".contains(&b));
+            if !plain {
+                return Err(invalid("model", format!("{model:?} is not a model name")));
+            }
+        }
+        match request.timeout_sec {
+            None => Ok(self.settings.default_timeout),
+            Some(secs) if secs >= 1 && Duration::from_secs(secs) <= self.settings.max_timeout => {
+                Ok(Duration::from_secs(secs))
+            }
+            Some(_) => Err(invalid(
+                "timeoutSec",
+                format!(
+                    "must be from 1 to {} (MC_PROMPT_MAX_TIMEOUT_SECS)",
+                    self.settings.max_timeout.as_secs()
+                ),
+            )),
+        }
+    }
+
+    fn turn(&self, user_id: &str) -> Arc<Semaphore> {
+        lock(&self.turns)
+            .entry(user_id.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_vm as usize)))
+            .clone()
+    }
+
+    /// Records the prompt and starts it; the run's log starts with `connected`.
+    pub async fn execute(
+        self: &Arc<Self>,
+        request: PromptRequest,
+    ) -> Result<Arc<PromptRun>, PromptError> {
+        let timeout = self.validate(&request)?;
+        let turn = self.turn(&request.user_id);
+        let permit: Option<OwnedSemaphorePermit> = match self.settings.when_busy {
+            WhenBusy::Reject => {
+                Some(
+                    turn.clone()
+                        .try_acquire_owned()
+                        .map_err(|_| PromptError::Busy {
+                            limit: self.settings.per_vm,
+                        })?,
+                )
+            }
+            WhenBusy::Queue => None,
+        };
+        let now = now_ms();
+        let prompt = records::insert(
+            &self.store,
+            Prompt {
+                id: uuid::Uuid::now_v7().to_string(),
+                user_id: request.user_id.clone(),
+                vm_id: None,
+                provider: request.provider,
+                status: PromptStatus::Pending,
+                created_at_ms: now,
+                started_at_ms: None,
+                completed_at_ms: None,
+                exit_code: None,
+                error: None,
+                version: 1,
+                model: request.model.clone(),
+                prompt_bytes: request.prompt.len() as u64,
+                response_text: String::new(),
+                response_truncated: false,
+                first_content_ms: None,
+                duration_ms: None,
+                usage_json: None,
+            },
+        )
+        .await?;
+        let run = Arc::new(PromptRun {
+            id: prompt.id.clone(),
+            user_id: prompt.user_id.clone(),
+            log: EventLog::new(self.settings.log_bounds),
+            cancel: CancellationToken::new(),
+            cancel_on_disconnect: request.cancel_on_disconnect,
+            finished: AtomicBool::new(false),
+        });
+        lock(&self.runs).insert(run.id.clone(), run.clone());
+        let service = self.clone();
+        let task_run = run.clone();
+        self.tracker.spawn(async move {
+            super::runner::run(&service, &task_run, request, timeout, turn, permit).await;
+            task_run.mark_finished();
+            service.retire(&task_run.id);
+        });
+        Ok(run)
+    }
+
+    /// Keeps a finished run's events for re-attach, within the bound.
+    fn retire(&self, id: &str) {
+        let mut finished = lock(&self.finished);
+        finished.push_back(id.to_string());
+        while finished.len() > self.settings.retained_runs {
+            if let Some(old) = finished.pop_front() {
+                lock(&self.runs).remove(&old);
+            }
+        }
+    }
+
+    /// The run of a prompt whose events are still in memory.
+    pub fn run(&self, id: &str) -> Option<Arc<PromptRun>> {
+        lock(&self.runs).get(id).cloned()
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Prompt, PromptError> {
+        records::get(&self.store, id).await
+    }
+
+    pub async fn history(&self, user_id: &str, limit: usize) -> Result<Vec<Prompt>, PromptError> {
+        records::for_user(&self.store, user_id, limit).await
+    }
+
+    /// Stops a running prompt; its streams end with `done` and its record says `cancelled`.
+    pub async fn cancel(&self, id: &str) -> Result<Prompt, PromptError> {
+        let prompt = self.get(id).await?;
+        if matches!(
+            prompt.status,
+            PromptStatus::Completed | PromptStatus::Failed | PromptStatus::Cancelled
+        ) {
+            return Err(PromptError::Finished {
+                id: prompt.id,
+                status: prompt.status,
+            });
+        }
+        let run = self
+            .run(id)
+            .ok_or_else(|| PromptError::NotStreaming(id.to_string()))?;
+        run.cancel.cancel();
+        // The run settles the record once the process group is gone.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !run.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.get(id).await
+    }
+}

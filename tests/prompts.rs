@@ -1,0 +1,467 @@
+//! Prompts through the daemon's whole HTTP/SSE path with the real CLIs (the versions pinned in
+//! `image/cli-tools.txt`) against the fake model server. The VMs are the real `vm-agent` run
+//! as host processes (`support::host_agent`): the Node-based CLIs are too heavy for the small
+//! guest image. The process first moves into network and UTS namespaces of its own, since the
+//! agent configures `eth0` (a bridge with no ports here) and sets the hostname.
+//!
+//! Needs root and `MC_TEST_CLI_TOOLS` (set by scripts/test.sh); without them it says so and
+//! skips, unless `MC_REQUIRE_GUESTS=1`.
+
+mod support;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use master_controller::vms::VmHost;
+use serde_json::{Value, json};
+use support::fake_vmm::FakeNetlink;
+use support::host_agent::HostAgentHypervisor;
+use support::model_server::{Behaviour, ModelServer};
+use support::sse::{Frame, SseStream};
+use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
+
+const WORDS: [&str; 5] = ["Hello", " from", " the", " fake", " model."];
+
+struct World {
+    daemon: TestDaemon,
+    server: ModelServer,
+    http: reqwest::Client,
+    users: u32,
+    _home: tempfile::TempDir,
+}
+
+impl World {
+    async fn user(&mut self) -> String {
+        self.users += 1;
+        self.daemon
+            .create_user(&format!("prompter-{}@example.com", self.users))
+            .await
+    }
+
+    async fn execute(&self, body: Value, token: &str) -> SseStream {
+        let response = self
+            .http
+            .post(self.daemon.url("/api/prompts/execute"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("execute");
+        SseStream::new(response)
+    }
+
+    async fn reattach(&self, prompt_id: &str, last_event_id: u64) -> SseStream {
+        let response = self
+            .http
+            .get(self.daemon.url(&format!("/api/prompts/{prompt_id}/stream")))
+            .bearer_auth(SERVICE_TOKEN)
+            .header("last-event-id", last_event_id.to_string())
+            .send()
+            .await
+            .expect("re-attach");
+        SseStream::new(response)
+    }
+
+    async fn status(&self, prompt_id: &str) -> Value {
+        let reply = self
+            .daemon
+            .call(
+                "GET",
+                &format!("/api/prompts/{prompt_id}/status"),
+                Some(SERVICE_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        reply.json
+    }
+}
+
+fn text(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.kind() == "content")
+        .filter_map(|f| f.data["text"].as_str())
+        .collect()
+}
+
+fn prompt_id(frames: &[Frame]) -> String {
+    let connected = frames.first().expect("a first frame");
+    assert_eq!(connected.kind(), "connected", "{connected:?}");
+    connected.data["promptId"]
+        .as_str()
+        .expect("promptId")
+        .to_string()
+}
+
+/// Every frame has an `event:` name equal to its type and ids rise by one.
+fn assert_framing(frames: &[Frame]) {
+    for pair in frames.windows(2) {
+        assert_eq!(pair[1].id, pair[0].id.map(|id| id + 1), "{pair:?}");
+    }
+    for frame in frames {
+        assert_eq!(frame.event.as_deref(), Some(frame.kind()), "{frame:?}");
+    }
+}
+
+async fn each_cli_streams_its_answer(world: &mut World) {
+    let user = world.user().await;
+    for provider in ["claude_code", "codex", "gemini_cli"] {
+        let started = Instant::now();
+        let stream = world
+            .execute(
+                json!({"userId": user, "provider": provider, "prompt": "-v: say hello"}),
+                SERVICE_TOKEN,
+            )
+            .await;
+        assert_eq!(stream.status, 200);
+        assert!(stream.content_type.starts_with("text/event-stream"));
+        let frames = stream.collect().await;
+        eprintln!(
+            "    {provider}: {} frames in {:.1} s",
+            frames.len(),
+            started.elapsed().as_secs_f64()
+        );
+        assert_framing(&frames);
+        let id = prompt_id(&frames);
+        assert_eq!(text(&frames), WORDS.concat(), "{provider}: {frames:?}");
+        let done = frames.last().expect("a last frame");
+        assert_eq!(done.kind(), "done", "{provider}: {done:?}");
+        assert_eq!(done.data["exitCode"], 0);
+        let record = world.status(&id).await;
+        assert_eq!(record["status"], "completed");
+        assert_eq!(record["responseText"], WORDS.concat());
+        assert_eq!(record["provider"], provider);
+    }
+    let history = world
+        .daemon
+        .call(
+            "GET",
+            &format!("/api/users/{user}/prompts?limit=2"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(history.json["total"], 2);
+    assert_eq!(
+        history.json["prompts"][0]["provider"], "gemini_cli",
+        "newest first"
+    );
+    let user_record = world
+        .daemon
+        .call(
+            "GET",
+            &format!("/api/users/{user}"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(user_record.json["promptCount"], 3, "{:?}", user_record.json);
+    let metrics = world
+        .daemon
+        .call("GET", "/metrics", Some(ADMIN_TOKEN), None)
+        .await;
+    let text = metrics.json.as_str().unwrap_or_default();
+    assert!(
+        text.contains("polydev_prompts_total{provider=\"codex\",status=\"completed\"} 1"),
+        "counted once per prompt"
+    );
+    assert!(
+        text.contains("polydev_prompt_first_content_seconds_count{provider=\"claude_code\"} 1")
+    );
+}
+
+async fn the_first_prompt_creates_the_vm_and_a_hibernated_one_resumes(world: &mut World) {
+    let user = world.user().await;
+    let body = json!({"userId": user, "provider": "codex", "prompt": "hello"});
+    let frames = world
+        .execute(body.clone(), SERVICE_TOKEN)
+        .await
+        .collect()
+        .await;
+    let stages: Vec<&str> = frames
+        .iter()
+        .filter(|f| f.data["kind"] == "progress")
+        .filter_map(|f| f.data["stage"].as_str())
+        .collect();
+    assert!(
+        stages.starts_with(&["creating_vm", "vm_ready"]),
+        "{stages:?}"
+    );
+    let hibernate = world
+        .daemon
+        .call(
+            "POST",
+            &format!("/api/users/{user}/vm/hibernate"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(hibernate.status, 200, "{:?}", hibernate.json);
+    let frames = world.execute(body, SERVICE_TOKEN).await.collect().await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.data["kind"] == "progress" && f.data["stage"] == "resuming_vm"),
+        "{frames:?}"
+    );
+    assert_eq!(text(&frames), WORDS.concat());
+}
+
+async fn a_dropped_stream_re_attaches_without_gaps_or_duplicates(world: &mut World) {
+    world.server.set_delay(Duration::from_millis(300));
+    let user = world.user().await;
+    let mut stream = world
+        .execute(
+            json!({"userId": user, "provider": "claude_code", "prompt": "slowly"}),
+            SERVICE_TOKEN,
+        )
+        .await;
+    let mut first = Vec::new();
+    while let Some(frame) = stream.next().await {
+        let is_content = frame.kind() == "content";
+        first.push(frame);
+        if is_content {
+            break;
+        }
+    }
+    drop(stream);
+    let id = prompt_id(&first);
+    let last = first.last().and_then(|f| f.id).expect("an id");
+    let rest = world.reattach(&id, last).await.collect().await;
+    world.server.set_delay(Duration::from_millis(20));
+    let mut all = first.clone();
+    all.extend(rest);
+    assert_framing(&all);
+    assert_eq!(text(&all), WORDS.concat());
+    assert_eq!(all.last().map(|f| f.kind()), Some("done"));
+    let record = world.status(&id).await;
+    assert_eq!(
+        record["status"], "completed",
+        "a disconnect never kills the prompt"
+    );
+}
+
+async fn cancel_and_timeout_and_failures(world: &mut World) {
+    // Cancel: the model server stalls, the CLI waits, the cancel stops it.
+    let user = world.user().await;
+    world.server.set_behaviour(Behaviour::Stall);
+    let mut stream = world
+        .execute(
+            json!({"userId": user, "provider": "claude_code", "prompt": "stall"}),
+            SERVICE_TOKEN,
+        )
+        .await;
+    let connected = stream.next().await.expect("connected");
+    let id = connected.data["promptId"].as_str().expect("id").to_string();
+    while let Some(frame) = stream.next().await {
+        if frame.kind() == "content" {
+            break;
+        }
+    }
+    let busy = world
+        .execute(
+            json!({"userId": user, "provider": "codex", "prompt": "second"}),
+            SERVICE_TOKEN,
+        )
+        .await;
+    assert_eq!(busy.status, 429, "one running prompt per VM");
+    let started = Instant::now();
+    let cancelled = world
+        .daemon
+        .call(
+            "POST",
+            &format!("/api/prompts/{id}/cancel"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
+    eprintln!("    cancel answered after {:?}", started.elapsed());
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.json);
+    assert_eq!(cancelled.json["status"], "cancelled");
+    let rest = stream.collect().await;
+    assert_eq!(rest.last().map(|f| f.kind()), Some("done"), "{rest:?}");
+
+    // Timeout: the stall outlasts a 2 s limit.
+    let frames = world
+        .execute(
+            json!({"userId": user, "provider": "gemini_cli", "prompt": "stall", "timeoutSec": 2}),
+            SERVICE_TOKEN,
+        )
+        .await
+        .collect()
+        .await;
+    let last = frames.last().expect("frames");
+    assert_eq!(last.kind(), "error", "{last:?}");
+    assert_eq!(last.data["code"], "timeout");
+    assert_eq!(world.status(&prompt_id(&frames)).await["status"], "failed");
+
+    // A model server that answers 500: the CLI's own error, recorded.
+    world.server.set_behaviour(Behaviour::Fail);
+    for provider in ["claude_code", "codex", "gemini_cli"] {
+        let frames = world
+            .execute(
+                json!({"userId": user, "provider": provider, "prompt": "fail"}),
+                SERVICE_TOKEN,
+            )
+            .await
+            .collect()
+            .await;
+        let last = frames.last().expect("frames");
+        assert_eq!(last.kind(), "error", "{provider}: {last:?}");
+        let record = world.status(&prompt_id(&frames)).await;
+        assert_eq!(record["status"], "failed");
+        assert_eq!(record["error"], last.data["message"]);
+    }
+    world.server.set_behaviour(Behaviour::Stream);
+
+    // Bad requests.
+    let other = world.user().await;
+    let token = world.daemon.user_token(&other).await;
+    let forbidden = world
+        .execute(
+            json!({"userId": user, "provider": "codex", "prompt": "x"}),
+            &token,
+        )
+        .await;
+    assert_eq!(forbidden.status, 403);
+    let unknown = world
+        .execute(
+            json!({"userId": user, "provider": "cursor", "prompt": "x"}),
+            SERVICE_TOKEN,
+        )
+        .await;
+    assert_eq!(unknown.status, 400);
+    let empty = world
+        .execute(
+            json!({"userId": user, "provider": "codex", "prompt": " "}),
+            SERVICE_TOKEN,
+        )
+        .await;
+    assert_eq!(empty.status, 400);
+}
+
+type Case = for<'a> fn(&'a mut World) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+fn main() -> ExitCode {
+    let tools = std::env::var("MC_TEST_CLI_TOOLS").ok().filter(|dir| {
+        std::path::Path::new(dir)
+            .join("node_modules/.bin/claude")
+            .exists()
+    });
+    let missing = if !nix::unistd::geteuid().is_root() {
+        Some("needs root for network and UTS namespaces".to_string())
+    } else if tools.is_none() {
+        Some("MC_TEST_CLI_TOOLS does not name installed CLIs (scripts/install-cli-tools.sh)".into())
+    } else {
+        None
+    };
+    if let Some(reason) = missing {
+        if std::env::var("MC_REQUIRE_GUESTS").as_deref() == Ok("1") {
+            eprintln!("prompts: cannot run: {reason}");
+            println!("0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+        eprintln!("prompts: SKIPPED, {reason}");
+        println!("0 passed, 0 failed, 1 skipped");
+        return ExitCode::SUCCESS;
+    }
+    let tools = tools.unwrap_or_default();
+    nix::sched::unshare(
+        nix::sched::CloneFlags::CLONE_NEWNET | nix::sched::CloneFlags::CLONE_NEWUTS,
+    )
+    .expect("unshare");
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["link", "add", "eth0", "type", "bridge"],
+    ] {
+        let ok = Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let home = tempfile::tempdir().expect("home");
+    let mut world = runtime.block_on(async {
+        let server = ModelServer::start(&WORDS, Duration::from_millis(20)).await;
+        let host = VmHost {
+            hypervisor: Arc::new(HostAgentHypervisor::default()),
+            netlink: Arc::new(FakeNetlink::default()),
+        };
+        let base_url = server.base_url();
+        let cli_home = home.path().display().to_string();
+        let cli_path = format!("{tools}/node_modules/.bin");
+        let daemon = TestDaemon::start_with_host(
+            &[
+                ("GOLDEN_KERNEL", "/host-agent/none"),
+                ("MC_VM_DATA_DISK_MIB", "8"),
+                ("MC_VM_VCPUS", "1"),
+                ("MC_VM_MEMORY_MIB", "256"),
+                ("MC_MODEL_BASE_URL", base_url.as_str()),
+                ("MC_MODEL_API_KEY", "test-model-key"),
+                ("MC_CLI_HOME", cli_home.as_str()),
+                ("MC_CLI_PATH", cli_path.as_str()),
+                ("MC_RATE_LIMIT_PER_SECOND", "1000"),
+                ("MC_RATE_LIMIT_BURST", "1000"),
+            ],
+            Some(host),
+        )
+        .await;
+        World {
+            daemon,
+            server,
+            http: reqwest::Client::new(),
+            users: 0,
+            _home: home,
+        }
+    });
+    let cases: Vec<(&str, Case)> = vec![
+        ("each real CLI streams its answer through the daemon", |w| {
+            Box::pin(each_cli_streams_its_answer(w))
+        }),
+        (
+            "the first prompt creates the VM; a hibernated one is resumed",
+            |w| Box::pin(the_first_prompt_creates_the_vm_and_a_hibernated_one_resumes(w)),
+        ),
+        ("a dropped stream re-attaches with Last-Event-ID", |w| {
+            Box::pin(a_dropped_stream_re_attaches_without_gaps_or_duplicates(w))
+        }),
+        (
+            "cancel, 429, timeout, a failing model server, bad requests",
+            |w| Box::pin(cancel_and_timeout_and_failures(w)),
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        let started = Instant::now();
+        match runtime.block_on(AssertUnwindSafe(case(&mut world)).catch_unwind()) {
+            Ok(()) => {
+                println!(
+                    "test {name} ... ok ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                passed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
