@@ -162,6 +162,20 @@ async fn each_cli_streams_its_answer(world: &mut World) {
         )
         .await;
     assert_eq!(user_record.json["promptCount"], 3, "{:?}", user_record.json);
+    let stats = world
+        .daemon
+        .call(
+            "GET",
+            &format!("/api/users/{user}/stats"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
+    for provider in ["claude_code", "codex", "gemini_cli"] {
+        let by = &stats.json["promptsByProvider"][provider];
+        assert_eq!(by["byStatus"]["completed"], 1, "{:?}", stats.json);
+        assert!(by["averageDurationMs"].as_u64().is_some_and(|ms| ms > 0));
+    }
     let metrics = world
         .daemon
         .call("GET", "/metrics", Some(ADMIN_TOKEN), None)

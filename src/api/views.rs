@@ -117,6 +117,7 @@ pub struct UserStatsView {
     pub prompt_count: u64,
     pub vms_by_status: BTreeMap<String, u64>,
     pub prompts_by_status: BTreeMap<String, u64>,
+    pub prompts_by_provider: BTreeMap<String, crate::users::ProviderStats>,
     pub auth_sessions: u64,
     pub last_active_at: Option<String>,
 }
@@ -130,6 +131,7 @@ impl From<&UserStats> for UserStatsView {
             prompt_count: s.user.prompt_count,
             vms_by_status: s.vms_by_status.clone(),
             prompts_by_status: s.prompts_by_status.clone(),
+            prompts_by_provider: s.prompts_by_provider.clone(),
             auth_sessions: s.auth_sessions,
             last_active_at: s.user.last_active_at_ms.map(rfc3339),
         }

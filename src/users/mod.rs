@@ -48,7 +48,18 @@ pub struct UserStats {
     pub user: User,
     pub vms_by_status: BTreeMap<String, u64>,
     pub prompts_by_status: BTreeMap<String, u64>,
+    pub prompts_by_provider: BTreeMap<String, ProviderStats>,
     pub auth_sessions: u64,
+}
+
+/// One provider's prompts of a user: counts by status and the durations of finished ones.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderStats {
+    pub by_status: BTreeMap<String, u64>,
+    pub total_duration_ms: u64,
+    pub average_duration_ms: Option<u64>,
+    pub max_duration_ms: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -172,12 +183,30 @@ impl UserService {
                     }
                 }
                 let mut prompts_by_status = BTreeMap::new();
+                let mut prompts_by_provider: BTreeMap<String, ProviderStats> = BTreeMap::new();
+                let mut timed: BTreeMap<String, u64> = BTreeMap::new();
                 for prompt in store::all(&tx.open_table(tables::PROMPTS)?)? {
-                    if prompt.user_id == id {
-                        *prompts_by_status
-                            .entry(prompt.status.to_string())
-                            .or_insert(0) += 1;
+                    if prompt.user_id != id {
+                        continue;
                     }
+                    *prompts_by_status
+                        .entry(prompt.status.to_string())
+                        .or_insert(0) += 1;
+                    let provider = prompt.provider.to_string();
+                    let stats = prompts_by_provider.entry(provider.clone()).or_default();
+                    *stats
+                        .by_status
+                        .entry(prompt.status.to_string())
+                        .or_insert(0) += 1;
+                    if let Some(ms) = prompt.duration_ms {
+                        stats.total_duration_ms += ms;
+                        stats.max_duration_ms = Some(stats.max_duration_ms.unwrap_or(0).max(ms));
+                        *timed.entry(provider).or_insert(0) += 1;
+                    }
+                }
+                for (provider, stats) in prompts_by_provider.iter_mut() {
+                    let n = timed.get(provider).copied().unwrap_or(0);
+                    stats.average_duration_ms = (n > 0).then(|| stats.total_duration_ms / n);
                 }
                 let auth_sessions = store::all(&tx.open_table(tables::AUTH_SESSIONS)?)?
                     .iter()
@@ -187,6 +216,7 @@ impl UserService {
                     user,
                     vms_by_status,
                     prompts_by_status,
+                    prompts_by_provider,
                     auth_sessions,
                 })
             })
