@@ -126,7 +126,8 @@ inputs_hash=$(
     echo "busybox $busybox_version"
     echo "modules ${MODULES[*]}"
     sha256sum "$agent_bin" | cut -d' ' -f1
-    cat "${BASH_SOURCE[0]}" "$IMAGE_DIR/init" "$IMAGE_DIR/extract-vmlinux.py" "$IMAGE_DIR/module-deps.py"
+    cat "${BASH_SOURCE[0]}" "$IMAGE_DIR/init" "$IMAGE_DIR/extract-vmlinux.py" "$IMAGE_DIR/module-deps.py" \
+      "$IMAGE_DIR/test-cli/claude"
   } | sha256sum | cut -d' ' -f1
 )
 
@@ -176,7 +177,7 @@ progress "extracting vmlinux from $(basename "$vmlinuz")"
 
 progress "assembling the initramfs"
 root=$work/root
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,lib/modules,etc,dev,proc,sys,tmp,run,data,root}
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,lib/modules,etc,dev,proc,sys,tmp,run,data,root}
 cp "$BUSYBOX" "$root/bin/busybox"
 # Links made at build time, so /init can use applets before anything is mounted.
 "$BUSYBOX" --list-full | while read -r applet; do
@@ -194,6 +195,9 @@ progress "  modules: $(paste -sd' ' "$root/lib/modules/load-order")"
 
 install -m 0755 "$agent_bin" "$root/sbin/vm-agent"
 install -m 0755 "$IMAGE_DIR/init" "$root/init"
+# A scripted stand-in for Claude Code, so prompts can run through a real guest (the real CLIs are
+# too heavy for this image).
+install -m 0755 "$IMAGE_DIR/test-cli/claude" "$root/usr/local/bin/claude"
 echo "mc-guest" >"$root/etc/hostname"
 # The kernel gives init a console only if the node exists before devtmpfs is mounted. Making it
 # needs CAP_MKNOD; without it /init still reopens the console after mounting devtmpfs.

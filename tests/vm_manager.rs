@@ -12,6 +12,8 @@ mod support;
 mod golden;
 #[path = "vm_manager/lifecycle.rs"]
 mod lifecycle;
+#[path = "vm_manager/prompts.rs"]
+mod prompts;
 #[path = "vm_manager/recovery.rs"]
 mod recovery;
 #[path = "vm_manager/world.rs"]
@@ -107,6 +109,10 @@ fn main() -> ExitCode {
         (
             "pool of 3: a 4th create is refused, a hibernated IP is reclaimed",
             |w| Box::pin(recovery::pool_pressure(w)),
+        ),
+        (
+            "a prompt resumes the hibernated VM and streams; a missing CLI is a clear error",
+            |w| Box::pin(prompts::a_prompt_resumes_the_vm_and_streams(w)),
         ),
         (
             "two VMs from a golden snapshot: own address, MAC, hostname, token",
