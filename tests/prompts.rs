@@ -278,6 +278,10 @@ async fn cancel_and_timeout_and_failures(world: &mut World) {
             break;
         }
     }
+    // Nothing moves while the model stalls: the stream stays alive with a comment every 15 s.
+    let quiet = tokio::time::timeout(Duration::from_secs(17), stream.next()).await;
+    assert!(quiet.is_err(), "no event while the model stalls");
+    assert!(stream.comments >= 1, "a keep-alive comment within 17 s");
     let busy = world
         .execute(
             json!({"userId": user, "provider": "codex", "prompt": "second"}),
@@ -334,6 +338,32 @@ async fn cancel_and_timeout_and_failures(world: &mut World) {
     }
     world.server.set_behaviour(Behaviour::Stream);
 
+    // A client that leaves a prompt it asked to be cancelled on disconnect cancels it.
+    world.server.set_behaviour(Behaviour::Stall);
+    let mut stream = world
+        .execute(
+            json!({"userId": user, "provider": "claude_code", "prompt": "stall",
+                "cancelOnDisconnect": true}),
+            SERVICE_TOKEN,
+        )
+        .await;
+    let id = stream.next().await.expect("connected").data["promptId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    while let Some(frame) = stream.next().await {
+        if frame.kind() == "content" {
+            break;
+        }
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while world.status(&id).await["status"] != "cancelled" {
+        assert!(Instant::now() < deadline, "cancelled after the disconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    world.server.set_behaviour(Behaviour::Stream);
+
     // Bad requests.
     let other = world.user().await;
     let token = world.daemon.user_token(&other).await;
@@ -358,6 +388,63 @@ async fn cancel_and_timeout_and_failures(world: &mut World) {
         )
         .await;
     assert_eq!(empty.status, 400);
+    let huge = world
+        .execute(
+            json!({"userId": user, "provider": "codex", "prompt": "x".repeat(40_000)}),
+            SERVICE_TOKEN,
+        )
+        .await;
+    assert_eq!(huge.status, 400, "over MC_MAX_PROMPT_BYTES");
+}
+
+async fn prompt_events_reach_the_websocket(world: &mut World) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let user = world.user().await;
+    let mut request = world
+        .daemon
+        .url("/ws")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {SERVICE_TOKEN}").parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+    let subscribe = json!({"type": "subscribe", "payload": {"channel": format!("user:{user}")}});
+    socket
+        .send(Message::text(subscribe.to_string()))
+        .await
+        .expect("subscribe");
+    let frames = world
+        .execute(
+            json!({"userId": user, "provider": "codex", "prompt": "hello"}),
+            SERVICE_TOKEN,
+        )
+        .await
+        .collect()
+        .await;
+    let id = prompt_id(&frames);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_secs(1), socket.next()).await
+        else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&text).unwrap_or_default();
+        if value["data"]["promptId"] == id.as_str() {
+            seen.push(value["data"].clone());
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0]["event"], "prompt_started");
+    assert_eq!(seen[1]["event"], "prompt_completed");
+    assert_eq!(seen[1]["status"], "completed");
+    assert_eq!(seen[1]["exitCode"], 0);
 }
 
 type Case = for<'a> fn(&'a mut World) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
@@ -453,6 +540,10 @@ fn main() -> ExitCode {
         (
             "cancel, 429, timeout, a failing model server, bad requests",
             |w| Box::pin(cancel_and_timeout_and_failures(w)),
+        ),
+        (
+            "prompt_started and prompt_completed reach the WebSocket",
+            |w| Box::pin(prompt_events_reach_the_websocket(w)),
         ),
     ];
     let (mut passed, mut failed) = (0, 0);

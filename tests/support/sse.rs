@@ -21,6 +21,8 @@ pub struct SseStream {
     buffer: String,
     pub status: u16,
     pub content_type: String,
+    /// Comment frames (keep-alives) seen so far.
+    pub comments: usize,
 }
 
 impl SseStream {
@@ -37,6 +39,7 @@ impl SseStream {
             buffer: String::new(),
             status,
             content_type,
+            comments: 0,
         }
     }
 
@@ -61,6 +64,9 @@ impl SseStream {
                     }
                 }
                 if data.is_empty() {
+                    if raw.starts_with(':') {
+                        self.comments += 1;
+                    }
                     continue;
                 }
                 frame.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
