@@ -33,6 +33,8 @@ impl HostAgentHypervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // The test's runtime ends these agents with it: nothing is left on the host.
+            .kill_on_drop(true)
             .spawn()
             .map_err(|source| VmmError::Spawn {
                 binary: "vm-agent".into(),
