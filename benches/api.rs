@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use master_controller::store::Store;
 use master_controller::users::{NewUser, UserService};
+use support::stats::{ms, percentile};
 use support::{SERVICE_TOKEN, TestDaemon};
 use tokio::sync::Mutex;
 
@@ -19,15 +20,6 @@ struct Row {
     name: String,
     samples: Vec<Duration>,
     wall: Duration,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 impl Row {

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use master_controller::vms::VmHost;
 use serde_json::json;
 use support::fake_vmm::FakeNetlink;
-use support::host_agent::HostAgentHypervisor;
+use support::host_agent::{self, HostAgentHypervisor};
 use support::sse::SseStream;
-use support::{SERVICE_TOKEN, TestDaemon};
+use support::stats::{ms, percentile};
+use support::{SERVICE_TOKEN, TestDaemon, harness};
 
 /// The prompt that makes this binary the fake CLI: `bench <lines> <interval ms>`.
 const MARK: &str = "--prompt=bench ";
@@ -57,15 +58,6 @@ fn fake_cli(spec: &str) {
         out,
         r#"{{"type":"result","status":"success","stats":{{}}}}"#
     );
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 fn latency_of(text: &str) -> Option<Duration> {
@@ -136,26 +128,8 @@ fn main() {
         eprintln!("prompt_stream: needs root for private network and UTS namespaces");
         std::process::exit(1);
     }
-    nix::sched::unshare(
-        nix::sched::CloneFlags::CLONE_NEWNET | nix::sched::CloneFlags::CLONE_NEWUTS,
-    )
-    .expect("unshare");
-    for args in [
-        &["link", "set", "lo", "up"][..],
-        &["link", "add", "eth0", "type", "bridge"],
-    ] {
-        let ok = Command::new("ip")
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip {args:?}");
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(bench());
+    host_agent::enter_namespaces();
+    harness::runtime().block_on(bench());
 }
 
 async fn bench() {

@@ -16,6 +16,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::stats::percentile;
 use support::{SERVICE_TOKEN, TestDaemon, vmhost};
 
 use std::io::{BufRead, BufReader, Write};
@@ -29,12 +30,6 @@ use master_controller::guest::client::{AgentClient, ExecEvent};
 use master_controller::guest::messages::ExecRequest;
 use master_controller::vmm::qemu::{Accel, QemuBackend, QemuConfig};
 use master_controller::vmm::{Hypervisor, VmSpec, disks};
-
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)

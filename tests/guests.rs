@@ -8,19 +8,16 @@
 
 mod support;
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use master_controller::guest::client::{AgentClient, AgentEndpoint, ExecEvent, GuestError};
 use master_controller::guest::messages::{ExecRequest, NetworkConfig, PtySize};
 use master_controller::guest::{Frame, FrameKind};
 use master_controller::vmm::qemu::{self, QemuBackend, QemuConfig};
 use master_controller::vmm::{Hypervisor, VmHandle, VmSpec, disks};
-use support::vmhost;
+use support::{harness, vmhost};
 
 const AGENT_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -69,7 +66,7 @@ async fn run_sh(client: &AgentClient, script: &str) -> (String, i32) {
     (String::from_utf8_lossy(&output.stdout).to_string(), code)
 }
 
-type Case = for<'a> fn(&'a mut Guest) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+type Case = harness::Case<Guest>;
 
 async fn boot(guest: &mut Guest) {
     let started = Instant::now();
@@ -375,22 +372,11 @@ async fn exit_watch_sees_a_killed_qemu(guest: &mut Guest) {
 
 fn main() -> ExitCode {
     if let Some(reason) = vmhost::missing_prerequisite() {
-        if std::env::var("MC_REQUIRE_GUESTS").as_deref() == Ok("1") {
-            eprintln!("guests: cannot run: {reason}");
-            println!("0 passed, 1 failed");
-            return ExitCode::FAILURE;
-        }
-        eprintln!("guests: SKIPPED, {reason}");
-        println!("0 passed, 0 failed, 1 skipped");
-        return ExitCode::SUCCESS;
+        return harness::missing("guests", &reason);
     }
     vmhost::enter_private_network();
     vmhost::add_tap("mctap0");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = harness::runtime();
     let dir = tempfile::Builder::new()
         .prefix("mcg")
         .tempdir_in("/tmp")
@@ -450,38 +436,11 @@ fn main() -> ExitCode {
             Box::pin(exit_watch_sees_a_killed_qemu(g))
         }),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    let mut broken = false;
-    for (name, case) in cases {
-        if broken {
-            println!("test {name} ... not run (an earlier case left no VM)");
-            failed += 1;
-            continue;
-        }
-        let started = Instant::now();
-        let outcome = runtime.block_on(AssertUnwindSafe(case(&mut guest)).catch_unwind());
-        match outcome {
-            Ok(()) => {
-                println!(
-                    "test {name} ... ok ({:.1} s)",
-                    started.elapsed().as_secs_f64()
-                );
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-                broken = guest.vm.as_ref().is_none_or(|vm| vm.has_exited());
-            }
-        }
-    }
+    let outcome = harness::run(&runtime, &mut guest, cases, |guest| {
+        guest.vm.as_ref().is_some_and(|vm| !vm.has_exited())
+    });
     if let Some(mut vm) = guest.vm.take() {
         let _ = runtime.block_on(guest.backend.kill(&mut vm));
     }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    outcome
 }

@@ -9,21 +9,17 @@
 
 mod support;
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use master_controller::vms::VmHost;
 use serde_json::{Value, json};
 use support::fake_vmm::FakeNetlink;
-use support::host_agent::HostAgentHypervisor;
+use support::host_agent::{self, HostAgentHypervisor};
 use support::model_server::{Behaviour, ModelServer};
 use support::sse::{Frame, SseStream};
-use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
+use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon, harness};
 
 const WORDS: [&str; 5] = ["Hello", " from", " the", " fake", " model."];
 
@@ -447,7 +443,7 @@ async fn prompt_events_reach_the_websocket(world: &mut World) {
     assert_eq!(seen[1]["exitCode"], 0);
 }
 
-type Case = for<'a> fn(&'a mut World) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+type Case = harness::Case<World>;
 
 fn main() -> ExitCode {
     let tools = std::env::var("MC_TEST_CLI_TOOLS").ok().filter(|dir| {
@@ -463,35 +459,11 @@ fn main() -> ExitCode {
         None
     };
     if let Some(reason) = missing {
-        if std::env::var("MC_REQUIRE_GUESTS").as_deref() == Ok("1") {
-            eprintln!("prompts: cannot run: {reason}");
-            println!("0 passed, 1 failed");
-            return ExitCode::FAILURE;
-        }
-        eprintln!("prompts: SKIPPED, {reason}");
-        println!("0 passed, 0 failed, 1 skipped");
-        return ExitCode::SUCCESS;
+        return harness::missing("prompts", &reason);
     }
     let tools = tools.unwrap_or_default();
-    nix::sched::unshare(
-        nix::sched::CloneFlags::CLONE_NEWNET | nix::sched::CloneFlags::CLONE_NEWUTS,
-    )
-    .expect("unshare");
-    for args in [
-        &["link", "set", "lo", "up"][..],
-        &["link", "add", "eth0", "type", "bridge"],
-    ] {
-        let ok = Command::new("ip")
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip {args:?}");
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    host_agent::enter_namespaces();
+    let runtime = harness::runtime();
     let home = tempfile::tempdir().expect("home");
     let mut world = runtime.block_on(async {
         let server = ModelServer::start(&WORDS, Duration::from_millis(20)).await;
@@ -546,27 +518,5 @@ fn main() -> ExitCode {
             |w| Box::pin(prompt_events_reach_the_websocket(w)),
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        let started = Instant::now();
-        match runtime.block_on(AssertUnwindSafe(case(&mut world)).catch_unwind()) {
-            Ok(()) => {
-                println!(
-                    "test {name} ... ok ({:.1} s)",
-                    started.elapsed().as_secs_f64()
-                );
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    harness::run(&runtime, &mut world, cases, |_| true)
 }

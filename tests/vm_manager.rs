@@ -19,36 +19,20 @@ mod recovery;
 #[path = "vm_manager/world.rs"]
 mod world;
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use futures_util::FutureExt;
 use support::daemon_proc::{DaemonProc, processes_naming};
-use support::vmhost;
+use support::{harness, vmhost};
 use world::{BRIDGE, GATEWAY, POOL_SIZE, World};
 
-type Case = for<'a> fn(&'a mut World) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+type Case = harness::Case<World>;
 
 fn main() -> ExitCode {
     if let Some(reason) = vmhost::missing_prerequisite() {
-        if std::env::var("MC_REQUIRE_GUESTS").as_deref() == Ok("1") {
-            eprintln!("vm_manager: cannot run real guests: {reason}");
-            println!("0 passed, 1 failed");
-            return ExitCode::FAILURE;
-        }
-        eprintln!("vm_manager: SKIPPED, {reason}");
-        println!("0 passed, 0 failed, 1 skipped");
-        return ExitCode::SUCCESS;
+        return harness::missing("vm_manager", &reason);
     }
     vmhost::enter_private_namespace();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = harness::runtime();
     let dir = tempfile::Builder::new()
         .prefix("mcv")
         .tempdir_in("/tmp")
@@ -119,24 +103,10 @@ fn main() -> ExitCode {
             |w| Box::pin(golden::golden_snapshot_clones(w)),
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        let started = Instant::now();
-        let outcome = runtime.block_on(AssertUnwindSafe(case(&mut world)).catch_unwind());
-        match outcome {
-            Ok(()) => {
-                println!(
-                    "test {name} ... ok ({:.1} s)",
-                    started.elapsed().as_secs_f64()
-                );
-                passed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED\n{}", world.daemon.log_tail());
-                failed += 1;
-            }
-        }
-    }
+    let outcome = harness::run(&runtime, &mut world, cases, |world| {
+        println!("{}", world.daemon.log_tail());
+        true
+    });
     world.daemon.kill();
     for pid in processes_naming(&format!("{}/vms/", world.daemon.data_dir.display())) {
         let _ = nix::sys::signal::kill(
@@ -144,10 +114,5 @@ fn main() -> ExitCode {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    outcome
 }

@@ -138,7 +138,7 @@ impl ApiError {
 }
 
 /// `warp::Reply::into_response` under a name that does not clash with ours.
-trait IntoResponseInner {
+pub(super) trait IntoResponseInner {
     fn into_response_inner(self) -> Response;
 }
 

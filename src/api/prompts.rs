@@ -14,7 +14,7 @@ use warp::reply::Response;
 
 use super::ApiContext;
 use super::endpoint::{Body, Call, body, endpoint};
-use super::error::ApiError;
+use super::error::{ApiError, IntoResponseInner};
 use super::views::PromptView;
 use crate::prompts::log::{Next, Reader};
 use crate::prompts::{PromptRequest, PromptRun};
@@ -109,16 +109,6 @@ fn sse(run: Arc<PromptRun>, after: u64) -> Response {
     });
     let reply = warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events));
     warp::reply::with_header(reply, "x-accel-buffering", "no").into_response_inner()
-}
-
-trait IntoResponseInner {
-    fn into_response_inner(self) -> Response;
-}
-
-impl<T: warp::Reply> IntoResponseInner for T {
-    fn into_response_inner(self) -> Response {
-        warp::Reply::into_response(self)
-    }
 }
 
 async fn execute(call: Call, body: Body) -> Response {

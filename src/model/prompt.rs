@@ -72,11 +72,7 @@ impl Record for Prompt {
 
     fn upgrade(version: u16, payload: &[u8]) -> Result<Self, crate::store::StoreError> {
         if version != 1 {
-            return Err(crate::store::StoreError::UnknownRecordVersion {
-                kind: Self::KIND,
-                found: version,
-                supported: Self::VERSION,
-            });
+            return Err(crate::store::codec::unknown_version::<Self>(version));
         }
         let old = crate::store::codec::decode_payload::<PromptV1, Prompt>(payload)?;
         Ok(Prompt {

@@ -121,11 +121,7 @@ impl Record for Vm {
 
     fn upgrade(version: u16, payload: &[u8]) -> Result<Self, crate::store::StoreError> {
         if version != 1 {
-            return Err(crate::store::StoreError::UnknownRecordVersion {
-                kind: Self::KIND,
-                found: version,
-                supported: Self::VERSION,
-            });
+            return Err(crate::store::codec::unknown_version::<Self>(version));
         }
         let old: VmV1 = crate::store::codec::decode_payload::<VmV1, Vm>(payload)?;
         Ok(Vm {

@@ -19,11 +19,16 @@ pub trait Record: Serialize + DeserializeOwned + Send + 'static {
     const VERSION: u16;
 
     fn upgrade(version: u16, _payload: &[u8]) -> Result<Self, StoreError> {
-        Err(StoreError::UnknownRecordVersion {
-            kind: Self::KIND,
-            found: version,
-            supported: Self::VERSION,
-        })
+        Err(unknown_version::<Self>(version))
+    }
+}
+
+/// The error for a record version this binary cannot read.
+pub fn unknown_version<R: Record>(found: u16) -> StoreError {
+    StoreError::UnknownRecordVersion {
+        kind: R::KIND,
+        found,
+        supported: R::VERSION,
     }
 }
 

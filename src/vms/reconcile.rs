@@ -221,7 +221,7 @@ impl VmManager {
             }
         }
 
-        for (pid, vm_id) in hypervisor_processes(&self.settings.root) {
+        for (pid, vm_id) in hypervisor_processes(self.settings.root.clone()).await {
             if !with_process.contains(vm_id.as_str()) {
                 kill_and_reap(pid).await;
                 report.processes.push(pid);
@@ -248,7 +248,14 @@ impl VmManager {
 }
 
 /// Processes whose command line names a path under `root`, with the VM id that path names.
-fn hypervisor_processes(root: &Path) -> Vec<(u32, String)> {
+/// Reading `/proc` is blocking file I/O, so it runs off the async workers.
+async fn hypervisor_processes(root: std::path::PathBuf) -> Vec<(u32, String)> {
+    tokio::task::spawn_blocking(move || scan_processes(&root))
+        .await
+        .unwrap_or_default()
+}
+
+fn scan_processes(root: &Path) -> Vec<(u32, String)> {
     let prefix = format!("{}/", root.display());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -290,7 +297,7 @@ pub(super) async fn kill_processes_in(dir: &Path) {
     let Some(id) = dir.file_name().map(|n| n.to_string_lossy().to_string()) else {
         return;
     };
-    for (pid, vm_id) in hypervisor_processes(root) {
+    for (pid, vm_id) in hypervisor_processes(root.to_path_buf()).await {
         if vm_id == id {
             kill_and_reap(pid).await;
         }

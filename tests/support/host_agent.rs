@@ -122,3 +122,22 @@ impl Hypervisor for HostAgentHypervisor {
         )))
     }
 }
+
+/// Moves this process into network and UTS namespaces of its own, with loopback up and an
+/// `eth0` (a bridge with no ports) for the agent to configure. Must run before any other thread.
+pub fn enter_namespaces() {
+    nix::sched::unshare(
+        nix::sched::CloneFlags::CLONE_NEWNET | nix::sched::CloneFlags::CLONE_NEWUTS,
+    )
+    .expect("unshare");
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["link", "add", "eth0", "type", "bridge"],
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args:?}");
+    }
+}
