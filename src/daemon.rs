@@ -390,20 +390,12 @@ async fn real_host(config: &Config, settings: &VmSettings) -> Result<VmHost, Dae
 }
 
 async fn create_data_dir(path: &std::path::Path) -> Result<(), DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-    })
-    .await
-    .map_err(|e| StoreError::Task(e.to_string()))?
-    .map_err(|source| DaemonError::DataDir {
-        path: path.display().to_string(),
-        source,
-    })
+    crate::vms::create_private_dir(path)
+        .await
+        .map_err(|source| DaemonError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {

@@ -278,7 +278,8 @@ pub(super) async fn prepare_dir(spec: &VmSpec, data_disk_mib: u64) -> Result<(),
         .map_err(|e| e.to_string())
 }
 
-async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+/// Creates `dir` and its parents, readable by root only.
+pub(crate) async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::DirBuilderExt;

@@ -22,6 +22,7 @@ use crate::store::StoreError;
 use crate::vmm::Hypervisor;
 
 pub use exec::ExecResult;
+pub(crate) use host::create_private_dir;
 pub use ledger::Limits;
 pub use manager::VmManager;
 pub use reconcile::{OrphanReport, ReconcileReport};

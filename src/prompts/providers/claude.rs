@@ -4,27 +4,22 @@
 
 use serde_json::{Value, json};
 
-use super::{CliCommand, Invocation, Outcome, Translator, json_line, no_result};
+use super::{CliCommand, Invocation, Outcome, Translator, argv, json_line, no_result};
 use crate::prompts::events::PromptEvent;
 
 pub fn command(invocation: &Invocation<'_>) -> CliCommand {
-    let mut argv: Vec<String> = [
-        "claude",
-        "-p",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-        "--include-partial-messages",
-        "--no-session-persistence",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    if let Some(model) = invocation.model {
-        argv.extend(["--model".into(), model.to_string()]);
-    }
-    // After `--`, a prompt that starts with `-` is still the prompt.
-    argv.extend(["--".into(), invocation.prompt.to_string()]);
+    let argv = argv(
+        &[
+            "claude",
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--include-partial-messages",
+            "--no-session-persistence",
+        ],
+        invocation,
+    );
     let mut env: std::collections::BTreeMap<String, String> = [
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
         ("DISABLE_AUTOUPDATER", "1"),

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{CliCommand, ConfigFile, Invocation, Outcome, Translator, json_line, no_result};
+use super::{CliCommand, ConfigFile, Invocation, Outcome, Translator, argv, json_line, no_result};
 use crate::prompts::events::PromptEvent;
 
 /// The environment variable the custom provider reads its key from.
@@ -11,20 +11,16 @@ const KEY_VARIABLE: &str = "MC_MODEL_API_KEY";
 
 pub fn command(invocation: &Invocation<'_>) -> CliCommand {
     let codex_home = format!("{}/.codex", invocation.home);
-    let mut argv: Vec<String> = [
-        "codex",
-        "exec",
-        "--json",
-        "--skip-git-repo-check",
-        "--ephemeral",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    if let Some(model) = invocation.model {
-        argv.extend(["--model".into(), model.to_string()]);
-    }
-    argv.extend(["--".into(), invocation.prompt.to_string()]);
+    let argv = argv(
+        &[
+            "codex",
+            "exec",
+            "--json",
+            "--skip-git-repo-check",
+            "--ephemeral",
+        ],
+        invocation,
+    );
     let mut env =
         std::collections::BTreeMap::from([("CODEX_HOME".to_string(), codex_home.clone())]);
     // Without these it checks for updates, reports analytics and loads plugins from outside.

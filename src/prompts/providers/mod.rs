@@ -92,6 +92,17 @@ pub fn translator(provider: Provider) -> Box<dyn Translator> {
     }
 }
 
+/// `fixed`, then `--model` when one is asked for, then the prompt after `--` (so a prompt that
+/// starts with `-` is still the prompt).
+fn argv(fixed: &[&str], invocation: &Invocation<'_>) -> Vec<String> {
+    let mut argv: Vec<String> = fixed.iter().map(|a| a.to_string()).collect();
+    if let Some(model) = invocation.model {
+        argv.extend(["--model".into(), model.to_string()]);
+    }
+    argv.extend(["--".into(), invocation.prompt.to_string()]);
+    argv
+}
+
 /// Parses a line as a JSON object; CLIs also print plain text (banners, warnings).
 fn json_line(line: &str) -> Option<Value> {
     let value: Value = serde_json::from_str(line.trim()).ok()?;
