@@ -12,6 +12,8 @@ pub mod agent;
 #[cfg(feature = "daemon")]
 pub mod api;
 #[cfg(feature = "daemon")]
+pub mod auth;
+#[cfg(feature = "daemon")]
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod config;

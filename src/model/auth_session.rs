@@ -25,6 +25,17 @@ transitions!(AuthSessionStatus, "auth session" {
     Timeout => [],
 });
 
+impl AuthSessionStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Cancelled | Self::Timeout
+        )
+    }
+}
+
+/// A login relayed from a CLI in the user's VM. No binary ever wrote the first shape of this
+/// record, so its version stays 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuthSession {
     pub id: String,
@@ -35,6 +46,17 @@ pub struct AuthSession {
     pub updated_at_ms: i64,
     pub error: Option<String>,
     pub version: u64,
+    pub vm_id: Option<String>,
+    /// What the user must do, as the CLI printed it.
+    pub auth_url: Option<String>,
+    pub device_code: Option<String>,
+    pub verification_url: Option<String>,
+    pub instructions: Option<String>,
+    /// Last state change or user action; the idle timeout counts from here.
+    pub last_activity_ms: i64,
+    pub completed_at_ms: Option<i64>,
+    /// Started by `rotate`: the old credential stays in use until this one completes.
+    pub rotation: bool,
 }
 
 impl Record for AuthSession {

@@ -9,7 +9,10 @@ mod vm;
 
 pub use auth_session::{AuthSession, AuthSessionStatus};
 pub use prompt::{Prompt, PromptStatus, Provider};
-pub use records::{Credential, IpLease, MetricsSample, OutboxEntry, PortLease};
+pub use records::{
+    Credential, IpLease, MetricsSample, OutboxEntry, PortLease, VaultKey, VaultKeyState,
+    credential_key,
+};
 pub use user::{Plan, User, UserStatus};
 pub use vm::{AgentInfo, Vm, VmIntent, VmOp, VmStatus, VmType};
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Provider;
+use super::{Provider, named_enum};
 use crate::store::Record;
 
 /// An IP address reserved for a VM.
@@ -31,13 +31,25 @@ impl Record for PortLease {
     const VERSION: u16 = 1;
 }
 
-/// A provider credential, encrypted at rest; only the vault sees the plaintext.
+/// A provider credential, encrypted at rest; only the vault sees the plaintext. Keyed by
+/// `credential_key(user_id, provider)`: a user has at most one credential per provider.
+///
+/// No binary ever wrote the first shape of this record, so its version stays 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Credential {
     pub id: String,
     pub user_id: String,
     pub provider: Provider,
+    /// The CLI's credential file, sealed by the vault.
     pub ciphertext: Vec<u8>,
+    /// The vault key that sealed `ciphertext` (see `auth::vault`).
+    pub key_id: String,
+    pub is_valid: bool,
+    /// Why the credential is not valid, or what is about to go wrong with it.
+    pub reason: Option<String>,
+    /// The access token's expiry, read from the provider's own field.
+    pub expires_at_ms: Option<i64>,
+    pub last_verified_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub version: u64,
@@ -45,6 +57,32 @@ pub struct Credential {
 
 impl Record for Credential {
     const KIND: &'static str = "credential";
+    const VERSION: u16 = 1;
+}
+
+/// The key of a credential in its table.
+pub fn credential_key(user_id: &str, provider: Provider) -> String {
+    format!("{user_id}:{}", provider.as_str())
+}
+
+named_enum!(VaultKeyState, "vault key state" {
+    Active => "active",
+    Pending => "pending",
+    Retired => "retired",
+});
+
+/// A vault key: the salt that, with the master key, derives one age identity. The master key
+/// itself is never stored; `key_id` lets a record name the key that sealed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaultKey {
+    pub key_id: String,
+    pub salt: Vec<u8>,
+    pub state: VaultKeyState,
+    pub created_at_ms: i64,
+}
+
+impl Record for VaultKey {
+    const KIND: &'static str = "vault_key";
     const VERSION: u16 = 1;
 }
 

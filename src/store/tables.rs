@@ -10,8 +10,8 @@ use redb::{TableDefinition, TypeName, Value};
 use super::StoreError;
 use super::codec::{self, Record};
 use crate::model::{
-    AuthSession, Credential, IpLease, MetricsSample, OutboxEntry, PortLease, Prompt, User, Vm,
-    VmIntent,
+    AuthSession, Credential, IpLease, MetricsSample, OutboxEntry, PortLease, Prompt, User,
+    VaultKey, Vm, VmIntent,
 };
 
 /// The schema version this binary writes. A file with a higher one is refused at open.
@@ -33,8 +33,14 @@ pub const PORT_LEASES: TableDefinition<u16, Stored<PortLease>> =
 pub const AUTH_SESSIONS: TableDefinition<&str, Stored<AuthSession>> =
     TableDefinition::new("auth_sessions");
 pub const PROMPTS: TableDefinition<&str, Stored<Prompt>> = TableDefinition::new("prompts");
+/// Keyed by `credential_key(user_id, provider)`.
 pub const CREDENTIALS: TableDefinition<&str, Stored<Credential>> =
     TableDefinition::new("credentials");
+/// The vault's keys (salts), keyed by key id.
+pub const VAULT_KEYS: TableDefinition<&str, Stored<VaultKey>> = TableDefinition::new("vault_keys");
+/// The one auth session still in progress per `credential_key(user_id, provider)`.
+pub const ACTIVE_AUTH_SESSIONS: TableDefinition<&str, &str> =
+    TableDefinition::new("active_auth_sessions");
 /// Keyed by entity (`<table>:<id>`), so a newer change supersedes a pending older one.
 pub const OUTBOX: TableDefinition<&str, Stored<OutboxEntry>> = TableDefinition::new("outbox");
 /// Keyed by `(unix millis, sequence)`.
@@ -115,6 +121,8 @@ pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> 
     tx.open_table(AUTH_SESSIONS)?;
     tx.open_table(PROMPTS)?;
     tx.open_table(CREDENTIALS)?;
+    tx.open_table(VAULT_KEYS)?;
+    tx.open_table(ACTIVE_AUTH_SESSIONS)?;
     tx.open_table(OUTBOX)?;
     tx.open_table(METRICS_SAMPLES)?;
     Ok(())
