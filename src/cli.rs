@@ -30,6 +30,30 @@ pub enum Command {
     /// Boot one VM as configured, wait for its agent, and save it as the golden snapshot at
     /// GOLDEN_SNAPSHOT (and GOLDEN_MEMORY).
     GoldenSnapshot(CommonArgs),
+    /// Manage the credential vault.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Re-encrypt every stored credential under a new master key. Stop the daemon first. The
+    /// current key comes from ENCRYPTION_MASTER_KEY or the `encryption-master-key` credential;
+    /// an interrupted run is finished by running it again with the same keys.
+    RotateKey(RotateKeyArgs),
+}
+
+/// Where `vault rotate-key` reads the new key when `--new-key-file` is absent.
+pub const NEW_KEY_ENV: &str = "MC_NEW_ENCRYPTION_MASTER_KEY";
+
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// File holding the new master key, 64 hex digits (`openssl rand -hex 32`)
+    /// [default: the MC_NEW_ENCRYPTION_MASTER_KEY environment variable].
+    #[arg(long, value_name = "PATH")]
+    pub new_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -2,12 +2,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use master_controller::cli::{Cli, Command};
+use master_controller::auth::vault::{self, MasterKey};
+use master_controller::cli::{Cli, Command, NEW_KEY_ENV, VaultCommand};
 use master_controller::config::{Config, LogFormat};
 use master_controller::daemon::{self, DaemonError};
 use master_controller::doctor::{self, Level};
 use master_controller::model::now_ms;
+use master_controller::store::{Store, StoreError};
 use master_controller::tokens::TokenSigner;
+use zeroize::Zeroizing;
 
 /// Exit status for a bad setting, so scripts can tell it from a runtime failure.
 const EXIT_CONFIG: u8 = 2;
@@ -41,6 +44,13 @@ fn main() -> ExitCode {
             };
             init_tracing(config.log_format);
             report(golden_snapshot(config))
+        }
+        Command::Vault(VaultCommand::RotateKey(args)) => {
+            let config = match load(args.common.config.as_deref(), args.common.flags()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            report(rotate_key(&config, args.new_key_file.as_deref()))
         }
         Command::Doctor(args) => {
             let config = match load(args.config.as_deref(), args.flags()) {
@@ -116,6 +126,49 @@ fn mint(config: &Config, user: &str, ttl: Option<u64>) -> anyhow::Result<()> {
     anyhow::ensure!(ttl > 0, "--ttl must be greater than 0");
     println!("{}", signer.mint(user, now_ms() / 1000, ttl));
     Ok(())
+}
+
+fn rotate_key(config: &Config, new_key_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let old = vault::load_master_key(config.encryption_master_key.as_ref())
+        .context("the current master key")?;
+    let new = read_new_key(new_key_file)?;
+    let path = config.data_dir.join(Store::FILE_NAME);
+    // Opening a missing file would create it, and a vault with it: nothing to rotate there.
+    anyhow::ensure!(
+        path.exists(),
+        "no state file at {}; check --data-dir",
+        path.display()
+    );
+    let store = Store::open_blocking(&config.data_dir).map_err(|e| match e {
+        StoreError::AlreadyOpen { .. } => anyhow::anyhow!("{e}; stop the daemon first"),
+        other => other.into(),
+    })?;
+    println!(
+        "vault rotate-key: re-encrypting the credentials in {} under the new master key",
+        path.display()
+    );
+    let done = vault::rotate(&store, &old, &new)?;
+    println!(
+        "vault rotate-key: done: {} credentials re-encrypted, {} already under the new key; vault key {} retired, {} active. Now set ENCRYPTION_MASTER_KEY (or the `encryption-master-key` credential file) to the new key before starting the daemon",
+        done.re_encrypted, done.already_done, done.key_id_old, done.key_id_new
+    );
+    Ok(())
+}
+
+/// The new key from its file or, without one, the environment. Neither error names the value.
+fn read_new_key(file: Option<&std::path::Path>) -> anyhow::Result<MasterKey> {
+    let text = match file {
+        Some(path) => Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --new-key-file {}", path.display()))?,
+        ),
+        None => Zeroizing::new(std::env::var(NEW_KEY_ENV).map_err(|_| {
+            anyhow::anyhow!(
+                "no new master key: pass --new-key-file PATH (a file holding 64 hex digits) or set {NEW_KEY_ENV}"
+            )
+        })?),
+    };
+    MasterKey::parse(&text).context("the new master key")
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
