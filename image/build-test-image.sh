@@ -127,7 +127,7 @@ inputs_hash=$(
     echo "modules ${MODULES[*]}"
     sha256sum "$agent_bin" | cut -d' ' -f1
     cat "${BASH_SOURCE[0]}" "$IMAGE_DIR/init" "$IMAGE_DIR/extract-vmlinux.py" "$IMAGE_DIR/module-deps.py" \
-      "$IMAGE_DIR/test-cli/claude"
+      "$IMAGE_DIR/test-cli/claude" "$REPO/tests/support/fake-login-cli"
   } | sha256sum | cut -d' ' -f1
 )
 
@@ -198,6 +198,9 @@ install -m 0755 "$IMAGE_DIR/init" "$root/init"
 # A scripted stand-in for Claude Code, so prompts can run through a real guest (the real CLIs are
 # too heavy for this image).
 install -m 0755 "$IMAGE_DIR/test-cli/claude" "$root/usr/local/bin/claude"
+# The scripted logins of the CLIs, for the login relay tests; the scripted claude hands its `auth`
+# commands to it. (codex and gemini stay absent: a prompt test checks the missing-CLI error.)
+install -m 0755 "$REPO/tests/support/fake-login-cli" "$root/usr/local/bin/fake-login-cli"
 echo "mc-guest" >"$root/etc/hostname"
 # The kernel gives init a console only if the node exists before devtmpfs is mounted. Making it
 # needs CAP_MKNOD; without it /init still reopens the console after mounting devtmpfs.

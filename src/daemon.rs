@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiContext, ApiLimits, auth::Authenticator, rate_limit::RateLimiter};
+use crate::auth::{AuthError, AuthService, AuthSettings, MasterKey, Vault, VaultError};
 use crate::config::{Config, ConfigError};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
@@ -21,7 +22,7 @@ use crate::store::{Store, StoreError};
 use crate::tokens::{TokenError, TokenSigner};
 use crate::users::UserService;
 use crate::vms::golden::{self, Golden, GoldenError, GoldenMeta};
-use crate::vms::{Limits, VmError, VmHost, VmManager, VmSettings};
+use crate::vms::{CliEnvironment, Limits, VmError, VmHost, VmManager, VmSettings};
 use crate::watchdog::Watchdog;
 
 /// The main loop's period when systemd arms no watchdog.
@@ -60,6 +61,10 @@ pub enum DaemonError {
     Golden(#[from] GoldenError),
     #[error("prompts: {0}")]
     Prompts(#[from] PromptError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// The fixed MAC of the guest bridge (locally administered). A bridge without one takes its
@@ -143,18 +148,38 @@ pub async fn start_with(
             "prompts left running by the last daemon are marked failed"
         );
     }
+    watchdog.status("opening the credential vault");
+    let vault = open_vault(config, &store).await?;
+    let auth = AuthService::new(
+        store.clone(),
+        vms.clone(),
+        events.clone(),
+        metrics.clone(),
+        auth_settings(config),
+        vault,
+        tracker.clone(),
+    );
+    let settled = auth.settle_interrupted().await?;
+    if settled > 0 {
+        tracing::warn!(
+            settled,
+            "logins left running by the last daemon are marked failed"
+        );
+    }
     let prompts = PromptService::new(
         store.clone(),
         vms.clone(),
         events.clone(),
         metrics.clone(),
         prompt_settings(config),
+        auth.clone(),
         tracker.clone(),
     );
     let ctx = Arc::new(ApiContext {
         users: UserService::new(store.clone()),
         vms,
         prompts,
+        oauth: auth,
         store,
         events,
         metrics,
@@ -264,6 +289,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.ctx.ready.store(false, Ordering::Release);
         self.cancel.cancel();
+        self.ctx.oauth.cancel_all();
         self.tracker.close();
         if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
             .await
@@ -305,6 +331,51 @@ fn vm_settings(config: &Config) -> VmSettings {
     }
 }
 
+/// The vault, when a master key is configured. A malformed key, or one that does not match the
+/// vault's stored key, stops the start: running on would lock every credential out.
+async fn open_vault(config: &Config, store: &Store) -> Result<Option<Vault>, DaemonError> {
+    let Some(text) = &config.encryption_master_key else {
+        tracing::warn!(
+            "no ENCRYPTION_MASTER_KEY: logins and stored credentials are disabled (see doctor)"
+        );
+        return Ok(None);
+    };
+    use secrecy::ExposeSecret;
+    let master = MasterKey::parse(text.expose_secret())?;
+    let store = store.clone();
+    let vault = tokio::task::spawn_blocking(move || {
+        let vault = Vault::open(&store, &master)?;
+        let foreign = vault.foreign_records(&store)?;
+        Ok::<_, VaultError>((vault, foreign))
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))??;
+    if vault.1 > 0 {
+        tracing::warn!(
+            records = vault.1,
+            "credentials are sealed under another master key; finish `master-controller vault rotate-key`"
+        );
+    }
+    Ok(Some(vault.0))
+}
+
+fn auth_settings(config: &Config) -> AuthSettings {
+    AuthSettings {
+        cli: cli_environment(config),
+        session_timeout: Duration::from_secs(config.auth_session_timeout_secs),
+        live_check_timeout: Duration::from_secs(60),
+    }
+}
+
+fn cli_environment(config: &Config) -> CliEnvironment {
+    CliEnvironment {
+        home: config.cli_home.clone(),
+        path: config.cli_path.clone(),
+        egress_proxy: config.egress_proxy.clone(),
+        owner: None,
+    }
+}
+
 fn prompt_settings(config: &Config) -> PromptSettings {
     use secrecy::ExposeSecret;
     PromptSettings {
@@ -320,9 +391,7 @@ fn prompt_settings(config: &Config) -> PromptSettings {
             }),
             _ => None,
         },
-        cli_home: config.cli_home.clone(),
-        cli_path: config.cli_path.clone(),
-        egress_proxy: config.egress_proxy.clone(),
+        cli: cli_environment(config),
         log_bounds: crate::prompts::log::LogBounds {
             max_events: 20_000,
             max_bytes: 8 << 20,

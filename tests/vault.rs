@@ -223,3 +223,37 @@ fn the_state_file_holds_no_token_in_clear() {
         "a token fragment is in the state file"
     );
 }
+
+/// `serve` with `key`: it must refuse to start, before it listens.
+fn serve_with_key(dir: &Path, key: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_master-controller"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .env_clear()
+        .env("MC_ADMIN_TOKEN", "admin-token-for-the-vault-test")
+        .env("MC_LISTEN", "127.0.0.1:0")
+        .env("ENCRYPTION_MASTER_KEY", key)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn serve_refuses_a_malformed_or_mismatched_master_key() {
+    let dir = seeded_state();
+    let malformed = "0123456789abcdef";
+    let output = serve_with_key(dir.path(), malformed);
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("master key is malformed"), "{stderr}");
+    assert!(!stderr.contains(malformed), "{stderr}");
+
+    // Well-formed, but not the key the vault was made with.
+    let output = serve_with_key(dir.path(), KEY_B);
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("does not match"), "{stderr}");
+    assert!(
+        !stderr.contains(KEY_B) && !stderr.contains(KEY_A),
+        "{stderr}"
+    );
+}

@@ -12,6 +12,8 @@ mod support;
 mod golden;
 #[path = "vm_manager/lifecycle.rs"]
 mod lifecycle;
+#[path = "vm_manager/logins.rs"]
+mod logins;
 #[path = "vm_manager/prompts.rs"]
 mod prompts;
 #[path = "vm_manager/recovery.rs"]
@@ -55,6 +57,8 @@ fn main() -> ExitCode {
             ("MC_VM_DATA_DISK_MIB", "64".into()),
             ("MC_VM_AGENT_TIMEOUT_SECS", "120".into()),
             ("MC_VM_HEALTH_INTERVAL_SECS", "2".into()),
+            ("ENCRYPTION_MASTER_KEY", world::MASTER_KEY.into()),
+            ("MC_AUTH_SESSION_TIMEOUT_SECS", "20".into()),
         ],
     );
     let mut world = World {
@@ -97,6 +101,10 @@ fn main() -> ExitCode {
         (
             "a prompt resumes the hibernated VM and streams; a missing CLI is a clear error",
             |w| Box::pin(prompts::a_prompt_resumes_the_vm_and_streams(w)),
+        ),
+        (
+            "a claude login in a real guest: wrong code, cancel, timeout, second start, completed; injected 0600, refresh captured; no token in the clear",
+            |w| Box::pin(logins::a_login_in_a_real_guest(w)),
         ),
         (
             "two VMs from a golden snapshot: own address, MAC, hostname, token",

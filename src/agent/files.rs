@@ -9,7 +9,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::AgentError;
-use crate::guest::messages::{ReadFileRequest, Response, WriteFileRequest};
+use crate::guest::messages::{
+    FileStamp, ReadFileRequest, Response, WATCH_MAX_MS, WatchFileRequest, WriteFileRequest,
+};
+
+/// Polling rather than inotify: a CLI may create the directory as well as the file, and may
+/// write by rename; a stat every 100 ms catches all of it with nothing to set up or leak.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn io_error(path: &Path, e: std::io::Error) -> AgentError {
     let code = match e.kind() {
@@ -79,6 +85,44 @@ fn write_atomically(
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+fn stamp_of(meta: &std::fs::Metadata) -> FileStamp {
+    use std::os::unix::fs::MetadataExt;
+    FileStamp {
+        inode: meta.ino(),
+        size: meta.size(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+    }
+}
+
+pub async fn watch(request: WatchFileRequest) -> Result<Response, AgentError> {
+    let path = absolute(&request.path)?;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(request.timeout_ms.min(WATCH_MAX_MS));
+    loop {
+        if let Ok(meta) = tokio::fs::metadata(&path).await
+            && meta.is_file()
+            && Some(stamp_of(&meta)) != request.since
+        {
+            let stamp = stamp_of(&meta);
+            let read = read(ReadFileRequest {
+                path: request.path.clone(),
+                max_bytes: request.max_bytes,
+            })
+            .await?;
+            if let Response::File { data_base64, .. } = read {
+                return Ok(Response::WatchedFile { data_base64, stamp });
+            }
+        }
+        if tokio::time::Instant::now() + WATCH_POLL > deadline {
+            return Err(AgentError::request(
+                "timed_out",
+                format!("{} did not change", path.display()),
+            ));
+        }
+        tokio::time::sleep(WATCH_POLL).await;
+    }
 }
 
 pub async fn read(request: ReadFileRequest) -> Result<Response, AgentError> {

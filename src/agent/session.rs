@@ -314,6 +314,7 @@ impl Agent {
                 files::write(request).await.map(|()| Some(Response::Done))
             }
             Request::ReadFile(request) => files::read(request).await.map(Some),
+            Request::WatchFile(request) => files::watch(request).await.map(Some),
             Request::ConfigureNetwork(config) => system::configure_network(config)
                 .await
                 .map(|()| Some(Response::Done)),

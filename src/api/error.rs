@@ -267,6 +267,66 @@ impl From<crate::prompts::PromptError> for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::{AuthError, VaultError};
+        let message = e.to_string();
+        match e {
+            AuthError::UserNotFound(_) => ApiError::NotFound {
+                code: "user_not_found",
+                message,
+            },
+            AuthError::SessionNotFound(_) => ApiError::NotFound {
+                code: "auth_session_not_found",
+                message,
+            },
+            AuthError::NoCredential { .. } => ApiError::NotFound {
+                code: "credential_not_found",
+                message,
+            },
+            AuthError::AlreadyActive { ref session_id, .. } => ApiError::Conflict {
+                code: "auth_session_active",
+                extra: Some(("sessionId", Value::String(session_id.clone()))),
+                message,
+            },
+            AuthError::NotAwaitingCode { .. } => ApiError::Conflict {
+                code: "auth_session_not_awaiting_code",
+                message,
+                extra: None,
+            },
+            AuthError::NoCodeExpected { .. } => ApiError::Conflict {
+                code: "auth_no_code_expected",
+                message,
+                extra: None,
+            },
+            AuthError::BadCode(_) => ApiError::BadRequest {
+                code: "invalid_code",
+                message,
+            },
+            AuthError::VaultUnavailable => ApiError::Unavailable {
+                code: "vault_unavailable",
+                message,
+            },
+            AuthError::Vault(VaultError::Store(e)) => e.into(),
+            AuthError::Vault(_) => ApiError::Unavailable {
+                code: "vault_error",
+                message,
+            },
+            AuthError::BadCredential(_) => ApiError::Unavailable {
+                code: "credential_unreadable",
+                message,
+            },
+            AuthError::Vm(e) => e.into(),
+            AuthError::Guest(_) => ApiError::BadGateway {
+                code: "agent_error",
+                message,
+            },
+            AuthError::Transition(e) => e.into(),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<serde_json::Error> for ApiError {
     fn from(e: serde_json::Error) -> Self {
         let message = e.to_string();

@@ -5,6 +5,7 @@ mod admin;
 pub mod auth;
 mod endpoint;
 pub mod error;
+mod logins;
 mod probes;
 mod prompts;
 pub mod rate_limit;
@@ -25,6 +26,7 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use crate::auth::AuthService;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::prompts::PromptService;
@@ -50,6 +52,7 @@ pub struct ApiContext {
     pub users: UserService,
     pub vms: VmService,
     pub prompts: Arc<PromptService>,
+    pub oauth: Arc<AuthService>,
     pub events: EventHub,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
@@ -68,6 +71,8 @@ pub struct ApiContext {
 pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Response,)> {
     let api = user_vm::routes(ctx)
         .or(prompts::routes(ctx))
+        .unify()
+        .or(logins::routes(ctx))
         .unify()
         .or(users::routes(ctx))
         .unify()

@@ -100,6 +100,8 @@ pub struct Config {
     pub vm_health_interval_secs: u64,
     pub max_prompt_bytes: u64,
     pub prompt_timeout_secs: u64,
+    /// A login waiting on the user this long ends as `timeout`.
+    pub auth_session_timeout_secs: u64,
     pub prompt_max_timeout_secs: u64,
     pub prompts_per_vm: u32,
     pub prompt_when_busy: WhenBusy,
@@ -246,6 +248,7 @@ impl Config {
             vm_health_interval_secs: s.vm_health_interval_secs.unwrap_or(30),
             max_prompt_bytes: s.max_prompt_bytes.unwrap_or(32 * 1024),
             prompt_timeout_secs: s.prompt_timeout_secs.unwrap_or(600),
+            auth_session_timeout_secs: s.auth_session_timeout_secs.unwrap_or(15 * 60),
             prompt_max_timeout_secs: s.prompt_max_timeout_secs.unwrap_or(3600),
             prompts_per_vm: s.prompts_per_vm.unwrap_or(1),
             prompt_when_busy: match s.prompt_when_busy.as_deref() {
@@ -312,6 +315,7 @@ impl Config {
             ("vm_agent_timeout_secs", self.vm_agent_timeout_secs),
             ("max_prompt_bytes", self.max_prompt_bytes),
             ("prompt_timeout_secs", self.prompt_timeout_secs),
+            ("auth_session_timeout_secs", self.auth_session_timeout_secs),
             ("prompt_max_timeout_secs", self.prompt_max_timeout_secs),
             ("prompts_per_vm", u64::from(self.prompts_per_vm)),
             ("vm_health_interval_secs", self.vm_health_interval_secs),

@@ -99,6 +99,7 @@ settings! {
     cli_home: String = ["MC_CLI_HOME"],
     cli_path: String = ["MC_CLI_PATH"],
     egress_proxy: String = ["MC_EGRESS_PROXY"],
+    auth_session_timeout_secs: u64 = ["MC_AUTH_SESSION_TIMEOUT_SECS"],
 }
 
 fn parse_env<T: FromStr>(

@@ -49,6 +49,7 @@ pub fn run(config: &Config) -> Vec<Check> {
         data_dir(&config.data_dir),
         state_file(&config.data_dir),
         signing_key(config),
+        vault_key(config),
         device(
             "/dev/kvm",
             "KVM",
@@ -160,6 +161,26 @@ fn signing_key(config: &Config) -> Check {
             Level::Ok,
             format!("{} is generated at first start", path.display()),
         )
+    }
+}
+
+fn vault_key(config: &Config) -> Check {
+    use secrecy::ExposeSecret;
+    match &config.encryption_master_key {
+        None => check(
+            "vault key",
+            Level::Warn,
+            "ENCRYPTION_MASTER_KEY (or the systemd credential encryption-master-key) is unset: \
+             logins and stored credentials are off",
+        ),
+        Some(text) => match crate::auth::MasterKey::parse(text.expose_secret()) {
+            Ok(_) => check(
+                "vault key",
+                Level::Ok,
+                "well-formed; serve checks it against the vault's key at start",
+            ),
+            Err(e) => check("vault key", Level::Fail, e.to_string()),
+        },
     }
 }
 
@@ -309,5 +330,30 @@ fn golden_snapshot(config: &Config) -> Check {
                 meta.display()
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn vault_check(key: Option<&str>) -> Check {
+        let lookup = |name: &str| match name {
+            "MC_ADMIN_TOKEN" => Some("admin-token-for-doctor".to_string()),
+            "ENCRYPTION_MASTER_KEY" => key.map(str::to_string),
+            _ => None,
+        };
+        let config = Config::load(None, &lookup, Settings::default()).expect("config");
+        vault_key(&config)
+    }
+
+    #[test]
+    fn the_vault_key_is_checked_for_form_without_echoing_it() {
+        assert_eq!(vault_check(None).level, Level::Warn);
+        assert_eq!(vault_check(Some(&"ab".repeat(32))).level, Level::Ok);
+        let bad = vault_check(Some("not-a-key-zzzz"));
+        assert_eq!(bad.level, Level::Fail);
+        assert!(!bad.detail.contains("not-a-key-zzzz"), "{}", bad.detail);
     }
 }

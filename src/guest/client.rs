@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use super::messages::{
-    ErrorBody, ExecRequest, ExitStatus, HealthReport, Hello, HelloOk, NetworkConfig,
-    ReadFileRequest, Request, Response, WriteFileRequest,
+    ErrorBody, ExecRequest, ExitStatus, FileStamp, HealthReport, Hello, HelloOk, NetworkConfig,
+    ReadFileRequest, Request, Response, WatchFileRequest, WriteFileRequest,
 };
 use super::{Frame, FrameCodec, FrameKind};
 
@@ -269,14 +269,51 @@ impl AgentClient {
     }
 
     pub async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), GuestError> {
+        self.write_file_owned(path, data, mode, None).await
+    }
+
+    /// Writes atomically, owned by `owner` (uid, gid) when given.
+    pub async fn write_file_owned(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), GuestError> {
         let request = Request::WriteFile(WriteFileRequest {
             path: path.to_string(),
             data_base64: STANDARD.encode(data),
             mode,
-            uid: None,
-            gid: None,
+            uid: owner.map(|(uid, _)| uid),
+            gid: owner.map(|(_, gid)| gid),
         });
         self.call(request).await.map(|_| ())
+    }
+
+    /// Waits (at most `timeout`) for `path` to exist in a version other than `since`.
+    /// `Ok(None)` when it did not change in time.
+    pub async fn watch_file(
+        &self,
+        path: &str,
+        max_bytes: u64,
+        since: Option<FileStamp>,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<u8>, FileStamp)>, GuestError> {
+        let request = Request::WatchFile(WatchFileRequest {
+            path: path.to_string(),
+            max_bytes,
+            since,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+        match self.call(request).await {
+            Ok(Response::WatchedFile { data_base64, stamp }) => STANDARD
+                .decode(data_base64.as_bytes())
+                .map(|data| Some((data, stamp)))
+                .map_err(|e| GuestError::Protocol(format!("file data: {e}"))),
+            Ok(other) => Err(unexpected(&other)),
+            Err(GuestError::Agent(body)) if body.code == "timed_out" => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn read_file(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, GuestError> {

@@ -69,6 +69,8 @@ pub enum Request {
         token: String,
         seed_base64: String,
     },
+    /// Answers with the file once it exists with a stamp other than `since`, or `timed_out`.
+    WatchFile(WatchFileRequest),
 }
 
 impl Request {
@@ -82,6 +84,7 @@ impl Request {
             Request::SetClock { .. } => "set_clock",
             Request::Cancel { .. } => "cancel",
             Request::SetIdentity { .. } => "set_identity",
+            Request::WatchFile(_) => "watch_file",
         }
     }
 }
@@ -130,6 +133,30 @@ pub struct ReadFileRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WatchFileRequest {
+    pub path: String,
+    /// Larger files are refused with `too_large`.
+    pub max_bytes: u64,
+    /// The version already seen; `None` answers as soon as the file exists.
+    pub since: Option<FileStamp>,
+    /// Capped by the agent at `WATCH_MAX_MS`.
+    pub timeout_ms: u64,
+}
+
+/// Identifies one version of a file: a rewrite (even by rename) changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStamp {
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// The longest a `watch_file` request waits before answering `timed_out`.
+pub const WATCH_MAX_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkConfig {
     pub interface: String,
     /// `a.b.c.d/prefix`.
@@ -151,8 +178,17 @@ pub struct NetworkConfig {
 )]
 pub enum Response {
     Health(HealthReport),
-    ExecStarted { pid: u32 },
-    File { data_base64: String, size: u64 },
+    ExecStarted {
+        pid: u32,
+    },
+    File {
+        data_base64: String,
+        size: u64,
+    },
+    WatchedFile {
+        data_base64: String,
+        stamp: FileStamp,
+    },
     Done,
 }
 

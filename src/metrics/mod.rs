@@ -31,6 +31,12 @@ pub struct PromptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthSessionLabels {
+    pub provider: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
     pub provider: String,
 }
@@ -87,6 +93,8 @@ pub struct Metrics {
     pub vm_create_duration: Histogram,
     pub vm_hibernate_duration: Histogram,
     pub vm_resume_duration: Histogram,
+    pub auth_sessions: Family<AuthSessionLabels, Counter>,
+    pub credential_refreshes: Family<ProviderLabels, Counter>,
 }
 
 impl Metrics {
@@ -111,6 +119,8 @@ impl Metrics {
             vm_create_duration: vm_operation_histogram(),
             vm_hibernate_duration: vm_operation_histogram(),
             vm_resume_duration: vm_operation_histogram(),
+            auth_sessions: Family::default(),
+            credential_refreshes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +203,16 @@ impl Metrics {
             "polydev_vm_resume_duration_seconds",
             "Time from resume request to a running VM whose agent answers",
             metrics.vm_resume_duration.clone(),
+        );
+        registry.register(
+            "polydev_auth_sessions",
+            "Login relay sessions by provider and how they ended",
+            metrics.auth_sessions.clone(),
+        );
+        registry.register(
+            "polydev_credential_refreshes",
+            "Credentials a CLI refreshed during a prompt, captured back into the vault",
+            metrics.credential_refreshes.clone(),
         );
         Metrics {
             registry,

@@ -52,9 +52,7 @@ pub struct PromptSettings {
     pub per_vm: u32,
     pub when_busy: WhenBusy,
     pub endpoint: Option<providers::Endpoint>,
-    pub cli_home: String,
-    pub cli_path: Option<String>,
-    pub egress_proxy: Option<String>,
+    pub cli: crate::vms::CliEnvironment,
     pub log_bounds: log::LogBounds,
     /// Finished prompts whose events stay in memory for re-attach.
     pub retained_runs: usize,

@@ -17,14 +17,11 @@ use super::{MAX_RESPONSE_BYTES, PromptError, records};
 use crate::guest::client::{ExecEvent, GuestError};
 use crate::guest::messages::ExecRequest;
 use crate::metrics::{PromptLabels, ProviderLabels};
-use crate::model::{PromptStatus, Status, Vm, VmStatus, now_ms};
-use crate::vms::VmError;
+use crate::model::{PromptStatus, Status, now_ms};
+use crate::vms::{VmError, VmStep};
 
 /// The most stderr lines passed on as `metadata`; the rest are counted.
 const MAX_STDERR_LINES: usize = 200;
-/// How long a prompt waits for a VM that another operation is creating or saving.
-const VM_SETTLE_DEADLINE: Duration = Duration::from_secs(300);
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How a run ended.
 enum Ending {
@@ -208,41 +205,6 @@ fn error_code(error: &PromptError) -> &'static str {
     }
 }
 
-/// The user's VM, running: resumed if hibernated, created if there is none.
-async fn ensure_vm(service: &PromptService, run: &PromptRun) -> Result<Vm, PromptError> {
-    let deadline = tokio::time::Instant::now() + VM_SETTLE_DEADLINE;
-    loop {
-        let vm = match service.vms.user_vm(&run.user_id).await {
-            Ok(vm) => Some(vm),
-            Err(VmError::NoVm(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        match vm {
-            Some(vm) if vm.status == VmStatus::Running => return Ok(vm),
-            Some(vm) if vm.status == VmStatus::Hibernated => {
-                progress(run, "resuming_vm");
-                return Ok(service.vms.resume(&vm.id).await?);
-            }
-            Some(vm) if vm.is_live() => {
-                // Another operation owns it for now (creating, stopping).
-                if tokio::time::Instant::now() > deadline {
-                    return Err(VmError::WrongStatus {
-                        id: vm.id,
-                        op: crate::model::VmOp::Resume,
-                        status: vm.status,
-                    }
-                    .into());
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            _ => {
-                progress(run, "creating_vm");
-                return Ok(service.vms.create(&run.user_id).await?);
-            }
-        }
-    }
-}
-
 async fn execute(
     service: &Arc<PromptService>,
     run: &Arc<PromptRun>,
@@ -251,7 +213,18 @@ async fn execute(
     gathered: &mut Gathered,
     started: Instant,
 ) -> Result<Ending, PromptError> {
-    let vm = ensure_vm(service, run).await?;
+    let vm = service
+        .vms
+        .ensure_running(&run.user_id, |step| {
+            progress(
+                run,
+                match step {
+                    VmStep::Resuming => "resuming_vm",
+                    VmStep::Creating => "creating_vm",
+                },
+            )
+        })
+        .await?;
     if run.cancel.is_cancelled() {
         return Ok(Ending::Cancelled);
     }
@@ -278,7 +251,7 @@ async fn execute(
         &Invocation {
             prompt: &request.prompt,
             model: request.model.as_deref(),
-            home: &settings.cli_home,
+            home: &settings.cli.home,
             endpoint: settings.endpoint.as_ref(),
         },
     );
@@ -288,23 +261,30 @@ async fn execute(
             .await
             .map_err(unavailable)?;
     }
-    let mut env = command.env.clone();
-    let path = match &settings.cli_path {
-        Some(extra) => format!("{extra}:{DEFAULT_PATH}"),
-        None => DEFAULT_PATH.to_string(),
-    };
-    env.insert("PATH".into(), path);
-    if let Some(proxy) = &settings.egress_proxy {
-        for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            env.insert(name.into(), proxy.clone());
+    // Without its credential the CLI would fail anyway; the failure says why.
+    let injected = match service
+        .auth
+        .inject(&run.user_id, request.provider, &agent)
+        .await
+    {
+        Ok(injected) => injected,
+        Err(e) => {
+            return Ok(Ending::Failed {
+                code: "credential_unavailable".into(),
+                message: format!("cannot write the {} credential: {e}", request.provider),
+            });
         }
-        env.insert("NO_PROXY".into(), "localhost,127.0.0.1".into());
+    };
+    if injected.is_some() {
+        progress(run, "credential_written");
     }
+    let mut env = settings.cli.env();
+    env.extend(command.env.clone());
     let exec = agent
         .exec(ExecRequest {
             argv: command.argv.clone(),
             env,
-            cwd: Some(settings.cli_home.clone()),
+            cwd: Some(settings.cli.home.clone()),
             timeout_sec: Some(timeout.as_secs().max(1)),
             ..ExecRequest::default()
         })
@@ -368,6 +348,13 @@ async fn execute(
     }
     if let Some(line) = stdout.finish() {
         emit(translator.line(&line), gathered);
+    }
+    if let Some(injected) = &injected {
+        match service.auth.capture(&run.user_id, injected, &agent).await {
+            Ok(true) => progress(run, "credential_refreshed"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(prompt = %run.id, error = %e, "cannot read back a credential"),
+        }
     }
     if cancelling {
         return Ok(Ending::Cancelled);

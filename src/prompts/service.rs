@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::log::{EventLog, Reader};
 use super::{PromptError, PromptSettings, records};
+use crate::auth::AuthService;
 use crate::config::WhenBusy;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
@@ -64,6 +65,7 @@ pub struct PromptService {
     pub(super) events: EventHub,
     pub(super) metrics: Arc<Metrics>,
     pub(super) settings: PromptSettings,
+    pub(super) auth: Arc<AuthService>,
     runs: Mutex<HashMap<String, Arc<PromptRun>>>,
     /// Finished runs, oldest first, evicted past `retained_runs`.
     finished: Mutex<VecDeque<String>>,
@@ -83,6 +85,7 @@ impl PromptService {
         events: EventHub,
         metrics: Arc<Metrics>,
         settings: PromptSettings,
+        auth: Arc<AuthService>,
         tracker: TaskTracker,
     ) -> Arc<PromptService> {
         Arc::new(PromptService {
@@ -91,6 +94,7 @@ impl PromptService {
             events,
             metrics,
             settings,
+            auth,
             runs: Mutex::new(HashMap::new()),
             finished: Mutex::new(VecDeque::new()),
             turns: Mutex::new(HashMap::new()),

@@ -44,7 +44,12 @@ pub fn run<W>(
 ) -> ExitCode {
     let (mut passed, mut failed) = (0, 0);
     let mut broken = false;
+    // Like libtest: a non-flag argument runs only the cases whose names contain it.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for (name, case) in cases {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
         if broken {
             println!("test {name} ... not run (an earlier case left nothing to run on)");
             failed += 1;

@@ -15,6 +15,7 @@ use crate::support::daemon_proc::{
 pub const BRIDGE: &str = "mcbr1";
 pub const GATEWAY: &str = "10.215.0.1";
 pub const POOL_SIZE: u64 = 253;
+pub const MASTER_KEY: &str = "4be1c0d2e3f405162738495a6b7c8d9eafb0c1d2e3f405162738495a6b7c8d9e";
 
 pub struct World {
     pub daemon: DaemonProc,

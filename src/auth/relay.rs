@@ -1,0 +1,396 @@
+//! One login, from start to end: the VM running, the provider's login under a PTY in a HOME of
+//! its own, its screen read for the URL or device code, the user's code written to it, its
+//! credential file watched by the agent, and everything removed at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use super::login::{self, LoginScreen, LoginSignal, UserAction};
+use super::service::AuthService;
+use super::{AuthError, files, records};
+use crate::guest::client::{AgentClient, ExecEvent, GuestError};
+use crate::guest::messages::{ExecRequest, FileStamp, PtySize};
+use crate::model::{AuthSession, AuthSessionStatus, Provider, now_ms};
+use crate::vms::VmStep;
+
+/// Wide enough that a full-screen CLI never wraps an authorize URL.
+const PTY: PtySize = PtySize {
+    rows: 50,
+    cols: 4000,
+};
+/// Each watch request waits this long; the loop keeps asking until the login ends.
+const WATCH_WINDOW: Duration = Duration::from_secs(20);
+
+/// A code from the user, with where to send the verdict.
+pub struct CodeSubmission {
+    pub code: Zeroizing<String>,
+    pub reply: oneshot::Sender<Result<AuthSession, AuthError>>,
+}
+
+/// The handles the service keeps on a running login.
+pub struct LoginControl {
+    pub codes: mpsc::Sender<CodeSubmission>,
+    pub cancel: CancellationToken,
+}
+
+/// How a login ended.
+enum Ending {
+    Completed(Zeroizing<Vec<u8>>),
+    Failed(String),
+    Cancelled,
+    Timeout,
+}
+
+pub async fn run(
+    service: Arc<AuthService>,
+    session: AuthSession,
+    mut codes: mpsc::Receiver<CodeSubmission>,
+    cancel: CancellationToken,
+) {
+    let id = session.id.clone();
+    let home = format!("/tmp/mc-login-{id}");
+    let mut login = Login {
+        service: service.clone(),
+        session,
+        home,
+        agent: None,
+        exec_id: None,
+    };
+    let ending = tokio::select! {
+        ending = login.drive(&mut codes) => ending.unwrap_or_else(|e| Ending::Failed(e.to_string())),
+        _ = cancel.cancelled() => Ending::Cancelled,
+    };
+    // A code that raced the end gets the final state.
+    codes.close();
+    login.finish(ending).await;
+    while let Ok(late) = codes.try_recv() {
+        let _ = late
+            .reply
+            .send(records::get_session(&service.store, &id).await);
+    }
+    service.forget(&id);
+}
+
+struct Login {
+    service: Arc<AuthService>,
+    session: AuthSession,
+    home: String,
+    agent: Option<Arc<AgentClient>>,
+    exec_id: Option<u64>,
+}
+
+impl Login {
+    fn provider(&self) -> Provider {
+        self.session.provider
+    }
+
+    async fn set_status(
+        &mut self,
+        status: AuthSessionStatus,
+        change: impl FnOnce(&mut AuthSession) + Send + 'static,
+    ) -> Result<(), AuthError> {
+        self.session = records::update_session(&self.service.store, &self.session.id, move |s| {
+            change(s);
+            s.status = status;
+            Ok(())
+        })
+        .await?;
+        self.service.progress(&self.session);
+        Ok(())
+    }
+
+    async fn drive(
+        &mut self,
+        codes: &mut mpsc::Receiver<CodeSubmission>,
+    ) -> Result<Ending, AuthError> {
+        self.set_status(AuthSessionStatus::StartingVm, |_| {})
+            .await?;
+        let vm = self
+            .service
+            .vms
+            .ensure_running(&self.session.user_id, |_: VmStep| {})
+            .await?;
+        let agent = self.service.vms.agent(&vm.id).await?;
+        self.agent = Some(agent.clone());
+        let vm_id = vm.id.clone();
+        self.set_status(AuthSessionStatus::StartingVm, move |s| {
+            s.vm_id = Some(vm_id)
+        })
+        .await?;
+
+        let command = login::command(self.provider(), &self.home);
+        self.prepare_home(&agent, &command).await?;
+        let mut env = self.service.settings.cli.env();
+        env.extend(command.env.clone());
+        let mut stream = agent
+            .exec(ExecRequest {
+                argv: command.argv.clone(),
+                env,
+                cwd: Some(self.home.clone()),
+                uid: self.service.settings.cli.owner.map(|(uid, _)| uid),
+                gid: self.service.settings.cli.owner.map(|(_, gid)| gid),
+                pty: Some(PTY),
+                stdin: true,
+                timeout_sec: Some(self.service.settings.session_timeout.as_secs() * 2 + 60),
+            })
+            .await
+            .map_err(|e| match e {
+                GuestError::Agent(body) if body.code == "spawn_failed" => {
+                    AuthError::Guest(GuestError::Agent(body))
+                }
+                other => AuthError::Guest(other),
+            })?;
+        self.exec_id = Some(stream.id);
+
+        let (found_tx, mut found) = mpsc::channel(1);
+        let watcher = tokio::spawn(watch_credentials(
+            agent.clone(),
+            files::path_in(self.provider(), &self.home),
+            self.provider(),
+            found_tx,
+        ));
+        let _watcher = AbortOnDrop(watcher);
+        let mut screen = LoginScreen::new(self.provider());
+        let mut action: Option<UserAction> = None;
+        loop {
+            let idle_until = tokio::time::Instant::now()
+                + Duration::from_millis(
+                    (self.session.last_activity_ms
+                        + self.service.settings.session_timeout.as_millis() as i64
+                        - now_ms())
+                    .max(0) as u64,
+                );
+            tokio::select! {
+                biased;
+                Some(bytes) = found.recv() => return Ok(Ending::Completed(bytes)),
+                event = stream.next() => match event {
+                    Some(Ok(ExecEvent::Stdout(chunk) | ExecEvent::Stderr(chunk))) => {
+                        for signal in screen.feed(&chunk) {
+                            match signal {
+                                LoginSignal::AwaitingUser(user_action) => {
+                                    let a = user_action.clone();
+                                    self.set_status(AuthSessionStatus::AwaitingUser, move |s| {
+                                        s.auth_url = a.auth_url;
+                                        s.device_code = a.device_code;
+                                        s.verification_url = a.verification_url;
+                                        s.instructions = Some(a.instructions);
+                                    })
+                                    .await?;
+                                    action = Some(user_action);
+                                }
+                                LoginSignal::Failed(message) => return Ok(Ending::Failed(message)),
+                                // The credential file decides; the watcher sees it shortly.
+                                LoginSignal::Succeeded => {}
+                            }
+                        }
+                    }
+                    Some(Ok(ExecEvent::Exit(status))) => {
+                        // The CLI may exit right after writing the file; give the watcher a moment.
+                        if let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_secs(2), found.recv()).await {
+                            return Ok(Ending::Completed(bytes));
+                        }
+                        let why = screen.last_line().map(str::to_string).unwrap_or_else(|| {
+                            format!("the login exited (status {:?}) without writing credentials", status.code)
+                        });
+                        return Ok(Ending::Failed(why));
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(AuthError::Guest(GuestError::Disconnected)),
+                },
+                Some(submission) = codes.recv() => {
+                    let verdict = self.accept_code(&stream, action.as_ref(), &submission.code).await;
+                    let _ = submission.reply.send(verdict);
+                }
+                _ = tokio::time::sleep_until(idle_until) => {
+                    if self.session.last_activity_ms + self.service.settings.session_timeout.as_millis() as i64 <= now_ms() {
+                        return Ok(Ending::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept_code(
+        &mut self,
+        stream: &crate::guest::client::ExecStream,
+        action: Option<&UserAction>,
+        code: &str,
+    ) -> Result<AuthSession, AuthError> {
+        if self.session.status != AuthSessionStatus::AwaitingUser {
+            return Err(AuthError::NotAwaitingCode {
+                id: self.session.id.clone(),
+                status: self.session.status,
+            });
+        }
+        if action.is_some_and(|a| !a.expects_code) {
+            return Err(AuthError::NoCodeExpected {
+                provider: self.provider(),
+            });
+        }
+        let mut line = Zeroizing::new(Vec::with_capacity(code.len() + 1));
+        line.extend_from_slice(code.as_bytes());
+        line.push(b'\r');
+        stream
+            .write_stdin(bytes::Bytes::copy_from_slice(&line))
+            .await?;
+        self.set_status(AuthSessionStatus::Verifying, |_| {})
+            .await?;
+        Ok(self.session.clone())
+    }
+
+    async fn prepare_home(
+        &self,
+        agent: &AgentClient,
+        command: &login::LoginCommand,
+    ) -> Result<(), AuthError> {
+        let owner = self.service.settings.cli.owner;
+        let mut dirs = vec![self.home.clone()];
+        dirs.extend(command.dirs.iter().map(|d| format!("{}/{d}", self.home)));
+        let mut argv = vec!["mkdir".to_string(), "-p".into(), "-m".into(), "700".into()];
+        argv.extend(dirs.iter().cloned());
+        run_quietly(agent, argv).await?;
+        if let Some((uid, gid)) = owner {
+            let mut chown = vec!["chown".to_string(), "-R".into(), format!("{uid}:{gid}")];
+            chown.push(self.home.clone());
+            run_quietly(agent, chown).await?;
+        }
+        for (path, contents) in &command.files {
+            agent
+                .write_file_owned(
+                    &format!("{}/{path}", self.home),
+                    contents.as_bytes(),
+                    0o600,
+                    owner,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, ending: Ending) {
+        if let (Some(agent), Some(exec_id)) = (&self.agent, self.exec_id) {
+            // Already gone when the CLI exited by itself.
+            let _ = agent.cancel(exec_id).await;
+        }
+        let result = match ending {
+            Ending::Completed(bytes) => {
+                // A device-code login goes from waiting on the user straight to a written file.
+                if self.session.status == AuthSessionStatus::AwaitingUser
+                    && let Err(e) = self.set_status(AuthSessionStatus::Verifying, |_| {}).await
+                {
+                    tracing::warn!(session = %self.session.id, error = %e, "cannot mark a login verifying");
+                }
+                self.service.complete(&self.session, &bytes).await
+            }
+            Ending::Failed(message) => self.end(AuthSessionStatus::Failed, Some(message)).await,
+            Ending::Cancelled => self.end(AuthSessionStatus::Cancelled, None).await,
+            Ending::Timeout => {
+                let message = format!(
+                    "no answer from the user within {} s",
+                    self.service.settings.session_timeout.as_secs()
+                );
+                self.end(AuthSessionStatus::Timeout, Some(message)).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(session = %self.session.id, error = %e, "cannot settle an auth session");
+            let message = e.to_string();
+            let _ = self.end(AuthSessionStatus::Failed, Some(message)).await;
+        }
+        if let Some(agent) = &self.agent
+            && let Err(e) =
+                run_quietly(agent, vec!["rm".into(), "-rf".into(), self.home.clone()]).await
+        {
+            tracing::warn!(session = %self.session.id, error = %e, "cannot remove a login's HOME");
+        }
+    }
+
+    async fn end(
+        &mut self,
+        status: AuthSessionStatus,
+        error: Option<String>,
+    ) -> Result<(), AuthError> {
+        let current = records::get_session(&self.service.store, &self.session.id).await?;
+        if current.status.is_terminal() {
+            return Ok(());
+        }
+        self.set_status(status, move |s| s.error = error).await
+    }
+}
+
+/// Runs a short command in the guest; a non-zero exit is an error.
+async fn run_quietly(agent: &AgentClient, argv: Vec<String>) -> Result<(), AuthError> {
+    let what = argv.first().cloned().unwrap_or_default();
+    let output = agent
+        .exec(ExecRequest {
+            argv,
+            timeout_sec: Some(30),
+            ..ExecRequest::default()
+        })
+        .await?
+        .collect_output()
+        .await?;
+    match output.status {
+        Some(status) if status.code == Some(0) => Ok(()),
+        other => Err(AuthError::Guest(GuestError::Protocol(format!(
+            "{what} in the guest failed ({other:?}): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))),
+    }
+}
+
+/// Asks the agent for each new version of the credential file until one is complete.
+async fn watch_credentials(
+    agent: Arc<AgentClient>,
+    path: String,
+    provider: Provider,
+    found: mpsc::Sender<Zeroizing<Vec<u8>>>,
+) {
+    let mut since: Option<FileStamp> = None;
+    loop {
+        match agent
+            .watch_file(&path, files::MAX_FILE_BYTES, since, WATCH_WINDOW)
+            .await
+        {
+            Ok(Some((bytes, stamp))) => {
+                let bytes = Zeroizing::new(bytes);
+                since = Some(stamp);
+                // A half-written file is ignored; the next version is awaited.
+                if files::inspect(provider, &bytes).is_ok() {
+                    let _ = found.send(bytes).await;
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "credential watch ended");
+                return;
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The `auth_progress` event for a session.
+pub fn progress_event(session: &AuthSession) -> serde_json::Value {
+    json!({
+        "event": "auth_progress",
+        "sessionId": session.id,
+        "provider": session.provider,
+        "status": session.status,
+        "error": session.error,
+    })
+}
