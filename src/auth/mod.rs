@@ -7,6 +7,7 @@
 //! Before each prompt the file is written into the guest, and after it the file is read back so
 //! that tokens the CLI refreshed are not lost.
 
+mod credentials;
 pub mod files;
 pub mod login;
 mod records;
@@ -21,7 +22,8 @@ use crate::model::{AuthSessionStatus, ModelError, Provider};
 use crate::store::StoreError;
 use crate::vms::{CliEnvironment, VmError};
 
-pub use service::{AuthService, CredentialView, SessionView, Validation};
+pub use credentials::{CredentialView, Injected, LiveCheck, Validation};
+pub use service::{AuthService, SessionView};
 pub use vault::{MasterKey, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::login::{self, LoginScreen, LoginSignal, UserAction};
 use super::service::AuthService;
 use super::{AuthError, files, records};
-use crate::guest::client::{AgentClient, ExecEvent, GuestError};
+use crate::guest::client::{AgentClient, ExecEvent, ExecStream, GuestError};
 use crate::guest::messages::{ExecRequest, FileStamp, PtySize};
 use crate::model::{AuthSession, AuthSessionStatus, Provider, now_ms};
 use crate::vms::VmStep;
@@ -62,10 +62,10 @@ pub async fn run(
         agent: None,
         exec_id: None,
     };
-    let ending = tokio::select! {
-        ending = login.drive(&mut codes) => ending.unwrap_or_else(|e| Ending::Failed(e.to_string())),
-        _ = cancel.cancelled() => Ending::Cancelled,
-    };
+    let ending = login
+        .drive(&mut codes, &cancel)
+        .await
+        .unwrap_or_else(|e| Ending::Failed(e.to_string()));
     // A code that raced the end gets the final state.
     codes.close();
     login.finish(ending).await;
@@ -95,19 +95,32 @@ impl Login {
         status: AuthSessionStatus,
         change: impl FnOnce(&mut AuthSession) + Send + 'static,
     ) -> Result<(), AuthError> {
+        let before = self.session.status;
         self.session = records::update_session(&self.service.store, &self.session.id, move |s| {
             change(s);
             s.status = status;
             Ok(())
         })
         .await?;
-        self.service.progress(&self.session);
+        if self.session.status != before {
+            self.service.progress(&self.session);
+        }
         Ok(())
     }
 
+    /// The moment the session has been idle for its timeout.
+    fn idle_deadline(&self) -> tokio::time::Instant {
+        let timeout_ms = self.service.settings.session_timeout.as_millis() as i64;
+        let left_ms = self.session.last_activity_ms + timeout_ms - now_ms();
+        tokio::time::Instant::now() + Duration::from_millis(left_ms.max(0) as u64)
+    }
+
+    /// Runs the login until it ends. A cancel is heard between the steps that start the VM and
+    /// the CLI, never inside them: a VM create dropped half-way would be left to reconcile.
     async fn drive(
         &mut self,
         codes: &mut mpsc::Receiver<CodeSubmission>,
+        cancel: &CancellationToken,
     ) -> Result<Ending, AuthError> {
         self.set_status(AuthSessionStatus::StartingVm, |_| {})
             .await?;
@@ -118,81 +131,48 @@ impl Login {
             .await?;
         let agent = self.service.vms.agent(&vm.id).await?;
         self.agent = Some(agent.clone());
-        let vm_id = vm.id.clone();
+        if cancel.is_cancelled() {
+            return Ok(Ending::Cancelled);
+        }
         self.set_status(AuthSessionStatus::StartingVm, move |s| {
-            s.vm_id = Some(vm_id)
+            s.vm_id = Some(vm.id)
         })
         .await?;
-
-        let command = login::command(self.provider(), &self.home);
-        self.prepare_home(&agent, &command).await?;
-        let mut env = self.service.settings.cli.env();
-        env.extend(command.env.clone());
-        let mut stream = agent
-            .exec(ExecRequest {
-                argv: command.argv.clone(),
-                env,
-                cwd: Some(self.home.clone()),
-                uid: self.service.settings.cli.owner.map(|(uid, _)| uid),
-                gid: self.service.settings.cli.owner.map(|(_, gid)| gid),
-                pty: Some(PTY),
-                stdin: true,
-                timeout_sec: Some(self.service.settings.session_timeout.as_secs() * 2 + 60),
-            })
-            .await
-            .map_err(|e| match e {
-                GuestError::Agent(body) if body.code == "spawn_failed" => {
-                    AuthError::Guest(GuestError::Agent(body))
-                }
-                other => AuthError::Guest(other),
-            })?;
+        let mut stream = match self.start_login(&agent).await? {
+            Ok(stream) => stream,
+            Err(ending) => return Ok(ending),
+        };
         self.exec_id = Some(stream.id);
+        if cancel.is_cancelled() {
+            return Ok(Ending::Cancelled);
+        }
 
         let (found_tx, mut found) = mpsc::channel(1);
-        let watcher = tokio::spawn(watch_credentials(
+        let _watcher = AbortOnDrop(tokio::spawn(watch_credentials(
             agent.clone(),
             files::path_in(self.provider(), &self.home),
             self.provider(),
             found_tx,
-        ));
-        let _watcher = AbortOnDrop(watcher);
+        )));
         let mut screen = LoginScreen::new(self.provider());
         let mut action: Option<UserAction> = None;
         loop {
-            let idle_until = tokio::time::Instant::now()
-                + Duration::from_millis(
-                    (self.session.last_activity_ms
-                        + self.service.settings.session_timeout.as_millis() as i64
-                        - now_ms())
-                    .max(0) as u64,
-                );
             tokio::select! {
                 biased;
+                _ = cancel.cancelled() => return Ok(Ending::Cancelled),
                 Some(bytes) = found.recv() => return Ok(Ending::Completed(bytes)),
                 event = stream.next() => match event {
                     Some(Ok(ExecEvent::Stdout(chunk) | ExecEvent::Stderr(chunk))) => {
                         for signal in screen.feed(&chunk) {
-                            match signal {
-                                LoginSignal::AwaitingUser(user_action) => {
-                                    let a = user_action.clone();
-                                    self.set_status(AuthSessionStatus::AwaitingUser, move |s| {
-                                        s.auth_url = a.auth_url;
-                                        s.device_code = a.device_code;
-                                        s.verification_url = a.verification_url;
-                                        s.instructions = Some(a.instructions);
-                                    })
-                                    .await?;
-                                    action = Some(user_action);
-                                }
-                                LoginSignal::Failed(message) => return Ok(Ending::Failed(message)),
-                                // The credential file decides; the watcher sees it shortly.
-                                LoginSignal::Succeeded => {}
+                            if let Some(ending) = self.on_signal(signal, &mut action).await? {
+                                return Ok(ending);
                             }
                         }
                     }
                     Some(Ok(ExecEvent::Exit(status))) => {
                         // The CLI may exit right after writing the file; give the watcher a moment.
-                        if let Ok(Some(bytes)) = tokio::time::timeout(Duration::from_secs(2), found.recv()).await {
+                        let late = tokio::time::timeout(Duration::from_secs(2), found.recv()).await;
+                        if let Ok(Some(bytes)) = late {
                             return Ok(Ending::Completed(bytes));
                         }
                         let why = screen.last_line().map(str::to_string).unwrap_or_else(|| {
@@ -207,8 +187,8 @@ impl Login {
                     let verdict = self.accept_code(&stream, action.as_ref(), &submission.code).await;
                     let _ = submission.reply.send(verdict);
                 }
-                _ = tokio::time::sleep_until(idle_until) => {
-                    if self.session.last_activity_ms + self.service.settings.session_timeout.as_millis() as i64 <= now_ms() {
+                _ = tokio::time::sleep_until(self.idle_deadline()) => {
+                    if self.idle_deadline() <= tokio::time::Instant::now() {
                         return Ok(Ending::Timeout);
                     }
                 }
@@ -216,9 +196,71 @@ impl Login {
         }
     }
 
+    /// Starts the provider's login under a PTY in its own HOME. A CLI missing from the VM ends
+    /// the session with a message that says so.
+    async fn start_login(
+        &self,
+        agent: &AgentClient,
+    ) -> Result<Result<ExecStream, Ending>, AuthError> {
+        let command = login::command(self.provider(), &self.home);
+        self.prepare_home(agent, &command).await?;
+        let cli = &self.service.settings.cli;
+        let mut env = cli.env();
+        env.extend(command.env.clone());
+        let started = agent
+            .exec(ExecRequest {
+                argv: command.argv.clone(),
+                env,
+                cwd: Some(self.home.clone()),
+                uid: cli.owner.map(|(uid, _)| uid),
+                gid: cli.owner.map(|(_, gid)| gid),
+                pty: Some(PTY),
+                stdin: true,
+                // A backstop only: the session's own timeout ends it first.
+                timeout_sec: Some(self.service.settings.session_timeout.as_secs() * 2 + 60),
+            })
+            .await;
+        match started {
+            Ok(stream) => Ok(Ok(stream)),
+            Err(GuestError::Agent(body)) if body.code == "spawn_failed" => {
+                Ok(Err(Ending::Failed(format!(
+                    "the {} CLI cannot start in the VM: {}",
+                    self.provider(),
+                    body.message
+                ))))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Acts on what the screen said; `Some` ends the login.
+    async fn on_signal(
+        &mut self,
+        signal: LoginSignal,
+        action: &mut Option<UserAction>,
+    ) -> Result<Option<Ending>, AuthError> {
+        match signal {
+            LoginSignal::AwaitingUser(user_action) => {
+                let shown = user_action.clone();
+                self.set_status(AuthSessionStatus::AwaitingUser, move |s| {
+                    s.auth_url = shown.auth_url;
+                    s.device_code = shown.device_code;
+                    s.verification_url = shown.verification_url;
+                    s.instructions = Some(shown.instructions);
+                })
+                .await?;
+                *action = Some(user_action);
+                Ok(None)
+            }
+            LoginSignal::Failed(message) => Ok(Some(Ending::Failed(message))),
+            // The credential file decides; the watcher sees it shortly.
+            LoginSignal::Succeeded => Ok(None),
+        }
+    }
+
     async fn accept_code(
         &mut self,
-        stream: &crate::guest::client::ExecStream,
+        stream: &ExecStream,
         action: Option<&UserAction>,
         code: &str,
     ) -> Result<AuthSession, AuthError> {

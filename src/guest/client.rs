@@ -234,8 +234,12 @@ impl AgentClient {
 
     async fn call(&self, request: Request) -> Result<Response, GuestError> {
         let (id, mut rx) = self.send_request(&request, 1).await?;
+        // A caller may drop this future (a select, a timeout); the route must go with it.
+        let _route = RouteGuard {
+            pending: &self.pending,
+            id,
+        };
         let frame = rx.recv().await;
-        lock(&self.pending).remove(&id);
         response_of(frame.ok_or(GuestError::Disconnected)?)
     }
 
@@ -366,6 +370,18 @@ impl AgentClient {
             .send(frame)
             .await
             .map_err(|_| GuestError::Disconnected)
+    }
+}
+
+/// Removes a request's route from the pending map when its caller is done or gone.
+struct RouteGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for RouteGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
     }
 }
 

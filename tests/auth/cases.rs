@@ -324,7 +324,6 @@ pub async fn credentials_validation_and_rotation(world: &mut World) {
         [
             "created",
             "starting_vm",
-            "starting_vm",
             "awaiting_user",
             "verifying",
             "completed"

@@ -121,6 +121,26 @@ pub async fn a_login_in_a_real_guest(world: &mut World) {
     );
     assert_guest_clean(world, &vm_id).await;
 
+    // Codex is not in the test image: the session says so.
+    let reply = world
+        .daemon
+        .call(
+            "POST",
+            "/api/auth/start",
+            SERVICE_TOKEN,
+            Some(json!({"userId": user, "provider": "codex"})),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{:?}", reply.json);
+    let codex = reply.json["sessionId"].as_str().expect("id").to_string();
+    let failed = wait_for(world, &codex, "failed", Duration::from_secs(60)).await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the codex CLI cannot start in the VM")),
+        "{failed:?}"
+    );
+
     // Cancel.
     let (_, started) = start(world, &user).await;
     let id = started["sessionId"].as_str().expect("id").to_string();

@@ -1,0 +1,297 @@
+//! The credentials' side of the auth service: sealing a login's file, writing it into guests
+//! before prompts and capturing what the CLIs refreshed afterwards, listing and validating.
+
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::service::AuthService;
+use super::{AuthError, channel, files, records};
+use crate::guest::client::AgentClient;
+use crate::guest::messages::ExecRequest;
+use crate::metrics::ProviderLabels;
+use crate::model::{AuthSession, Credential, Provider, now_ms};
+
+/// A credential as the API shows it: metadata only, never a secret.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialView {
+    pub credential_id: String,
+    pub provider: Provider,
+    pub is_valid: bool,
+    pub reason: Option<String>,
+    pub last_verified: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl From<&Credential> for CredentialView {
+    fn from(c: &Credential) -> Self {
+        CredentialView {
+            credential_id: c.id.clone(),
+            provider: c.provider,
+            is_valid: c.is_valid,
+            reason: c.reason.clone(),
+            last_verified: c.last_verified_ms,
+            expires_at: c.expires_at_ms,
+            updated_at: c.updated_at_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Validation {
+    pub valid: bool,
+    pub reason: String,
+    pub expires_at: Option<i64>,
+    pub last_verified: Option<i64>,
+    /// The check run in the VM with `?live=true`.
+    pub live: Option<LiveCheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveCheck {
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What was written into a guest before a prompt, to compare with what is there after it.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    provider: Provider,
+    digest: [u8; 32],
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl AuthService {
+    /// Seals a login's credential file and completes its session in one transaction, then
+    /// writes the credential into the CLIs' HOME.
+    pub(super) async fn complete(
+        &self,
+        session: &AuthSession,
+        plaintext: &[u8],
+    ) -> Result<(), AuthError> {
+        let facts =
+            files::inspect(session.provider, plaintext).map_err(AuthError::BadCredential)?;
+        let sealed = self.vault()?.seal(plaintext)?;
+        let now = now_ms();
+        let credential = Credential {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: session.user_id.clone(),
+            provider: session.provider,
+            ciphertext: sealed.ciphertext,
+            key_id: sealed.key_id,
+            is_valid: true,
+            reason: None,
+            expires_at_ms: facts.expires_at_ms,
+            last_verified_ms: Some(now),
+            created_at_ms: now,
+            updated_at_ms: now,
+            version: 1,
+        };
+        let credential =
+            records::put_credential(&self.store, credential, Some(session.id.clone())).await?;
+        let completed = self.session(&session.id).await?;
+        self.progress(&completed);
+        self.events.publish(
+            &channel(&session.user_id),
+            json!({"event": "auth_completed", "sessionId": session.id,
+                "provider": session.provider, "credentialId": credential.id,
+                "rotation": session.rotation}),
+        );
+        if let Some(vm_id) = &completed.vm_id
+            && let Ok(agent) = self.vms.agent(vm_id).await
+            && let Err(e) = self.write_into(&agent, session.provider, plaintext).await
+        {
+            tracing::warn!(session = %session.id, error = %e, "cannot write a new credential into its VM");
+        }
+        Ok(())
+    }
+
+    async fn write_into(
+        &self,
+        agent: &AgentClient,
+        provider: Provider,
+        plaintext: &[u8],
+    ) -> Result<(), AuthError> {
+        let cli = &self.settings.cli;
+        agent
+            .write_file_owned(
+                &files::path_in(provider, &cli.home),
+                plaintext,
+                0o600,
+                cli.owner,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the user's credential for `provider` into the guest before a prompt. `None`
+    /// when the user has none (the CLI then runs as configured without it).
+    pub async fn inject(
+        &self,
+        user_id: &str,
+        provider: Provider,
+        agent: &AgentClient,
+    ) -> Result<Option<Injected>, AuthError> {
+        let Some(credential) = records::get_credential(&self.store, user_id, provider).await?
+        else {
+            return Ok(None);
+        };
+        let plaintext = self
+            .vault()?
+            .unseal(&credential.key_id, &credential.ciphertext)?;
+        self.write_into(agent, provider, &plaintext).await?;
+        Ok(Some(Injected {
+            provider,
+            digest: digest(&plaintext),
+        }))
+    }
+
+    /// Reads the credential file back after a prompt; a version the CLI refreshed is sealed
+    /// and stored, so the vault never keeps a spent refresh token. True when it was.
+    pub async fn capture(
+        &self,
+        user_id: &str,
+        injected: &Injected,
+        agent: &AgentClient,
+    ) -> Result<bool, AuthError> {
+        let path = files::path_in(injected.provider, &self.settings.cli.home);
+        let now_there = Zeroizing::new(agent.read_file(&path, files::MAX_FILE_BYTES).await?);
+        if digest(&now_there) == injected.digest {
+            return Ok(false);
+        }
+        let facts =
+            files::inspect(injected.provider, &now_there).map_err(AuthError::BadCredential)?;
+        let Some(mut credential) =
+            records::get_credential(&self.store, user_id, injected.provider).await?
+        else {
+            return Ok(false);
+        };
+        let sealed = self.vault()?.seal(&now_there)?;
+        credential.ciphertext = sealed.ciphertext;
+        credential.key_id = sealed.key_id;
+        credential.expires_at_ms = facts.expires_at_ms;
+        credential.is_valid = true;
+        credential.reason = None;
+        credential.updated_at_ms = now_ms();
+        records::put_credential(&self.store, credential, None).await?;
+        self.metrics
+            .credential_refreshes
+            .get_or_create(&ProviderLabels {
+                provider: injected.provider.to_string(),
+            })
+            .inc();
+        self.events.publish(
+            &channel(user_id),
+            json!({"event": "auth_credential_refreshed", "provider": injected.provider}),
+        );
+        Ok(true)
+    }
+
+    pub async fn credentials(&self, user_id: &str) -> Result<Vec<CredentialView>, AuthError> {
+        Ok(records::credentials_of(&self.store, user_id)
+            .await?
+            .iter()
+            .map(CredentialView::from)
+            .collect())
+    }
+
+    /// Judges the stored credential by its own expiry fields; `live` also asks the CLI in the
+    /// user's VM whether it accepts the credential.
+    pub async fn validate(
+        &self,
+        user_id: &str,
+        provider: Provider,
+        live: bool,
+    ) -> Result<Validation, AuthError> {
+        let credential = records::get_credential(&self.store, user_id, provider)
+            .await?
+            .ok_or_else(|| AuthError::NoCredential {
+                user_id: user_id.to_string(),
+                provider,
+            })?;
+        let plaintext = self
+            .vault()?
+            .unseal(&credential.key_id, &credential.ciphertext)?;
+        let verdict = files::judge(provider, &plaintext);
+        let live = if live {
+            Some(self.live_check(user_id, provider).await?)
+        } else {
+            None
+        };
+        let valid = verdict.valid && live.as_ref().is_none_or(|l| l.ok);
+        let reason = match &live {
+            Some(check) if !check.ok && verdict.valid => "rejected_by_cli".to_string(),
+            _ => verdict.reason.to_string(),
+        };
+        let updated = records::mark_verified(
+            &self.store,
+            user_id,
+            provider,
+            valid,
+            (!valid || reason != "ok").then(|| reason.clone()),
+            verdict.expires_at_ms,
+        )
+        .await?;
+        Ok(Validation {
+            valid,
+            reason,
+            expires_at: verdict.expires_at_ms,
+            last_verified: updated.and_then(|c| c.last_verified_ms),
+            live,
+        })
+    }
+
+    /// Runs the CLI's own status command with the credential in place.
+    async fn live_check(&self, user_id: &str, provider: Provider) -> Result<LiveCheck, AuthError> {
+        let argv: Vec<String> = match provider {
+            Provider::ClaudeCode => vec!["claude".into(), "auth".into(), "status".into()],
+            Provider::Codex => vec!["codex".into(), "login".into(), "status".into()],
+            Provider::GeminiCli => {
+                return Ok(LiveCheck {
+                    ok: true,
+                    detail: "Gemini CLI has no status command; judged by the file alone".into(),
+                });
+            }
+        };
+        let vm = self.vms.ensure_running(user_id, |_| {}).await?;
+        let agent = self.vms.agent(&vm.id).await?;
+        self.inject(user_id, provider, &agent).await?;
+        let cli = &self.settings.cli;
+        let mut env = cli.env();
+        if provider == Provider::Codex {
+            env.insert("CODEX_HOME".into(), format!("{}/.codex", cli.home));
+        }
+        let output = agent
+            .exec(ExecRequest {
+                argv,
+                env,
+                cwd: Some(cli.home.clone()),
+                uid: cli.owner.map(|(uid, _)| uid),
+                gid: cli.owner.map(|(_, gid)| gid),
+                timeout_sec: Some(self.settings.live_check_timeout.as_secs().max(1)),
+                ..ExecRequest::default()
+            })
+            .await?
+            .collect_output()
+            .await?;
+        let ok = output.status.as_ref().is_some_and(|s| s.code == Some(0));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let detail = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("WARNING"))
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        Ok(LiveCheck { ok, detail })
+    }
+}
