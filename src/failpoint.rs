@@ -1,7 +1,7 @@
-//! Crash points for the tests of durable intents. `MC_FAILPOINT=<name>` makes the daemon abort
-//! (as a SIGKILL would stop it) when it reaches the named step, so a test can leave an
-//! operation half-done on the host and check what reconcile makes of it.
-//! `MC_FAILPOINT=<name>@<n>` aborts at the n-th hit instead, so a loop can be stopped part-way.
+//! Crash points for the tests of durable intents. `MC_FAILPOINT=<name>` makes the process
+//! SIGKILL itself when it reaches the named step, so a test can leave an operation half-done on
+//! the host and check what reconcile (or a rerun) makes of it.
+//! `MC_FAILPOINT=<name>@<n>` kills it at the n-th hit instead, so a loop can be stopped part-way.
 //!
 //! Hand-written rather than the `fail` crate: that crate compiles its points in only under a
 //! cargo feature, so the binary under test would differ from the shipped one.
@@ -54,7 +54,10 @@ pub fn hit(name: &str) {
         return;
     }
     if HITS.fetch_add(1, Ordering::SeqCst) + 1 >= armed.at_hit {
-        tracing::error!(failpoint = name, "failpoint reached; aborting");
+        tracing::error!(failpoint = name, "failpoint reached; killing this process");
+        // SIGKILL itself, not abort(): exactly what the tests stand for, with no core dump and
+        // no chance for any handler to tidy up.
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         std::process::abort();
     }
 }

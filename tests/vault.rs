@@ -106,7 +106,7 @@ fn a_rotation_killed_part_way_is_finished_by_a_rerun() {
     );
     assert_eq!(
         killed.status.signal(),
-        Some(nix::sys::signal::Signal::SIGABRT as i32),
+        Some(nix::sys::signal::Signal::SIGKILL as i32),
         "stderr: {}",
         text(&killed.stderr)
     );
