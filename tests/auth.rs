@@ -34,16 +34,18 @@ fn main() -> ExitCode {
         ("a wrong code ends failed with the CLI's own message", |w| {
             Box::pin(cases::a_wrong_code_fails(w))
         }),
-        ("cancel kills the login and removes its HOME", |w| {
-            Box::pin(cases::cancel_cleans_up(w))
-        }),
         (
-            "a session left idle past its timeout ends as timeout",
+            "cancel kills each provider's login and removes its HOME",
+            |w| Box::pin(cases::cancel_cleans_up(w)),
+        ),
+        (
+            "each provider's session left idle past its timeout ends as timeout",
             |w| Box::pin(cases::idle_session_times_out(w)),
         ),
-        ("a second start while one is active is refused", |w| {
-            Box::pin(cases::second_start_is_refused(w))
-        }),
+        (
+            "a second start while one is active is refused, for each provider",
+            |w| Box::pin(cases::second_start_is_refused(w)),
+        ),
         (
             "credentials, validation (with live), rotation, and the WebSocket events",
             |w| Box::pin(cases::credentials_validation_and_rotation(w)),

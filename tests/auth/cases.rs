@@ -190,73 +190,83 @@ pub async fn a_wrong_code_fails(world: &mut World) {
     );
 }
 
+const PROVIDERS: [&str; 3] = ["claude_code", "codex", "gemini_cli"];
+
 pub async fn cancel_cleans_up(world: &mut World) {
     let user = world.user().await;
-    let id = world.start_login(&user, "gemini_cli").await;
-    world.wait_for(&id, "awaiting_user").await;
-    assert!(
-        !crate::world::login_processes(&id).is_empty(),
-        "the login runs"
-    );
-    let reply = world
-        .call("POST", &format!("/api/auth/session/{id}/cancel"), None)
-        .await;
-    assert_eq!(reply.status, 200, "{:?}", reply.json);
-    assert_eq!(reply.json["status"], "cancelled");
-    assert_cleaned_up(&id).await;
-    // Cancelling again changes nothing.
-    let again = world
-        .call("POST", &format!("/api/auth/session/{id}/cancel"), None)
-        .await;
-    assert_eq!(again.json["status"], "cancelled");
+    for provider in PROVIDERS {
+        let id = world.start_login(&user, provider).await;
+        world.wait_for(&id, "awaiting_user").await;
+        assert!(
+            !crate::world::login_processes(&id).is_empty(),
+            "the {provider} login runs"
+        );
+        let reply = world
+            .call("POST", &format!("/api/auth/session/{id}/cancel"), None)
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        assert_eq!(reply.json["status"], "cancelled", "{provider}");
+        assert_cleaned_up(&id).await;
+        // Cancelling again changes nothing.
+        let again = world
+            .call("POST", &format!("/api/auth/session/{id}/cancel"), None)
+            .await;
+        assert_eq!(again.json["status"], "cancelled");
+    }
 }
 
 pub async fn idle_session_times_out(world: &mut World) {
     let user = world.user().await;
-    let id = world.start_login(&user, "claude_code").await;
-    let waiting = world.wait_for(&id, "awaiting_user").await;
-    let expires = waiting["expiresAt"].as_i64().expect("expiresAt");
-    let updated = waiting["updatedAt"].as_i64().expect("updatedAt");
-    assert_eq!(expires - updated, SESSION_TIMEOUT_SECS as i64 * 1000);
-    let ended = world.wait_for(&id, "timeout").await;
-    assert!(
-        ended["error"]
-            .as_str()
-            .is_some_and(|e| e.contains(&format!("{SESSION_TIMEOUT_SECS} s"))),
-        "{ended:?}"
-    );
-    assert_cleaned_up(&id).await;
+    // The three at once: a user may log in to each provider meanwhile.
+    let mut ids = Vec::new();
+    for provider in PROVIDERS {
+        ids.push(world.start_login(&user, provider).await);
+    }
+    for id in &ids {
+        let waiting = world.wait_for(id, "awaiting_user").await;
+        let expires = waiting["expiresAt"].as_i64().expect("expiresAt");
+        let updated = waiting["updatedAt"].as_i64().expect("updatedAt");
+        assert_eq!(expires - updated, SESSION_TIMEOUT_SECS as i64 * 1000);
+    }
+    for id in &ids {
+        let ended = world.wait_for(id, "timeout").await;
+        assert!(
+            ended["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("{SESSION_TIMEOUT_SECS} s"))),
+            "{ended:?}"
+        );
+        assert_cleaned_up(id).await;
+    }
 }
 
 pub async fn second_start_is_refused(world: &mut World) {
     let user = world.user().await;
-    let first = world.start_login(&user, "codex").await;
-    let reply = world
-        .call(
-            "POST",
-            "/api/auth/start",
-            Some(json!({"userId": user, "provider": "codex"})),
-        )
-        .await;
-    assert_eq!(reply.status, 409, "{:?}", reply.json);
-    assert_eq!(reply.json["error"]["code"], "auth_session_active");
-    assert_eq!(reply.json["sessionId"], first.as_str());
-    // Another provider may log in meanwhile.
-    let other = world.start_login(&user, "gemini_cli").await;
-    world.wait_for(&first, "awaiting_user").await;
-    for id in [&first, &other] {
+    for provider in PROVIDERS {
+        let first = world.start_login(&user, provider).await;
         let reply = world
-            .call("POST", &format!("/api/auth/session/{id}/cancel"), None)
+            .call(
+                "POST",
+                "/api/auth/start",
+                Some(json!({"userId": user, "provider": provider})),
+            )
+            .await;
+        assert_eq!(reply.status, 409, "{provider}: {:?}", reply.json);
+        assert_eq!(reply.json["error"]["code"], "auth_session_active");
+        assert_eq!(reply.json["sessionId"], first.as_str());
+        world.wait_for(&first, "awaiting_user").await;
+        let reply = world
+            .call("POST", &format!("/api/auth/session/{first}/cancel"), None)
             .await;
         assert_eq!(reply.json["status"], "cancelled", "{:?}", reply.json);
-        assert_cleaned_up(id).await;
+        assert_cleaned_up(&first).await;
+        // Once the first has ended, a new one may start.
+        let again = world.start_login(&user, provider).await;
+        world
+            .call("POST", &format!("/api/auth/session/{again}/cancel"), None)
+            .await;
+        assert_cleaned_up(&again).await;
     }
-    // Once the first has ended, a new one may start.
-    let again = world.start_login(&user, "codex").await;
-    world
-        .call("POST", &format!("/api/auth/session/{again}/cancel"), None)
-        .await;
-    assert_cleaned_up(&again).await;
 }
 
 async fn websocket(world: &World, user: &str) -> impl StreamExt<Item = Value> + Unpin {
