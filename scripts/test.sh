@@ -11,8 +11,11 @@ fi
 
 # Debian packages the tests use. Installed only when missing, so a prepared host needs no network.
 # QEMU boots the real guests; e2fsprogs formats their data disks; iproute2 makes the test's
-# private network; procps gives pgrep to the agent tests; nftables checks setup-network.sh.
-packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables)
+# private network; procps gives pgrep to the agent tests; nftables checks setup-network.sh;
+# postgresql-15 (Supabase's major version) holds the mirror's schema in the Supabase tests, which
+# start clusters of their own (the package's default cluster is neither used nor in their way:
+# theirs listen on no TCP port).
+packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables postgresql-15)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

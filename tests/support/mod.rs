@@ -200,6 +200,8 @@ pub mod harness;
 pub mod host_agent;
 pub mod local_agent;
 pub mod model_server;
+pub mod postgres;
+pub mod postgrest;
 pub mod sse;
 pub mod stats;
 pub mod vmhost;
