@@ -65,6 +65,8 @@ pub enum DaemonError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("background tasks: {0}")]
+    Tasks(#[from] crate::tasks::TaskError),
 }
 
 /// The fixed MAC of the guest bridge (locally administered). A bridge without one takes its
@@ -175,10 +177,16 @@ pub async fn start_with(
         auth.clone(),
         tracker.clone(),
     );
+    let host = crate::tasks::HostProbe::new(config.data_dir.clone());
+    let tasks = start_tasks(
+        config, &store, &vms, &prompts, &auth, &host, &tracker, &cancel,
+    )?;
     let ctx = Arc::new(ApiContext {
         users: UserService::new(store.clone()),
         vms,
         prompts,
+        tasks,
+        host,
         oauth: auth,
         store,
         events,
@@ -357,6 +365,45 @@ async fn open_vault(config: &Config, store: &Store) -> Result<Option<Vault>, Dae
         );
     }
     Ok(Some(vault.0))
+}
+
+/// The background scheduler with the built-in jobs; their loops run under the daemon's token
+/// and tracker (none when `MC_TASKS_ENABLED` is false).
+#[allow(clippy::too_many_arguments)]
+fn start_tasks(
+    config: &Config,
+    store: &Store,
+    vms: &crate::vms::VmService,
+    prompts: &Arc<PromptService>,
+    auth: &Arc<AuthService>,
+    host: &Arc<crate::tasks::HostProbe>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<Arc<crate::tasks::Scheduler>, DaemonError> {
+    let scheduler = crate::tasks::Scheduler::new(
+        store.clone(),
+        crate::tasks::schedule::local_zone(),
+        config.tasks.enabled,
+        cancel.clone(),
+        tracker.clone(),
+    );
+    crate::tasks::register_builtins(
+        &scheduler,
+        crate::tasks::Builtins {
+            store: store.clone(),
+            vms: vms.clone(),
+            prompts: prompts.clone(),
+            auth: auth.clone(),
+            host: host.clone(),
+            settings: config.tasks.clone(),
+        },
+    )?;
+    if !config.tasks.enabled {
+        tracing::warn!(
+            "MC_TASKS_ENABLED=false: background tasks run only when asked through the API"
+        );
+    }
+    Ok(scheduler)
 }
 
 fn auth_settings(config: &Config) -> AuthSettings {

@@ -16,7 +16,7 @@ use super::endpoint::{Body, Call, body, endpoint};
 use super::error::ApiError;
 use super::views::{UserView, VmView};
 use crate::inventory::Inventory;
-use crate::users::MAX_PAGE_SIZE;
+use crate::users::{MAX_PAGE_SIZE, UserFilter};
 
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let users = warp::path!("api" / "admin" / "users")
@@ -70,6 +70,8 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .or(orphans)
         .unify()
         .or(exec)
+        .unify()
+        .or(super::tasks::routes(ctx))
         .unify()
         .boxed()
 }
@@ -175,18 +177,24 @@ fn page_param(
 async fn list_users(call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
-        if let Some(unknown) = query
-            .keys()
-            .find(|k| !["page", "limit"].contains(&k.as_str()))
-        {
+        const PARAMETERS: [&str; 5] = ["page", "limit", "status", "plan", "email"];
+        if let Some(unknown) = query.keys().find(|k| !PARAMETERS.contains(&k.as_str())) {
             return Err(ApiError::BadRequest {
                 code: "unknown_query_parameter",
-                message: format!("unknown query parameter {unknown:?}; expected page or limit"),
+                message: format!(
+                    "unknown query parameter {unknown:?}; expected one of {}",
+                    PARAMETERS.join(", ")
+                ),
             });
         }
         let page = page_param(&query, "page", 1, usize::MAX)?;
         let limit = page_param(&query, "limit", 50, MAX_PAGE_SIZE)?;
-        let listed = call.ctx.users.list(page, limit).await?;
+        let filter = UserFilter {
+            status: query.get("status").map(|s| s.parse()).transpose()?,
+            plan: query.get("plan").map(|s| s.parse()).transpose()?,
+            email: query.get("email").filter(|e| !e.is_empty()).cloned(),
+        };
+        let listed = call.ctx.users.list_filtered(filter, page, limit).await?;
         let users: Vec<UserView> = listed.users.iter().map(UserView::from).collect();
         Ok(json!({ "users": users, "total": listed.total, "page": page, "limit": limit }))
     }
@@ -209,6 +217,8 @@ async fn system_stats(call: Call) -> Response {
             .iter()
             .map(|((provider, status), n)| (format!("{provider}:{status}"), *n))
             .collect();
+        let host = ctx.host.read().await;
+        let tasks = ctx.tasks.summary().await?;
         let store_bytes = tokio::fs::metadata(ctx.store.path())
             .await
             .map(|m| m.len())
@@ -219,7 +229,15 @@ async fn system_stats(call: Call) -> Response {
             "users": { "total": inventory.total_users(), "byStatus": users_by_status },
             "vms": super::vms::summary_json(&inventory),
             "prompts": { "byProviderStatus": prompts_by_status },
+            "host": host,
+            "ipPool": {
+                "size": inventory.ip_pool_size,
+                "leased": inventory.ip_leases,
+                "available": inventory.ip_pool_available(),
+            },
             "decodoPortsUsed": inventory.port_leases,
+            "tasks": tasks,
+            // The Supabase mirror's figures live here.
             "outbox": { "depth": inventory.outbox_depth },
             "websocket": { "connections": ctx.ws_connections.load(Ordering::Relaxed) },
             "store": { "sizeBytes": store_bytes },

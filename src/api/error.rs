@@ -327,6 +327,31 @@ impl From<crate::auth::AuthError> for ApiError {
     }
 }
 
+impl From<crate::tasks::TaskError> for ApiError {
+    fn from(e: crate::tasks::TaskError) -> Self {
+        use crate::tasks::TaskError;
+        let message = e.to_string();
+        match e {
+            TaskError::UnknownJob(_) => ApiError::NotFound {
+                code: "task_not_found",
+                message,
+            },
+            TaskError::AlreadyRunning(_) => ApiError::Conflict {
+                code: "task_running",
+                message,
+                extra: None,
+            },
+            TaskError::Vm(e) => e.into(),
+            TaskError::Auth(e) => e.into(),
+            TaskError::Store(e) => e.into(),
+            TaskError::Duplicate(_)
+            | TaskError::Incomplete { .. }
+            | TaskError::Panicked(_)
+            | TaskError::Failed(_) => ApiError::Internal(message),
+        }
+    }
+}
+
 impl From<serde_json::Error> for ApiError {
     fn from(e: serde_json::Error) -> Self {
         let message = e.to_string();

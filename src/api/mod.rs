@@ -9,6 +9,7 @@ mod logins;
 mod probes;
 mod prompts;
 pub mod rate_limit;
+mod tasks;
 mod user_vm;
 mod users;
 pub mod views;
@@ -53,6 +54,8 @@ pub struct ApiContext {
     pub vms: VmService,
     pub prompts: Arc<PromptService>,
     pub oauth: Arc<AuthService>,
+    pub tasks: Arc<crate::tasks::Scheduler>,
+    pub host: Arc<crate::tasks::HostProbe>,
     pub events: EventHub,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,

@@ -3,6 +3,7 @@
 //! credential file watched by the agent, and everything removed at the end.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -35,8 +36,11 @@ pub struct CodeSubmission {
 
 /// The handles the service keeps on a running login.
 pub struct LoginControl {
+    pub user_id: String,
     pub codes: mpsc::Sender<CodeSubmission>,
     pub cancel: CancellationToken,
+    /// Set with `cancel` when the login is ended for its age: it then ends as `timeout`.
+    pub expired: Arc<AtomicBool>,
 }
 
 /// How a login ended.
@@ -45,6 +49,8 @@ enum Ending {
     Failed(String),
     Cancelled,
     Timeout,
+    /// Ended by the daemon for being open too long (`expire_auth_sessions`).
+    Expired,
 }
 
 pub async fn run(
@@ -66,6 +72,10 @@ pub async fn run(
         .drive(&mut codes, &cancel)
         .await
         .unwrap_or_else(|e| Ending::Failed(e.to_string()));
+    let ending = match ending {
+        Ending::Cancelled if service.was_expired(&id) => Ending::Expired,
+        other => other,
+    };
     // A code that raced the end gets the final state.
     codes.close();
     login.finish(ending).await;
@@ -73,6 +83,10 @@ pub async fn run(
         let _ = late
             .reply
             .send(records::get_session(&service.store, &id).await);
+    }
+    if let Some(vm_id) = &login.session.vm_id {
+        // The VM's idle period starts when the login ends.
+        service.vms.touch(vm_id);
     }
     service.forget(&id);
 }
@@ -337,6 +351,10 @@ impl Login {
                     "no answer from the user within {} s",
                     self.service.settings.session_timeout.as_secs()
                 );
+                self.end(AuthSessionStatus::Timeout, Some(message)).await
+            }
+            Ending::Expired => {
+                let message = "ended by the daemon: the login was open too long".to_string();
                 self.end(AuthSessionStatus::Timeout, Some(message)).await
             }
         };

@@ -1,7 +1,9 @@
 //! The auth service: starts and steers logins (the credentials' side is in `credentials.rs`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -14,8 +16,8 @@ use super::vault::Vault;
 use super::{AuthError, AuthSettings, channel, records};
 use crate::events::EventHub;
 use crate::metrics::{AuthSessionLabels, Metrics};
-use crate::model::{AuthSession, AuthSessionStatus, Provider, now_ms};
-use crate::store::Store;
+use crate::model::{AuthSession, AuthSessionStatus, Credential, Provider, now_ms};
+use crate::store::{self, Store, tables};
 use crate::vms::VmService;
 
 /// The longest code accepted; real ones are well under 200 characters.
@@ -148,8 +150,10 @@ impl AuthService {
         self.lock_live().insert(
             session.id.clone(),
             LoginControl {
+                user_id: user_id.to_string(),
                 codes: codes_tx,
                 cancel: cancel.clone(),
+                expired: Arc::new(AtomicBool::new(false)),
             },
         );
         self.progress(&session);
@@ -246,6 +250,88 @@ impl AuthService {
     /// Sessions a restart cut off end as failed.
     pub async fn settle_interrupted(&self) -> Result<usize, AuthError> {
         records::settle_interrupted(&self.store).await
+    }
+
+    /// Whether the user has a login whose relay is still running.
+    pub fn has_live_login(&self, user_id: &str) -> bool {
+        self.lock_live().values().any(|c| c.user_id == user_id)
+    }
+
+    pub(super) fn was_expired(&self, id: &str) -> bool {
+        self.lock_live()
+            .get(id)
+            .is_some_and(|c| c.expired.load(Ordering::Acquire))
+    }
+
+    /// Ends every login started more than `age` ago and still open as `timeout`: a live one
+    /// is cancelled (its relay kills the login and removes its HOME, then records the end); a
+    /// record whose relay is gone is marked directly. Answers how many were ended.
+    pub async fn expire_older_than(&self, age: Duration) -> Result<usize, AuthError> {
+        let cutoff = now_ms().saturating_sub(age.as_millis() as i64);
+        let old: Vec<AuthSession> = self
+            .store
+            .read(move |tx| {
+                let all: Vec<AuthSession> = store::all(&tx.open_table(tables::AUTH_SESSIONS)?)?;
+                Ok::<_, AuthError>(
+                    all.into_iter()
+                        .filter(|s| !s.status.is_terminal() && s.created_at_ms < cutoff)
+                        .collect(),
+                )
+            })
+            .await?;
+        let mut ended = 0;
+        for session in old {
+            let control = self
+                .lock_live()
+                .get(&session.id)
+                .map(|c| (c.cancel.clone(), c.expired.clone()));
+            let result = match control {
+                Some((cancel, expired)) => {
+                    expired.store(true, Ordering::Release);
+                    cancel.cancel();
+                    // The relay reports the end itself.
+                    self.wait_terminal(&session.id).await
+                }
+                None => records::update_session(&self.store, &session.id, |s| {
+                    s.status = AuthSessionStatus::Timeout;
+                    s.error = Some("ended by the daemon: the login was open too long".into());
+                    Ok(())
+                })
+                .await
+                .inspect(|s| self.progress(s)),
+            };
+            match result {
+                Ok(s) if s.status == AuthSessionStatus::Timeout => ended += 1,
+                // It ended some other way meanwhile.
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(session = %session.id, error = %e, "cannot expire a login")
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    /// The session once its relay has settled it (or as it stands after a few seconds).
+    async fn wait_terminal(&self, id: &str) -> Result<AuthSession, AuthError> {
+        for _ in 0..100 {
+            let now = self.session(id).await?;
+            if now.status.is_terminal() {
+                return Ok(now);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.session(id).await
+    }
+
+    /// Every stored credential, as (user id, provider).
+    pub async fn stored_credentials(&self) -> Result<Vec<(String, Provider)>, AuthError> {
+        self.store
+            .read(|tx| {
+                let all: Vec<Credential> = store::all(&tx.open_table(tables::CREDENTIALS)?)?;
+                Ok::<_, AuthError>(all.into_iter().map(|c| (c.user_id, c.provider)).collect())
+            })
+            .await
     }
 
     /// Cancels every running login (at shutdown).

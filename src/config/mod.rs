@@ -2,6 +2,7 @@
 //! command-line flags, validated once at start.
 
 mod settings;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,8 @@ pub struct Config {
     pub ip_pool_limit: Option<u32>,
     pub vm_agent_timeout_secs: u64,
     pub vm_health_interval_secs: u64,
+    /// The background jobs' schedules and thresholds.
+    pub tasks: crate::tasks::TaskSettings,
     pub max_prompt_bytes: u64,
     pub prompt_timeout_secs: u64,
     /// A login waiting on the user this long ends as `timeout`.
@@ -149,6 +152,7 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let credentials_dir = lookup("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let tasks = tasks::resolve(&s)?;
         let admin_token = secret_setting(
             "admin_token",
             s.admin_token,
@@ -246,6 +250,7 @@ impl Config {
             ip_pool_limit: s.ip_pool_limit,
             vm_agent_timeout_secs: s.vm_agent_timeout_secs.unwrap_or(60),
             vm_health_interval_secs: s.vm_health_interval_secs.unwrap_or(30),
+            tasks,
             max_prompt_bytes: s.max_prompt_bytes.unwrap_or(32 * 1024),
             prompt_timeout_secs: s.prompt_timeout_secs.unwrap_or(600),
             auth_session_timeout_secs: s.auth_session_timeout_secs.unwrap_or(15 * 60),

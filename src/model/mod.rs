@@ -13,6 +13,7 @@ pub use records::{
     Credential, IpLease, MetricsSample, OutboxEntry, PortLease, VaultKey, VaultKeyState,
     credential_key,
 };
+pub use records::{TaskOutcome, TaskRun};
 pub use user::{Plan, User, UserStatus};
 pub use vm::{AgentInfo, Vm, VmIntent, VmOp, VmStatus, VmType};
 

@@ -103,15 +103,69 @@ impl Record for OutboxEntry {
     const VERSION: u16 = 1;
 }
 
-/// One periodic sample of a VM's resource usage.
+/// One periodic sample of the host and the daemon, kept in a bounded ring (`METRICS_SAMPLES`).
+/// No binary ever wrote the first shape of this record, so its version stays 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsSample {
-    pub vm_id: String,
-    pub resource: String,
-    pub value: f64,
+    pub at_ms: i64,
+    /// Host CPU use since the previous sample, in percent of all cores.
+    pub cpu_percent: f64,
+    pub load1: f64,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    /// The filesystem that holds the data directory.
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub vms_by_status: std::collections::BTreeMap<String, u64>,
+    pub prompts_running: u64,
+    pub ip_pool_free: u64,
+    pub outbox_depth: u64,
 }
 
 impl Record for MetricsSample {
     const KIND: &'static str = "metrics_sample";
+    const VERSION: u16 = 1;
+}
+
+named_enum!(TaskOutcome, "task outcome" {
+    Ok => "ok",
+    Failed => "failed",
+});
+
+/// The last run of one background job (see `tasks`), keyed by the job's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub name: String,
+    pub last_started_ms: Option<i64>,
+    pub last_finished_ms: Option<i64>,
+    pub last_duration_ms: Option<u64>,
+    pub last_outcome: Option<TaskOutcome>,
+    pub last_error: Option<String>,
+    /// What the last run acted on (VMs hibernated, sessions expired, ...).
+    pub items_touched: u64,
+    pub next_run_ms: Option<i64>,
+    pub runs: u64,
+    pub failures: u64,
+}
+
+impl TaskRun {
+    pub fn new(name: &str) -> TaskRun {
+        TaskRun {
+            name: name.to_string(),
+            last_started_ms: None,
+            last_finished_ms: None,
+            last_duration_ms: None,
+            last_outcome: None,
+            last_error: None,
+            items_touched: 0,
+            next_run_ms: None,
+            runs: 0,
+            failures: 0,
+        }
+    }
+}
+
+impl Record for TaskRun {
+    const KIND: &'static str = "task_run";
     const VERSION: u16 = 1;
 }

@@ -186,6 +186,10 @@ pub(super) async fn run(
             .get_or_create(&labels)
             .observe(first.as_secs_f64());
     }
+    if let Some(vm_id) = &gathered.vm_id {
+        // The idle period of the VM starts when its prompt ends, not when it began.
+        service.vms.touch(vm_id);
+    }
     run.log.push(final_event);
     service.events.publish(
         &channel,

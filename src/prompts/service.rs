@@ -226,6 +226,13 @@ impl PromptService {
         }
     }
 
+    /// Whether the user has a prompt that has not finished (queued or running).
+    pub fn has_running(&self, user_id: &str) -> bool {
+        lock(&self.runs)
+            .values()
+            .any(|run| run.user_id == user_id && !run.is_finished())
+    }
+
     /// The run of a prompt whose events are still in memory.
     pub fn run(&self, id: &str) -> Option<Arc<PromptRun>> {
         lock(&self.runs).get(id).cloned()

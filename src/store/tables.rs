@@ -46,6 +46,9 @@ pub const OUTBOX: TableDefinition<&str, Stored<OutboxEntry>> = TableDefinition::
 /// Keyed by `(unix millis, sequence)`.
 pub const METRICS_SAMPLES: TableDefinition<(i64, u32), Stored<MetricsSample>> =
     TableDefinition::new("metrics_samples");
+/// The last run of each background job, keyed by the job's name.
+pub const TASK_RUNS: TableDefinition<&str, Stored<crate::model::TaskRun>> =
+    TableDefinition::new("task_runs");
 
 /// An encoded record as redb stores it. Decoding is explicit (`decode`) so that a corrupt or
 /// unknown record is an error, not a panic inside redb.
@@ -125,5 +128,6 @@ pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> 
     tx.open_table(ACTIVE_AUTH_SESSIONS)?;
     tx.open_table(OUTBOX)?;
     tx.open_table(METRICS_SAMPLES)?;
+    tx.open_table(TASK_RUNS)?;
     Ok(())
 }

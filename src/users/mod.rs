@@ -7,6 +7,10 @@ use redb::ReadableTable;
 use crate::model::{ModelError, Plan, Status, User, UserStatus, now_ms};
 use crate::store::{self, Store, StoreError, tables};
 
+mod query;
+
+pub use query::UserFilter;
+
 const MAX_EMAIL_LEN: usize = 254;
 const MAX_AUTH_ID_LEN: usize = 128;
 pub const MAX_PAGE_SIZE: usize = 200;

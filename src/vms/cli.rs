@@ -68,7 +68,16 @@ impl VmManager {
                 Err(e) => return Err(e),
             };
             match vm {
-                Some(vm) if vm.status == VmStatus::Running => return Ok(vm),
+                Some(vm) if vm.status == VmStatus::Running => {
+                    // Looked at again under the VM's slot, so that an idle hibernation deciding
+                    // at this moment either sees this use or has finished (then it resumes).
+                    let slot = self.slot(&vm.id);
+                    let _live = slot.lock().await;
+                    if self.get(&vm.id).await?.status == VmStatus::Running {
+                        self.touch(&vm.id);
+                        return Ok(vm);
+                    }
+                }
                 Some(vm) if vm.status == VmStatus::Hibernated => {
                     progress(VmStep::Resuming);
                     return self.resume(&vm.id).await;

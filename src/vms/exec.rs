@@ -42,6 +42,7 @@ impl VmManager {
         timeout: Duration,
     ) -> Result<ExecResult, VmError> {
         let agent = self.agent(vm_id).await?;
+        self.touch(vm_id);
         let unavailable = |e: crate::guest::client::GuestError| VmError::AgentUnavailable {
             id: vm_id.to_string(),
             reason: e.to_string(),
@@ -88,6 +89,7 @@ impl VmManager {
                 }
             }
         }
+        self.touch(vm_id);
         result.stdout = String::from_utf8_lossy(&stdout).into_owned();
         result.stderr = String::from_utf8_lossy(&stderr).into_owned();
         Ok(result)

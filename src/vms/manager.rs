@@ -25,6 +25,8 @@ pub(super) struct Live {
     pub handle: Option<VmHandle>,
     pub agent: Option<Arc<AgentClient>>,
     pub generation: u64,
+    /// Health checks missed in a row by this process's agent.
+    pub missed_health: u32,
 }
 
 pub(super) type Slot = Arc<tokio::sync::Mutex<Live>>;
@@ -36,6 +38,8 @@ pub struct VmManager {
     pub(super) metrics: Arc<Metrics>,
     pub(super) settings: VmSettings,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Each VM's last use by a person (see `activity`).
+    pub(super) activity: super::activity::Activity,
 }
 
 impl VmManager {
@@ -53,6 +57,7 @@ impl VmManager {
             metrics,
             settings,
             slots: Mutex::new(HashMap::new()),
+            activity: super::activity::Activity::default(),
         })
     }
 
@@ -77,6 +82,8 @@ impl VmManager {
     fn forget(&self, vm_id: &str) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.remove(vm_id);
+        drop(slots);
+        self.activity.forget(vm_id);
     }
 
     pub async fn list(&self, filter: VmFilter) -> Result<Vec<Vm>, VmError> {
@@ -299,6 +306,7 @@ impl VmManager {
             }
         };
         self.install(&written.id, live, up.handle, Some(up.agent));
+        self.touch(&written.id);
         self.publish_status(&written, previous);
         Ok(written)
     }
@@ -312,6 +320,7 @@ impl VmManager {
         agent: Option<Arc<AgentClient>>,
     ) {
         live.generation += 1;
+        live.missed_health = 0;
         let exit = handle.exit_watch();
         live.handle = Some(handle);
         live.agent = agent;
@@ -353,10 +362,19 @@ impl VmManager {
 
     /// Saves the VM to disk and stops its process. Its address stays leased.
     pub async fn hibernate(self: &Arc<Self>, vm_id: &str) -> Result<Vm, VmError> {
-        let started = Instant::now();
-        self.require_vms()?;
         let slot = self.slot(vm_id);
         let mut live = slot.lock().await;
+        self.hibernate_locked(vm_id, &mut live).await
+    }
+
+    /// [`VmManager::hibernate`] with the VM's slot already held.
+    pub(super) async fn hibernate_locked(
+        self: &Arc<Self>,
+        vm_id: &str,
+        live: &mut Live,
+    ) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        self.require_vms()?;
         let vm = self
             .begin(vm_id, VmOp::Hibernate, &[VmStatus::Running])
             .await?;
@@ -380,7 +398,7 @@ impl VmManager {
                     if let Err(e) = self.host.hypervisor.unpause(&handle).await {
                         tracing::warn!(vm = vm_id, error = %e, "cannot unpause after a failed hibernation");
                     }
-                    self.install(vm_id, &mut live, handle, None);
+                    self.install(vm_id, live, handle, None);
                     self.store
                         .write({
                             let id = vm_id.to_string();

@@ -3,6 +3,7 @@
 //! multi-step operation records its intent and reservations in one redb transaction before it
 //! touches the host, and reconcile finishes or rolls back what a crash left half-done.
 
+mod activity;
 mod cli;
 mod exec;
 pub mod golden;
@@ -22,6 +23,7 @@ use crate::net::Netlink;
 use crate::store::StoreError;
 use crate::vmm::Hypervisor;
 
+pub use activity::HealthSweep;
 pub use cli::{CliEnvironment, VmStep};
 pub use exec::ExecResult;
 pub(crate) use host::create_private_dir;

@@ -93,15 +93,27 @@ impl VmManager {
                         Ok(agent) => agent,
                         Err(e) => {
                             tracing::warn!(vm = %vm_id, error = %e, "health check: no agent");
+                            self.note_health(&vm_id, false);
                             continue;
                         }
                     },
                 };
-                match tokio::time::timeout(HEALTH_TIMEOUT, agent.health()).await {
-                    Ok(Ok(health)) => self.record_health(&vm_id, &health).await,
-                    Ok(Err(e)) => tracing::warn!(vm = %vm_id, error = %e, "health check failed"),
-                    Err(_) => tracing::warn!(vm = %vm_id, "health check timed out"),
-                }
+                let answered = match tokio::time::timeout(HEALTH_TIMEOUT, agent.health()).await {
+                    Ok(Ok(health)) => {
+                        self.record_health(&vm_id, &health).await;
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(vm = %vm_id, error = %e, "health check failed");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!(vm = %vm_id, "health check timed out");
+                        false
+                    }
+                };
+                // Counted for the `vm_health` task, which fails a VM that keeps missing.
+                self.note_health(&vm_id, answered);
             }
         }
     }

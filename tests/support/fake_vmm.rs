@@ -3,17 +3,22 @@
 //! it answers Hello, health, set-clock and configure-network, so the manager's whole path runs
 //! without a guest. Hibernation writes the boot id to the snapshot directory and resume reads it
 //! back, so "same boot after resume" holds as it does for real guests.
+//!
+//! Execs: `mkdir`, `chown`, `rm` and `true` exit 0 at once; any other command (a CLI) starts
+//! and then runs, silent, until it is cancelled, so prompts and logins can be held open.
+//! Files are written nowhere. A VM can be muted: its agent then stops answering health
+//! checks, as a hung guest would.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use master_controller::guest::client::AgentEndpoint;
 use master_controller::guest::messages::{
-    ErrorBody, HealthReport, Hello, HelloOk, Request, Response,
+    ErrorBody, ExitStatus, HealthReport, Hello, HelloOk, Request, Response,
 };
 use master_controller::guest::{Frame, FrameCodec, FrameKind};
 use master_controller::net::{NetError, Netlink};
@@ -27,6 +32,7 @@ use tokio_util::codec::Framed;
 struct FakeVm {
     exit: watch::Sender<Option<ExitInfo>>,
     agent: tokio::task::JoinHandle<()>,
+    muted: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -46,19 +52,32 @@ impl FakeHypervisor {
         self.vms.lock().expect("fake VMs").len()
     }
 
+    /// Whether the VM's process runs.
+    pub fn is_running(&self, vm_id: &str) -> bool {
+        self.vms.lock().expect("fake VMs").contains_key(vm_id)
+    }
+
+    /// From now on the VM's agent answers no health check (its process keeps running).
+    pub fn mute(&self, vm_id: &str) {
+        if let Some(vm) = self.vms.lock().expect("fake VMs").get(vm_id) {
+            vm.muted.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn start(&self, spec: &VmSpec, boot_id: String) -> Result<VmHandle, VmmError> {
         let socket = spec.dir.join("agent.sock");
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket).map_err(io(&socket))?;
         let token = spec.agent_token.clone();
-        let agent = tokio::spawn(serve_agent(listener, token, boot_id));
+        let muted = Arc::new(AtomicBool::new(false));
+        let agent = tokio::spawn(serve_agent(listener, token, boot_id, muted.clone()));
         let (exit, exited) = watch::channel(None);
         let pid = 4_000_000 + self.next_pid.fetch_add(1, Ordering::Relaxed);
         let previous = self
             .vms
             .lock()
             .expect("fake VMs")
-            .insert(spec.vm_id.clone(), FakeVm { exit, agent });
+            .insert(spec.vm_id.clone(), FakeVm { exit, agent, muted });
         assert!(previous.is_none(), "two processes for VM {}", spec.vm_id);
         Ok(VmHandle::new(
             pid,
@@ -164,23 +183,86 @@ fn uuid_like(vm_id: &str) -> String {
     format!("boot-{vm_id}")
 }
 
-async fn serve_agent(listener: UnixListener, token: String, boot_id: String) {
+async fn serve_agent(
+    listener: UnixListener,
+    token: String,
+    boot_id: String,
+    muted: Arc<AtomicBool>,
+) {
     while let Ok((stream, _)) = listener.accept().await {
         let token = token.clone();
         let boot_id = boot_id.clone();
+        let muted = muted.clone();
         tokio::spawn(async move {
             let mut frames = Framed::new(stream, FrameCodec::default());
+            // Execs of this connection still running (until cancelled).
+            let mut held = BTreeSet::new();
             while let Some(Ok(frame)) = frames.next().await {
-                let reply = answer(&frame, &token, &boot_id);
-                if frames.send(reply).await.is_err() {
-                    return;
+                for reply in answer(&frame, &token, &boot_id, &muted, &mut held) {
+                    if frames.send(reply).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
     }
 }
 
-fn answer(frame: &Frame, token: &str, boot_id: &str) -> Frame {
+fn exited(id: u64, code: Option<i32>, signal: Option<i32>) -> Frame {
+    Frame::json(
+        FrameKind::Exit,
+        id,
+        &ExitStatus {
+            code,
+            signal,
+            timed_out: false,
+            cancelled: signal.is_some(),
+        },
+    )
+}
+
+fn answer(
+    frame: &Frame,
+    token: &str,
+    boot_id: &str,
+    muted: &AtomicBool,
+    held: &mut BTreeSet<u64>,
+) -> Vec<Frame> {
+    let id = frame.request_id;
+    if frame.kind == FrameKind::Request {
+        match frame.parse::<Request>() {
+            Ok(Request::Health) if muted.load(Ordering::Relaxed) => return Vec::new(),
+            Ok(Request::Exec(exec)) => {
+                let started =
+                    Frame::json(FrameKind::Response, id, &Response::ExecStarted { pid: 7 });
+                let quick = ["mkdir", "chown", "rm", "true"];
+                if exec
+                    .argv
+                    .first()
+                    .is_some_and(|a| quick.contains(&a.as_str()))
+                {
+                    return vec![started, exited(id, Some(0), None)];
+                }
+                held.insert(id);
+                return vec![started];
+            }
+            Ok(Request::WriteFile(_)) => {
+                return vec![Frame::json(FrameKind::Response, id, &Response::Done)];
+            }
+            Ok(Request::Cancel { request_id }) => {
+                let mut replies = vec![Frame::json(FrameKind::Response, id, &Response::Done)];
+                if held.remove(&request_id) {
+                    replies.push(exited(request_id, None, Some(15)));
+                }
+                return replies;
+            }
+            _ => {}
+        }
+    }
+    vec![answer_one(frame, token, boot_id)]
+}
+
+fn answer_one(frame: &Frame, token: &str, boot_id: &str) -> Frame {
     let id = frame.request_id;
     match frame.kind {
         FrameKind::Hello => match frame.parse::<Hello>() {

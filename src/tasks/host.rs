@@ -1,0 +1,77 @@
+//! The host's CPU, memory and disk, for the metrics samples and the system stats.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use sysinfo::System;
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStats {
+    /// CPU use of all cores since the previous reading, in percent.
+    pub cpu_percent: f64,
+    pub cpus: usize,
+    pub load1: f64,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    /// The filesystem holding the data directory (state, VM disks, hibernation images).
+    pub disk_path: String,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+}
+
+/// Keeps one `System` between readings: CPU use is the difference between two of them, so
+/// each reading covers the time since the one before (ten minutes for the samples).
+pub struct HostProbe {
+    system: Mutex<System>,
+    data_dir: PathBuf,
+}
+
+impl HostProbe {
+    pub fn new(data_dir: PathBuf) -> Arc<HostProbe> {
+        let mut system = System::new();
+        // The baseline the first reading's CPU use is measured from.
+        system.refresh_cpu_usage();
+        Arc::new(HostProbe {
+            system: Mutex::new(system),
+            data_dir,
+        })
+    }
+
+    /// Reads /proc and the filesystem on a blocking thread.
+    pub async fn read(self: &Arc<Self>) -> HostStats {
+        let probe = self.clone();
+        tokio::task::spawn_blocking(move || probe.read_blocking())
+            .await
+            .unwrap_or_default()
+    }
+
+    fn read_blocking(&self) -> HostStats {
+        let mut system = self.system.lock().unwrap_or_else(|p| p.into_inner());
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        let mut stats = HostStats {
+            cpu_percent: f64::from(system.global_cpu_usage()),
+            cpus: system.cpus().len(),
+            load1: System::load_average().one,
+            memory_used_bytes: system.used_memory(),
+            memory_total_bytes: system.total_memory(),
+            disk_path: self.data_dir.display().to_string(),
+            ..HostStats::default()
+        };
+        drop(system);
+        // statvfs of the data directory itself names the filesystem it is on, which a match
+        // of mount points by prefix can get wrong (bind mounts, nested mounts).
+        match nix::sys::statvfs::statvfs(&self.data_dir) {
+            Ok(fs) => {
+                let unit = fs.fragment_size();
+                stats.disk_total_bytes = fs.blocks().saturating_mul(unit);
+                let free = fs.blocks_free().saturating_mul(unit);
+                stats.disk_used_bytes = stats.disk_total_bytes.saturating_sub(free);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot stat the data directory's filesystem"),
+        }
+        stats
+    }
+}
