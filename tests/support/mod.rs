@@ -202,6 +202,7 @@ pub mod local_agent;
 pub mod model_server;
 pub mod postgres;
 pub mod postgrest;
+pub mod scheduled;
 pub mod sse;
 pub mod stats;
 pub mod vmhost;
