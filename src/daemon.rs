@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::net::{NetError, Netlink, RtNetlink};
 use crate::prompts::{PromptError, PromptService, PromptSettings};
 use crate::store::{Store, StoreError};
+use crate::sync::rows::RowOptions;
+use crate::sync::{PostgRest, SinkError, SyncService, SyncSettings, SyncWorker};
 use crate::tokens::{TokenError, TokenSigner};
 use crate::users::UserService;
 use crate::vms::golden::{self, Golden, GoldenError, GoldenMeta};
@@ -63,6 +65,8 @@ pub enum DaemonError {
     Prompts(#[from] PromptError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error("the Supabase client cannot start: {0}")]
+    Mirror(SinkError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("background tasks: {0}")]
@@ -181,6 +185,7 @@ pub async fn start_with(
     let tasks = start_tasks(
         config, &store, &vms, &prompts, &auth, &host, &tracker, &cancel,
     )?;
+    let sync = start_mirror(config, &store, &metrics, &tracker, &cancel)?;
     let ctx = Arc::new(ApiContext {
         users: UserService::new(store.clone()),
         vms,
@@ -188,6 +193,7 @@ pub async fn start_with(
         tasks,
         host,
         oauth: auth,
+        sync,
         store,
         events,
         metrics,
@@ -253,7 +259,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let running = start(&config, &watchdog).await?;
-    let status = format!("serving on {}", running.addr);
+    let status = if running.ctx.sync.is_configured() {
+        format!("serving on {}", running.addr)
+    } else {
+        format!(
+            "serving on {}; SUPABASE_URL unset, changes accumulate in the outbox",
+            running.addr
+        )
+    };
     tracing::info!(addr = %running.addr, metrics = ?running.metrics_addr, "master-controller ready");
     watchdog.ready(&status);
 
@@ -337,6 +350,33 @@ fn vm_settings(config: &Config) -> VmSettings {
         health_interval: Duration::from_secs(config.vm_health_interval_secs),
         golden: None,
     }
+}
+
+/// The Supabase mirror's worker, when `SUPABASE_URL` is configured; without it the outbox
+/// only accumulates (doctor and STATUS= say so).
+fn start_mirror(
+    config: &Config,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<SyncService, DaemonError> {
+    let (Some(url), Some(key)) = (&config.supabase_url, &config.supabase_service_key) else {
+        tracing::warn!("SUPABASE_URL unset: changes accumulate in the local outbox");
+        return Ok(SyncService::new(store.clone(), Default::default(), false));
+    };
+    let sink = PostgRest::new(url, key.clone()).map_err(DaemonError::Mirror)?;
+    let settings = SyncSettings {
+        max_attempts: config.outbox_max_attempts,
+        rows: RowOptions {
+            credential_ciphertexts: config.supabase_mirror_ciphertexts,
+        },
+        ..SyncSettings::default()
+    };
+    let worker = SyncWorker::new(store.clone(), Arc::new(sink), settings, metrics.clone());
+    let service = SyncService::new(store.clone(), worker.waker(), true);
+    tracker.spawn(worker.run(cancel.clone()));
+    Ok(service)
 }
 
 /// The vault, when a master key is configured. A malformed key, or one that does not match the

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use redb::ReadableTableMetadata;
 
-use crate::model::{PromptStatus, Provider, UserStatus, VmStatus, VmType};
+use crate::model::{OutboxEntry, PromptStatus, Provider, UserStatus, VmStatus, VmType, now_ms};
 use crate::store::{self, Store, StoreError, tables};
 
 #[derive(Debug, Clone, Default)]
@@ -17,6 +17,9 @@ pub struct Inventory {
     pub ip_pool_size: u64,
     pub port_leases: u64,
     pub outbox_depth: u64,
+    /// How long the oldest pending change has waited.
+    pub outbox_oldest_age_ms: Option<i64>,
+    pub dead_letters: u64,
     pub credentials: u64,
     pub auth_sessions: u64,
 }
@@ -46,7 +49,14 @@ impl Inventory {
                 }
                 inventory.ip_leases = tx.open_table(tables::IP_LEASES)?.len()?;
                 inventory.port_leases = tx.open_table(tables::PORT_LEASES)?.len()?;
-                inventory.outbox_depth = tx.open_table(tables::OUTBOX)?.len()?;
+                let outbox = tx.open_table(tables::OUTBOX)?;
+                inventory.outbox_depth = outbox.len()?;
+                inventory.outbox_oldest_age_ms = store::all::<OutboxEntry, _>(&outbox)?
+                    .iter()
+                    .map(|e| e.enqueued_at_ms)
+                    .min()
+                    .map(|oldest| (now_ms() - oldest).max(0));
+                inventory.dead_letters = tx.open_table(tables::DEAD_LETTERS)?.len()?;
                 inventory.credentials = tx.open_table(tables::CREDENTIALS)?.len()?;
                 inventory.auth_sessions = tx.open_table(tables::AUTH_SESSIONS)?.len()?;
                 Ok(inventory)

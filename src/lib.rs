@@ -38,6 +38,8 @@ pub mod prompts;
 #[cfg(feature = "daemon")]
 pub mod store;
 #[cfg(feature = "daemon")]
+pub mod sync;
+#[cfg(feature = "daemon")]
 pub mod tasks;
 #[cfg(feature = "daemon")]
 pub mod tokens;

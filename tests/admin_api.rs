@@ -33,6 +33,13 @@ fn admin_routes(user: &str) -> Vec<(&'static str, String, Option<&'static str>)>
         ),
         ("GET", "/api/admin/tasks".into(), None),
         ("POST", "/api/admin/tasks/metrics_sample/run".into(), None),
+        ("GET", "/api/admin/outbox".into(), None),
+        ("GET", "/api/admin/outbox/dead-letters".into(), None),
+        (
+            "POST",
+            "/api/admin/outbox/dead-letters/retry".into(),
+            Some("{}"),
+        ),
         ("POST", "/api/admin/tasks/no_such_task/run".into(), None),
         ("GET", "/api/admin/metrics/recent?limit=5".into(), None),
     ]

@@ -238,7 +238,12 @@ async fn system_stats(call: Call) -> Response {
             "decodoPortsUsed": inventory.port_leases,
             "tasks": tasks,
             // The Supabase mirror's figures live here.
-            "outbox": { "depth": inventory.outbox_depth },
+            "outbox": {
+                "configured": ctx.sync.is_configured(),
+                "depth": inventory.outbox_depth,
+                "oldestAgeMs": inventory.outbox_oldest_age_ms,
+                "deadLetters": inventory.dead_letters,
+            },
             "websocket": { "connections": ctx.ws_connections.load(Ordering::Relaxed) },
             "store": { "sizeBytes": store_bytes },
         }))

@@ -327,6 +327,21 @@ impl From<crate::auth::AuthError> for ApiError {
     }
 }
 
+impl From<crate::sync::SyncError> for ApiError {
+    fn from(e: crate::sync::SyncError) -> Self {
+        use crate::sync::SyncError;
+        let message = e.to_string();
+        match e {
+            SyncError::NoDeadLetter(_) => ApiError::NotFound {
+                code: "dead_letter_not_found",
+                message,
+            },
+            SyncError::UnknownTable(_) => ApiError::Internal(message),
+            SyncError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::tasks::TaskError> for ApiError {
     fn from(e: crate::tasks::TaskError) -> Self {
         use crate::tasks::TaskError;

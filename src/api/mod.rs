@@ -6,6 +6,7 @@ pub mod auth;
 mod endpoint;
 pub mod error;
 mod logins;
+mod outbox;
 mod probes;
 mod prompts;
 pub mod rate_limit;
@@ -32,6 +33,7 @@ use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::prompts::PromptService;
 use crate::store::Store;
+use crate::sync::SyncService;
 use crate::users::UserService;
 use crate::vms::VmService;
 
@@ -56,6 +58,7 @@ pub struct ApiContext {
     pub oauth: Arc<AuthService>,
     pub tasks: Arc<crate::tasks::Scheduler>,
     pub host: Arc<crate::tasks::HostProbe>,
+    pub sync: SyncService,
     pub events: EventHub,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
@@ -76,6 +79,8 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
         .or(prompts::routes(ctx))
         .unify()
         .or(logins::routes(ctx))
+        .unify()
+        .or(outbox::routes(ctx))
         .unify()
         .or(users::routes(ctx))
         .unify()

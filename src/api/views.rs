@@ -7,15 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{User, Vm};
 use crate::users::UserStats;
 
-pub fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use crate::model::rfc3339;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -31,6 +31,7 @@ pub async fn insert_session(store: &Store, session: AuthSession) -> Result<AuthS
                 &session.id,
                 &session,
             )?;
+            crate::sync::outbox::record_change(tx, &session.id, &session)?;
             Ok(session)
         })
         .await
@@ -63,6 +64,7 @@ pub async fn update_session(
             }
             session.version += 1;
             store::put(&mut table, &id, &session)?;
+            crate::sync::outbox::record_change(tx, &id, &session)?;
             if after.is_terminal() {
                 release_active(tx, &session)?;
             }
@@ -110,6 +112,7 @@ pub async fn settle_interrupted(store: &Store) -> Result<usize, AuthError> {
                 session.completed_at_ms = Some(session.updated_at_ms);
                 session.version += 1;
                 store::put(&mut table, &session.id, &session)?;
+                crate::sync::outbox::record_change(tx, &session.id, &session)?;
                 release_active(tx, &session)?;
             }
             Ok(open.len())
@@ -165,6 +168,7 @@ pub async fn put_credential(
                 credential.version = old.version + 1;
             }
             store::put(&mut table, &key, &credential)?;
+            crate::sync::outbox::record_change(tx, &key, &credential)?;
             drop(table);
             if let Some(session_id) = completes {
                 let mut sessions = tx.open_table(tables::AUTH_SESSIONS)?;
@@ -177,6 +181,7 @@ pub async fn put_credential(
                 session.error = None;
                 session.version += 1;
                 store::put(&mut sessions, &session_id, &session)?;
+                crate::sync::outbox::record_change(tx, &session_id, &session)?;
                 release_active(tx, &session)?;
             }
             Ok(credential)
@@ -207,6 +212,7 @@ pub async fn mark_verified(
             credential.updated_at_ms = now_ms();
             credential.version += 1;
             store::put(&mut table, &key, &credential)?;
+            crate::sync::outbox::record_change(tx, &key, &credential)?;
             Ok(Some(credential))
         })
         .await

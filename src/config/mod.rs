@@ -72,6 +72,10 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     pub supabase_url: Option<String>,
     pub supabase_service_key: Option<SecretString>,
+    /// Mirror credentials' ciphertexts (never their plaintext) to Supabase too.
+    pub supabase_mirror_ciphertexts: bool,
+    /// Other 4xx answers a change may get before it is dead-lettered.
+    pub outbox_max_attempts: u32,
     pub encryption_master_key: Option<SecretString>,
     pub decodo_user: Option<String>,
     pub decodo_password: Option<SecretString>,
@@ -204,6 +208,8 @@ impl Config {
             shutdown_timeout_secs: s.shutdown_timeout_secs.unwrap_or(20),
             supabase_url: s.supabase_url,
             supabase_service_key: s.supabase_service_key.map(SecretString::from),
+            supabase_mirror_ciphertexts: s.supabase_mirror_ciphertexts.unwrap_or(false),
+            outbox_max_attempts: s.outbox_max_attempts.unwrap_or(8),
             encryption_master_key,
             decodo_user: s.decodo_user,
             decodo_password: s.decodo_password.map(SecretString::from),
@@ -321,6 +327,7 @@ impl Config {
             ("max_prompt_bytes", self.max_prompt_bytes),
             ("prompt_timeout_secs", self.prompt_timeout_secs),
             ("auth_session_timeout_secs", self.auth_session_timeout_secs),
+            ("outbox_max_attempts", u64::from(self.outbox_max_attempts)),
             ("prompt_max_timeout_secs", self.prompt_max_timeout_secs),
             ("prompts_per_vm", u64::from(self.prompts_per_vm)),
             ("vm_health_interval_secs", self.vm_health_interval_secs),

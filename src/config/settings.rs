@@ -117,6 +117,8 @@ settings! {
     cli_path: String = ["MC_CLI_PATH"],
     egress_proxy: String = ["MC_EGRESS_PROXY"],
     auth_session_timeout_secs: u64 = ["MC_AUTH_SESSION_TIMEOUT_SECS"],
+    supabase_mirror_ciphertexts: bool = ["MC_SUPABASE_MIRROR_CIPHERTEXTS"],
+    outbox_max_attempts: u32 = ["MC_OUTBOX_MAX_ATTEMPTS"],
 }
 
 fn parse_env<T: FromStr>(

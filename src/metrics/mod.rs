@@ -31,6 +31,11 @@ pub struct PromptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboxSendLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthSessionLabels {
     pub provider: String,
     pub status: String,
@@ -95,6 +100,9 @@ pub struct Metrics {
     pub vm_resume_duration: Histogram,
     pub auth_sessions: Family<AuthSessionLabels, Counter>,
     pub credential_refreshes: Family<ProviderLabels, Counter>,
+    pub outbox_sends: Family<OutboxSendLabels, Counter>,
+    pub outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub outbox_dead_letters: Gauge,
 }
 
 impl Metrics {
@@ -121,6 +129,9 @@ impl Metrics {
             vm_resume_duration: vm_operation_histogram(),
             auth_sessions: Family::default(),
             credential_refreshes: Family::default(),
+            outbox_sends: Family::default(),
+            outbox_oldest_age: Gauge::default(),
+            outbox_dead_letters: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -214,6 +225,21 @@ impl Metrics {
             "Credentials a CLI refreshed during a prompt, captured back into the vault",
             metrics.credential_refreshes.clone(),
         );
+        registry.register(
+            "mc_outbox_sends",
+            "Outbox rows sent to Supabase by outcome (ok, retry_after, failed, dead_letter)",
+            metrics.outbox_sends.clone(),
+        );
+        registry.register(
+            "mc_outbox_oldest_age_seconds",
+            "Age of the oldest change waiting in the outbox",
+            metrics.outbox_oldest_age.clone(),
+        );
+        registry.register(
+            "mc_outbox_dead_letters",
+            "Changes Supabase refused for good, waiting for an operator",
+            metrics.outbox_dead_letters.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -239,6 +265,10 @@ impl Metrics {
         self.decodo_ports_used
             .set(gauge_value(inventory.port_leases));
         self.outbox_depth.set(gauge_value(inventory.outbox_depth));
+        self.outbox_oldest_age
+            .set(inventory.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
+        self.outbox_dead_letters
+            .set(gauge_value(inventory.dead_letters));
     }
 
     /// Registers every provider/status pair at zero so the series exist before the first prompt.

@@ -10,8 +10,8 @@ mod vm;
 pub use auth_session::{AuthSession, AuthSessionStatus};
 pub use prompt::{Prompt, PromptStatus, Provider};
 pub use records::{
-    Credential, IpLease, MetricsSample, OutboxEntry, PortLease, VaultKey, VaultKeyState,
-    credential_key,
+    Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry, PortLease, VaultKey,
+    VaultKeyState, credential_key,
 };
 pub use records::{TaskOutcome, TaskRun};
 pub use user::{Plan, User, UserStatus};
@@ -31,6 +31,17 @@ pub enum ModelError {
         value: String,
         expected: String,
     },
+}
+
+/// A record's timestamp as RFC 3339 (UTC), the form the API and the mirror show.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch, the timestamp unit of every record.

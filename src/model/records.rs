@@ -86,20 +86,43 @@ impl Record for VaultKey {
     const VERSION: u16 = 1;
 }
 
-/// A pending change to mirror to Supabase, keyed by entity so a newer change supersedes it.
+/// A change to mirror to Supabase, keyed by entity (`<table>/<record key>`), so a newer change
+/// supersedes a pending older one. It names the entity, not its content: the worker reads the
+/// current record when it sends, so the outbox never holds a payload (nor a secret) and a
+/// missing record is a tombstone. No binary wrote the first shape, so the version stays 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxEntry {
+    /// The mirrored table (`users`, `vms`, ...).
     pub table: String,
+    /// The record's key in its redb table.
+    pub record_key: String,
+    /// The entity's id in Supabase (for a tombstone's DELETE).
     pub entity_id: String,
     pub entity_version: u64,
-    /// The JSON row to upsert; `None` is a tombstone.
-    pub payload_json: Option<String>,
     pub enqueued_at_ms: i64,
     pub attempts: u32,
+    /// Not sent before this time (backoff after a failure).
+    pub next_attempt_ms: i64,
+    pub last_error: Option<String>,
 }
 
 impl Record for OutboxEntry {
     const KIND: &'static str = "outbox_entry";
+    const VERSION: u16 = 1;
+}
+
+/// An outbox entry Supabase refused for good (a 400 or 422, or another 4xx too often). Kept
+/// until an operator retries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub entry: OutboxEntry,
+    pub status: Option<u16>,
+    pub error: String,
+    pub dead_at_ms: i64,
+}
+
+impl Record for DeadLetter {
+    const KIND: &'static str = "dead_letter";
     const VERSION: u16 = 1;
 }
 

@@ -11,6 +11,7 @@ pub async fn insert(store: &Store, prompt: Prompt) -> Result<Prompt, PromptError
                 return Err(PromptError::UserNotFound(prompt.user_id));
             }
             store::put(&mut tx.open_table(tables::PROMPTS)?, &prompt.id, &prompt)?;
+            crate::sync::outbox::record_change(tx, &prompt.id, &prompt)?;
             Ok(prompt)
         })
         .await
@@ -31,6 +32,7 @@ pub async fn update(
             change(&mut prompt)?;
             prompt.version += 1;
             store::put(&mut table, &id, &prompt)?;
+            crate::sync::outbox::record_change(tx, &id, &prompt)?;
             Ok(prompt)
         })
         .await
@@ -48,6 +50,7 @@ pub async fn count_for_user(store: &Store, user_id: &str) -> Result<(), PromptEr
                 user.updated_at_ms = now_ms();
                 user.version += 1;
                 store::put(&mut users, &id, &user)?;
+                crate::sync::outbox::record_change(tx, &id, &user)?;
             }
             Ok(())
         })
@@ -101,6 +104,7 @@ pub async fn settle_interrupted(store: &Store) -> Result<usize, PromptError> {
                 prompt.completed_at_ms = Some(now_ms());
                 prompt.version += 1;
                 store::put(&mut table, &prompt.id, &prompt)?;
+                crate::sync::outbox::record_change(tx, &prompt.id, &prompt)?;
             }
             Ok(stale.len())
         })

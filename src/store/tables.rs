@@ -10,8 +10,8 @@ use redb::{TableDefinition, TypeName, Value};
 use super::StoreError;
 use super::codec::{self, Record};
 use crate::model::{
-    AuthSession, Credential, IpLease, MetricsSample, OutboxEntry, PortLease, Prompt, User,
-    VaultKey, Vm, VmIntent,
+    AuthSession, Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry, PortLease, Prompt,
+    User, VaultKey, Vm, VmIntent,
 };
 
 /// The schema version this binary writes. A file with a higher one is refused at open.
@@ -41,8 +41,11 @@ pub const VAULT_KEYS: TableDefinition<&str, Stored<VaultKey>> = TableDefinition:
 /// The one auth session still in progress per `credential_key(user_id, provider)`.
 pub const ACTIVE_AUTH_SESSIONS: TableDefinition<&str, &str> =
     TableDefinition::new("active_auth_sessions");
-/// Keyed by entity (`<table>:<id>`), so a newer change supersedes a pending older one.
+/// Keyed by entity (`<table>/<record key>`), so a newer change supersedes a pending older one.
 pub const OUTBOX: TableDefinition<&str, Stored<OutboxEntry>> = TableDefinition::new("outbox");
+/// Outbox entries Supabase refused for good, keyed like the outbox.
+pub const DEAD_LETTERS: TableDefinition<&str, Stored<DeadLetter>> =
+    TableDefinition::new("dead_letters");
 /// Keyed by `(unix millis, sequence)`.
 pub const METRICS_SAMPLES: TableDefinition<(i64, u32), Stored<MetricsSample>> =
     TableDefinition::new("metrics_samples");
@@ -127,6 +130,7 @@ pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> 
     tx.open_table(VAULT_KEYS)?;
     tx.open_table(ACTIVE_AUTH_SESSIONS)?;
     tx.open_table(OUTBOX)?;
+    tx.open_table(DEAD_LETTERS)?;
     tx.open_table(METRICS_SAMPLES)?;
     tx.open_table(TASK_RUNS)?;
     Ok(())

@@ -117,6 +117,7 @@ impl UserService {
                 }
                 by_email.insert(user.email.as_str(), user.id.as_str())?;
                 store::put(&mut users, &user.id, &user)?;
+                crate::sync::outbox::record_change(tx, &user.id, &user)?;
                 Ok(user)
             })
             .await
@@ -149,6 +150,7 @@ impl UserService {
                     user.updated_at_ms = now_ms();
                     user.version += 1;
                     store::put(&mut users, &user.id, &user)?;
+                    crate::sync::outbox::record_change(tx, &user.id, &user)?;
                 }
                 Ok(user)
             })

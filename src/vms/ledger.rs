@@ -85,6 +85,7 @@ pub fn reserve_create(
     vm.ip_address = Some(ip.to_string());
     vm.mac_address = Some(mac_for(ip));
     store::put(&mut vms, &vm.id, &vm)?;
+    crate::sync::outbox::record_change(tx, &vm.id, &vm)?;
     let intent = write_intent(tx, &vm, VmOp::Create, dir)?;
     Ok(Reserved {
         vm,
@@ -137,6 +138,7 @@ pub fn begin(
         }
     }
     store::put(&mut vms, &vm.id, &vm)?;
+    crate::sync::outbox::record_change(tx, &vm.id, &vm)?;
     let intent = write_intent(tx, &vm, op, dir)?;
     Ok(Reserved {
         vm,
@@ -176,6 +178,7 @@ pub fn finish(
         release_lease(tx, &ip, vm_id)?;
     }
     store::put(&mut vms, &vm.id, &vm)?;
+    crate::sync::outbox::record_change(tx, &vm.id, &vm)?;
     tx.open_table(tables::VM_INTENTS)?.remove(vm_id)?;
     Ok(vm)
 }
@@ -235,6 +238,7 @@ fn lease_address(
             victim.needs_readdress = true;
             victim.touch();
             store::put(vms, &victim.id, &victim)?;
+            crate::sync::outbox::record_change(tx, &victim.id, &victim)?;
             (
                 ip,
                 Some(Reclaimed {

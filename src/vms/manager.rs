@@ -137,6 +137,7 @@ impl VmManager {
                 vm.last_heartbeat_ms = Some(now_ms());
                 vm.touch();
                 store::put(&mut vms, &vm.id, &vm)?;
+                crate::sync::outbox::record_change(tx, &vm.id, &vm)?;
                 Ok(vm)
             })
             .await
@@ -147,6 +148,7 @@ impl VmManager {
         self.store
             .write(move |tx| {
                 store::put(&mut tx.open_table(tables::VMS)?, &vm.id, &vm)?;
+                crate::sync::outbox::record_change(tx, &vm.id, &vm)?;
                 Ok(())
             })
             .await

@@ -172,6 +172,7 @@ impl VmManager {
                     vm.last_heartbeat_ms = Some(now_ms());
                     vm.touch();
                     store::put(&mut vms, &id, &vm)?;
+                    crate::sync::outbox::record_change(tx, &id, &vm)?;
                 }
                 Ok::<_, super::VmError>(())
             })

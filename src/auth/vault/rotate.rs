@@ -94,10 +94,12 @@ pub(super) fn reseal(
             other => other,
         })?;
     let sealed = new.seal(&plaintext)?;
-    // The secret itself is unchanged, so neither updated_at nor the mirror's version moves.
     credential.key_id = sealed.key_id;
     credential.ciphertext = sealed.ciphertext;
+    // A new version, so a mirror that keeps ciphertexts replaces the one sealed by the old key.
+    credential.version += 1;
     store::put(&mut table, record_key, &credential)?;
+    crate::sync::outbox::record_change(tx, record_key, &credential)?;
     Ok(true)
 }
 

@@ -1,0 +1,144 @@
+//! The Supabase mirror's outbox for operators: its state, the changes Supabase refused for
+//! good (dead letters), and putting them back in line once the cause is fixed. Admin only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+
+use super::ApiContext;
+use super::endpoint::{Body, Call, body, endpoint};
+use super::error::ApiError;
+use super::views::rfc3339;
+use crate::inventory::Inventory;
+use crate::model::DeadLetter;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
+    let state = warp::path!("api" / "admin" / "outbox")
+        .and(endpoint(ctx.clone(), Method::GET, "/api/admin/outbox"))
+        .then(state);
+    let letters = warp::path!("api" / "admin" / "outbox" / "dead-letters")
+        .and(endpoint(
+            ctx.clone(),
+            Method::GET,
+            "/api/admin/outbox/dead-letters",
+        ))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(dead_letters);
+    let retry = warp::path!("api" / "admin" / "outbox" / "dead-letters" / "retry")
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/admin/outbox/dead-letters/retry",
+        ))
+        .and(body())
+        .then(retry);
+    state.or(letters).unify().or(retry).unify().boxed()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeadLetterView {
+    key: String,
+    table: String,
+    entity_id: String,
+    entity_version: u64,
+    status: Option<u16>,
+    error: String,
+    attempts: u32,
+    enqueued_at: String,
+    dead_at: String,
+}
+
+impl DeadLetterView {
+    fn new(key: String, letter: DeadLetter) -> DeadLetterView {
+        DeadLetterView {
+            key,
+            table: letter.entry.table,
+            entity_id: letter.entry.entity_id,
+            entity_version: letter.entry.entity_version,
+            status: letter.status,
+            error: letter.error,
+            attempts: letter.entry.attempts,
+            enqueued_at: rfc3339(letter.entry.enqueued_at_ms),
+            dead_at: rfc3339(letter.dead_at_ms),
+        }
+    }
+}
+
+async fn state(call: Call) -> Response {
+    let result = async {
+        call.principal()?.require_admin()?;
+        let inventory = Inventory::take(&call.ctx.store, call.ctx.vms.ip_pool_size()).await?;
+        Ok(serde_json::json!({
+            "configured": call.ctx.sync.is_configured(),
+            "pending": inventory.outbox_depth,
+            "oldestAgeMs": inventory.outbox_oldest_age_ms,
+            "deadLetters": inventory.dead_letters,
+        }))
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}
+
+async fn dead_letters(call: Call, query: HashMap<String, String>) -> Response {
+    let result = async {
+        call.principal()?.require_admin()?;
+        if let Some(unknown) = query.keys().find(|k| k.as_str() != "limit") {
+            return Err(ApiError::invalid_field(unknown, "unknown query parameter"));
+        }
+        let limit = match query.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| ApiError::invalid_field("limit", format!("1 to {MAX_LIMIT}")))?,
+        };
+        let letters = call.ctx.sync.dead_letters(limit).await?;
+        Ok(letters
+            .into_iter()
+            .map(|(key, letter)| DeadLetterView::new(key, letter))
+            .collect::<Vec<_>>())
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RetryRequest {
+    /// One dead letter's key, or every dead letter when absent.
+    key: Option<String>,
+}
+
+async fn retry(call: Call, body: Body) -> Response {
+    let result = async {
+        call.principal()?.require_admin()?;
+        let request: RetryRequest = body.json(call.ctx.limits.max_body_bytes).await?;
+        let keys = match request.key {
+            Some(key) => vec![key],
+            None => call
+                .ctx
+                .sync
+                .dead_letters(usize::MAX)
+                .await?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect(),
+        };
+        for key in &keys {
+            call.ctx.sync.retry(key).await?;
+        }
+        Ok(serde_json::json!({ "retried": keys.len() }))
+    }
+    .await;
+    call.respond(StatusCode::ACCEPTED, result)
+}
