@@ -343,6 +343,9 @@ async fn system_stats_show_the_host_the_pool_and_the_tasks() {
     assert_eq!(j["tasks"]["jobs"], 6);
     assert_eq!(j["tasks"]["failing"], serde_json::json!([]));
     assert!(j["outbox"].is_object());
+    assert_eq!(j["outbox"]["configured"], false);
+    assert!(j["outbox"]["sends"]["ok"].is_u64(), "{:?}", j["outbox"]);
+    assert!(j["outbox"]["depth"].is_u64());
     assert_eq!(j["users"]["total"], 1);
     d.shutdown().await;
 }

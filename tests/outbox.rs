@@ -233,3 +233,26 @@ async fn a_flood_of_updates_to_one_entity_keeps_one_entry() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].entry.entity_version, latest.version);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_entity_is_sent_as_a_tombstone() {
+    let rig = Rig::start().await;
+    let user = rig.user("gone@example.com").await;
+    rig.drain(Duration::from_secs(60)).await;
+    assert!(rig.sink.row("users", &user.id).is_some());
+    let id = user.id.clone();
+    rig.store
+        .write(move |tx| {
+            tx.open_table(master_controller::store::tables::USERS)?
+                .remove(id.as_str())?;
+            outbox::record_delete::<User>(tx, &id, &id)?;
+            Ok::<_, master_controller::store::StoreError>(())
+        })
+        .await
+        .expect("delete");
+    rig.drain(Duration::from_secs(60)).await;
+    assert!(
+        rig.sink.row("users", &user.id).is_none(),
+        "deleted upstream"
+    );
+}

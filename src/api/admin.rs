@@ -207,6 +207,18 @@ async fn system_stats(call: Call) -> Response {
         call.principal()?.require_admin()?;
         let ctx = &call.ctx;
         let inventory = Inventory::take(&ctx.store, ctx.vms.ip_pool_size()).await?;
+        let outbox_sends: BTreeMap<&str, u64> = ["ok", "retry_after", "failed", "dead_letter"]
+            .into_iter()
+            .map(|outcome| {
+                let labels = crate::metrics::OutboxSendLabels {
+                    outcome: outcome.to_string(),
+                };
+                (
+                    outcome,
+                    ctx.metrics.outbox_sends.get_or_create(&labels).get(),
+                )
+            })
+            .collect();
         let users_by_status: BTreeMap<&str, u64> = inventory
             .users_by_status
             .iter()
@@ -243,6 +255,7 @@ async fn system_stats(call: Call) -> Response {
                 "depth": inventory.outbox_depth,
                 "oldestAgeMs": inventory.outbox_oldest_age_ms,
                 "deadLetters": inventory.dead_letters,
+                "sends": outbox_sends,
             },
             "websocket": { "connections": ctx.ws_connections.load(Ordering::Relaxed) },
             "store": { "sizeBytes": store_bytes },

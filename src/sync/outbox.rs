@@ -39,6 +39,29 @@ pub fn record_change<R: Mirrored>(
     store::put(&mut outbox, &key, &entry)
 }
 
+/// Marks an entity of `R`'s table as deleted: call it in the transaction that removes the
+/// record. The worker then finds no record and sends a `DELETE`.
+pub fn record_delete<R: Mirrored>(
+    tx: &WriteTransaction,
+    record_key: &str,
+    entity_id: &str,
+) -> Result<(), StoreError> {
+    let mut outbox = tx.open_table(tables::OUTBOX)?;
+    let key = outbox_key(R::TABLE, record_key);
+    let pending: Option<OutboxEntry> = store::get(&outbox, &key)?;
+    let entry = OutboxEntry {
+        table: R::TABLE.to_string(),
+        record_key: record_key.to_string(),
+        entity_id: entity_id.to_string(),
+        entity_version: u64::MAX,
+        enqueued_at_ms: pending.as_ref().map_or_else(now_ms, |p| p.enqueued_at_ms),
+        attempts: 0,
+        next_attempt_ms: pending.as_ref().map_or(0, |p| p.next_attempt_ms),
+        last_error: None,
+    };
+    store::put(&mut outbox, &key, &entry)
+}
+
 /// What the worker sends for an entry: the entity's current row, or a tombstone.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
