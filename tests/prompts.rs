@@ -394,26 +394,9 @@ async fn cancel_and_timeout_and_failures(world: &mut World) {
 }
 
 async fn prompt_events_reach_the_websocket(world: &mut World) {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use futures_util::StreamExt;
     let user = world.user().await;
-    let mut request = world
-        .daemon
-        .url("/ws")
-        .replace("http://", "ws://")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {SERVICE_TOKEN}").parse().expect("header"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
-    let subscribe = json!({"type": "subscribe", "payload": {"channel": format!("user:{user}")}});
-    socket
-        .send(Message::text(subscribe.to_string()))
-        .await
-        .expect("subscribe");
+    let mut events = world.daemon.user_events(&user).await;
     let frames = world
         .execute(
             json!({"userId": user, "provider": "codex", "prompt": "hello"}),
@@ -426,12 +409,10 @@ async fn prompt_events_reach_the_websocket(world: &mut World) {
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while seen.len() < 2 && Instant::now() < deadline {
-        let Ok(Some(Ok(Message::Text(text)))) =
-            tokio::time::timeout(Duration::from_secs(1), socket.next()).await
+        let Ok(Some(value)) = tokio::time::timeout(Duration::from_secs(1), events.next()).await
         else {
             continue;
         };
-        let value: Value = serde_json::from_str(&text).unwrap_or_default();
         if value["data"]["promptId"] == id.as_str() {
             seen.push(value["data"].clone());
         }

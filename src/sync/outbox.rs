@@ -21,22 +21,13 @@ pub fn record_change<R: Mirrored>(
     record_key: &str,
     record: &R,
 ) -> Result<(), StoreError> {
-    let mut outbox = tx.open_table(tables::OUTBOX)?;
-    let key = outbox_key(R::TABLE, record_key);
-    // A superseded entry keeps its place in line (and its backoff), so a busy entity neither
-    // starves nor hides how long it has been waiting.
-    let pending: Option<OutboxEntry> = store::get(&outbox, &key)?;
-    let entry = OutboxEntry {
-        table: R::TABLE.to_string(),
-        record_key: record_key.to_string(),
-        entity_id: record.entity_id().to_string(),
-        entity_version: record.entity_version(),
-        enqueued_at_ms: pending.as_ref().map_or_else(now_ms, |p| p.enqueued_at_ms),
-        attempts: 0,
-        next_attempt_ms: pending.as_ref().map_or(0, |p| p.next_attempt_ms),
-        last_error: None,
-    };
-    store::put(&mut outbox, &key, &entry)
+    enqueue(
+        tx,
+        R::TABLE,
+        record_key,
+        record.entity_id(),
+        record.entity_version(),
+    )
 }
 
 /// Marks an entity of `R`'s table as deleted: call it in the transaction that removes the
@@ -46,14 +37,27 @@ pub fn record_delete<R: Mirrored>(
     record_key: &str,
     entity_id: &str,
 ) -> Result<(), StoreError> {
+    // A tombstone settles every version before it.
+    enqueue(tx, R::TABLE, record_key, entity_id, u64::MAX)
+}
+
+fn enqueue(
+    tx: &WriteTransaction,
+    table: &str,
+    record_key: &str,
+    entity_id: &str,
+    entity_version: u64,
+) -> Result<(), StoreError> {
     let mut outbox = tx.open_table(tables::OUTBOX)?;
-    let key = outbox_key(R::TABLE, record_key);
+    let key = outbox_key(table, record_key);
+    // A superseded entry keeps its place in line (and its backoff), so a busy entity neither
+    // starves nor hides how long it has been waiting.
     let pending: Option<OutboxEntry> = store::get(&outbox, &key)?;
     let entry = OutboxEntry {
-        table: R::TABLE.to_string(),
+        table: table.to_string(),
         record_key: record_key.to_string(),
         entity_id: entity_id.to_string(),
-        entity_version: u64::MAX,
+        entity_version,
         enqueued_at_ms: pending.as_ref().map_or_else(now_ms, |p| p.enqueued_at_ms),
         attempts: 0,
         next_attempt_ms: pending.as_ref().map_or(0, |p| p.next_attempt_ms),

@@ -3,13 +3,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use master_controller::model::Provider;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{ADMIN_TOKEN, SERVICE_TOKEN};
+use crate::support::ADMIN_TOKEN;
 use crate::world::{SESSION_TIMEOUT_SECS, World, assert_cleaned_up, claude_code};
 
 /// Completes a login of `provider` for `user`, the tokens tagged `tag`; returns the session.
@@ -269,31 +267,6 @@ pub async fn second_start_is_refused(world: &mut World) {
     }
 }
 
-async fn websocket(world: &World, user: &str) -> impl StreamExt<Item = Value> + Unpin {
-    let mut request = world
-        .daemon
-        .url("/ws")
-        .replace("http://", "ws://")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {SERVICE_TOKEN}").parse().expect("header"),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
-    let subscribe = json!({"type": "subscribe", "payload": {"channel": format!("user:{user}")}});
-    socket
-        .send(Message::text(subscribe.to_string()))
-        .await
-        .expect("subscribe");
-    Box::pin(socket.filter_map(|m| async move {
-        match m {
-            Ok(Message::Text(text)) => serde_json::from_str::<Value>(&text).ok(),
-            _ => None,
-        }
-    }))
-}
-
 pub async fn credentials_validation_and_rotation(world: &mut World) {
     let user = world.user().await;
     let rotate = world
@@ -306,7 +279,7 @@ pub async fn credentials_validation_and_rotation(world: &mut World) {
     assert_eq!(rotate.status, 404, "nothing to rotate: {:?}", rotate.json);
     assert_eq!(rotate.json["error"]["code"], "credential_not_found");
 
-    let mut events = websocket(world, &user).await;
+    let mut events = world.daemon.user_events(&user).await;
     let first = complete_login(world, &user, "claude_code", "old").await;
     let session_id = first["sessionId"].as_str().expect("id").to_string();
     let mut statuses = Vec::new();

@@ -127,6 +127,39 @@ impl TestDaemon {
         reply.json["userId"].as_str().expect("userId").to_string()
     }
 
+    /// A WebSocket subscribed to `user:<id>` with the service token: its JSON messages.
+    pub async fn user_events(
+        &self,
+        user_id: &str,
+    ) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Value> + Send>> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = self
+            .url("/ws")
+            .replace("http://", "ws://")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {SERVICE_TOKEN}").parse().expect("header"),
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+        let subscribe = serde_json::json!(
+            {"type": "subscribe", "payload": {"channel": format!("user:{user_id}")}}
+        );
+        socket
+            .send(Message::text(subscribe.to_string()))
+            .await
+            .expect("subscribe");
+        Box::pin(socket.filter_map(|m| async move {
+            match m {
+                Ok(Message::Text(text)) => serde_json::from_str::<Value>(&text).ok(),
+                _ => None,
+            }
+        }))
+    }
+
     /// Mints a user-scoped token through the API.
     pub async fn user_token(&self, user_id: &str) -> String {
         let reply = self

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{LoginCommand, LoginSignal, ScreenRules, UserAction, url_in};
+use super::{LoginCommand, LoginSignal, ScreenRules, UrlAndCode, url_in};
 
 const PROMPT: &str = "Paste code here if prompted";
 
@@ -20,28 +20,12 @@ pub fn command() -> LoginCommand {
     }
 }
 
+const INSTRUCTIONS: &str = "Open authUrl, sign in to Claude, then paste the code the page shows \
+                           (code#state) into this session's code endpoint.";
+
 #[derive(Default)]
 pub struct Rules {
-    url: Option<String>,
-    announced: bool,
-}
-
-impl Rules {
-    fn prompt_seen(&mut self) -> Option<LoginSignal> {
-        if self.announced {
-            return None;
-        }
-        let url = self.url.clone()?;
-        self.announced = true;
-        Some(LoginSignal::AwaitingUser(UserAction {
-            auth_url: Some(url),
-            instructions: "Open authUrl, sign in to Claude, then paste the code the page shows \
-                           (code#state) into this session's code endpoint."
-                .into(),
-            expects_code: true,
-            ..UserAction::default()
-        }))
-    }
+    prompt: UrlAndCode,
 }
 
 impl ScreenRules for Rules {
@@ -53,17 +37,17 @@ impl ScreenRules for Rules {
             return Some(LoginSignal::Succeeded);
         }
         if line.contains("oauth/authorize") {
-            self.url = url_in(line);
+            self.prompt.url = url_in(line);
         }
         if line.contains(PROMPT) {
-            return self.prompt_seen();
+            return self.prompt.seen(INSTRUCTIONS);
         }
         None
     }
 
     fn partial(&mut self, text: &str) -> Option<LoginSignal> {
         if text.contains(PROMPT) {
-            return self.prompt_seen();
+            return self.prompt.seen(INSTRUCTIONS);
         }
         None
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{LoginCommand, LoginSignal, ScreenRules, UserAction, url_in};
+use super::{LoginCommand, LoginSignal, ScreenRules, UrlAndCode, url_in};
 
 const PROMPT: &str = "Enter the authorization code:";
 
@@ -29,28 +29,12 @@ pub fn command() -> LoginCommand {
     }
 }
 
+const INSTRUCTIONS: &str = "Open authUrl, sign in with Google, then paste the authorization code \
+                           the page shows into this session's code endpoint.";
+
 #[derive(Default)]
 pub struct Rules {
-    url: Option<String>,
-    announced: bool,
-}
-
-impl Rules {
-    fn prompt_seen(&mut self) -> Option<LoginSignal> {
-        if self.announced {
-            return None;
-        }
-        let url = self.url.clone()?;
-        self.announced = true;
-        Some(LoginSignal::AwaitingUser(UserAction {
-            auth_url: Some(url),
-            instructions: "Open authUrl, sign in with Google, then paste the authorization code \
-                           the page shows into this session's code endpoint."
-                .into(),
-            expects_code: true,
-            ..UserAction::default()
-        }))
-    }
+    prompt: UrlAndCode,
 }
 
 impl ScreenRules for Rules {
@@ -67,17 +51,17 @@ impl ScreenRules for Rules {
             .trim_start()
             .starts_with("https://accounts.google.com/")
         {
-            self.url = url_in(line);
+            self.prompt.url = url_in(line);
         }
         if line.contains(PROMPT) {
-            return self.prompt_seen();
+            return self.prompt.seen(INSTRUCTIONS);
         }
         None
     }
 
     fn partial(&mut self, text: &str) -> Option<LoginSignal> {
         if text.contains(PROMPT) {
-            return self.prompt_seen();
+            return self.prompt.seen(INSTRUCTIONS);
         }
         None
     }

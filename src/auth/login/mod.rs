@@ -137,6 +137,30 @@ fn truncate(line: &str) -> String {
     line[..cut].to_string()
 }
 
+/// A login that shows an authorize URL and then waits for a pasted code: it is announced once,
+/// when the prompt appears after the URL.
+#[derive(Default)]
+struct UrlAndCode {
+    url: Option<String>,
+    announced: bool,
+}
+
+impl UrlAndCode {
+    fn seen(&mut self, instructions: &str) -> Option<LoginSignal> {
+        if self.announced {
+            return None;
+        }
+        let url = self.url.clone()?;
+        self.announced = true;
+        Some(LoginSignal::AwaitingUser(UserAction {
+            auth_url: Some(url),
+            instructions: instructions.to_string(),
+            expects_code: true,
+            ..UserAction::default()
+        }))
+    }
+}
+
 /// The first `https://` URL in a line.
 fn url_in(line: &str) -> Option<String> {
     let start = line.find("https://")?;
