@@ -1,6 +1,7 @@
 //! One `Config`: the TOML file, then the environment (`MC_*` and the seed's names), then the
 //! command-line flags, validated once at start.
 
+mod egress;
 mod settings;
 mod tasks;
 
@@ -77,11 +78,8 @@ pub struct Config {
     /// Other 4xx answers a change may get before it is dead-lettered.
     pub outbox_max_attempts: u32,
     pub encryption_master_key: Option<SecretString>,
-    pub decodo_user: Option<String>,
-    pub decodo_password: Option<SecretString>,
-    pub decodo_host: Option<String>,
-    pub decodo_port_start: u16,
-    pub decodo_port_end: u16,
+    /// The upstream (Decodo) account and port pool, and the gateway proxy in front of it.
+    pub egress: crate::net::egress::EgressSettings,
     pub firecracker_base: Option<PathBuf>,
     pub golden_snapshot: Option<PathBuf>,
     pub golden_memory: Option<PathBuf>,
@@ -119,7 +117,8 @@ pub struct Config {
     pub cli_home: String,
     /// Prepended to the CLIs' PATH in the guest.
     pub cli_path: Option<String>,
-    /// `HTTP_PROXY`/`HTTPS_PROXY` for the CLIs' egress.
+    /// `HTTP_PROXY`/`HTTPS_PROXY` for the CLIs' egress when there is no gateway proxy (no
+    /// DECODO_HOST).
     pub egress_proxy: Option<String>,
 }
 
@@ -157,6 +156,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let credentials_dir = lookup("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let tasks = tasks::resolve(&s)?;
+        let egress = egress::resolve(&s)?;
         let admin_token = secret_setting(
             "admin_token",
             s.admin_token,
@@ -211,11 +211,7 @@ impl Config {
             supabase_mirror_ciphertexts: s.supabase_mirror_ciphertexts.unwrap_or(false),
             outbox_max_attempts: s.outbox_max_attempts.unwrap_or(8),
             encryption_master_key,
-            decodo_user: s.decodo_user,
-            decodo_password: s.decodo_password.map(SecretString::from),
-            decodo_host: s.decodo_host,
-            decodo_port_start: s.decodo_port_start.unwrap_or(10001),
-            decodo_port_end: s.decodo_port_end.unwrap_or(10100),
+            egress,
             firecracker_base: s.firecracker_base,
             golden_snapshot: s.golden_snapshot,
             golden_memory: s.golden_memory,
@@ -337,13 +333,11 @@ impl Config {
                 return Err(invalid(field, "must be greater than 0".into()));
             }
         }
-        if self.decodo_port_start == 0 || self.decodo_port_start > self.decodo_port_end {
+        if self.egress.upstream.is_some() && self.egress_proxy.is_some() {
             return Err(invalid(
-                "decodo_port_start",
-                format!(
-                    "port range {}..={} is empty or starts at 0",
-                    self.decodo_port_start, self.decodo_port_end
-                ),
+                "egress_proxy",
+                "with DECODO_HOST set the CLIs use the built-in gateway proxy; unset MC_EGRESS_PROXY"
+                    .into(),
             ));
         }
         if let Some(url) = &self.supabase_url

@@ -20,7 +20,7 @@ fn defaults_apply() {
     assert_eq!(config.data_dir, PathBuf::from("/var/lib/master-controller"));
     assert_eq!(config.max_vms, 180);
     assert_eq!(
-        (config.decodo_port_start, config.decodo_port_end),
+        (config.egress.ports.start, config.egress.ports.end),
         (10001, 10100)
     );
     assert!(config.require_admin_token().is_err());
@@ -60,6 +60,8 @@ fn file_then_env_then_flags() {
     let lookup = env(&[
         ("MC_MAX_VMS", "7"),
         ("DECODO_HOST", "env-host"),
+        ("DECODO_USER", "env-user"),
+        ("DECODO_PASSWORD", "env-password"),
         ("MC_DATA_DIR", "/srv/env"),
     ]);
     let flags = Settings {
@@ -69,7 +71,8 @@ fn file_then_env_then_flags() {
     let config = Config::load(Some(file.path()), &lookup, flags).unwrap();
     assert_eq!(config.listen.to_string(), "127.0.0.1:1000");
     assert_eq!(config.max_vms, 7);
-    assert_eq!(config.decodo_host.as_deref(), Some("env-host"));
+    let upstream = config.egress.upstream.as_ref().expect("upstream");
+    assert_eq!(upstream.host, "env-host");
     assert_eq!(config.data_dir, PathBuf::from("/srv/flag"));
 }
 
@@ -154,10 +157,27 @@ fn secrets_come_from_files_and_credentials() {
 fn debug_output_hides_secrets() {
     let lookup = env(&[
         ("MC_ADMIN_TOKEN", "super-secret-admin-token"),
+        ("DECODO_HOST", "gate.example"),
+        ("DECODO_USER", "user"),
         ("DECODO_PASSWORD", "hunter2hunter2"),
     ]);
     let config = Config::load(None, &lookup, Settings::default()).unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("super-secret-admin-token"));
     assert!(!debug.contains("hunter2hunter2"));
+}
+
+#[test]
+fn the_upstream_settings_go_together() {
+    let lookup = env(&[("DECODO_HOST", "gate.example"), ("DECODO_USER", "user")]);
+    let error = Config::load(None, &lookup, Settings::default()).unwrap_err();
+    assert!(error.to_string().contains("go together"), "{error}");
+    let lookup = env(&[
+        ("DECODO_HOST", "gate.example"),
+        ("DECODO_USER", "user"),
+        ("DECODO_PASSWORD", "pw"),
+        ("MC_EGRESS_BYPASS", "claude,http://x"),
+    ]);
+    let error = Config::load(None, &lookup, Settings::default()).unwrap_err();
+    assert!(error.to_string().contains("MC_EGRESS_BYPASS"), "{error}");
 }

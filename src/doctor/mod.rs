@@ -258,23 +258,20 @@ fn supabase(config: &Config) -> Check {
 }
 
 fn decodo(config: &Config) -> Check {
-    match (
-        &config.decodo_host,
-        &config.decodo_user,
-        &config.decodo_password,
-    ) {
-        (Some(host), Some(_), Some(_)) => check(
+    let egress = &config.egress;
+    match &egress.upstream {
+        Some(upstream) => check(
             "upstream proxy",
             Level::Ok,
             format!(
-                "{host}, ports {}-{}",
-                config.decodo_port_start, config.decodo_port_end
+                "{}, ports {}-{}",
+                upstream.host, egress.ports.start, egress.ports.end
             ),
         ),
-        _ => check(
+        None => check(
             "upstream proxy",
             Level::Warn,
-            "DECODO_HOST/DECODO_USER/DECODO_PASSWORD not all set: no dedicated egress",
+            "DECODO_HOST/DECODO_USER/DECODO_PASSWORD unset: no dedicated egress, no gateway proxy",
         ),
     }
 }

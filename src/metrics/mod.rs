@@ -1,6 +1,7 @@
 //! Every Prometheus metric of the daemon, in one place. The seed's `polydev_*` names are kept
 //! so existing dashboards and alerts keep working.
 
+mod egress;
 mod json;
 
 use std::sync::atomic::AtomicU64;
@@ -16,6 +17,7 @@ use prometheus_client::registry::Registry;
 use crate::inventory::Inventory;
 use crate::model::{PromptStatus, Provider, VmStatus, VmType};
 
+pub use egress::EgressMetrics;
 pub use json::text_to_json;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +105,7 @@ pub struct Metrics {
     pub outbox_sends: Family<OutboxSendLabels, Counter>,
     pub outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub outbox_dead_letters: Gauge,
+    pub egress: EgressMetrics,
 }
 
 impl Metrics {
@@ -132,6 +135,7 @@ impl Metrics {
             outbox_sends: Family::default(),
             outbox_oldest_age: Gauge::default(),
             outbox_dead_letters: Gauge::default(),
+            egress: EgressMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -240,6 +244,7 @@ impl Metrics {
             "Changes Supabase refused for good, waiting for an operator",
             metrics.outbox_dead_letters.clone(),
         );
+        metrics.egress.register(&mut registry);
         Metrics {
             registry,
             ..metrics

@@ -10,7 +10,7 @@ mod vm;
 pub use auth_session::{AuthSession, AuthSessionStatus};
 pub use prompt::{Prompt, PromptStatus, Provider};
 pub use records::{
-    Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry, PortLease, VaultKey,
+    Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry, PortHealth, PortLease, VaultKey,
     VaultKeyState, credential_key,
 };
 pub use records::{TaskOutcome, TaskRun};

@@ -18,12 +18,27 @@ impl Record for IpLease {
     const VERSION: u16 = 1;
 }
 
-/// An upstream proxy port reserved for a user for life.
+/// An upstream proxy port reserved for a user for life, with its last health check.
+///
+/// No binary ever wrote the first shape of this record, so its version stays 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PortLease {
     pub port: u16,
     pub user_id: String,
     pub leased_at_ms: i64,
+    pub health: Option<PortHealth>,
+}
+
+/// What a request through an upstream port found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortHealth {
+    pub healthy: bool,
+    pub checked_at_ms: i64,
+    pub latency_ms: u64,
+    /// The address the echo service saw: the port's external IP.
+    pub external_ip: Option<String>,
+    /// Why the check failed, in words that never include the upstream's credentials.
+    pub error: Option<String>,
 }
 
 impl Record for PortLease {

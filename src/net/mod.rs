@@ -1,6 +1,7 @@
 //! Guest networking: the bridge, one isolated tap per VM, and the address plan (IP pool, MACs
 //! derived from IPs, tap names derived from VM ids).
 
+pub mod egress;
 mod links;
 pub mod plan;
 

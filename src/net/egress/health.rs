@@ -1,0 +1,1 @@
+//! Health checks of leased upstream ports (being written).

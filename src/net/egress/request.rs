@@ -1,0 +1,1 @@
+//! Request heads (being written).

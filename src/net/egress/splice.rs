@@ -1,0 +1,1 @@
+//! Splicing (being written).
