@@ -14,8 +14,9 @@ fi
 # private network; procps gives pgrep to the agent tests; nftables checks setup-network.sh;
 # postgresql-15 (Supabase's major version) holds the mirror's schema in the Supabase tests, which
 # start clusters of their own (the package's default cluster is neither used nor in their way:
-# theirs listen on no TCP port).
-packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables postgresql-15)
+# theirs listen on no TCP port); tinyproxy-bin (the binary alone, no service) is the real upstream
+# proxy, with basic auth, that the egress tests put behind the gateway proxy.
+packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables postgresql-15 tinyproxy-bin)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

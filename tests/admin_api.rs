@@ -42,6 +42,7 @@ fn admin_routes(user: &str) -> Vec<(&'static str, String, Option<&'static str>)>
         ),
         ("POST", "/api/admin/tasks/no_such_task/run".into(), None),
         ("GET", "/api/admin/metrics/recent?limit=5".into(), None),
+        ("GET", "/api/admin/proxy-ports".into(), None),
     ]
 }
 

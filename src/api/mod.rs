@@ -6,6 +6,7 @@ pub mod auth;
 mod endpoint;
 pub mod error;
 mod logins;
+mod egress;
 mod outbox;
 mod probes;
 mod prompts;
@@ -59,6 +60,7 @@ pub struct ApiContext {
     pub tasks: Arc<crate::tasks::Scheduler>,
     pub host: Arc<crate::tasks::HostProbe>,
     pub sync: SyncService,
+    pub egress: crate::net::egress::EgressService,
     pub events: EventHub,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
@@ -81,6 +83,8 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
         .or(logins::routes(ctx))
         .unify()
         .or(outbox::routes(ctx))
+        .unify()
+        .or(egress::routes(ctx))
         .unify()
         .or(users::routes(ctx))
         .unify()

@@ -81,6 +81,13 @@ pub(super) fn resolve(s: &Settings) -> Result<TaskSettings, ConfigError> {
             s.task_vm_health_at.as_deref(),
             d.vm_health,
         )?,
+        proxy_health: schedule(
+            "task_proxy_health_interval_secs",
+            s.task_proxy_health_interval_secs,
+            "task_proxy_health_at",
+            s.task_proxy_health_at.as_deref(),
+            d.proxy_health,
+        )?,
         idle_hibernate_after: Duration::from_secs(positive(
             "idle_hibernate_after_secs",
             s.idle_hibernate_after_secs,

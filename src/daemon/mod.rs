@@ -29,7 +29,7 @@ use crate::watchdog::Watchdog;
 mod services;
 
 use services::{
-    auth_settings, open_vault, prompt_settings, start_mirror, start_tasks, vm_settings,
+    auth_settings, open_vault, prompt_settings, start_egress, start_mirror, start_tasks, vm_settings,
 };
 
 /// The main loop's period when systemd arms no watchdog.
@@ -76,6 +76,8 @@ pub enum DaemonError {
     Auth(#[from] AuthError),
     #[error("background tasks: {0}")]
     Tasks(#[from] crate::tasks::TaskError),
+    #[error("egress: {0}")]
+    Egress(#[from] crate::net::egress::EgressError),
 }
 
 /// The fixed MAC of the guest bridge (locally administered). A bridge without one takes its
@@ -187,8 +189,19 @@ pub async fn start_with(
         tracker.clone(),
     );
     let host = crate::tasks::HostProbe::new(config.data_dir.clone());
+    let guests_configured = vms.settings().kernel.is_some();
+    let (egress, proxy_health) =
+        start_egress(config, &store, &metrics, guests_configured, &tracker, &cancel).await?;
     let tasks = start_tasks(
-        config, &store, &vms, &prompts, &auth, &host, &tracker, &cancel,
+        config,
+        &store,
+        &vms,
+        &prompts,
+        &auth,
+        &host,
+        proxy_health,
+        &tracker,
+        &cancel,
     )?;
     let sync = start_mirror(config, &store, &metrics, &tracker, &cancel)?;
     let ctx = Arc::new(ApiContext {
@@ -199,6 +212,7 @@ pub async fn start_with(
         host,
         oauth: auth,
         sync,
+        egress,
         store,
         events,
         metrics,

@@ -1,6 +1,7 @@
 //! How `serve` builds each service from the configuration: the VM manager's settings, the
 //! credential vault, the Supabase mirror's worker, the scheduler, and the CLIs' environment.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use crate::prompts::{PromptService, PromptSettings};
 use crate::store::{Store, StoreError};
 use crate::sync::rows::RowOptions;
 use crate::sync::{PostgRest, SyncService, SyncSettings, SyncWorker};
+use crate::net::egress::health::HealthChecker;
+use crate::net::egress::{EgressService, Gateway};
 use crate::tasks::{Builtins, HostProbe, Scheduler, register_builtins};
 use crate::vms::{CliEnvironment, Limits, VmService, VmSettings};
 
@@ -32,6 +35,7 @@ pub(super) fn vm_settings(config: &Config) -> VmSettings {
             max_running: config.max_vms,
             subnet: config.bridge_subnet,
             pool_limit: config.ip_pool_limit,
+            ports: config.egress.lease_range(),
         },
         agent_timeout: Duration::from_secs(config.vm_agent_timeout_secs),
         health_interval: Duration::from_secs(config.vm_health_interval_secs),
@@ -107,6 +111,7 @@ pub(super) fn start_tasks(
     prompts: &Arc<PromptService>,
     auth: &Arc<AuthService>,
     host: &Arc<HostProbe>,
+    proxy_health: Option<Arc<HealthChecker>>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<Arc<Scheduler>, DaemonError> {
@@ -125,6 +130,7 @@ pub(super) fn start_tasks(
             prompts: prompts.clone(),
             auth: auth.clone(),
             host: host.clone(),
+            proxy_health,
             settings: config.tasks.clone(),
         },
     )?;
@@ -148,9 +154,57 @@ pub(super) fn cli_environment(config: &Config) -> CliEnvironment {
     CliEnvironment {
         home: config.cli_home.clone(),
         path: config.cli_path.clone(),
-        egress_proxy: config.egress_proxy.clone(),
+        egress_proxy: match config.egress.upstream {
+            Some(_) => Some(format!("http://{}", gateway_addr(config))),
+            None => config.egress_proxy.clone(),
+        },
         owner: None,
     }
+}
+
+/// The gateway proxy listens on the bridge's own address, the guests' default gateway.
+fn gateway_addr(config: &Config) -> SocketAddr {
+    SocketAddr::from((config.bridge_subnet.gateway, config.egress.gateway_port))
+}
+
+/// The gateway proxy, where an upstream is configured and guests run here, with the health
+/// checker of the upstream ports; and the admin view of both.
+pub(super) async fn start_egress(
+    config: &Config,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    guests_configured: bool,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<(EgressService, Option<Arc<HealthChecker>>), DaemonError> {
+    let settings = &config.egress;
+    let Some(upstream) = settings.upstream.clone() else {
+        return Ok((EgressService::new(store.clone(), settings.clone(), None), None));
+    };
+    let checker = HealthChecker::new(settings, store.clone(), metrics.clone()).map(Arc::new);
+    if !guests_configured {
+        tracing::warn!("DECODO_HOST is set but no guest kernel is: the gateway proxy does not run");
+        return Ok((EgressService::new(store.clone(), settings.clone(), None), checker));
+    }
+    let gateway = Gateway::bind(
+        gateway_addr(config),
+        upstream,
+        settings.bypass.clone(),
+        settings.limits,
+        store.clone(),
+        metrics.clone(),
+    )
+    .await?;
+    let addr = gateway.local_addr().map_err(|source| DaemonError::Bind {
+        addr: gateway_addr(config),
+        source,
+    })?;
+    tracing::info!(%addr, bypass = %settings.bypass, strict = settings.strict, "gateway proxy listening");
+    tracker.spawn(gateway.serve(cancel.clone()));
+    Ok((
+        EgressService::new(store.clone(), settings.clone(), Some(addr)),
+        checker,
+    ))
 }
 
 pub(super) fn prompt_settings(config: &Config) -> PromptSettings {

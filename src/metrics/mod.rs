@@ -1,7 +1,7 @@
 //! Every Prometheus metric of the daemon, in one place. The seed's `polydev_*` names are kept
 //! so existing dashboards and alerts keep working.
 
-mod egress;
+pub mod egress;
 mod json;
 
 use std::sync::atomic::AtomicU64;

@@ -10,10 +10,11 @@ use super::host::HostProbe;
 use super::scheduler::{Job, Scheduler};
 use super::{
     DESTROY_INACTIVE, EXPIRE_AUTH_SESSIONS, HIBERNATE_IDLE, METRICS_SAMPLE, Tally, TaskError,
-    TaskSettings, VALIDATE_CREDENTIALS, VM_HEALTH, samples,
+    PROXY_HEALTH, TaskSettings, VALIDATE_CREDENTIALS, VM_HEALTH, samples,
 };
 use crate::auth::{AuthError, AuthService};
 use crate::inventory::Inventory;
+use crate::net::egress::health::HealthChecker;
 use crate::model::{MetricsSample, PromptStatus, Provider, VmStatus};
 use crate::prompts::PromptService;
 use crate::store::Store;
@@ -30,10 +31,13 @@ pub struct Builtins {
     pub prompts: Arc<PromptService>,
     pub auth: Arc<AuthService>,
     pub host: Arc<HostProbe>,
+    /// Checks the upstream ports; `None` where egress is not configured.
+    pub proxy_health: Option<Arc<HealthChecker>>,
     pub settings: TaskSettings,
 }
 
-/// Registers the six built-in jobs with their configured schedules.
+/// Registers the built-in jobs with their configured schedules: six, and `proxy_health` where
+/// there is an upstream.
 pub fn register_builtins(scheduler: &Arc<Scheduler>, b: Builtins) -> Result<(), TaskError> {
     let s = &b.settings;
     let jobs: [(&str, _, Arc<dyn Job>); 6] = [
@@ -89,6 +93,9 @@ pub fn register_builtins(scheduler: &Arc<Scheduler>, b: Builtins) -> Result<(), 
     ];
     for (name, schedule, job) in jobs {
         scheduler.register(name, schedule, job)?;
+    }
+    if let Some(checker) = b.proxy_health {
+        scheduler.register(PROXY_HEALTH, s.proxy_health, Arc::new(ProxyHealth { checker }))?;
     }
     Ok(())
 }
@@ -240,5 +247,30 @@ impl Job for VmHealth {
         sweep.failed.iter().for_each(|_| tally.touched());
         sweep.errors.into_iter().for_each(|e| tally.failed(e));
         tally.finish()
+    }
+}
+
+/// Checks every leased upstream port through the echo service; a port found unhealthy fails
+/// the run, so it shows in the task list as well as in the port list and the metrics.
+struct ProxyHealth {
+    checker: Arc<HealthChecker>,
+}
+
+#[async_trait::async_trait]
+impl Job for ProxyHealth {
+    async fn run(&self, cancel: &CancellationToken) -> Result<u64, TaskError> {
+        let round = self.checker.check_all(cancel).await?;
+        if round.unhealthy > 0 {
+            return Err(TaskError::Incomplete {
+                attempted: round.checked,
+                failed: round.unhealthy,
+                touched: round.checked,
+                first_error: format!(
+                    "{} of {} upstream ports unhealthy (GET /api/admin/proxy-ports)",
+                    round.unhealthy, round.checked
+                ),
+            });
+        }
+        Ok(round.checked)
     }
 }

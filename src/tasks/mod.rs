@@ -4,7 +4,8 @@
 //! runs again at its next time; the other jobs go on.
 //!
 //! The jobs: `hibernate_idle`, `destroy_inactive`, `metrics_sample`, `expire_auth_sessions`,
-//! `validate_credentials` and `vm_health` (see `jobs`).
+//! `validate_credentials`, `vm_health`, and `proxy_health` where egress is configured (see
+//! `jobs`).
 
 mod host;
 mod jobs;
@@ -30,6 +31,7 @@ pub const METRICS_SAMPLE: &str = "metrics_sample";
 pub const EXPIRE_AUTH_SESSIONS: &str = "expire_auth_sessions";
 pub const VALIDATE_CREDENTIALS: &str = "validate_credentials";
 pub const VM_HEALTH: &str = "vm_health";
+pub const PROXY_HEALTH: &str = "proxy_health";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -55,6 +57,8 @@ pub enum TaskError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Egress(#[from] crate::net::egress::EgressError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -120,6 +124,7 @@ pub struct TaskSettings {
     pub expire_auth_sessions: Schedule,
     pub validate_credentials: Schedule,
     pub vm_health: Schedule,
+    pub proxy_health: Schedule,
     /// A running VM with no prompt, login or exec for this long is hibernated.
     pub idle_hibernate_after: Duration,
     /// A VM with no activity for this many days is destroyed.
@@ -140,6 +145,7 @@ impl Default for TaskSettings {
             expire_auth_sessions: Schedule::Every(Duration::from_secs(3600)),
             validate_credentials: Schedule::Every(Duration::from_secs(6 * 3600)),
             vm_health: Schedule::Every(Duration::from_secs(60)),
+            proxy_health: Schedule::Every(Duration::from_secs(5 * 60)),
             idle_hibernate_after: Duration::from_secs(30 * 60),
             inactive_destroy_after_days: 14,
             auth_session_max_age: Duration::from_secs(2 * 3600),

@@ -9,6 +9,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::VmError;
 use crate::model::{IpLease, Vm, VmIntent, VmOp, VmStatus, now_ms};
+use crate::net::egress::{PortRange, ports};
 use crate::net::{Subnet, mac_for};
 use crate::store::{self, tables};
 
@@ -19,6 +20,8 @@ pub struct Limits {
     pub subnet: Subnet,
     /// At most this many pool addresses are handed out (tests use a small pool).
     pub pool_limit: Option<u32>,
+    /// The upstream ports a VM's user is given one of, when egress is configured.
+    pub ports: Option<PortRange>,
 }
 
 impl Limits {
@@ -81,6 +84,9 @@ pub fn reserve_create(
             max: limits.max_running,
         });
     }
+    if let Some(range) = limits.ports {
+        ports::ensure_lease(tx, &vm.user_id, range)?;
+    }
     let (ip, reclaimed) = lease_address(tx, &mut vms, &vm.id, limits)?;
     vm.ip_address = Some(ip.to_string());
     vm.mac_address = Some(mac_for(ip));
@@ -128,6 +134,10 @@ pub fn begin(
             return Err(VmError::TooManyVms {
                 max: limits.max_running,
             });
+        }
+        // A VM from before egress was configured gets its user's port at its next resume.
+        if let Some(range) = limits.ports {
+            ports::ensure_lease(tx, &vm.user_id, range)?;
         }
         if vm.ip_address.is_none() {
             let (ip, taken) = lease_address(tx, &mut vms, &vm.id, limits)?;

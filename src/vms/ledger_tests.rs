@@ -19,6 +19,7 @@ async fn fixture(max_running: u32, pool_limit: Option<u32>) -> Fixture {
             max_running,
             subnet: Subnet::parse("10.1.0.1/24").unwrap(),
             pool_limit,
+            ports: None,
         },
         _dir: dir,
     }
@@ -275,4 +276,69 @@ async fn stripping_a_vm_releases_its_lease_and_strays_are_swept() {
     let swept = f.store.write(stray_leases).await.unwrap();
     assert_eq!(swept, ["10.1.0.9"]);
     assert_eq!(f.leases().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_first_vm_leases_its_users_port_for_life_and_an_empty_pool_refuses_cleanly() {
+    let mut f = fixture(10, None).await;
+    f.limits.ports = Some(PortRange {
+        start: 20001,
+        end: 20002,
+    });
+    for user in ["u1", "u2", "u3"] {
+        f.user(user).await;
+    }
+    let first = f.create("vm1", "u1").await.unwrap();
+    assert!(first.vm.ip_address.is_some());
+    f.create("vm2", "u2").await.unwrap();
+    let user_port = |id: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .read(move |tx| {
+                    let user: User = store::get(&tx.open_table(tables::USERS)?, id)?.unwrap();
+                    Ok::<_, VmError>(user.decodo_port)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(user_port("u1").await, Some(20001));
+    assert_eq!(user_port("u2").await, Some(20002));
+    match f.create("vm3", "u3").await {
+        Err(VmError::Egress(crate::net::egress::EgressError::PoolExhausted { range })) => {
+            assert_eq!((range.start, range.end), (20001, 20002));
+        }
+        other => panic!("expected an exhausted port pool, got {other:?}"),
+    }
+    // Refused as a whole: no VM, no address and no port for the third user.
+    assert_eq!(f.leases().await.len(), 2);
+    assert_eq!(user_port("u3").await, None);
+    let vm3 = f
+        .store
+        .read(|tx| Ok::<_, VmError>(store::get::<Vm, _>(&tx.open_table(tables::VMS)?, "vm3")?))
+        .await
+        .unwrap();
+    assert!(vm3.is_none());
+    // Hibernate and resume keep the port: it belongs to the user, not the VM.
+    f.finish("vm1", |vm| {
+        vm.set_status(VmStatus::Running).map_err(Into::into)
+    })
+    .await;
+    f.hibernate_at("vm1", 1).await;
+    let limits = f.limits;
+    f.store
+        .write(move |tx| {
+            begin(
+                tx,
+                "vm1",
+                VmOp::Resume,
+                &[VmStatus::Hibernated],
+                "/dir",
+                &limits,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(user_port("u1").await, Some(20001));
 }

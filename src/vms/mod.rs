@@ -73,6 +73,8 @@ pub enum VmError {
     #[error("inconsistent state: {0}")]
     Corrupt(String),
     #[error(transparent)]
+    Egress(#[from] crate::net::egress::EgressError),
+    #[error(transparent)]
     Transition(#[from] ModelError),
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -232,6 +232,7 @@ pub mod firecracker_fake;
 pub mod firecracker_spec;
 pub mod harness;
 pub mod host_agent;
+pub mod internet;
 pub mod local_agent;
 pub mod model_server;
 pub mod postgres;

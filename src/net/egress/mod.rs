@@ -9,6 +9,7 @@ mod gateway;
 pub mod health;
 pub mod ports;
 mod request;
+mod service;
 mod splice;
 
 use std::fmt;
@@ -19,6 +20,7 @@ use secrecy::SecretString;
 
 pub use bypass::Bypass;
 pub use gateway::Gateway;
+pub use service::{EgressService, PortReport};
 
 use crate::store::StoreError;
 

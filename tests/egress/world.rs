@@ -1,0 +1,231 @@
+//! The egress tests' world: the daemon child process configured with an upstream, the stand-in
+//! internet, and helpers over the API and the guests.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::support::daemon_proc::{ADMIN_TOKEN, DaemonProc, SERVICE_TOKEN};
+use crate::support::internet::{self, Internet};
+use crate::support::vmhost;
+
+pub const BRIDGE: &str = "mcbr3";
+pub const GATEWAY: &str = "10.219.0.1";
+pub const GATEWAY_PORT: u16 = 3128;
+/// A made-up upstream password: the tests look for it (and its Basic form) where it must not be.
+pub const PASSWORD: &str = "upstream-pw-5e1f09c4d2";
+/// The pool: two ports, so a third user's first VM finds it exhausted.
+pub const PORTS: [u16; 2] = [20001, 20002];
+
+pub struct World {
+    pub daemon: DaemonProc,
+    pub internet: Internet,
+    /// Test name ("a", "b", ...) to user id.
+    pub users: BTreeMap<&'static str, String>,
+    /// Test name to the user's VM id.
+    pub vms: BTreeMap<&'static str, String>,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    pub async fn start() -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("mce")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let mut internet = Internet::create(dir.path().to_path_buf(), PASSWORD);
+        for port in PORTS {
+            internet.start_upstream(port);
+        }
+        let image = vmhost::image_dir();
+        let mut daemon = DaemonProc::new(
+            dir.path(),
+            &[
+                ("MC_HYPERVISOR", "qemu".into()),
+                ("MC_QEMU_ACCEL", "tcg".into()),
+                ("GOLDEN_KERNEL", image.join("vmlinux").display().to_string()),
+                (
+                    "MC_INITRD",
+                    image.join("initramfs.cpio.gz").display().to_string(),
+                ),
+                ("MC_BRIDGE", BRIDGE.into()),
+                ("MC_BRIDGE_CIDR", format!("{GATEWAY}/24")),
+                ("MC_VM_VCPUS", "1".into()),
+                ("MC_VM_MEMORY_MIB", "256".into()),
+                ("MC_VM_DATA_DISK_MIB", "64".into()),
+                ("MC_VM_AGENT_TIMEOUT_SECS", "120".into()),
+                ("MC_TASKS_ENABLED", "false".into()),
+                ("DECODO_HOST", internet::UPSTREAM_HOST.into()),
+                ("DECODO_USER", internet::UPSTREAM_USER.into()),
+                ("DECODO_PASSWORD", PASSWORD.into()),
+                ("DECODO_PORT_START", PORTS[0].to_string()),
+                ("DECODO_PORT_END", PORTS[1].to_string()),
+                ("MC_EGRESS_GATEWAY_PORT", GATEWAY_PORT.to_string()),
+                ("MC_EGRESS_BYPASS", internet::BYPASSED_SITE.into()),
+                (
+                    "MC_EGRESS_ECHO_URL",
+                    format!("http://{}:{}/ip", internet::SITE, internet::SITE_PORT),
+                ),
+                ("MC_EGRESS_HEALTH_SPACING_MS", "100".into()),
+                ("MC_EGRESS_HEALTH_TIMEOUT_SECS", "5".into()),
+            ],
+        );
+        daemon.start(&[]).await;
+        let world = World {
+            daemon,
+            internet,
+            users: BTreeMap::new(),
+            vms: BTreeMap::new(),
+            _dir: dir,
+        };
+        world.setup_network(false);
+        world
+    }
+
+    /// Installs the host rules with the real script, in this test's namespace.
+    pub fn setup_network(&self, strict: bool) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup-network.sh");
+        let mut command = Command::new(script);
+        command
+            .env("MC_ENV_FILE", "/nonexistent")
+            .args(["--bridge", BRIDGE, "--cidr", &format!("{GATEWAY}/24")])
+            .args(["--gateway-port", &GATEWAY_PORT.to_string()]);
+        if strict {
+            command.arg("--strict");
+        }
+        let output = command.output().expect("run setup-network.sh");
+        assert!(
+            output.status.success(),
+            "setup-network.sh: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub async fn new_user(&mut self, name: &'static str) -> String {
+        let reply = self
+            .daemon
+            .call(
+                "POST",
+                "/api/users",
+                SERVICE_TOKEN,
+                Some(json!({"email": format!("egress-{name}@example.com")})),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.json);
+        let id = reply.json["userId"].as_str().expect("userId").to_string();
+        self.users.insert(name, id.clone());
+        id
+    }
+
+    pub fn user(&self, name: &str) -> String {
+        self.users[name].clone()
+    }
+
+    /// Creates the user's VM; answers the reply's status and body.
+    pub async fn create_vm(&mut self, name: &'static str) -> (u16, Value) {
+        let path = format!("/api/users/{}/vm", self.user(name));
+        let reply = self.daemon.call("POST", &path, SERVICE_TOKEN, None).await;
+        if reply.status == 201 {
+            let id = reply.json["vmId"].as_str().expect("vmId").to_string();
+            self.vms.insert(name, id);
+        }
+        (reply.status, reply.json)
+    }
+
+    pub async fn vm_action(&self, name: &str, action: &str) -> Value {
+        let path = format!("/api/users/{}/vm/{action}", self.user(name));
+        let reply = self.daemon.call("POST", &path, SERVICE_TOKEN, None).await;
+        assert_eq!(reply.status, 200, "{action}: {:?}", reply.json);
+        reply.json
+    }
+
+    /// The user's upstream port, as the user record shows it.
+    pub async fn port_of(&self, name: &str) -> Option<u16> {
+        let path = format!("/api/users/{}", self.user(name));
+        let reply = self.daemon.call("GET", &path, SERVICE_TOKEN, None).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        reply.json["decodoPort"].as_u64().map(|p| p as u16)
+    }
+
+    /// Runs a shell script in the user's guest: its exit code and output.
+    pub async fn sh(&self, name: &str, script: &str) -> (i64, String) {
+        let reply = self
+            .daemon
+            .call(
+                "POST",
+                &format!("/api/admin/vms/{}/exec", self.vms[name]),
+                ADMIN_TOKEN,
+                Some(json!({"argv": ["/bin/sh", "-c", script], "timeoutSec": 60})),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        let text = |key: &str| reply.json[key].as_str().unwrap_or_default().to_string();
+        (
+            reply.json["exitCode"].as_i64().unwrap_or(-1),
+            format!("{}{}", text("stdout"), text("stderr")),
+        )
+    }
+
+    /// A plain HTTP GET from the guest, through the gateway proxy.
+    pub async fn get_via_gateway(&self, name: &str, url: &str) -> (i64, String) {
+        self.sh(
+            name,
+            &format!("http_proxy=http://{GATEWAY}:{GATEWAY_PORT} wget -q -T 20 -O - '{url}'"),
+        )
+        .await
+    }
+
+    /// A CONNECT tunnel from the guest through the gateway, with a request inside it.
+    pub async fn tunnel_via_gateway(&self, name: &str, target: &str, path: &str) -> (i64, String) {
+        self.sh(
+            name,
+            &format!(
+                "(printf 'CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n'; sleep 1; \
+                 printf 'GET {path} HTTP/1.0\\r\\nHost: {target}\\r\\n\\r\\n'; sleep 3) \
+                 | nc {GATEWAY} {GATEWAY_PORT}"
+            ),
+        )
+        .await
+    }
+
+    pub async fn proxy_ports(&self) -> Value {
+        let reply = self
+            .daemon
+            .call("GET", "/api/admin/proxy-ports", ADMIN_TOKEN, None)
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        reply.json
+    }
+
+    pub async fn metrics(&self) -> String {
+        let reply = self.daemon.call("GET", "/metrics", ADMIN_TOKEN, None).await;
+        assert_eq!(reply.status, 200);
+        reply.json.as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// The value of a metric series (the line that starts with `series`).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|rest| rest.trim().split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The upstream password in every form a leak could take.
+pub fn secret_forms() -> Vec<String> {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{PASSWORD}", internet::UPSTREAM_USER));
+    vec![PASSWORD.to_string(), basic]
+}
+
+pub fn assert_no_secret(what: &str, text: &str) {
+    for secret in secret_forms() {
+        assert!(
+            !text.contains(&secret),
+            "{what} holds the upstream credentials"
+        );
+    }
+}
