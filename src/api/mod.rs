@@ -3,10 +3,10 @@
 
 mod admin;
 pub mod auth;
+mod egress;
 mod endpoint;
 pub mod error;
 mod logins;
-mod egress;
 mod outbox;
 mod probes;
 mod prompts;

@@ -29,7 +29,8 @@ use crate::watchdog::Watchdog;
 mod services;
 
 use services::{
-    auth_settings, open_vault, prompt_settings, start_egress, start_mirror, start_tasks, vm_settings,
+    auth_settings, open_vault, prompt_settings, start_egress, start_mirror, start_tasks,
+    vm_settings,
 };
 
 /// The main loop's period when systemd arms no watchdog.
@@ -190,8 +191,15 @@ pub async fn start_with(
     );
     let host = crate::tasks::HostProbe::new(config.data_dir.clone());
     let guests_configured = vms.settings().kernel.is_some();
-    let (egress, proxy_health) =
-        start_egress(config, &store, &metrics, guests_configured, &tracker, &cancel).await?;
+    let (egress, proxy_health) = start_egress(
+        config,
+        &store,
+        &metrics,
+        guests_configured,
+        &tracker,
+        &cancel,
+    )
+    .await?;
     let tasks = start_tasks(
         config,
         &store,

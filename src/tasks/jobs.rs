@@ -9,13 +9,13 @@ use tokio_util::sync::CancellationToken;
 use super::host::HostProbe;
 use super::scheduler::{Job, Scheduler};
 use super::{
-    DESTROY_INACTIVE, EXPIRE_AUTH_SESSIONS, HIBERNATE_IDLE, METRICS_SAMPLE, Tally, TaskError,
-    PROXY_HEALTH, TaskSettings, VALIDATE_CREDENTIALS, VM_HEALTH, samples,
+    DESTROY_INACTIVE, EXPIRE_AUTH_SESSIONS, HIBERNATE_IDLE, METRICS_SAMPLE, PROXY_HEALTH, Tally,
+    TaskError, TaskSettings, VALIDATE_CREDENTIALS, VM_HEALTH, samples,
 };
 use crate::auth::{AuthError, AuthService};
 use crate::inventory::Inventory;
-use crate::net::egress::health::HealthChecker;
 use crate::model::{MetricsSample, PromptStatus, Provider, VmStatus};
+use crate::net::egress::health::HealthChecker;
 use crate::prompts::PromptService;
 use crate::store::Store;
 use crate::vms::{VmFilter, VmService};
@@ -95,7 +95,11 @@ pub fn register_builtins(scheduler: &Arc<Scheduler>, b: Builtins) -> Result<(), 
         scheduler.register(name, schedule, job)?;
     }
     if let Some(checker) = b.proxy_health {
-        scheduler.register(PROXY_HEALTH, s.proxy_health, Arc::new(ProxyHealth { checker }))?;
+        scheduler.register(
+            PROXY_HEALTH,
+            s.proxy_health,
+            Arc::new(ProxyHealth { checker }),
+        )?;
     }
     Ok(())
 }

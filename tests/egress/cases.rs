@@ -94,7 +94,9 @@ pub async fn the_guest_never_sees_the_password(world: &mut World) {
         .send()
         .await
         .expect("execute");
-    let frames = crate::support::sse::SseStream::new(response).collect().await;
+    let frames = crate::support::sse::SseStream::new(response)
+        .collect()
+        .await;
     assert_eq!(frames.last().map(|f| f.kind()), Some("done"), "{frames:?}");
     let (code, env) = world.sh("a", "cat /tmp/scripted-claude.env").await;
     assert_eq!(code, 0, "{env}");
@@ -122,7 +124,11 @@ pub async fn the_guest_never_sees_the_password(world: &mut World) {
             )
             .await;
         assert_eq!(code, 0);
-        assert_eq!(found.trim(), "done", "files holding the credentials: {found}");
+        assert_eq!(
+            found.trim(),
+            "done",
+            "files holding the credentials: {found}"
+        );
     }
 
     // Answers: the site echoes every header it received, through the upstream and direct;
@@ -199,7 +205,10 @@ pub async fn a_bypassed_host_goes_direct(world: &mut World) {
     assert_eq!(code, 0, "{body}");
     // The site saw the host's own address: the gateway connected itself, not the upstream.
     assert!(body.starts_with(&format!("peer={HOST_SIDE}\n")), "{body}");
-    assert!(body.contains(&format!("GET {path} HTTP/1.1")), "origin-form: {body}");
+    assert!(
+        body.contains(&format!("GET {path} HTTP/1.1")),
+        "origin-form: {body}"
+    );
     let target = format!("{BYPASSED_SITE}:{SITE_PORT}");
     let (_, tunnel) = world.tunnel_via_gateway("a", &target, &path).await;
     assert!(tunnel.contains(&format!("peer={HOST_SIDE}")), "{tunnel}");
@@ -214,7 +223,10 @@ pub async fn strict_mode_leaves_only_the_gateway(world: &mut World) {
     let direct = format!("wget -q -T 5 -O - {}", site("/direct"));
     // Without strict mode a guest may also leave directly (NAT): the strict check below can fail.
     let (code, body) = world.sh("a", &direct).await;
-    assert_eq!(code, 0, "a direct request should work without strict mode: {body}");
+    assert_eq!(
+        code, 0,
+        "a direct request should work without strict mode: {body}"
+    );
     assert!(body.starts_with(&format!("peer={HOST_SIDE}")), "{body}");
 
     world.setup_network(true);
@@ -225,7 +237,10 @@ pub async fn strict_mode_leaves_only_the_gateway(world: &mut World) {
     assert_eq!(logged(world, PORTS[0], "/strict"), 1);
     // Nothing else on the host: not even the host's address on another port.
     let (code, body) = world
-        .sh("a", &format!("wget -q -T 5 -O - http://{GATEWAY}:4000/health"))
+        .sh(
+            "a",
+            &format!("wget -q -T 5 -O - http://{GATEWAY}:4000/health"),
+        )
         .await;
     assert_ne!(code, 0, "{body}");
 }
@@ -252,7 +267,10 @@ pub async fn ports_belong_to_users(world: &mut World) {
     assert_eq!(status, 503, "{error:?}");
     assert_eq!(error["error"]["code"], "proxy_port_pool_exhausted");
     let message = error["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains(&format!("{}–{}", PORTS[0], PORTS[1])), "{message}");
+    assert!(
+        message.contains(&format!("{}–{}", PORTS[0], PORTS[1])),
+        "{message}"
+    );
     assert_eq!(world.port_of("c").await, None);
 
     // Deleting b frees b's port, and c's VM gets it.
@@ -260,10 +278,18 @@ pub async fn ports_belong_to_users(world: &mut World) {
     let vm_b = world.vms["b"].clone();
     let reply = world
         .daemon
-        .call("DELETE", &format!("/api/users/{}", world.user("b")), SERVICE_TOKEN, None)
+        .call(
+            "DELETE",
+            &format!("/api/users/{}", world.user("b")),
+            SERVICE_TOKEN,
+            None,
+        )
         .await;
     assert_eq!(reply.status, 200, "{:?}", reply.json);
-    assert!(processes_naming(&format!("/vms/{vm_b}/")).is_empty(), "b's VM left running");
+    assert!(
+        processes_naming(&format!("/vms/{vm_b}/")).is_empty(),
+        "b's VM left running"
+    );
     let pool = world.proxy_ports().await;
     assert_eq!(pool["used"], 1, "{pool}");
     assert_eq!(pool["ports"][0]["port"], port_a, "{pool}");
@@ -291,7 +317,11 @@ pub async fn a_dead_port_is_unhealthy(world: &mut World) {
     for port in pool["ports"].as_array().expect("ports") {
         assert_eq!(port["health"]["healthy"], true, "{port}");
         // The echo service saw the upstream's own address: the check went through the port.
-        assert_eq!(port["health"]["externalIp"], crate::support::internet::UPSTREAM_HOST, "{port}");
+        assert_eq!(
+            port["health"]["externalIp"],
+            crate::support::internet::UPSTREAM_HOST,
+            "{port}"
+        );
     }
 
     let dead = world.port_of("c").await.expect("c's port");
@@ -320,7 +350,10 @@ pub async fn a_dead_port_is_unhealthy(world: &mut World) {
     let metrics = world.metrics().await;
     for (port, healthy) in [(world.port_of("a").await.expect("a"), 1.0), (dead, 0.0)] {
         assert_eq!(
-            metric(&metrics, &format!("polydev_decodo_port_healthy{{port=\"{port}\"}}")),
+            metric(
+                &metrics,
+                &format!("polydev_decodo_port_healthy{{port=\"{port}\"}}")
+            ),
             Some(healthy),
             "{metrics}"
         );

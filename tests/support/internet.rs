@@ -45,7 +45,9 @@ impl Internet {
             password: password.to_string(),
             upstreams: BTreeMap::new(),
         };
-        ip(&["link", "add", "mcinet0", "type", "veth", "peer", "name", "mcinet1"]);
+        ip(&[
+            "link", "add", "mcinet0", "type", "veth", "peer", "name", "mcinet1",
+        ]);
         ip(&["link", "set", "mcinet1", "netns", &ns]);
         ip(&["addr", "add", &format!("{HOST_SIDE}/24"), "dev", "mcinet0"]);
         ip(&["link", "set", "mcinet0", "up"]);
@@ -73,8 +75,7 @@ impl Internet {
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open the namespace");
             nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let listener =
-                TcpListener::bind(("0.0.0.0", SITE_PORT)).expect("bind the echo server");
+            let listener = TcpListener::bind(("0.0.0.0", SITE_PORT)).expect("bind the echo server");
             ready_tx.send(()).expect("ready");
             for stream in listener.incoming().flatten() {
                 std::thread::spawn(move || echo(stream));

@@ -99,7 +99,12 @@ impl HealthChecker {
             .port_checks
             .get_or_create(&PortCheckLabels {
                 port: port.to_string(),
-                outcome: if health.healthy { "healthy" } else { "unhealthy" }.into(),
+                outcome: if health.healthy {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                }
+                .into(),
             })
             .inc();
     }
@@ -198,7 +203,10 @@ mod tests {
 
     #[test]
     fn echo_answers_of_the_usual_shapes() {
-        assert_eq!(external_ip(b"203.0.113.9\n").as_deref(), Some("203.0.113.9"));
+        assert_eq!(
+            external_ip(b"203.0.113.9\n").as_deref(),
+            Some("203.0.113.9")
+        );
         assert_eq!(
             external_ip(br#"{"proxy":{"ip":"198.51.100.4"},"isp":{}}"#).as_deref(),
             Some("198.51.100.4")
