@@ -12,12 +12,12 @@ use super::DaemonError;
 use crate::auth::{AuthService, AuthSettings, MasterKey, Vault, VaultError};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::net::egress::health::HealthChecker;
+use crate::net::egress::{EgressService, Gateway};
 use crate::prompts::{PromptService, PromptSettings};
 use crate::store::{Store, StoreError};
 use crate::sync::rows::RowOptions;
 use crate::sync::{PostgRest, SyncService, SyncSettings, SyncWorker};
-use crate::net::egress::health::HealthChecker;
-use crate::net::egress::{EgressService, Gateway};
 use crate::tasks::{Builtins, HostProbe, Scheduler, register_builtins};
 use crate::vms::{CliEnvironment, Limits, VmService, VmSettings};
 
@@ -179,12 +179,18 @@ pub(super) async fn start_egress(
 ) -> Result<(EgressService, Option<Arc<HealthChecker>>), DaemonError> {
     let settings = &config.egress;
     let Some(upstream) = settings.upstream.clone() else {
-        return Ok((EgressService::new(store.clone(), settings.clone(), None), None));
+        return Ok((
+            EgressService::new(store.clone(), settings.clone(), None),
+            None,
+        ));
     };
     let checker = HealthChecker::new(settings, store.clone(), metrics.clone()).map(Arc::new);
     if !guests_configured {
         tracing::warn!("DECODO_HOST is set but no guest kernel is: the gateway proxy does not run");
-        return Ok((EgressService::new(store.clone(), settings.clone(), None), checker));
+        return Ok((
+            EgressService::new(store.clone(), settings.clone(), None),
+            checker,
+        ));
     }
     let gateway = Gateway::bind(
         gateway_addr(config),
