@@ -1,5 +1,6 @@
-//! The bridge and taps through rtnetlink, in a network namespace private to the test's thread
-//! (it vanishes with the thread).
+//! The bridge and taps through rtnetlink, and the host rules of `scripts/setup-network.sh`, in a
+//! network namespace private to the test's thread (it vanishes with the thread). The guest-side
+//! namespaces the firewall test adds are named, so a guard deletes them.
 
 use std::net::Ipv4Addr;
 
@@ -107,15 +108,22 @@ fn doctor_level(config: &master_controller::config::Config, name: &str) -> Strin
     format!("{} {}", found.level, found.detail)
 }
 
-fn setup_network(args: &[&str]) -> String {
-    let output = std::process::Command::new(concat!(
+/// Runs the script with only the environment file given (`/nonexistent`: none).
+fn run_setup_network(args: &[&str], env_file: &str) -> std::process::Output {
+    std::process::Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/scripts/setup-network.sh"
     ))
     .args(args)
-    .env("MC_ENV_FILE", "/nonexistent")
+    .env("MC_ENV_FILE", env_file)
+    .env_remove("MC_EGRESS_STRICT")
+    .env_remove("MC_EGRESS_GATEWAY_PORT")
     .output()
-    .expect("run setup-network.sh");
+    .expect("run setup-network.sh")
+}
+
+fn setup_network(args: &[&str]) -> String {
+    let output = run_setup_network(args, "/nonexistent");
     assert!(
         output.status.success(),
         "{}",
@@ -124,37 +132,56 @@ fn setup_network(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
-#[test]
-fn setup_network_is_idempotent_and_doctor_checks_it() {
+/// Whether `nft` is here; without it the script's tests skip (or fail where guests are required).
+fn have_nft() -> bool {
     if std::process::Command::new("nft")
         .arg("--version")
         .output()
-        .is_err()
+        .is_ok()
     {
-        if std::env::var("MC_REQUIRE_GUESTS").as_deref() == Ok("1") {
-            panic!("nft is not installed (apt-get install nftables)");
-        }
-        eprintln!("SKIPPED: nft is not installed (apt-get install nftables)");
+        return true;
+    }
+    if std::env::var("MC_REQUIRE_GUESTS").as_deref() == Ok("1") {
+        panic!("nft is not installed (apt-get install nftables)");
+    }
+    eprintln!("SKIPPED: nft is not installed (apt-get install nftables)");
+    false
+}
+
+/// A config for the bridge `mcbr9` on 10.216.0.1/24 with VMs configured (so missing networking
+/// is a FAIL), plus `extra`.
+fn net_config(
+    data_dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> master_controller::config::Config {
+    let data_dir_text = data_dir.display().to_string();
+    let mut vars = std::collections::HashMap::from([
+        ("MC_ADMIN_TOKEN", "admin-token-0123456789abcdef"),
+        ("GOLDEN_KERNEL", "/nonexistent/vmlinux"),
+        ("MC_BRIDGE", "mcbr9"),
+        ("MC_BRIDGE_CIDR", "10.216.0.1/24"),
+        ("MC_DATA_DIR", data_dir_text.as_str()),
+    ]);
+    vars.extend(extra.iter().copied());
+    master_controller::config::Config::load(
+        None,
+        &|name| vars.get(name).map(|v| v.to_string()),
+        master_controller::config::Settings::default(),
+    )
+    .expect("config")
+}
+
+#[test]
+fn setup_network_is_idempotent_and_doctor_checks_it() {
+    if !have_nft() {
         return;
     }
     in_private_netns(|| async {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let data_dir_text = data_dir.path().display().to_string();
-        let vars = std::collections::HashMap::from([
-            ("MC_ADMIN_TOKEN", "admin-token-0123456789abcdef"),
-            ("GOLDEN_KERNEL", "/nonexistent/vmlinux"),
-            ("MC_BRIDGE", "mcbr9"),
-            ("MC_BRIDGE_CIDR", "10.216.0.1/24"),
-            ("MC_DATA_DIR", data_dir_text.as_str()),
-        ]);
-        let config = master_controller::config::Config::load(
-            None,
-            &|name| vars.get(name).map(|v| v.to_string()),
-            master_controller::config::Settings::default(),
-        )
-        .expect("config");
+        let config = net_config(data_dir.path(), &[]);
         assert!(doctor_level(&config, "IP forwarding").starts_with("FAIL"));
         assert!(doctor_level(&config, "guest NAT").starts_with("FAIL"));
+        assert!(doctor_level(&config, "guest firewall").starts_with("FAIL"));
 
         let args = ["--bridge", "mcbr9", "--cidr", "10.216.0.1/24"];
         let progress = setup_network(&args);
@@ -171,8 +198,9 @@ fn setup_network_is_idempotent_and_doctor_checks_it() {
             .iter()
             .filter(|item| item.get("rule").is_some())
             .count();
+        // input 6, forward 6, postrouting 1.
         assert_eq!(
-            rules, 5,
+            rules, 13,
             "a second run replaces the rules, never adds: {ruleset}"
         );
         let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("sysctl");
@@ -180,9 +208,247 @@ fn setup_network_is_idempotent_and_doctor_checks_it() {
         assert!(doctor_level(&config, "IP forwarding").starts_with("ok"));
         let nat = doctor_level(&config, "guest NAT");
         assert!(nat.starts_with("ok"), "{nat}");
+        let firewall = doctor_level(&config, "guest firewall");
+        assert!(
+            firewall.starts_with("ok") && firewall.contains("10.216.0.1:3128"),
+            "{firewall}"
+        );
+        let strict = doctor_level(&config, "strict egress");
+        assert!(strict.starts_with("ok not strict"), "{strict}");
 
         setup_network(&["--bridge", "other0", "--cidr", "10.216.0.1/24"]);
         let nat = doctor_level(&config, "guest NAT");
         assert!(nat.starts_with("FAIL") && nat.contains("mcbr9"), "{nat}");
+    });
+}
+
+#[test]
+fn strict_mode_and_the_gateway_port_reach_the_rules_and_doctor() {
+    if !have_nft() {
+        return;
+    }
+    in_private_netns(|| async {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let upstream = [
+            ("DECODO_HOST", "gate.example.com"),
+            ("DECODO_USER", "user"),
+            ("DECODO_PASSWORD", "password"),
+        ];
+        let strict = net_config(
+            data_dir.path(),
+            &[
+                upstream[0],
+                upstream[1],
+                upstream[2],
+                ("MC_EGRESS_STRICT", "true"),
+            ],
+        );
+        let args = ["--bridge", "mcbr9", "--cidr", "10.216.0.1/24"];
+
+        // Rules that let guests out directly do not satisfy a strict config.
+        setup_network(&args);
+        let check = doctor_level(&strict, "strict egress");
+        assert!(
+            check.starts_with("FAIL") && check.contains("leave directly"),
+            "{check}"
+        );
+
+        let progress = setup_network(&[&args[..], &["--strict"]].concat());
+        assert!(
+            progress.contains("strict: egress only through the gateway proxy"),
+            "{progress}"
+        );
+        let check = doctor_level(&strict, "strict egress");
+        assert!(check.starts_with("ok strict"), "{check}");
+        let firewall = doctor_level(&strict, "guest firewall");
+        assert!(firewall.starts_with("ok"), "{firewall}");
+        assert!(doctor_level(&strict, "guest NAT").starts_with("ok"));
+
+        // The environment file's MC_EGRESS_STRICT and MC_EGRESS_GATEWAY_PORT count as the flags do.
+        setup_network(&args);
+        let env_file = data_dir.path().join("env");
+        std::fs::write(
+            &env_file,
+            "MC_EGRESS_STRICT=yes\nMC_EGRESS_GATEWAY_PORT=3129\n",
+        )
+        .expect("env file");
+        let env_path = env_file.display().to_string();
+        let output = run_setup_network(&args, &env_path);
+        assert!(output.status.success(), "{output:?}");
+        assert!(doctor_level(&strict, "strict egress").starts_with("ok strict"));
+        // The rules open 3129, the config's gateway listens on 3128.
+        let firewall = doctor_level(&strict, "guest firewall");
+        assert!(
+            firewall.starts_with("FAIL") && firewall.contains("10.216.0.1:3128"),
+            "{firewall}"
+        );
+        let moved = net_config(
+            data_dir.path(),
+            &[
+                upstream[0],
+                upstream[1],
+                upstream[2],
+                ("MC_EGRESS_GATEWAY_PORT", "3129"),
+            ],
+        );
+        assert!(doctor_level(&moved, "guest firewall").starts_with("ok"));
+
+        // Bad values are refused before any rule changes.
+        for bad in ["0", "65536", "abc", "-1", "3128x"] {
+            let output = run_setup_network(
+                &[&args[..], &["--gateway-port", bad]].concat(),
+                "/nonexistent",
+            );
+            assert_eq!(output.status.code(), Some(2), "port {bad}: {output:?}");
+            assert!(
+                String::from_utf8_lossy(&output.stderr).contains("bad gateway port"),
+                "{output:?}"
+            );
+        }
+        std::fs::write(&env_file, "MC_EGRESS_STRICT=maybe\n").expect("env file");
+        assert_eq!(run_setup_network(&args, &env_path).status.code(), Some(2));
+        assert!(doctor_level(&moved, "guest firewall").starts_with("ok"));
+    });
+}
+
+/// A named network namespace (`ip netns add`), deleted with its links when dropped, also when a
+/// test fails.
+struct NamedNetns(String);
+
+impl NamedNetns {
+    fn add(role: &str) -> NamedNetns {
+        let name = format!("mc-{role}-{}", std::process::id());
+        ip(&["netns", "add", &name]);
+        NamedNetns(name)
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    fn ip(&self, args: &[&str]) {
+        ip(&[&["-n", self.0.as_str()], args].concat());
+    }
+
+    /// Runs `body` on a thread that has joined the namespace (a thread's namespace is its own).
+    fn run<T: Send + 'static>(&self, body: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let netns = std::fs::File::open(&path).expect("open the namespace");
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            body()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(
+        output.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Connects from the guest's namespace: `Ok` on a handshake, else the error's kind (a drop by
+/// the firewall is a timeout; a closed port is `ConnectionRefused`).
+fn connect_from(guest: &NamedNetns, to: &str) -> Result<(), std::io::ErrorKind> {
+    let to: std::net::SocketAddr = to.parse().expect("address");
+    guest.run(move || {
+        std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(1))
+            .map(drop)
+            .map_err(|e| e.kind())
+    })
+}
+
+/// A guest (a veth on the bridge, in its own namespace) and an "internet" host (a veth routed by
+/// the host) around the test's private namespace, with listeners on the gateway proxy's port, on
+/// another host port, and on the internet host: what the guest can reach before and after the
+/// script, strict and not.
+#[test]
+fn guests_reach_only_the_gateway_proxy_and_strict_mode_stops_direct_egress() {
+    if !have_nft() {
+        return;
+    }
+    in_private_netns(|| async {
+        let guest = NamedNetns::add("guest");
+        let internet = NamedNetns::add("internet");
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["link", "add", "mcbr8", "type", "bridge"]);
+        ip(&["addr", "add", "10.217.0.1/24", "dev", "mcbr8"]);
+        ip(&["link", "set", "mcbr8", "up"]);
+        ip(&[
+            "link", "add", "mcvh0", "type", "veth", "peer", "name", "mcvg0",
+        ]);
+        ip(&["link", "set", "mcvh0", "master", "mcbr8", "up"]);
+        ip(&["link", "set", "mcvg0", "netns", &guest.0]);
+        guest.ip(&["link", "set", "lo", "up"]);
+        guest.ip(&["addr", "add", "10.217.0.2/24", "dev", "mcvg0"]);
+        guest.ip(&["link", "set", "mcvg0", "up"]);
+        guest.ip(&["route", "add", "default", "via", "10.217.0.1"]);
+        ip(&[
+            "link", "add", "mcvx0", "type", "veth", "peer", "name", "mcvi0",
+        ]);
+        ip(&["addr", "add", "198.51.100.2/24", "dev", "mcvx0"]);
+        ip(&["link", "set", "mcvx0", "up"]);
+        ip(&["link", "set", "mcvi0", "netns", &internet.0]);
+        internet.ip(&["addr", "add", "198.51.100.1/24", "dev", "mcvi0"]);
+        internet.ip(&["link", "set", "mcvi0", "up"]);
+
+        // Listening is enough: the kernel completes the handshake from the backlog.
+        let _proxy = std::net::TcpListener::bind("10.217.0.1:3128").expect("proxy port");
+        let _other = std::net::TcpListener::bind("0.0.0.0:8081").expect("other port");
+        let _site = internet
+            .run(|| std::net::TcpListener::bind("198.51.100.1:8080"))
+            .expect("internet port");
+        let site = "198.51.100.1:8080";
+
+        // Without rules, the host answers on every port: the listeners and the routes work.
+        assert_eq!(connect_from(&guest, "10.217.0.1:3128"), Ok(()));
+        assert_eq!(connect_from(&guest, "10.217.0.1:8081"), Ok(()));
+        assert_eq!(connect_from(&guest, "198.51.100.2:8081"), Ok(()));
+        // Neither forwarded nor masqueraded yet: the site is out of reach.
+        assert!(connect_from(&guest, site).is_err());
+
+        let args = ["--bridge", "mcbr8", "--cidr", "10.217.0.1/24"];
+        setup_network(&args);
+        assert_eq!(connect_from(&guest, "10.217.0.1:3128"), Ok(()));
+        let dropped = Err(std::io::ErrorKind::TimedOut);
+        assert_eq!(connect_from(&guest, "10.217.0.1:8081"), dropped);
+        assert_eq!(
+            connect_from(&guest, "198.51.100.2:8081"),
+            dropped,
+            "another host address"
+        );
+        assert_eq!(
+            connect_from(&guest, site),
+            Ok(()),
+            "not strict: out directly"
+        );
+
+        setup_network(&[&args[..], &["--strict"]].concat());
+        assert_eq!(connect_from(&guest, "10.217.0.1:3128"), Ok(()));
+        assert_eq!(connect_from(&guest, "10.217.0.1:8081"), dropped);
+        assert_eq!(
+            connect_from(&guest, site),
+            dropped,
+            "strict: no direct egress"
+        );
+        // The host itself (where the gateway proxy runs) still reaches the site.
+        let from_host = std::net::TcpStream::connect_timeout(
+            &site.parse().expect("address"),
+            std::time::Duration::from_secs(1),
+        );
+        assert!(from_host.is_ok(), "{from_host:?}");
     });
 }
