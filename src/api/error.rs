@@ -183,6 +183,16 @@ impl From<UserError> for ApiError {
                 extra: Some(("user", json!(UserView::from(existing.as_ref())))),
             },
             UserError::Invalid { field, reason } => ApiError::invalid_field(field, reason),
+            UserError::VmAppeared { .. } => ApiError::Conflict {
+                code: "user_busy",
+                message: e.to_string(),
+                extra: None,
+            },
+            // A busy VM is a 409 `vm_busy`, as on the VM routes.
+            UserError::Vm(e) => e.into(),
+            // Freeing a port only reads and writes the store; anything else is a bug.
+            UserError::Egress(crate::net::egress::EgressError::Store(e)) => e.into(),
+            UserError::Egress(e) => ApiError::Internal(e.to_string()),
             UserError::Transition(e) => e.into(),
             UserError::Store(e) => e.into(),
         }

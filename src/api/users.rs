@@ -11,7 +11,8 @@ use super::ApiContext;
 use super::endpoint::{Body, Call, body, endpoint};
 use super::error::ApiError;
 use super::views::{
-    CreateUserBody, MintTokenBody, MintedToken, PatchUserBody, UserStatsView, UserView, rfc3339,
+    CreateUserBody, DeletedUserView, MintTokenBody, MintedToken, PatchUserBody, UserStatsView,
+    UserView, rfc3339,
 };
 use crate::model::now_ms;
 use crate::users::{NewUser, UserPatch};
@@ -31,6 +32,9 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .and(endpoint(ctx.clone(), Method::PATCH, "/api/users/:userId"))
         .and(body())
         .then(patch_user);
+    let delete = warp::path!("api" / "users" / String)
+        .and(endpoint(ctx.clone(), Method::DELETE, "/api/users/:userId"))
+        .then(delete_user);
     let stats = warp::path!("api" / "users" / String / "stats")
         .and(endpoint(
             ctx.clone(),
@@ -49,6 +53,8 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     get.or(create)
         .unify()
         .or(patch)
+        .unify()
+        .or(delete)
         .unify()
         .or(stats)
         .unify()
@@ -107,6 +113,17 @@ async fn patch_user(id: String, call: Call, body: Body) -> Response {
             });
         }
         Ok(UserView::from(&call.ctx.users.update(&id, patch).await?))
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
+}
+
+/// Deletes the user and everything they own; their VM is destroyed first.
+async fn delete_user(id: String, call: Call) -> Response {
+    let result = async {
+        call.principal()?.require_service()?;
+        let deleted = call.ctx.users.delete(&id, &call.ctx.vms).await?;
+        Ok(DeletedUserView::from(&deleted))
     }
     .await;
     call.respond(StatusCode::OK, result)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{User, Vm};
-use crate::users::UserStats;
+use crate::users::{DeletedUser, UserStats};
 
 pub use crate::model::rfc3339;
 
@@ -39,6 +39,27 @@ impl From<&User> for UserView {
             updated_at: rfc3339(u.updated_at_ms),
             last_active_at: u.last_active_at_ms.map(rfc3339),
             version: u.version,
+        }
+    }
+}
+
+/// The answer to `DELETE /api/users/:userId`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletedUserView {
+    pub user_id: String,
+    pub deleted: bool,
+    pub vms_destroyed: usize,
+    pub released_port: Option<u16>,
+}
+
+impl From<&DeletedUser> for DeletedUserView {
+    fn from(d: &DeletedUser) -> Self {
+        DeletedUserView {
+            user_id: d.user_id.clone(),
+            deleted: true,
+            vms_destroyed: d.vms_destroyed,
+            released_port: d.released_port,
         }
     }
 }

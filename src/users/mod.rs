@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 
 use redb::ReadableTable;
 
-use crate::model::{ModelError, Plan, Status, User, UserStatus, now_ms};
+use crate::model::{ModelError, Plan, Status, User, UserStatus, VmStatus, now_ms};
 use crate::store::{self, Store, StoreError, tables};
 
+mod delete;
 mod query;
 
+pub use delete::DeletedUser;
 pub use query::UserFilter;
 
 const MAX_EMAIL_LEN: usize = 254;
@@ -23,6 +25,17 @@ pub enum UserError {
     DuplicateEmail { existing: Box<User> },
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A VM of the user was created or started an operation while the user was being deleted.
+    #[error("user {user_id} has VM {vm_id} ({status}) again; retry the delete")]
+    VmAppeared {
+        user_id: String,
+        vm_id: String,
+        status: VmStatus,
+    },
+    #[error(transparent)]
+    Vm(#[from] crate::vms::VmError),
+    #[error(transparent)]
+    Egress(#[from] crate::net::egress::EgressError),
     #[error(transparent)]
     Transition(#[from] ModelError),
     #[error(transparent)]

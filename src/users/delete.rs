@@ -1,0 +1,181 @@
+//! Deleting a user and everything they own. The user's VMs go first, through the VM manager,
+//! so their processes, taps, directories and address leases are released the normal way (and a
+//! VM with an operation in progress stops the delete before anything is removed). Then one
+//! transaction removes every record of the user and enqueues a tombstone for each mirrored
+//! one, so the store and Supabase never see half a user.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::{UserError, UserService};
+use crate::model::{
+    AuthSession, Credential, IpLease, Prompt, Provider, User, Vm, VmStatus, credential_key,
+};
+use crate::store::{self, Record, StoreError, Stored, tables};
+use crate::sync::outbox::record_delete;
+use crate::vms::{VmFilter, VmManager};
+
+/// What a delete removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedUser {
+    pub user_id: String,
+    /// VMs this delete destroyed (those destroyed earlier are not counted).
+    pub vms_destroyed: usize,
+    /// The upstream proxy port the user held, now free for another user.
+    pub released_port: Option<u16>,
+    pub vm_records: usize,
+    pub prompts: usize,
+    pub auth_sessions: usize,
+    pub credentials: usize,
+}
+
+impl UserService {
+    /// Destroys the user's VMs, then removes the user and their VMs' records, prompts, logins,
+    /// credentials and upstream port in one transaction.
+    pub async fn delete(&self, id: &str, vms: &Arc<VmManager>) -> Result<DeletedUser, UserError> {
+        // An unknown user is a 404 before any VM is touched.
+        self.get(id).await?;
+        let owned = vms
+            .list(VmFilter {
+                user_id: Some(id.to_string()),
+                ..VmFilter::default()
+            })
+            .await?;
+        let mut vms_destroyed = 0;
+        // Failed VMs are destroyed as well: that clears whatever a failed create left behind
+        // on the host. A VM with an operation in progress answers `Busy` here, before the user's
+        // records are touched.
+        for vm in owned.iter().filter(|vm| vm.status != VmStatus::Destroyed) {
+            vms.destroy(&vm.id).await?;
+            vms_destroyed += 1;
+        }
+        let id = id.to_string();
+        let mut deleted = self.store.write(move |tx| remove_records(tx, &id)).await?;
+        deleted.vms_destroyed = vms_destroyed;
+        tracing::info!(
+            user = %deleted.user_id,
+            vms_destroyed,
+            vm_records = deleted.vm_records,
+            prompts = deleted.prompts,
+            auth_sessions = deleted.auth_sessions,
+            credentials = deleted.credentials,
+            "deleted a user"
+        );
+        Ok(deleted)
+    }
+}
+
+/// Removes every record of the user. Refuses (and so changes nothing) if a VM of theirs came
+/// alive or started an operation after the VMs were destroyed: a create that raced the delete.
+fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserError> {
+    let mut users = tx.open_table(tables::USERS)?;
+    let user: User = store::get(&users, id)?.ok_or_else(|| UserError::NotFound(id.to_string()))?;
+
+    let mut vms = tx.open_table(tables::VMS)?;
+    let mut intents = tx.open_table(tables::VM_INTENTS)?;
+    let owned_vms = owned(&vms, |vm: &Vm| vm.user_id == id)?;
+    for (_, vm) in &owned_vms {
+        let in_progress = intents.get(vm.id.as_str())?.is_some();
+        if vm.status != VmStatus::Destroyed && (vm.is_live() || in_progress) {
+            return Err(UserError::VmAppeared {
+                user_id: id.to_string(),
+                vm_id: vm.id.clone(),
+                status: vm.status,
+            });
+        }
+    }
+    let vm_ids: BTreeSet<&str> = owned_vms.iter().map(|(_, vm)| vm.id.as_str()).collect();
+    for (key, vm) in &owned_vms {
+        vms.remove(key.as_str())?;
+        // A destroyed VM takes no operation, so an intent left on one is stale.
+        intents.remove(vm.id.as_str())?;
+        record_delete::<Vm>(tx, key, &vm.id)?;
+    }
+    // Destroy released each VM's address; a lease left by a crash goes with the VM.
+    let mut ip_leases = tx.open_table(tables::IP_LEASES)?;
+    for (ip, _) in owned(&ip_leases, |l: &IpLease| vm_ids.contains(l.vm_id.as_str()))? {
+        ip_leases.remove(ip.as_str())?;
+    }
+
+    let mut prompts = tx.open_table(tables::PROMPTS)?;
+    let owned_prompts = owned(&prompts, |p: &Prompt| p.user_id == id)?;
+    for (key, prompt) in &owned_prompts {
+        prompts.remove(key.as_str())?;
+        record_delete::<Prompt>(tx, key, &prompt.id)?;
+    }
+
+    let mut sessions = tx.open_table(tables::AUTH_SESSIONS)?;
+    let owned_sessions = owned(&sessions, |s: &AuthSession| s.user_id == id)?;
+    for (key, session) in &owned_sessions {
+        sessions.remove(key.as_str())?;
+        record_delete::<AuthSession>(tx, key, &session.id)?;
+    }
+    // The active-login index is keyed like credentials; an entry naming one of the user's
+    // sessions under another key would be corrupt, but it goes too rather than pin a session id
+    // that no longer exists.
+    let session_ids: BTreeSet<&str> = owned_sessions.iter().map(|(_, s)| s.id.as_str()).collect();
+    let user_keys: BTreeSet<String> = Provider::ALL
+        .iter()
+        .map(|p| credential_key(id, *p))
+        .collect();
+    let mut active = tx.open_table(tables::ACTIVE_AUTH_SESSIONS)?;
+    let mut stale_active = Vec::new();
+    for entry in active.iter()? {
+        let (key, session) = entry?;
+        if user_keys.contains(key.value()) || session_ids.contains(session.value()) {
+            stale_active.push(key.value().to_string());
+        }
+    }
+    for key in &stale_active {
+        active.remove(key.as_str())?;
+    }
+
+    let mut credentials = tx.open_table(tables::CREDENTIALS)?;
+    let owned_credentials = owned(&credentials, |c: &Credential| c.user_id == id)?;
+    for (key, credential) in &owned_credentials {
+        credentials.remove(key.as_str())?;
+        record_delete::<Credential>(tx, key, &credential.id)?;
+    }
+
+    crate::net::egress::ports::release(tx, &user)?;
+    let mut by_email = tx.open_table(tables::USERS_BY_EMAIL)?;
+    // Only this user's entry: the index must never lose another user's email.
+    let indexed_here = by_email
+        .get(user.email.as_str())?
+        .is_some_and(|v| v.value() == user.id);
+    if indexed_here {
+        by_email.remove(user.email.as_str())?;
+    }
+    users.remove(id)?;
+    record_delete::<User>(tx, &user.id, &user.id)?;
+
+    Ok(DeletedUser {
+        user_id: user.id,
+        vms_destroyed: 0,
+        released_port: user.decodo_port,
+        vm_records: owned_vms.len(),
+        prompts: owned_prompts.len(),
+        auth_sessions: owned_sessions.len(),
+        credentials: owned_credentials.len(),
+    })
+}
+
+/// The records of a table that `owns` picks, with their keys (the record key a tombstone
+/// names is the key in the record's own table).
+fn owned<R, T>(table: &T, owns: impl Fn(&R) -> bool) -> Result<Vec<(String, R)>, StoreError>
+where
+    R: Record,
+    T: ReadableTable<&'static str, Stored<R>>,
+{
+    let mut found = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let record = value.value().decode()?;
+        if owns(&record) {
+            found.push((key.value().to_string(), record));
+        }
+    }
+    Ok(found)
+}
