@@ -53,7 +53,7 @@ impl HealthChecker {
 
     /// Checks every leased port once, in port order, and records each result.
     pub async fn check_all(&self, cancel: &CancellationToken) -> Result<Round, EgressError> {
-        let leases = self.store.read(|tx| ports::leases(tx)).await?;
+        let leases = self.store.read(ports::leases).await?;
         let mut round = Round::default();
         for (n, lease) in leases.iter().enumerate() {
             if n > 0 {

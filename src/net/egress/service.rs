@@ -36,7 +36,7 @@ impl EgressService {
     }
 
     pub async fn ports(&self) -> Result<PortReport, EgressError> {
-        let leases = self.store.read(|tx| ports::leases(tx)).await?;
+        let leases = self.store.read(ports::leases).await?;
         Ok(PortReport {
             range: self.settings.ports,
             upstream_host: self.settings.upstream.as_ref().map(|u| u.host.clone()),
