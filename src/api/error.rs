@@ -233,8 +233,31 @@ impl From<VmError> for ApiError {
                 message,
             },
             VmError::Corrupt(_) => ApiError::Internal(message),
+            VmError::Egress(e) => e.into(),
             VmError::Transition(e) => e.into(),
             VmError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::net::egress::EgressError> for ApiError {
+    fn from(e: crate::net::egress::EgressError) -> Self {
+        use crate::net::egress::EgressError;
+        let message = e.to_string();
+        match e {
+            EgressError::PoolExhausted { .. } => ApiError::Unavailable {
+                code: "proxy_port_pool_exhausted",
+                message,
+            },
+            EgressError::UserNotFound(_) => ApiError::NotFound {
+                code: "user_not_found",
+                message,
+            },
+            EgressError::Bind { .. } | EgressError::NotConfigured(_) => ApiError::Unavailable {
+                code: "egress_not_configured",
+                message,
+            },
+            EgressError::Store(e) => e.into(),
         }
     }
 }
@@ -368,6 +391,7 @@ impl From<crate::tasks::TaskError> for ApiError {
             },
             TaskError::Vm(e) => e.into(),
             TaskError::Auth(e) => e.into(),
+            TaskError::Egress(e) => e.into(),
             TaskError::Store(e) => e.into(),
             TaskError::Duplicate(_)
             | TaskError::Incomplete { .. }
