@@ -161,19 +161,41 @@ impl World {
             .await;
         assert_eq!(reply.status, 200, "{:?}", reply.json);
         let text = |key: &str| reply.json[key].as_str().unwrap_or_default().to_string();
-        (
-            reply.json["exitCode"].as_i64().unwrap_or(-1),
-            format!("{}{}", text("stdout"), text("stderr")),
-        )
+        let code = reply.json["exitCode"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no exit code: {:?}", reply.json));
+        (code, format!("{}{}", text("stdout"), text("stderr")))
     }
 
-    /// A plain HTTP GET from the guest, through the gateway proxy.
+    /// A plain HTTP GET from the guest, through the gateway proxy: the whole answer. (The
+    /// image's static busybox `wget` crashes resolving through glibc's NSS; `nc` does not.)
     pub async fn get_via_gateway(&self, name: &str, url: &str) -> (i64, String) {
+        let host = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
         self.sh(
             name,
-            &format!("http_proxy=http://{GATEWAY}:{GATEWAY_PORT} wget -q -T 20 -O - '{url}'"),
+            &format!(
+                "printf 'GET {url} HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n' \
+                 | nc -w 20 {GATEWAY} {GATEWAY_PORT}"
+            ),
         )
         .await
+    }
+
+    /// A plain HTTP GET straight to `host:port` from the guest, without the proxy.
+    pub async fn get_direct(&self, name: &str, host: &str, port: u16, path: &str) -> String {
+        let (_, answer) = self
+            .sh(
+                name,
+                &format!(
+                    "printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' \
+                     | nc -w 5 {host} {port}"
+                ),
+            )
+            .await;
+        answer
     }
 
     /// A CONNECT tunnel from the guest through the gateway, with a request inside it.

@@ -92,7 +92,7 @@ impl Internet {
         std::fs::write(
             &conf,
             format!(
-                "Port {port}\nListen {UPSTREAM_HOST}\nTimeout 30\nMaxClients 50\n\
+                "Port {port}\nListen {UPSTREAM_HOST}\nBind {UPSTREAM_HOST}\nTimeout 30\nMaxClients 50\n\
                  LogFile \"{}\"\nLogLevel Info\nBasicAuth {UPSTREAM_USER} {}\n\
                  Allow 10.218.0.0/24\n",
                 self.log_path(port).display(),
