@@ -9,16 +9,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::answer::{Answer, Failure, send_answer, unknown_source, upstream_refused};
 use super::ports::{self, Owner};
-use super::request::{self, HeadError, Kind, Request, Target};
+use super::request::{self, Kind, Target};
 use super::splice::{Spliced, splice};
+use super::wire::{open, read_head, upstream_answer};
 use super::{Bypass, EgressError, GatewayLimits, Upstream};
 use crate::metrics::Metrics;
 use crate::metrics::egress::{EgressBytesLabels, EgressConnectionLabels};
@@ -29,14 +31,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Connections refused for the limits are answered by at most this many tasks at once; past
 /// that they are just closed, so a flood cannot grow the task count.
 const REFUSAL_TASKS: usize = 64;
-/// Writing a refusal, then reading what the guest still sends so closing does not reset the
-/// connection before the guest has read the answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
-/// The upstream's answer to CONNECT is a few short headers.
-const UPSTREAM_HEAD_MAX: usize = 16 * 1024;
-
 pub struct Gateway {
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -59,43 +53,6 @@ struct Shared {
 struct Open {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
-}
-
-/// Why a connection gets the gateway's own answer instead of a tunnel.
-struct Answer {
-    status: u16,
-    body: String,
-    /// The `refused` metric's reason, for refusals by policy or bounds.
-    refusal: Option<&'static str>,
-}
-
-impl Answer {
-    fn new(status: u16, body: impl Into<String>) -> Answer {
-        Answer {
-            status,
-            body: body.into(),
-            refusal: None,
-        }
-    }
-
-    fn refused(status: u16, reason: &'static str, body: impl Into<String>) -> Answer {
-        Answer {
-            refusal: Some(reason),
-            ..Answer::new(status, body)
-        }
-    }
-}
-
-enum Failure {
-    Answer(Answer),
-    /// The guest went away or the connection broke; there is no one to answer.
-    Gone,
-}
-
-impl From<Answer> for Failure {
-    fn from(answer: Answer) -> Failure {
-        Failure::Answer(answer)
-    }
 }
 
 /// A connection's place in the bounds and the active gauge, given back however it ends.
@@ -411,153 +368,6 @@ async fn owner(shared: &Shared, ip: IpAddr) -> Result<Owner, Answer> {
             ))
         }
     }
-}
-
-/// The status code only: the upstream's headers and body are never shown to the guest.
-fn upstream_refused(code: u16) -> Answer {
-    Answer::new(502, format!("upstream proxy answered {code}"))
-}
-
-fn unknown_source() -> Answer {
-    Answer::refused(
-        403,
-        "unknown_source",
-        "this address belongs to no running VM",
-    )
-}
-
-/// Reads a whole request head within the header timeout; returns it with every byte read.
-async fn read_head(
-    limits: &GatewayLimits,
-    client: &mut TcpStream,
-) -> Result<(Request, Vec<u8>), Failure> {
-    let max = limits.max_header_bytes;
-    let mut buf = Vec::with_capacity(max.min(4096));
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            let room = max.saturating_sub(buf.len()).min(chunk.len());
-            if room == 0 {
-                return Err(HeadError::TooLarge.into());
-            }
-            let n = client
-                .read(&mut chunk[..room])
-                .await
-                .map_err(|_| Failure::Gone)?;
-            if n == 0 {
-                return Err(Failure::Gone);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            match request::parse(&buf, max) {
-                Ok(request) => return Ok(request),
-                Err(HeadError::Partial) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    match timeout(limits.header_timeout, read).await {
-        Ok(Ok(request)) => Ok((request, buf)),
-        Ok(Err(failure)) => Err(failure),
-        Err(_) => Err(Answer::refused(
-            408,
-            "header_timeout",
-            "the request head did not arrive in time",
-        )
-        .into()),
-    }
-}
-
-impl From<HeadError> for Failure {
-    fn from(e: HeadError) -> Failure {
-        match e {
-            HeadError::TooLarge => {
-                Answer::refused(431, "header_too_large", "the request head is too large")
-            }
-            HeadError::Bad(why) => Answer::refused(400, "bad_request", why),
-            HeadError::Partial => Answer::refused(400, "bad_request", "incomplete request head"),
-        }
-        .into()
-    }
-}
-
-/// Connects to `to`; failures name `target`'s route, never credentials.
-async fn open(to: &Target, target: &Target) -> Result<TcpStream, Failure> {
-    let stream = TcpStream::connect((to.host.as_str(), to.port))
-        .await
-        .map_err(|e| {
-            let body = if to == target {
-                format!("cannot connect to {target}: {e}")
-            } else {
-                format!("cannot reach the upstream proxy at {to} for {target}: {e}")
-            };
-            Answer::new(502, body)
-        })?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-/// Sends CONNECT with the credentials and reads the upstream's answer; returns the bytes it
-/// sent after its head. A refusal is reported by status code only: the upstream's headers and
-/// body are never shown to the guest.
-async fn upstream_answer(
-    server: &mut TcpStream,
-    head: &[u8],
-    upstream: &Target,
-) -> Result<Vec<u8>, Failure> {
-    let broken = || {
-        Answer::new(
-            502,
-            format!("the upstream proxy at {upstream} broke the connection"),
-        )
-    };
-    server.write_all(head).await.map_err(|_| broken())?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = server.read(&mut chunk).await.map_err(|_| broken())?;
-        if n == 0 {
-            return Err(broken().into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        match request::parse_response(&buf, UPSTREAM_HEAD_MAX) {
-            Ok((code, len)) if (200..300).contains(&code) => return Ok(buf.split_off(len)),
-            Ok((code, _)) => return Err(upstream_refused(code).into()),
-            Err(HeadError::Partial) => {}
-            Err(_) => {
-                return Err(Answer::new(
-                    502,
-                    format!("the upstream proxy at {upstream} sent a malformed answer"),
-                )
-                .into());
-            }
-        }
-    }
-}
-
-/// Writes the answer and closes, first reading (briefly, boundedly) what the guest still sends
-/// so the close does not reset the connection under the answer.
-async fn send_answer(mut stream: TcpStream, answer: &Answer) {
-    let sent = timeout(ANSWER_TIMEOUT, async {
-        stream
-            .write_all(&request::answer(answer.status, &answer.body))
-            .await?;
-        stream.shutdown().await
-    })
-    .await;
-    if !matches!(sent, Ok(Ok(()))) {
-        return;
-    }
-    let _ = timeout(LINGER, async {
-        let mut chunk = [0u8; 4096];
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]

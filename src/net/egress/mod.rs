@@ -4,6 +4,7 @@
 //! to its user and the user to their port, and adds the upstream credentials there, so the
 //! credentials never reach a guest.
 
+mod answer;
 pub mod bypass;
 mod gateway;
 pub mod health;
@@ -11,6 +12,7 @@ pub mod ports;
 mod request;
 mod service;
 mod splice;
+mod wire;
 
 use std::fmt;
 use std::net::SocketAddr;
