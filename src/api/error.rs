@@ -190,9 +190,7 @@ impl From<UserError> for ApiError {
             },
             // A busy VM is a 409 `vm_busy`, as on the VM routes.
             UserError::Vm(e) => e.into(),
-            // Freeing a port only reads and writes the store; anything else is a bug.
-            UserError::Egress(crate::net::egress::EgressError::Store(e)) => e.into(),
-            UserError::Egress(e) => ApiError::Internal(e.to_string()),
+            UserError::Egress(e) => e.into(),
             UserError::Transition(e) => e.into(),
             UserError::Store(e) => e.into(),
         }

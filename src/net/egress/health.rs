@@ -27,6 +27,8 @@ pub struct Round {
 
 pub struct HealthChecker {
     store: Store,
+    /// Ports with series in the metrics, so a freed port's series go when its lease does.
+    observed: std::sync::Mutex<std::collections::BTreeSet<u16>>,
     upstream: Upstream,
     echo_url: String,
     spacing: Duration,
@@ -43,6 +45,7 @@ impl HealthChecker {
     ) -> Option<HealthChecker> {
         Some(HealthChecker {
             store,
+            observed: Default::default(),
             upstream: settings.upstream.clone()?,
             echo_url: settings.echo_url.clone(),
             spacing: settings.health_spacing,
@@ -54,6 +57,7 @@ impl HealthChecker {
     /// Checks every leased port once, in port order, and records each result.
     pub async fn check_all(&self, cancel: &CancellationToken) -> Result<Round, EgressError> {
         let leases = self.store.read(ports::leases).await?;
+        self.forget_freed(&leases);
         let mut round = Round::default();
         for (n, lease) in leases.iter().enumerate() {
             if n > 0 {
@@ -82,7 +86,22 @@ impl HealthChecker {
         Ok(round)
     }
 
+    fn forget_freed(&self, leases: &[crate::model::PortLease]) {
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        observed.retain(|port| {
+            let leased = leases.iter().any(|l| l.port == *port);
+            if !leased {
+                self.metrics.egress.forget_port(*port);
+            }
+            leased
+        });
+    }
+
     fn observe(&self, port: u16, health: &PortHealth) {
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port);
         let labels = PortLabels {
             port: port.to_string(),
         };
