@@ -14,7 +14,6 @@ mod world;
 
 use std::process::ExitCode;
 
-use support::daemon_proc::processes_naming;
 use support::{harness, vmhost};
 use world::World;
 
@@ -69,12 +68,6 @@ fn main() -> ExitCode {
         println!("{}", world.daemon.log_tail());
         true
     });
-    world.daemon.kill();
-    for pid in processes_naming(&format!("{}/vms/", world.daemon.data_dir.display())) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    world.daemon.kill_with_vms();
     outcome
 }

@@ -23,7 +23,7 @@ mod world;
 
 use std::process::ExitCode;
 
-use support::daemon_proc::{DaemonProc, processes_naming};
+use support::daemon_proc::DaemonProc;
 use support::{harness, vmhost};
 use world::{BRIDGE, GATEWAY, POOL_SIZE, World};
 
@@ -39,28 +39,13 @@ fn main() -> ExitCode {
         .prefix("mcv")
         .tempdir_in("/tmp")
         .expect("tempdir");
-    let image = vmhost::image_dir();
-    let daemon = DaemonProc::new(
-        dir.path(),
-        &[
-            ("MC_HYPERVISOR", "qemu".into()),
-            ("MC_QEMU_ACCEL", "tcg".into()),
-            ("GOLDEN_KERNEL", image.join("vmlinux").display().to_string()),
-            (
-                "MC_INITRD",
-                image.join("initramfs.cpio.gz").display().to_string(),
-            ),
-            ("MC_BRIDGE", BRIDGE.into()),
-            ("MC_BRIDGE_CIDR", format!("{GATEWAY}/24")),
-            ("MC_VM_VCPUS", "1".into()),
-            ("MC_VM_MEMORY_MIB", "256".into()),
-            ("MC_VM_DATA_DISK_MIB", "64".into()),
-            ("MC_VM_AGENT_TIMEOUT_SECS", "120".into()),
-            ("MC_VM_HEALTH_INTERVAL_SECS", "2".into()),
-            ("ENCRYPTION_MASTER_KEY", world::MASTER_KEY.into()),
-            ("MC_AUTH_SESSION_TIMEOUT_SECS", "20".into()),
-        ],
-    );
+    let mut env = vmhost::guest_daemon_env(BRIDGE, GATEWAY);
+    env.extend([
+        ("MC_VM_HEALTH_INTERVAL_SECS", "2".into()),
+        ("ENCRYPTION_MASTER_KEY", world::MASTER_KEY.into()),
+        ("MC_AUTH_SESSION_TIMEOUT_SECS", "20".into()),
+    ]);
+    let daemon = DaemonProc::new(dir.path(), &env);
     let mut world = World {
         daemon,
         users: 0,
@@ -115,12 +100,6 @@ fn main() -> ExitCode {
         println!("{}", world.daemon.log_tail());
         true
     });
-    world.daemon.kill();
-    for pid in processes_naming(&format!("{}/vms/", world.daemon.data_dir.display())) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    world.daemon.kill_with_vms();
     outcome
 }

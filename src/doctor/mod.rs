@@ -257,21 +257,39 @@ fn supabase(config: &Config) -> Check {
     }
 }
 
+/// The upstream is configured, and its first port takes connections from this host.
 fn decodo(config: &Config) -> Check {
+    use std::net::{TcpStream, ToSocketAddrs};
     let egress = &config.egress;
-    match &egress.upstream {
-        Some(upstream) => check(
-            "upstream proxy",
-            Level::Ok,
-            format!(
-                "{}, ports {}-{}",
-                upstream.host, egress.ports.start, egress.ports.end
-            ),
-        ),
-        None => check(
+    let Some(upstream) = &egress.upstream else {
+        return check(
             "upstream proxy",
             Level::Warn,
             "DECODO_HOST/DECODO_USER/DECODO_PASSWORD unset: no dedicated egress, no gateway proxy",
+        );
+    };
+    let port = egress.ports.start;
+    let ports = format!("ports {}-{}", egress.ports.start, egress.ports.end);
+    let reached = (upstream.host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", upstream.host))
+        .and_then(|mut addrs| {
+            let addr = addrs
+                .next()
+                .ok_or_else(|| format!("{} has no address", upstream.host))?;
+            TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+                .map_err(|e| format!("{}:{port} does not take connections: {e}", upstream.host))
+        });
+    match reached {
+        Ok(_) => check(
+            "upstream proxy",
+            Level::Ok,
+            format!("{}, {ports}; {port} takes connections", upstream.host),
+        ),
+        Err(problem) => check(
+            "upstream proxy",
+            Level::Warn,
+            format!("{problem} ({ports}); guests' egress through the gateway will fail"),
         ),
     }
 }
@@ -352,5 +370,36 @@ mod tests {
         let bad = vault_check(Some("not-a-key-zzzz"));
         assert_eq!(bad.level, Level::Fail);
         assert!(!bad.detail.contains("not-a-key-zzzz"), "{}", bad.detail);
+    }
+
+    fn upstream_check(port: u16) -> Check {
+        let lookup = move |name: &str| match name {
+            "MC_ADMIN_TOKEN" => Some("admin-token-for-doctor".to_string()),
+            "DECODO_HOST" => Some("127.0.0.1".to_string()),
+            "DECODO_USER" => Some("user".to_string()),
+            "DECODO_PASSWORD" => Some("doctor-secret-pw".to_string()),
+            "DECODO_PORT_START" => Some(port.to_string()),
+            "DECODO_PORT_END" => Some(port.to_string()),
+            _ => None,
+        };
+        let config = Config::load(None, &lookup, Settings::default()).expect("config");
+        decodo(&config)
+    }
+
+    #[test]
+    fn the_upstreams_first_port_must_take_connections() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let open = upstream_check(port);
+        assert_eq!(open.level, Level::Ok, "{}", open.detail);
+        drop(listener);
+        let closed = upstream_check(port);
+        assert_eq!(closed.level, Level::Warn, "{}", closed.detail);
+        assert!(
+            closed.detail.contains("does not take connections"),
+            "{}",
+            closed.detail
+        );
+        assert!(!closed.detail.contains("doctor-secret-pw"));
     }
 }

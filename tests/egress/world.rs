@@ -38,39 +38,24 @@ impl World {
         for port in PORTS {
             internet.start_upstream(port);
         }
-        let image = vmhost::image_dir();
-        let mut daemon = DaemonProc::new(
-            dir.path(),
-            &[
-                ("MC_HYPERVISOR", "qemu".into()),
-                ("MC_QEMU_ACCEL", "tcg".into()),
-                ("GOLDEN_KERNEL", image.join("vmlinux").display().to_string()),
-                (
-                    "MC_INITRD",
-                    image.join("initramfs.cpio.gz").display().to_string(),
-                ),
-                ("MC_BRIDGE", BRIDGE.into()),
-                ("MC_BRIDGE_CIDR", format!("{GATEWAY}/24")),
-                ("MC_VM_VCPUS", "1".into()),
-                ("MC_VM_MEMORY_MIB", "256".into()),
-                ("MC_VM_DATA_DISK_MIB", "64".into()),
-                ("MC_VM_AGENT_TIMEOUT_SECS", "120".into()),
-                ("MC_TASKS_ENABLED", "false".into()),
-                ("DECODO_HOST", internet::UPSTREAM_HOST.into()),
-                ("DECODO_USER", internet::UPSTREAM_USER.into()),
-                ("DECODO_PASSWORD", PASSWORD.into()),
-                ("DECODO_PORT_START", PORTS[0].to_string()),
-                ("DECODO_PORT_END", PORTS[1].to_string()),
-                ("MC_EGRESS_GATEWAY_PORT", GATEWAY_PORT.to_string()),
-                ("MC_EGRESS_BYPASS", internet::BYPASSED_SITE.into()),
-                (
-                    "MC_EGRESS_ECHO_URL",
-                    format!("http://{}:{}/ip", internet::SITE, internet::SITE_PORT),
-                ),
-                ("MC_EGRESS_HEALTH_SPACING_MS", "100".into()),
-                ("MC_EGRESS_HEALTH_TIMEOUT_SECS", "5".into()),
-            ],
-        );
+        let mut env = vmhost::guest_daemon_env(BRIDGE, GATEWAY);
+        env.extend([
+            ("MC_TASKS_ENABLED", "false".into()),
+            ("DECODO_HOST", internet::UPSTREAM_HOST.into()),
+            ("DECODO_USER", internet::UPSTREAM_USER.into()),
+            ("DECODO_PASSWORD", PASSWORD.into()),
+            ("DECODO_PORT_START", PORTS[0].to_string()),
+            ("DECODO_PORT_END", PORTS[1].to_string()),
+            ("MC_EGRESS_GATEWAY_PORT", GATEWAY_PORT.to_string()),
+            ("MC_EGRESS_BYPASS", internet::BYPASSED_SITE.into()),
+            (
+                "MC_EGRESS_ECHO_URL",
+                format!("http://{}:{}/ip", internet::SITE, internet::SITE_PORT),
+            ),
+            ("MC_EGRESS_HEALTH_SPACING_MS", "100".into()),
+            ("MC_EGRESS_HEALTH_TIMEOUT_SECS", "5".into()),
+        ]);
+        let mut daemon = DaemonProc::new(dir.path(), &env);
         daemon.start(&[]).await;
         let world = World {
             daemon,

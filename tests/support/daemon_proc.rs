@@ -118,6 +118,17 @@ impl DaemonProc {
         }
     }
 
+    /// SIGKILLs the daemon and every VM process it left (they outlive it by design).
+    pub fn kill_with_vms(&mut self) {
+        self.kill();
+        for pid in processes_naming(&format!("{}/vms/", self.data_dir.display())) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     /// Waits for a daemon that is expected to die (a failpoint) and reaps it.
     pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let started = Instant::now();

@@ -17,6 +17,27 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("image/out/test"))
 }
 
+/// The daemon settings that boot the test image under QEMU/TCG, small, on `bridge` with the
+/// address `gateway`/24; a binary adds its own on top.
+pub fn guest_daemon_env(bridge: &str, gateway: &str) -> Vec<(&'static str, String)> {
+    let image = image_dir();
+    vec![
+        ("MC_HYPERVISOR", "qemu".into()),
+        ("MC_QEMU_ACCEL", "tcg".into()),
+        ("GOLDEN_KERNEL", image.join("vmlinux").display().to_string()),
+        (
+            "MC_INITRD",
+            image.join("initramfs.cpio.gz").display().to_string(),
+        ),
+        ("MC_BRIDGE", bridge.into()),
+        ("MC_BRIDGE_CIDR", format!("{gateway}/24")),
+        ("MC_VM_VCPUS", "1".into()),
+        ("MC_VM_MEMORY_MIB", "256".into()),
+        ("MC_VM_DATA_DISK_MIB", "64".into()),
+        ("MC_VM_AGENT_TIMEOUT_SECS", "120".into()),
+    ]
+}
+
 /// Why real guests cannot run here, if they cannot.
 pub fn missing_prerequisite() -> Option<String> {
     let image = image_dir();
