@@ -66,19 +66,25 @@ fn nat(config: &Config, table: &Result<Value, String>) -> Check {
     let rules = rules_of(ruleset);
     let subnet = config.bridge_subnet;
     let problems = problems(&rules, &config.bridge, &subnet);
+    verdict(
+        "guest NAT",
+        config,
+        &problems,
+        format!(
+            "{} masqueraded, {} isolated and closed to inbound connections",
+            network_of(&subnet),
+            config.bridge
+        ),
+    )
+}
+
+/// Ok with `ok_detail` when nothing is wrong, else the problems and the fix.
+fn verdict(name: &'static str, config: &Config, problems: &[String], ok_detail: String) -> Check {
     if problems.is_empty() {
-        check(
-            "guest NAT",
-            Level::Ok,
-            format!(
-                "{} masqueraded, {} isolated and closed to inbound connections",
-                network_of(&subnet),
-                config.bridge
-            ),
-        )
+        check(name, Level::Ok, ok_detail)
     } else {
         check(
-            "guest NAT",
+            name,
             missing(config),
             format!("{}; {FIX}", problems.join("; ")),
         )
@@ -94,22 +100,15 @@ fn firewall(config: &Config, table: &Result<Value, String>) -> Check {
     let gateway = config.bridge_subnet.gateway;
     let port = config.egress.gateway_port;
     let problems = firewall_problems(ruleset, &config.bridge, gateway, port);
-    if problems.is_empty() {
-        check(
-            "guest firewall",
-            Level::Ok,
-            format!(
-                "guests on {} reach {gateway}:{port} (the gateway proxy), DNS and nothing else on the host",
-                config.bridge
-            ),
-        )
-    } else {
-        check(
-            "guest firewall",
-            missing(config),
-            format!("{}; {FIX}", problems.join("; ")),
-        )
-    }
+    verdict(
+        "guest firewall",
+        config,
+        &problems,
+        format!(
+            "guests on {} reach {gateway}:{port} (the gateway proxy), DNS and nothing else on the host",
+            config.bridge
+        ),
+    )
 }
 
 /// Whether the rules match `MC_EGRESS_STRICT`: strict means guests leave only through the

@@ -324,8 +324,9 @@ pub async fn ports_belong_to_users(world: &mut World) {
     assert_eq!(logged(world, port_b, "/reused"), 1);
 }
 
-pub async fn a_dead_port_is_unhealthy(world: &mut World) {
-    let run = world
+/// Runs the health job now; answers its record.
+async fn run_proxy_health(world: &World) -> crate::support::daemon_proc::Reply {
+    world
         .daemon
         .call(
             "POST",
@@ -333,7 +334,11 @@ pub async fn a_dead_port_is_unhealthy(world: &mut World) {
             crate::support::daemon_proc::ADMIN_TOKEN,
             None,
         )
-        .await;
+        .await
+}
+
+pub async fn a_dead_port_is_unhealthy(world: &mut World) {
+    let run = run_proxy_health(world).await;
     assert_eq!(run.status, 200, "{:?}", run.json);
     assert_eq!(run.json["run"]["outcome"], "ok", "{:?}", run.json);
     let pool = world.proxy_ports().await;
@@ -349,15 +354,7 @@ pub async fn a_dead_port_is_unhealthy(world: &mut World) {
 
     let dead = world.port_of("c").await.expect("c's port");
     world.internet.stop_upstream(dead);
-    let run = world
-        .daemon
-        .call(
-            "POST",
-            "/api/admin/tasks/proxy_health/run",
-            crate::support::daemon_proc::ADMIN_TOKEN,
-            None,
-        )
-        .await;
+    let run = run_proxy_health(world).await;
     assert_eq!(run.json["run"]["outcome"], "failed", "{:?}", run.json);
     let pool = world.proxy_ports().await;
     assert_eq!(pool["unhealthy"], 1, "{pool}");
