@@ -5,38 +5,14 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use master_controller::model::{
     AuthSession, AuthSessionStatus, Credential, OutboxEntry, PortLease, Prompt, PromptStatus,
     Provider, User, VmIntent, VmOp, credential_key, now_ms,
 };
 use master_controller::store::{self, StoreError, tables};
-use master_controller::vms::VmHost;
 use redb::ReadableTable;
-use support::fake_vmm::{FakeHypervisor, FakeNetlink};
+use support::fake_vmm::daemon_with_fake_vms;
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
-
-/// A daemon whose VMs run on the fake hypervisor.
-async fn start_with_vms() -> (TestDaemon, Arc<FakeHypervisor>, Arc<FakeNetlink>) {
-    let hypervisor = Arc::new(FakeHypervisor::default());
-    let netlink = Arc::new(FakeNetlink::default());
-    let host = VmHost {
-        hypervisor: hypervisor.clone(),
-        netlink: netlink.clone(),
-    };
-    let d = TestDaemon::start_with_host(
-        &[
-            ("GOLDEN_KERNEL", "/fake/vmlinux"),
-            ("MC_VM_DATA_DISK_MIB", "8"),
-            ("MC_VM_VCPUS", "1"),
-            ("MC_VM_MEMORY_MIB", "256"),
-        ],
-        Some(host),
-    )
-    .await;
-    (d, hypervisor, netlink)
-}
 
 async fn create_vm(d: &TestDaemon, user: &str) -> (String, String) {
     let reply = d
@@ -216,7 +192,7 @@ async fn delete_needs_the_service_or_admin_token_and_a_known_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_user_destroys_their_vm_and_removes_everything_they_own() {
-    let (d, hypervisor, netlink) = start_with_vms().await;
+    let (d, hypervisor, netlink) = daemon_with_fake_vms(&[]).await;
     let user = d.create_user("leaving@example.com").await;
     let other = d.create_user("staying@example.com").await;
     let (vm, ip) = create_vm(&d, &user).await;
@@ -293,7 +269,7 @@ async fn deleting_a_user_destroys_their_vm_and_removes_everything_they_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_operation_in_progress_stops_the_delete() {
-    let (d, hypervisor, _netlink) = start_with_vms().await;
+    let (d, hypervisor, _netlink) = daemon_with_fake_vms(&[]).await;
     let user = d.create_user("busy@example.com").await;
     let (vm, ip) = create_vm(&d, &user).await;
     seed_records(&d, &user).await;

@@ -6,16 +6,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::join_all;
 use master_controller::model::{Vm, VmStatus};
 use master_controller::store::{self, tables};
-use master_controller::vms::VmHost;
 use redb::ReadableTableMetadata;
 use serde_json::Value;
-use support::fake_vmm::{FakeHypervisor, FakeNetlink};
+use support::fake_vmm::daemon_with_fake_vms;
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 
 const VMS: usize = 180;
@@ -76,24 +74,11 @@ fn distinct(vms: &[Value], field: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_at_scale_through_the_api() {
-    let hypervisor = Arc::new(FakeHypervisor::default());
-    let netlink = Arc::new(FakeNetlink::default());
-    let host = VmHost {
-        hypervisor: hypervisor.clone(),
-        netlink: netlink.clone(),
-    };
-    let d = TestDaemon::start_with_host(
-        &[
-            ("GOLDEN_KERNEL", "/fake/vmlinux"),
-            ("MC_MAX_VMS", "180"),
-            ("MC_VM_DATA_DISK_MIB", "8"),
-            ("MC_VM_VCPUS", "1"),
-            ("MC_VM_MEMORY_MIB", "256"),
-            ("MC_RATE_LIMIT_PER_SECOND", "100000"),
-            ("MC_RATE_LIMIT_BURST", "100000"),
-        ],
-        Some(host),
-    )
+    let (d, hypervisor, netlink) = daemon_with_fake_vms(&[
+        ("MC_MAX_VMS", "180"),
+        ("MC_RATE_LIMIT_PER_SECOND", "100000"),
+        ("MC_RATE_LIMIT_BURST", "100000"),
+    ])
     .await;
     let rss_at_start = rss_kib("VmRSS:");
     let mut users = Vec::new();

@@ -35,6 +35,27 @@ struct FakeVm {
     muted: Arc<AtomicBool>,
 }
 
+/// A daemon whose VMs run on these fakes, at a small size; `env` adds to or overrides it.
+pub async fn daemon_with_fake_vms(
+    env: &[(&str, &str)],
+) -> (super::TestDaemon, Arc<FakeHypervisor>, Arc<FakeNetlink>) {
+    let hypervisor = Arc::new(FakeHypervisor::default());
+    let netlink = Arc::new(FakeNetlink::default());
+    let host = master_controller::vms::VmHost {
+        hypervisor: hypervisor.clone(),
+        netlink: netlink.clone(),
+    };
+    let mut vars = vec![
+        ("GOLDEN_KERNEL", "/fake/vmlinux"),
+        ("MC_VM_DATA_DISK_MIB", "8"),
+        ("MC_VM_VCPUS", "1"),
+        ("MC_VM_MEMORY_MIB", "256"),
+    ];
+    vars.extend_from_slice(env);
+    let daemon = super::TestDaemon::start_with_host(&vars, Some(host)).await;
+    (daemon, hypervisor, netlink)
+}
+
 #[derive(Default)]
 pub struct FakeHypervisor {
     vms: Mutex<HashMap<String, FakeVm>>,

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use master_controller::model::{TaskRun, VmStatus};
-use master_controller::vms::VmHost;
 
 use super::TestDaemon;
-use super::fake_vmm::{FakeHypervisor, FakeNetlink};
+use super::fake_vmm::{FakeHypervisor, daemon_with_fake_vms};
 
 pub const MIN: Duration = Duration::from_secs(60);
 pub const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -16,21 +15,12 @@ pub const MASTER_KEY: &str = "00112233445566778899aabbccddeeff001122334455667788
 
 /// A daemon whose VMs are fakes; `env` adds to or overrides the defaults here.
 pub async fn start(env: &[(&str, &str)]) -> (TestDaemon, Arc<FakeHypervisor>) {
-    let hypervisor = Arc::new(FakeHypervisor::default());
-    let host = VmHost {
-        hypervisor: hypervisor.clone(),
-        netlink: Arc::new(FakeNetlink::default()),
-    };
     let mut vars = vec![
-        ("GOLDEN_KERNEL", "/fake/vmlinux"),
-        ("MC_VM_DATA_DISK_MIB", "8"),
-        ("MC_VM_VCPUS", "1"),
-        ("MC_VM_MEMORY_MIB", "256"),
         ("MC_PROMPT_TIMEOUT_SECS", "86400"),
         ("MC_PROMPT_MAX_TIMEOUT_SECS", "86400"),
     ];
     vars.extend_from_slice(env);
-    let d = TestDaemon::start_with_host(&vars, Some(host)).await;
+    let (d, hypervisor, _) = daemon_with_fake_vms(&vars).await;
     (d, hypervisor)
 }
 
