@@ -62,12 +62,6 @@ async fn proxy_ports(call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let report = call.ctx.egress.ports().await?;
-        let used = report.leases.len();
-        let unhealthy = report
-            .leases
-            .iter()
-            .filter(|l| l.health.as_ref().is_some_and(|h| !h.healthy))
-            .count();
         Ok(serde_json::json!({
             "configured": report.upstream_host.is_some(),
             "upstreamHost": report.upstream_host,
@@ -76,9 +70,9 @@ async fn proxy_ports(call: Call) -> Response {
             "echoUrl": report.echo_url,
             "range": {"start": report.range.start, "end": report.range.end},
             "size": report.range.size(),
-            "used": used,
-            "free": (report.range.size() as usize).saturating_sub(used),
-            "unhealthy": unhealthy,
+            "used": report.leases.len(),
+            "free": report.free(),
+            "unhealthy": report.unhealthy(),
             "ports": report.leases.into_iter().map(PortView::from).collect::<Vec<_>>(),
         }))
     }

@@ -251,10 +251,8 @@ impl From<crate::net::egress::EgressError> for ApiError {
                 code: "user_not_found",
                 message,
             },
-            EgressError::Bind { .. } | EgressError::NotConfigured(_) => ApiError::Unavailable {
-                code: "egress_not_configured",
-                message,
-            },
+            // Binding happens at start-up only; reaching the API would be a bug.
+            EgressError::Bind { .. } => ApiError::Internal(message),
             EgressError::Store(e) => e.into(),
         }
     }

@@ -4,15 +4,12 @@
 //! transaction removes every record of the user and enqueues a tombstone for each mirrored
 //! one, so the store and Supabase never see half a user.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{UserError, UserService};
-use crate::model::{
-    AuthSession, Credential, IpLease, Prompt, Provider, User, Vm, VmStatus, credential_key,
-};
+use crate::model::{AuthSession, Credential, Prompt, Provider, User, Vm, VmStatus, credential_key};
 use crate::store::{self, Record, StoreError, Stored, tables};
 use crate::sync::outbox::record_delete;
 use crate::vms::{VmFilter, VmManager};
@@ -74,7 +71,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     let user: User = store::get(&users, id)?.ok_or_else(|| UserError::NotFound(id.to_string()))?;
 
     let mut vms = tx.open_table(tables::VMS)?;
-    let mut intents = tx.open_table(tables::VM_INTENTS)?;
+    let intents = tx.open_table(tables::VM_INTENTS)?;
     let owned_vms = owned(&vms, |vm: &Vm| vm.user_id == id)?;
     for (_, vm) in &owned_vms {
         let in_progress = intents.get(vm.id.as_str())?.is_some();
@@ -86,17 +83,11 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
             });
         }
     }
-    let vm_ids: BTreeSet<&str> = owned_vms.iter().map(|(_, vm)| vm.id.as_str()).collect();
+    // Destroy released each VM's address. A lease a crash left is reconcile's to sweep
+    // (`ledger::stray_leases`), as is an intent: both are settled before the daemon serves.
     for (key, vm) in &owned_vms {
         vms.remove(key.as_str())?;
-        // A destroyed VM takes no operation, so an intent left on one is stale.
-        intents.remove(vm.id.as_str())?;
         record_delete::<Vm>(tx, key, &vm.id)?;
-    }
-    // Destroy released each VM's address; a lease left by a crash goes with the VM.
-    let mut ip_leases = tx.open_table(tables::IP_LEASES)?;
-    for (ip, _) in owned(&ip_leases, |l: &IpLease| vm_ids.contains(l.vm_id.as_str()))? {
-        ip_leases.remove(ip.as_str())?;
     }
 
     let mut prompts = tx.open_table(tables::PROMPTS)?;
@@ -112,24 +103,10 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
         sessions.remove(key.as_str())?;
         record_delete::<AuthSession>(tx, key, &session.id)?;
     }
-    // The active-login index is keyed like credentials; an entry naming one of the user's
-    // sessions under another key would be corrupt, but it goes too rather than pin a session id
-    // that no longer exists.
-    let session_ids: BTreeSet<&str> = owned_sessions.iter().map(|(_, s)| s.id.as_str()).collect();
-    let user_keys: BTreeSet<String> = Provider::ALL
-        .iter()
-        .map(|p| credential_key(id, *p))
-        .collect();
+    // The active-login index is keyed like credentials.
     let mut active = tx.open_table(tables::ACTIVE_AUTH_SESSIONS)?;
-    let mut stale_active = Vec::new();
-    for entry in active.iter()? {
-        let (key, session) = entry?;
-        if user_keys.contains(key.value()) || session_ids.contains(session.value()) {
-            stale_active.push(key.value().to_string());
-        }
-    }
-    for key in &stale_active {
-        active.remove(key.as_str())?;
+    for provider in Provider::ALL {
+        active.remove(credential_key(id, *provider).as_str())?;
     }
 
     let mut credentials = tx.open_table(tables::CREDENTIALS)?;

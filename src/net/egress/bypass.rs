@@ -64,10 +64,6 @@ impl Bypass {
         Ok(bypass)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Whether `host` (a name or an IP literal, without port) goes direct.
     pub fn matches(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -156,7 +152,7 @@ mod tests {
 
     #[test]
     fn bad_entries_are_refused() {
-        assert!(Bypass::parse("").unwrap().is_empty());
+        assert_eq!(Bypass::parse("").unwrap(), Bypass::default());
         for bad in ["http://x.com", "a/b", ".", "x y\u{0}"] {
             assert!(Bypass::parse(bad).is_err(), "{bad:?}");
         }

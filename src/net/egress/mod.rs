@@ -40,8 +40,6 @@ pub enum EgressError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("egress is not configured: {0}")]
-    NotConfigured(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

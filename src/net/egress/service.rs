@@ -19,6 +19,26 @@ pub struct PortReport {
     pub leases: Vec<PortLease>,
 }
 
+impl PortReport {
+    /// Leased ports whose last check failed.
+    pub fn unhealthy(&self) -> usize {
+        self.leases
+            .iter()
+            .filter(|l| l.health.as_ref().is_some_and(|h| !h.healthy))
+            .count()
+    }
+
+    /// Ports of the range no one holds (a port leased before the range changed stays leased).
+    pub fn free(&self) -> usize {
+        let in_range = self
+            .leases
+            .iter()
+            .filter(|l| self.range.contains(l.port))
+            .count();
+        (self.range.size() as usize).saturating_sub(in_range)
+    }
+}
+
 #[derive(Clone)]
 pub struct EgressService {
     store: Store,
