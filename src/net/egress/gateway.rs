@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::answer::{Answer, Failure, send_answer, unknown_source, upstream_refused};
 use super::ports::{self, Owner};
 use super::request::{self, Kind, Target};
-use super::splice::{Spliced, splice};
+use super::splice::{Exchange, Spliced, splice};
 use super::wire::{open, read_head, upstream_answer};
 use super::{Bypass, EgressError, GatewayLimits, Upstream};
 use crate::metrics::Metrics;
@@ -342,9 +342,19 @@ async fn route(
     bytes("to_guest", to_client.len());
     // The upstream's own 407 to a plain request could echo what it was sent; the guest gets
     // only its status, as for CONNECT.
-    let via_upstream = !direct && matches!(request.kind, Kind::Http { .. });
-    let refuse = via_upstream.then_some(407);
-    let spliced = splice(client.split(), server.split(), limits.idle_timeout, refuse).await;
+    let exchange = match request.kind {
+        Kind::Connect => Exchange::Tunnel,
+        Kind::Http { .. } => Exchange::Request {
+            refuse_status: (!direct).then_some(407),
+        },
+    };
+    let spliced = splice(
+        client.split(),
+        server.split(),
+        limits.idle_timeout,
+        exchange,
+    )
+    .await;
     bytes("from_guest", spliced.from_client as usize);
     bytes("to_guest", spliced.to_client as usize);
     if let Some(code) = spliced.refused {

@@ -12,6 +12,20 @@ const BUFFER: usize = 16 * 1024;
 /// Held before the client sees anything, when the server's status is checked.
 const STATUS_LINE_MAX: usize = 1024;
 
+/// How the ends of the two sides relate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Exchange {
+    /// A CONNECT tunnel: bytes both ways, and a side's half-close is passed on.
+    Tunnel,
+    /// One plain request, sent with `Connection: close`, so the server's close ends it. The
+    /// client's half-close is not passed on: proxies such as tinyproxy (and Squid by default)
+    /// take it as an abort and drop the rest of the answer.
+    ///
+    /// With `refuse_status`, the server's status line is held back until it is complete, and an
+    /// answer with that status ends the splice before any of it reaches the client.
+    Request { refuse_status: Option<u16> },
+}
+
 /// What a splice carried.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Spliced {
@@ -24,16 +38,13 @@ pub(super) struct Spliced {
 }
 
 /// Copies client→server and server→client until both directions have ended, either fails, or
-/// nothing moves either way for `idle`. When one side finishes sending, the other side's write
-/// half is shut down and the other direction keeps going (HTTP clients half-close).
-///
-/// With `refuse_status`, the server's status line is held back until it is complete, and an
-/// answer with that status ends the splice before any of it reaches the client.
+/// nothing moves either way for `idle`. When one side finishes sending, the other direction
+/// keeps going (HTTP clients half-close); see [`Exchange`] for whether the half-close is passed on.
 pub(super) async fn splice<CR, CW, SR, SW>(
     (client_read, client_write): (CR, CW),
     (server_read, server_write): (SR, SW),
     idle: Duration,
-    refuse_status: Option<u16>,
+    exchange: Exchange,
 ) -> Spliced
 where
     CR: AsyncRead + Unpin,
@@ -47,9 +58,20 @@ where
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
     let refused = AtomicU16::new(0);
+    let (pass_client_eof, refuse_status) = match exchange {
+        Exchange::Tunnel => (true, None),
+        Exchange::Request { refuse_status } => (false, refuse_status),
+    };
     let both = async {
         tokio::try_join!(
-            copy(client_read, server_write, &from_client, &last, start),
+            copy(
+                client_read,
+                server_write,
+                pass_client_eof,
+                &from_client,
+                &last,
+                start
+            ),
             async {
                 let mut server_read = server_read;
                 let mut client_write = client_write;
@@ -70,7 +92,7 @@ where
                         return Err(e);
                     }
                 }
-                copy(server_read, client_write, &to_client, &last, start).await
+                copy(server_read, client_write, true, &to_client, &last, start).await
             },
         )
     };
@@ -131,10 +153,12 @@ fn elapsed_ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// One direction; on EOF it shuts down the writer so the peer sees the half-close.
+/// One direction; on EOF, with `pass_eof`, it shuts down the writer so the peer sees the
+/// half-close.
 async fn copy<R, W>(
     mut from: R,
     mut to: W,
+    pass_eof: bool,
     count: &AtomicU64,
     last: &AtomicU64,
     start: Instant,
@@ -147,8 +171,10 @@ where
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
-            // The peer may already be gone; the other direction still decides the end.
-            let _ = to.shutdown().await;
+            if pass_eof {
+                // The peer may already be gone; the other direction still decides the end.
+                let _ = to.shutdown().await;
+            }
             return Ok(());
         }
         last.store(elapsed_ms(start), Ordering::Relaxed);
@@ -184,7 +210,7 @@ mod tests {
                 split(gateway_client),
                 split(gateway_server),
                 Duration::from_secs(5),
-                None,
+                Exchange::Tunnel,
             )
             .await
         });
@@ -219,6 +245,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_plain_requests_half_close_stays_with_the_gateway() {
+        let (client, gateway_client) = duplex(64);
+        let (gateway_server, server) = duplex(64);
+        let task = tokio::spawn(async move {
+            splice(
+                split(gateway_client),
+                split(gateway_server),
+                Duration::from_secs(60),
+                Exchange::Request {
+                    refuse_status: None,
+                },
+            )
+            .await
+        });
+        let (mut client_r, mut client_w) = split(client);
+        let (mut server_r, mut server_w) = split(server);
+        client_w.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        client_w.shutdown().await.unwrap();
+        let mut request = [0u8; 18];
+        server_r.read_exact(&mut request).await.unwrap();
+        // The server must not see the client's EOF: a proxy would take it as an abort.
+        let mut more = [0u8; 1];
+        let waited = tokio::time::timeout(Duration::from_secs(30), server_r.read(&mut more)).await;
+        assert!(waited.is_err(), "the server saw {waited:?}");
+        server_w
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\nanswer")
+            .await
+            .unwrap();
+        server_w.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client_r.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"HTTP/1.1 200 OK\r\n\r\nanswer");
+        let spliced = task.await.unwrap();
+        assert!(!spliced.idled_out);
+        assert_eq!(spliced.from_client, 18);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn idles_out_only_when_nothing_moves() {
         let (client, gateway_client) = duplex(64);
         let (gateway_server, _server) = duplex(64);
@@ -227,7 +291,7 @@ mod tests {
                 split(gateway_client),
                 split(gateway_server),
                 Duration::from_secs(10),
-                None,
+                Exchange::Tunnel,
             )
             .await
         });
@@ -259,7 +323,9 @@ mod tests {
                     split(gateway_client),
                     split(gateway_server),
                     Duration::from_secs(5),
-                    Some(407),
+                    Exchange::Request {
+                        refuse_status: Some(407),
+                    },
                 )
                 .await
             });
