@@ -144,6 +144,7 @@ pub async fn the_guest_never_sees_the_password(world: &mut World) {
     let (_, tunnel) = world
         .tunnel_via_gateway("a", &format!("{SITE}:{SITE_PORT}"), "/headers")
         .await;
+    assert!(tunnel.contains("GET /headers"), "{tunnel}");
     assert_no_secret("a tunnel's answer", &tunnel);
     world.internet.stop_upstream(PORTS[1]);
     let (code, refused) = world

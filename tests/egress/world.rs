@@ -183,14 +183,19 @@ impl World {
         answer
     }
 
-    /// A CONNECT tunnel from the guest through the gateway, with a request inside it.
+    /// A CONNECT tunnel from the guest through the gateway, with a request inside it. The
+    /// guest's side stays open until `nc` has seen the tunnel close (at most 20 s), since an
+    /// upstream proxy takes a client's half-close as an abort.
     pub async fn tunnel_via_gateway(&self, name: &str, target: &str, path: &str) -> (i64, String) {
         self.sh(
             name,
             &format!(
-                "(printf 'CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n'; sleep 1; \
-                 printf 'GET {path} HTTP/1.0\\r\\nHost: {target}\\r\\n\\r\\n'; sleep 3) \
-                 | nc {GATEWAY} {GATEWAY_PORT}"
+                "rm -f /tmp/tunnel.out /tmp/tunnel.done; \
+                 (printf 'CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n'; sleep 1; \
+                 printf 'GET {path} HTTP/1.0\\r\\nHost: {target}\\r\\n\\r\\n'; n=0; \
+                 while [ ! -e /tmp/tunnel.done ] && [ $n -lt 400 ]; do sleep 0.05; n=$((n+1)); done) \
+                 | {{ nc {GATEWAY} {GATEWAY_PORT} > /tmp/tunnel.out; touch /tmp/tunnel.done; }}; \
+                 cat /tmp/tunnel.out"
             ),
         )
         .await
