@@ -41,11 +41,11 @@ fi
 if ! [[ "$gateway_port" =~ ^[1-9][0-9]{0,4}$ ]] || [ "$gateway_port" -gt 65535 ]; then
   echo "setup-network: bad gateway port $gateway_port (expected 1..65535)" >&2; exit 2
 fi
-# The daemon itself accepts only true/false; the script is lenient but never guesses: a value it
-# does not know is refused rather than silently read as "not strict".
-case "${strict,,}" in
-  true|1|yes) strict=true ;;
-  false|0|no|"") strict=false ;;
+# The same values the daemon reads from the same variable, so one env file serves both; anything
+# else is refused rather than silently read as "not strict".
+case "$strict" in
+  true) ;;
+  false|"") strict=false ;;
   *) echo "setup-network: bad MC_EGRESS_STRICT $strict (expected true or false)" >&2; exit 2 ;;
 esac
 # The daemon's own rules (net::Subnet): no leading zeros, a /16 to /29 network.

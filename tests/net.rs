@@ -269,7 +269,7 @@ fn strict_mode_and_the_gateway_port_reach_the_rules_and_doctor() {
         let env_file = data_dir.path().join("env");
         std::fs::write(
             &env_file,
-            "MC_EGRESS_STRICT=yes\nMC_EGRESS_GATEWAY_PORT=3129\n",
+            "MC_EGRESS_STRICT=true\nMC_EGRESS_GATEWAY_PORT=3129\n",
         )
         .expect("env file");
         let env_path = env_file.display().to_string();
@@ -305,8 +305,12 @@ fn strict_mode_and_the_gateway_port_reach_the_rules_and_doctor() {
                 "{output:?}"
             );
         }
-        std::fs::write(&env_file, "MC_EGRESS_STRICT=maybe\n").expect("env file");
-        assert_eq!(run_setup_network(&args, &env_path).status.code(), Some(2));
+        // Only what the daemon reads from the same file: `yes` would start it with an error.
+        for bad in ["maybe", "yes", "TRUE"] {
+            std::fs::write(&env_file, format!("MC_EGRESS_STRICT={bad}\n")).expect("env file");
+            let output = run_setup_network(&args, &env_path);
+            assert_eq!(output.status.code(), Some(2), "{bad}: {output:?}");
+        }
         assert!(doctor_level(&moved, "guest firewall").starts_with("ok"));
     });
 }

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::answer::{Answer, Failure, send_answer, unknown_source, upstream_refused};
 use super::ports::{self, Owner};
 use super::request::{self, Kind, Target};
-use super::splice::{Exchange, Spliced, splice};
+use super::splice::{Exchange, Meters, Spliced, splice};
 use super::wire::{open, read_head, upstream_answer};
 use super::{Bypass, EgressError, GatewayLimits, Upstream};
 use crate::metrics::Metrics;
@@ -285,16 +285,20 @@ async fn route(
             route: context.route.to_string(),
         })
         .inc();
-    let bytes = |direction: &str, n: usize| {
+    let meter = |direction: &str| {
         egress
             .bytes
             .get_or_create(&EgressBytesLabels {
                 user_id: owner.user_id.clone(),
                 direction: direction.to_string(),
             })
-            .inc_by(n as u64);
+            .clone()
     };
-    bytes("from_guest", buf.len());
+    let meters = Meters {
+        from_client: meter("from_guest"),
+        to_client: meter("to_guest"),
+    };
+    meters.from_client.inc_by(buf.len() as u64);
 
     let limits = &shared.limits;
     let (mut server, server_early) = timeout(limits.connect_timeout, async {
@@ -339,7 +343,7 @@ async fn route(
         .write_all(&to_client)
         .await
         .map_err(|_| Failure::Gone)?;
-    bytes("to_guest", to_client.len());
+    meters.to_client.inc_by(to_client.len() as u64);
     // The upstream's own 407 to a plain request could echo what it was sent; the guest gets
     // only its status, as for CONNECT.
     let exchange = match request.kind {
@@ -353,10 +357,9 @@ async fn route(
         server.split(),
         limits.idle_timeout,
         exchange,
+        &meters,
     )
     .await;
-    bytes("from_guest", spliced.from_client as usize);
-    bytes("to_guest", spliced.to_client as usize);
     if let Some(code) = spliced.refused {
         return Err(upstream_refused(code).into());
     }

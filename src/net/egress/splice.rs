@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -26,6 +27,14 @@ pub(super) enum Exchange {
     Request { refuse_status: Option<u16> },
 }
 
+/// The byte counters a splice moves as bytes pass, so a long tunnel shows in the metrics while
+/// it runs (and a tunnel cut at shutdown is counted too).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Meters {
+    pub from_client: Counter,
+    pub to_client: Counter,
+}
+
 /// What a splice carried.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Spliced {
@@ -45,6 +54,7 @@ pub(super) async fn splice<CR, CW, SR, SW>(
     (server_read, server_write): (SR, SW),
     idle: Duration,
     exchange: Exchange,
+    meters: &Meters,
 ) -> Spliced
 where
     CR: AsyncRead + Unpin,
@@ -55,8 +65,8 @@ where
     let start = Instant::now();
     // Milliseconds since `start` of the last progress either way.
     let last = AtomicU64::new(0);
-    let from_client = AtomicU64::new(0);
-    let to_client = AtomicU64::new(0);
+    let from_client = Tally::new(&meters.from_client);
+    let to_client = Tally::new(&meters.to_client);
     let refused = AtomicU16::new(0);
     let (pass_client_eof, refuse_status) = match exchange {
         Exchange::Tunnel => (true, None),
@@ -101,8 +111,8 @@ where
         () = watchdog(&last, start, idle) => true,
     };
     Spliced {
-        from_client: from_client.load(Ordering::Relaxed),
-        to_client: to_client.load(Ordering::Relaxed),
+        from_client: from_client.total(),
+        to_client: to_client.total(),
         idled_out,
         refused: Some(refused.load(Ordering::Relaxed)).filter(|&s| s != 0),
     }
@@ -114,7 +124,7 @@ async fn gate<R, W>(
     from: &mut R,
     to: &mut W,
     refuse: u16,
-    count: &AtomicU64,
+    count: &Tally<'_>,
     last: &AtomicU64,
     start: Instant,
 ) -> std::io::Result<()>
@@ -145,8 +155,32 @@ where
         ));
     }
     to.write_all(&held).await?;
-    count.fetch_add(held.len() as u64, Ordering::Relaxed);
+    count.add(held.len());
     Ok(())
+}
+
+/// One direction's bytes: this splice's total, and the shared metric.
+struct Tally<'a> {
+    total: AtomicU64,
+    meter: &'a Counter,
+}
+
+impl<'a> Tally<'a> {
+    fn new(meter: &'a Counter) -> Self {
+        Self {
+            total: AtomicU64::new(0),
+            meter,
+        }
+    }
+
+    fn add(&self, n: usize) {
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+        self.meter.inc_by(n as u64);
+    }
+
+    fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
 }
 
 fn elapsed_ms(start: Instant) -> u64 {
@@ -159,7 +193,7 @@ async fn copy<R, W>(
     mut from: R,
     mut to: W,
     pass_eof: bool,
-    count: &AtomicU64,
+    count: &Tally<'_>,
     last: &AtomicU64,
     start: Instant,
 ) -> std::io::Result<()>
@@ -179,7 +213,7 @@ where
         }
         last.store(elapsed_ms(start), Ordering::Relaxed);
         to.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        count.add(n);
         // A slow reader on the far side is still progress.
         last.store(elapsed_ms(start), Ordering::Relaxed);
     }
@@ -205,14 +239,19 @@ mod tests {
     async fn copies_both_ways_and_half_closes() {
         let (client, gateway_client) = duplex(64);
         let (gateway_server, server) = duplex(64);
-        let task = tokio::spawn(async move {
-            splice(
-                split(gateway_client),
-                split(gateway_server),
-                Duration::from_secs(5),
-                Exchange::Tunnel,
-            )
-            .await
+        let meters = Meters::default();
+        let task = tokio::spawn({
+            let meters = meters.clone();
+            async move {
+                splice(
+                    split(gateway_client),
+                    split(gateway_server),
+                    Duration::from_secs(5),
+                    Exchange::Tunnel,
+                    &meters,
+                )
+                .await
+            }
         });
         let (mut client_r, mut client_w) = split(client);
         let (mut server_r, mut server_w) = split(server);
@@ -226,6 +265,9 @@ mod tests {
         server_r.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, big);
         writer.await.unwrap();
+        // Counted as it passed, before the splice ends.
+        assert_eq!(meters.from_client.get(), 100_000);
+        assert!(!task.is_finished());
         // The client half-closed; the server can still answer.
         server_w.write_all(b"answer").await.unwrap();
         server_w.shutdown().await.unwrap();
@@ -256,6 +298,7 @@ mod tests {
                 Exchange::Request {
                     refuse_status: None,
                 },
+                &Meters::default(),
             )
             .await
         });
@@ -292,6 +335,7 @@ mod tests {
                 split(gateway_server),
                 Duration::from_secs(10),
                 Exchange::Tunnel,
+                &Meters::default(),
             )
             .await
         });
@@ -326,6 +370,7 @@ mod tests {
                     Exchange::Request {
                         refuse_status: Some(407),
                     },
+                    &Meters::default(),
                 )
                 .await
             });
