@@ -88,17 +88,10 @@ impl World {
     }
 
     pub async fn new_user(&mut self, name: &'static str) -> String {
-        let reply = self
+        let id = self
             .daemon
-            .call(
-                "POST",
-                "/api/users",
-                SERVICE_TOKEN,
-                Some(json!({"email": format!("egress-{name}@example.com")})),
-            )
+            .create_user(&format!("egress-{name}@example.com"))
             .await;
-        assert_eq!(reply.status, 201, "{:?}", reply.json);
-        let id = reply.json["userId"].as_str().expect("userId").to_string();
         self.users.insert(name, id.clone());
         id
     }

@@ -177,6 +177,20 @@ impl DaemonProc {
     }
 
     /// Sends a request that the daemon is expected to die in the middle of.
+    /// Creates a user through the API with the service token and returns its id.
+    pub async fn create_user(&self, email: &str) -> String {
+        let reply = self
+            .call(
+                "POST",
+                "/api/users",
+                SERVICE_TOKEN,
+                Some(serde_json::json!({ "email": email })),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.json);
+        reply.json["userId"].as_str().expect("userId").to_string()
+    }
+
     pub async fn call_expecting_crash(&self, method: &str, path: &str) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let sent = self

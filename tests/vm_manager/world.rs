@@ -32,17 +32,9 @@ impl World {
 
     pub async fn new_user(&mut self) -> String {
         self.users += 1;
-        let reply = self
-            .daemon
-            .call(
-                "POST",
-                "/api/users",
-                SERVICE_TOKEN,
-                Some(json!({"email": format!("vm-user-{}@example.com", self.users)})),
-            )
-            .await;
-        assert_eq!(reply.status, 201, "{:?}", reply.json);
-        reply.json["userId"].as_str().expect("userId").to_string()
+        self.daemon
+            .create_user(&format!("vm-user-{}@example.com", self.users))
+            .await
     }
 
     pub async fn create_vm(&self, user: &str) -> Value {

@@ -233,26 +233,35 @@ async fn watchdog(last: &AtomicU64, start: Instant, idle: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{duplex, split};
+    use tokio::io::{DuplexStream, duplex, split};
+    use tokio::task::JoinHandle;
+
+    /// A splice between two in-memory pipes: the client's end, the server's end, and the task.
+    fn spliced(
+        idle: Duration,
+        exchange: Exchange,
+        meters: &Meters,
+    ) -> (DuplexStream, DuplexStream, JoinHandle<Spliced>) {
+        let (client, gateway_client) = duplex(64);
+        let (gateway_server, server) = duplex(64);
+        let meters = meters.clone();
+        let task = tokio::spawn(async move {
+            splice(
+                split(gateway_client),
+                split(gateway_server),
+                idle,
+                exchange,
+                &meters,
+            )
+            .await
+        });
+        (client, server, task)
+    }
 
     #[tokio::test]
     async fn copies_both_ways_and_half_closes() {
-        let (client, gateway_client) = duplex(64);
-        let (gateway_server, server) = duplex(64);
         let meters = Meters::default();
-        let task = tokio::spawn({
-            let meters = meters.clone();
-            async move {
-                splice(
-                    split(gateway_client),
-                    split(gateway_server),
-                    Duration::from_secs(5),
-                    Exchange::Tunnel,
-                    &meters,
-                )
-                .await
-            }
-        });
+        let (client, server, task) = spliced(Duration::from_secs(5), Exchange::Tunnel, &meters);
         let (mut client_r, mut client_w) = split(client);
         let (mut server_r, mut server_w) = split(server);
         let big = vec![7u8; 100_000];
@@ -288,20 +297,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_plain_requests_half_close_stays_with_the_gateway() {
-        let (client, gateway_client) = duplex(64);
-        let (gateway_server, server) = duplex(64);
-        let task = tokio::spawn(async move {
-            splice(
-                split(gateway_client),
-                split(gateway_server),
-                Duration::from_secs(60),
-                Exchange::Request {
-                    refuse_status: None,
-                },
-                &Meters::default(),
-            )
-            .await
-        });
+        let (client, server, task) = spliced(
+            Duration::from_secs(60),
+            Exchange::Request {
+                refuse_status: None,
+            },
+            &Meters::default(),
+        );
         let (mut client_r, mut client_w) = split(client);
         let (mut server_r, mut server_w) = split(server);
         client_w.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
@@ -327,18 +329,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idles_out_only_when_nothing_moves() {
-        let (client, gateway_client) = duplex(64);
-        let (gateway_server, _server) = duplex(64);
-        let task = tokio::spawn(async move {
-            splice(
-                split(gateway_client),
-                split(gateway_server),
-                Duration::from_secs(10),
-                Exchange::Tunnel,
-                &Meters::default(),
-            )
-            .await
-        });
+        let (client, _server, task) = spliced(
+            Duration::from_secs(10),
+            Exchange::Tunnel,
+            &Meters::default(),
+        );
         let (_client_r, mut client_w) = split(client);
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -360,20 +355,13 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\n\r\nbody", None),
             (b"HTTP/1.1 4", None),
         ] {
-            let (client, gateway_client) = duplex(64);
-            let (gateway_server, server) = duplex(64);
-            let task = tokio::spawn(async move {
-                splice(
-                    split(gateway_client),
-                    split(gateway_server),
-                    Duration::from_secs(5),
-                    Exchange::Request {
-                        refuse_status: Some(407),
-                    },
-                    &Meters::default(),
-                )
-                .await
-            });
+            let (client, server, task) = spliced(
+                Duration::from_secs(5),
+                Exchange::Request {
+                    refuse_status: Some(407),
+                },
+                &Meters::default(),
+            );
             let (mut client_r, mut client_w) = split(client);
             let (_server_r, mut server_w) = split(server);
             // Split across writes, so the status line has to be held. A refusal ends the splice
