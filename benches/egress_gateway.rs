@@ -289,6 +289,8 @@ async fn seed(store: &Store, port: u16) {
         agent: None,
         needs_readdress: false,
         error: None,
+        image: None,
+        golden: None,
     };
     let lease = IpLease {
         ip: "127.0.0.1".into(),

@@ -30,6 +30,11 @@ fi
 
 echo "test.sh: building the guest test image"
 image/build-test-image.sh
+# The production guest (Debian 13, Node.js 20, the pinned CLIs): its base rootfs is cached by a
+# hash of its inputs, so only a changed input rebuilds it (about 4 minutes cold). tests/golden.rs
+# builds its own image versions from that cache.
+echo "test.sh: building the golden image (cached)"
+image/build-golden.sh
 
 # The real AI coding CLIs at their pinned versions, run by tests/cli_tools.rs. They need Node.js 20.
 if ! command -v npm >/dev/null; then

@@ -135,8 +135,7 @@ pub async fn start_with(
             snapshot,
             config.golden_memory.as_deref(),
             host.hypervisor.name(),
-            config.vm_vcpus,
-            config.vm_memory_mib,
+            &settings,
         )?;
         tracing::info!(snapshot = %snapshot.display(), "creates restore from the golden snapshot");
         settings.golden = Some(golden);

@@ -15,7 +15,7 @@ pub use records::{
 };
 pub use records::{TaskOutcome, TaskRun};
 pub use user::{Plan, User, UserStatus};
-pub use vm::{AgentInfo, Vm, VmIntent, VmOp, VmStatus, VmType};
+pub use vm::{AgentInfo, GuestImage, Vm, VmIntent, VmOp, VmStatus, VmType};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {

@@ -36,6 +36,31 @@ pub struct AgentInfo {
     pub checked_at_ms: i64,
 }
 
+/// The guest image files a VM boots from, resolved to the version the configured paths named
+/// when it was created. A hibernated VM resumes on these even after the configuration moves on
+/// to a newer image: its memory holds the old kernel and the old root filesystem's cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestImage {
+    pub kernel: std::path::PathBuf,
+    pub initrd: Option<std::path::PathBuf>,
+    pub rootfs: Option<std::path::PathBuf>,
+}
+
+impl GuestImage {
+    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        std::iter::once(self.kernel.as_path())
+            .chain(self.initrd.as_deref())
+            .chain(self.rootfs.as_deref())
+    }
+}
+
+impl std::fmt::Display for GuestImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files: Vec<String> = self.files().map(|p| p.display().to_string()).collect();
+        f.write_str(&files.join(", "))
+    }
+}
+
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vm {
     pub id: String,
@@ -61,6 +86,11 @@ pub struct Vm {
     pub needs_readdress: bool,
     /// Why the VM failed, for operators.
     pub error: Option<String>,
+    /// The image it was created on (`None`: a record from before images were recorded, which
+    /// runs on the configured one).
+    pub image: Option<GuestImage>,
+    /// The golden snapshot it was restored from, as `<path>@<built at ms>`.
+    pub golden: Option<String>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -97,6 +127,30 @@ impl Vm {
     }
 }
 
+/// The second stored shape, before VMs recorded their image.
+#[derive(Deserialize)]
+struct VmV2 {
+    id: String,
+    user_id: String,
+    vm_type: VmType,
+    status: VmStatus,
+    ip_address: Option<String>,
+    tap_device: Option<String>,
+    vcpus: u32,
+    memory_mib: u32,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    last_heartbeat_ms: Option<i64>,
+    hibernated_at_ms: Option<i64>,
+    version: u64,
+    mac_address: Option<String>,
+    pid: Option<u32>,
+    agent_token: String,
+    agent: Option<AgentInfo>,
+    needs_readdress: bool,
+    error: Option<String>,
+}
+
 /// The first stored shape, before the manager existed.
 #[derive(Deserialize)]
 struct VmV1 {
@@ -117,9 +171,35 @@ struct VmV1 {
 
 impl Record for Vm {
     const KIND: &'static str = "vm";
-    const VERSION: u16 = 2;
+    const VERSION: u16 = 3;
 
     fn upgrade(version: u16, payload: &[u8]) -> Result<Self, crate::store::StoreError> {
+        if version == 2 {
+            let old: VmV2 = crate::store::codec::decode_payload::<VmV2, Vm>(payload)?;
+            return Ok(Vm {
+                id: old.id,
+                user_id: old.user_id,
+                vm_type: old.vm_type,
+                status: old.status,
+                ip_address: old.ip_address,
+                tap_device: old.tap_device,
+                vcpus: old.vcpus,
+                memory_mib: old.memory_mib,
+                created_at_ms: old.created_at_ms,
+                updated_at_ms: old.updated_at_ms,
+                last_heartbeat_ms: old.last_heartbeat_ms,
+                hibernated_at_ms: old.hibernated_at_ms,
+                version: old.version,
+                mac_address: old.mac_address,
+                pid: old.pid,
+                agent_token: old.agent_token,
+                agent: old.agent,
+                needs_readdress: old.needs_readdress,
+                error: old.error,
+                image: None,
+                golden: None,
+            });
+        }
         if version != 1 {
             return Err(crate::store::codec::unknown_version::<Self>(version));
         }
@@ -144,6 +224,8 @@ impl Record for Vm {
             agent: None,
             needs_readdress: false,
             error: None,
+            image: None,
+            golden: None,
         })
     }
 }
@@ -217,6 +299,60 @@ mod tests {
         assert_eq!(vm.ip_address.as_deref(), Some("192.168.100.9"));
         assert_eq!(vm.version, 4);
         assert!(vm.pid.is_none() && !vm.needs_readdress);
+    }
+
+    #[test]
+    fn a_version_2_record_upgrades_without_an_image() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            id: &'a str,
+            user_id: &'a str,
+            vm_type: VmType,
+            status: VmStatus,
+            ip_address: Option<&'a str>,
+            tap_device: Option<&'a str>,
+            vcpus: u32,
+            memory_mib: u32,
+            created_at_ms: i64,
+            updated_at_ms: i64,
+            last_heartbeat_ms: Option<i64>,
+            hibernated_at_ms: Option<i64>,
+            version: u64,
+            mac_address: Option<&'a str>,
+            pid: Option<u32>,
+            agent_token: &'a str,
+            agent: Option<AgentInfo>,
+            needs_readdress: bool,
+            error: Option<&'a str>,
+        }
+        let old = V2 {
+            id: "vm-2",
+            user_id: "u-2",
+            vm_type: VmType::Cli,
+            status: VmStatus::Hibernated,
+            ip_address: Some("192.168.100.7"),
+            tap_device: Some("mc-vm2"),
+            vcpus: 1,
+            memory_mib: 256,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            last_heartbeat_ms: Some(3),
+            hibernated_at_ms: Some(4),
+            version: 5,
+            mac_address: Some("06:00:00:00:00:07"),
+            pid: None,
+            agent_token: "token",
+            agent: None,
+            needs_readdress: true,
+            error: None,
+        };
+        let mut bytes = vec![0xA7, 2, 0];
+        bytes.extend(bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap());
+        let vm: Vm = crate::store::codec::decode(&bytes).unwrap();
+        assert_eq!(vm.agent_token, "token");
+        assert_eq!(vm.mac_address.as_deref(), Some("06:00:00:00:00:07"));
+        assert!(vm.needs_readdress);
+        assert_eq!((vm.image, vm.golden), (None, None));
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub fn samples(options: &RowOptions) -> Vec<(&'static str, Value)> {
         }),
         needs_readdress: false,
         error: Some("e".into()),
+        image: None,
+        golden: None,
     };
     let session = AuthSession {
         id: "as-sample".into(),

@@ -142,6 +142,11 @@ impl QemuBackend {
         };
         push("-m", format!("{}M", spec.memory_mib));
         push("-smp", spec.vcpus.to_string());
+        if self.config.accel == Accel::Tcg {
+            // TCG's default model (qemu64) lacks AVX2, which native CLIs such as Claude Code's
+            // are built for: they die of SIGILL at their first instruction.
+            push("-cpu", "max".into());
+        }
         push("-kernel", plain_path(&spec.kernel)?);
         if let Some(initrd) = &spec.initrd {
             push("-initrd", plain_path(initrd)?);

@@ -4,8 +4,14 @@
 //!
 //! On disk a golden snapshot is the hibernation image's state file at `GOLDEN_SNAPSHOT`, its
 //! memory file at `GOLDEN_MEMORY` (Firecracker; QEMU keeps memory in the state file), any other
-//! file of the image next to the state file as `<GOLDEN_SNAPSHOT>.<name>`, and a description
-//! at `<GOLDEN_SNAPSHOT>.json`.
+//! file of the image next to the state file as `<GOLDEN_SNAPSHOT>.<name>`, the build VM's data
+//! disk as `<GOLDEN_SNAPSHOT>.data.ext4`, and a description at `<GOLDEN_SNAPSHOT>.json`.
+//!
+//! The saved kernel has the data disk mounted (the golden image's root is an overlay on it), so
+//! each clone starts on its own sparse copy of that very disk, taken while the build VM was
+//! stopped: the filesystem in the restored memory and the one on the clone's disk are the same.
+//! A clone on a freshly formatted disk would write through a mounted filesystem's cached state
+//! onto a disk that never held it.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,8 +21,11 @@ use serde::{Deserialize, Serialize};
 use super::host::prepare_dir;
 use super::{VmHost, VmSettings};
 use crate::guest::client::AgentClient;
-use crate::model::now_ms;
+use crate::model::{GuestImage, now_ms};
 use crate::vmm::NetSpec;
+
+/// The name under which the build VM's data disk is stored beside the snapshot.
+const DATA_DISK_SUFFIX: &str = "data.ext4";
 
 /// The tap the golden VM boots with; clones get their own.
 const BUILD_TAP: &str = "mcgolden";
@@ -30,6 +39,8 @@ pub enum GoldenError {
     Unusable { path: PathBuf, reason: String },
     #[error("building the golden snapshot: {0}")]
     Build(String),
+    #[error("cloning the golden data disk: {0}")]
+    Clone(String),
 }
 
 /// The description written next to the state file.
@@ -46,6 +57,13 @@ pub struct GoldenMeta {
     pub memory_file: Option<String>,
     /// Other files of the image, stored as `<GOLDEN_SNAPSHOT>.<name>`.
     pub sidecars: Vec<String>,
+    /// The size of the data disk stored as `<GOLDEN_SNAPSHOT>.data.ext4`. Snapshots made
+    /// before clones copied it have none and are refused.
+    #[serde(default)]
+    pub data_disk_mib: Option<u64>,
+    /// The guest image the snapshot was booted from, as resolved when it was built.
+    #[serde(default)]
+    pub image: Option<GuestImage>,
     pub created_at_ms: i64,
 }
 
@@ -55,6 +73,8 @@ impl std::fmt::Debug for GoldenMeta {
             .field("hypervisor", &self.hypervisor)
             .field("vcpus", &self.vcpus)
             .field("memory_mib", &self.memory_mib)
+            .field("data_disk_mib", &self.data_disk_mib)
+            .field("image", &self.image)
             .field("created_at_ms", &self.created_at_ms)
             .finish_non_exhaustive()
     }
@@ -78,6 +98,10 @@ pub fn meta_path(snapshot: &Path) -> PathBuf {
     with_suffix(snapshot, "json")
 }
 
+fn data_disk_path(snapshot: &Path) -> PathBuf {
+    with_suffix(snapshot, DATA_DISK_SUFFIX)
+}
+
 impl Golden {
     /// Reads the snapshot's description and checks that its files exist and that it was made
     /// for this host's hypervisor and VM size.
@@ -85,9 +109,9 @@ impl Golden {
         snapshot: &Path,
         memory: Option<&Path>,
         hypervisor: &str,
-        vcpus: u32,
-        memory_mib: u32,
+        settings: &VmSettings,
     ) -> Result<Golden, GoldenError> {
+        let (vcpus, memory_mib) = (settings.vcpus, settings.memory_mib);
         let unusable = |reason: String| GoldenError::Unusable {
             path: snapshot.to_path_buf(),
             reason,
@@ -112,6 +136,33 @@ impl Golden {
         if !snapshot.is_file() {
             return Err(unusable("the state file is missing".into()));
         }
+        match meta.data_disk_mib {
+            None => {
+                return Err(unusable(
+                    "it has no data disk of its own, so its clones would share a mounted filesystem's state (rebuild it)".into(),
+                ));
+            }
+            Some(mib) if mib != settings.data_disk_mib => {
+                return Err(unusable(format!(
+                    "its data disk has {mib} MiB, but VMs are configured with {} (rebuild it)",
+                    settings.data_disk_mib
+                )));
+            }
+            Some(_) => {}
+        }
+        if !data_disk_path(snapshot).is_file() {
+            return Err(unusable(format!(
+                "{} is missing",
+                data_disk_path(snapshot).display()
+            )));
+        }
+        if let (Some(built), Ok(configured)) = (&meta.image, settings.image_files())
+            && *built != configured
+        {
+            return Err(unusable(format!(
+                "it was booted from {built}, but VMs are configured with {configured} (rebuild it)"
+            )));
+        }
         let memory = match (&meta.memory_file, memory) {
             (None, _) => None,
             (Some(_), Some(path)) if path.is_file() => Some(path.to_path_buf()),
@@ -126,6 +177,33 @@ impl Golden {
             memory,
             meta,
         })
+    }
+
+    /// How a VM records that it was restored from this snapshot.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.snapshot.display(), self.meta.created_at_ms)
+    }
+
+    /// Gives a clone its own copy of the build VM's data disk at `to`: sparse, and a reflink
+    /// where the filesystem can, so it costs what the build VM wrote, not the disk's size.
+    pub async fn clone_data_disk(&self, to: &Path) -> Result<(), GoldenError> {
+        let from = data_disk_path(&self.snapshot);
+        let output = tokio::process::Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto", "--"])
+            .arg(&from)
+            .arg(to)
+            .output()
+            .await
+            .map_err(|e| GoldenError::Clone(format!("cannot run cp: {e}")))?;
+        if !output.status.success() {
+            return Err(GoldenError::Clone(format!(
+                "cp {} {}: {}",
+                from.display(),
+                to.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     /// Links the snapshot's files into a VM's (empty) snapshot directory, where the backend's
@@ -173,9 +251,11 @@ pub async fn build(
         tap: BUILD_TAP.into(),
         mac: BUILD_MAC.into(),
     };
+    let image = settings.image_files().map_err(GoldenError::Config)?;
     let spec = settings
         .spec(
             &build_id,
+            &image,
             settings.vcpus,
             settings.memory_mib,
             Some(net),
@@ -243,14 +323,30 @@ pub async fn build(
             return Err(e);
         }
     };
+    let data_disk = spec
+        .disks
+        .iter()
+        .find(|d| !d.read_only)
+        .map(|d| d.path.clone());
+    let meta = GoldenMeta {
+        hypervisor: host.hypervisor.name().to_string(),
+        vcpus: settings.vcpus,
+        memory_mib: settings.memory_mib,
+        agent_token: token.clone(),
+        state_file: files.state.to_string(),
+        memory_file: files.memory.map(str::to_string),
+        sidecars: Vec::new(),
+        data_disk_mib: Some(settings.data_disk_mib),
+        image: Some(image),
+        created_at_ms: now_ms(),
+    };
     let meta = store_image(
         &spec.snapshot_dir(),
+        data_disk.as_deref(),
         files,
         snapshot,
         memory,
-        &token,
-        settings,
-        host,
+        meta,
     )
     .await;
     let _ = tokio::fs::remove_dir_all(&spec.dir).await;
@@ -267,12 +363,11 @@ pub async fn build(
 /// last, so a half-written golden snapshot is never taken for a whole one.
 async fn store_image(
     dir: &Path,
+    data_disk: Option<&Path>,
     files: crate::vmm::SnapshotFiles,
     snapshot: &Path,
     memory: Option<&Path>,
-    token: &str,
-    settings: &VmSettings,
-    host: &VmHost,
+    mut meta: GoldenMeta,
 ) -> Result<GoldenMeta, GoldenError> {
     let fail = |e: std::io::Error| GoldenError::Build(e.to_string());
     if let Some(parent) = snapshot.parent() {
@@ -285,7 +380,11 @@ async fn store_image(
     if let (Some(name), Some(memory)) = (files.memory, memory) {
         move_file(&dir.join(name), memory).await.map_err(fail)?;
     }
-    let mut sidecars = Vec::new();
+    let data_disk =
+        data_disk.ok_or_else(|| GoldenError::Build("the build VM has no data disk".into()))?;
+    move_file(data_disk, &data_disk_path(snapshot))
+        .await
+        .map_err(fail)?;
     let mut entries = tokio::fs::read_dir(dir).await.map_err(fail)?;
     while let Some(entry) = entries.next_entry().await.map_err(fail)? {
         let name = entry.file_name().to_string_lossy().to_string();
@@ -295,18 +394,8 @@ async fn store_image(
         move_file(&entry.path(), &with_suffix(snapshot, &name))
             .await
             .map_err(fail)?;
-        sidecars.push(name);
+        meta.sidecars.push(name);
     }
-    let meta = GoldenMeta {
-        hypervisor: host.hypervisor.name().to_string(),
-        vcpus: settings.vcpus,
-        memory_mib: settings.memory_mib,
-        agent_token: token.to_string(),
-        state_file: files.state.to_string(),
-        memory_file: files.memory.map(str::to_string),
-        sidecars,
-        created_at_ms: now_ms(),
-    };
     let text = serde_json::to_vec_pretty(&meta).map_err(|e| GoldenError::Build(e.to_string()))?;
     let path = meta_path(snapshot);
     let partial = with_suffix(&path, "partial");

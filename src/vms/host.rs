@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::guest::client::AgentClient;
 use crate::guest::messages::{HealthReport, NetworkConfig};
-use crate::model::{AgentInfo, Vm, VmOp, now_ms};
+use crate::model::{AgentInfo, GuestImage, Vm, VmOp, now_ms};
 use crate::vmm::{DiskSpec, NetSpec, VmHandle, VmSpec, disks};
 
 use super::{VmError, VmManager, VmSettings};
@@ -58,22 +58,50 @@ pub(super) fn agent_token() -> Result<String, VmError> {
 }
 
 impl VmSettings {
-    /// The spec of a VM on this host. Golden snapshots are built with it too, so that their
-    /// devices are the ones every VM has.
+    /// The configured image with every link resolved, so that it names one image version (an
+    /// `images/<id>/` directory of `image/build-golden.sh` behind its `current` link) for as
+    /// long as a VM uses it.
+    pub fn image_files(&self) -> Result<GuestImage, String> {
+        let resolve = |path: &Path| {
+            std::fs::canonicalize(path)
+                .map_err(|e| format!("the guest image file {}: {e}", path.display()))
+        };
+        let kernel = self
+            .kernel
+            .as_deref()
+            .ok_or("no guest kernel (set GOLDEN_KERNEL)")?;
+        Ok(GuestImage {
+            kernel: resolve(kernel)?,
+            initrd: self.initrd.as_deref().map(resolve).transpose()?,
+            rootfs: self.rootfs.as_deref().map(resolve).transpose()?,
+        })
+    }
+
+    /// The configured image as it is named, for records from before images were recorded.
+    pub(super) fn configured_image(&self) -> Result<GuestImage, VmError> {
+        Ok(GuestImage {
+            kernel: self.kernel.clone().ok_or(VmError::NotConfigured(
+                "no guest kernel (set GOLDEN_KERNEL)",
+            ))?,
+            initrd: self.initrd.clone(),
+            rootfs: self.rootfs.clone(),
+        })
+    }
+
+    /// The spec of a VM on this host, booting `image`. Golden snapshots are built with it too,
+    /// so that their devices are the ones every VM has.
     pub fn spec(
         &self,
         vm_id: &str,
+        image: &GuestImage,
         vcpus: u32,
         memory_mib: u32,
         net: Option<NetSpec>,
         agent_token: &str,
     ) -> Result<VmSpec, VmError> {
-        let kernel = self.kernel.clone().ok_or(VmError::NotConfigured(
-            "no guest kernel (set GOLDEN_KERNEL)",
-        ))?;
         let dir = self.root.join(vm_id);
         let mut disks = Vec::new();
-        if let Some(rootfs) = &self.rootfs {
+        if let Some(rootfs) = &image.rootfs {
             disks.push(DiskSpec {
                 id: "rootfs".into(),
                 path: rootfs.clone(),
@@ -92,8 +120,8 @@ impl VmSettings {
             dir,
             vcpus,
             memory_mib,
-            kernel,
-            initrd: self.initrd.clone(),
+            kernel: image.kernel.clone(),
+            initrd: image.initrd.clone(),
             boot_args: String::new(),
             disks,
             net,
@@ -116,15 +144,38 @@ impl VmManager {
             }),
             _ => None,
         };
-        self.settings
-            .spec(&vm.id, vm.vcpus, vm.memory_mib, net, &vm.agent_token)
+        let image = match &vm.image {
+            Some(image) => image.clone(),
+            None => self.settings.configured_image()?,
+        };
+        self.settings.spec(
+            &vm.id,
+            &image,
+            vm.vcpus,
+            vm.memory_mib,
+            net,
+            &vm.agent_token,
+        )
     }
 
-    /// Creates the VM's directory and data disk (first boot only).
+    /// Creates the VM's directory and data disk (first boot only): a clone of the golden
+    /// snapshot's disk when creates restore from one, else a freshly formatted disk.
     pub(super) async fn prepare_dir(&self, spec: &VmSpec) -> Result<(), VmError> {
-        prepare_dir(spec, self.settings.data_disk_mib)
-            .await
-            .map_err(|e| VmError::host(&spec.vm_id, VmOp::Create, e))
+        let fail = |e: &dyn std::fmt::Display| VmError::host(&spec.vm_id, VmOp::Create, e);
+        match &self.settings.golden {
+            Some(golden) => {
+                create_private_dir(&spec.dir)
+                    .await
+                    .map_err(|e| fail(&format!("{}: {e}", spec.dir.display())))?;
+                golden
+                    .clone_data_disk(&data_disk(spec).map_err(|e| fail(&e))?.path)
+                    .await
+                    .map_err(|e| fail(&e))
+            }
+            None => prepare_dir(spec, self.settings.data_disk_mib)
+                .await
+                .map_err(|e| fail(&e)),
+        }
     }
 
     /// Creates the tap, starts the process, and waits for the agent. With `address` the guest
@@ -268,14 +319,16 @@ pub(super) async fn prepare_dir(spec: &VmSpec, data_disk_mib: u64) -> Result<(),
     create_private_dir(&spec.dir)
         .await
         .map_err(|e| format!("{}: {e}", spec.dir.display()))?;
-    let data = spec
-        .disks
-        .iter()
-        .find(|d| !d.read_only)
-        .ok_or("the spec has no data disk")?;
-    disks::create_data_disk(&data.path, data_disk_mib)
+    disks::create_data_disk(&data_disk(spec)?.path, data_disk_mib)
         .await
         .map_err(|e| e.to_string())
+}
+
+fn data_disk(spec: &VmSpec) -> Result<&DiskSpec, &'static str> {
+    spec.disks
+        .iter()
+        .find(|d| !d.read_only)
+        .ok_or("the spec has no data disk")
 }
 
 /// Creates `dir` and its parents, readable by root only.

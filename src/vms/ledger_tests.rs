@@ -46,6 +46,8 @@ fn vm(id: &str, user: &str) -> Vm {
         agent: None,
         needs_readdress: false,
         error: None,
+        image: None,
+        golden: None,
     }
 }
 

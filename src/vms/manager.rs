@@ -188,6 +188,17 @@ impl VmManager {
         self.require_vms()?;
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
+        let (image, golden) = match &self.settings.golden {
+            Some(golden) => (golden.meta.image.clone(), Some(golden.reference())),
+            None => (
+                Some(
+                    self.settings
+                        .image_files()
+                        .map_err(|e| VmError::host(&id, VmOp::Create, e))?,
+                ),
+                None,
+            ),
+        };
         let vm = Vm {
             tap_device: Some(tap_name(&id)),
             id,
@@ -208,6 +219,8 @@ impl VmManager {
             agent: None,
             needs_readdress: false,
             error: None,
+            image,
+            golden,
         };
         let vm_id = vm.id.clone();
         let slot = self.slot(&vm_id);
@@ -507,6 +520,9 @@ impl VmManager {
         let vm = self.finish_destroy(&vm).await?;
         drop(live);
         self.forget(vm_id);
+        if let Err(e) = self.sweep_images().await {
+            tracing::warn!(error = %e, "the guest image sweep failed; the next destroy retries");
+        }
         Ok(vm)
     }
 

@@ -8,6 +8,7 @@ mod cli;
 mod exec;
 pub mod golden;
 mod host;
+pub mod images;
 pub mod ledger;
 mod manager;
 mod reconcile;

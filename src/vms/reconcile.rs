@@ -37,6 +37,8 @@ pub struct ReconcileReport {
     pub hibernated: Vec<String>,
     pub failed: Vec<String>,
     pub orphans: OrphanReport,
+    /// Guest image versions removed because nothing uses them any more.
+    pub images: Vec<std::path::PathBuf>,
 }
 
 impl VmManager {
@@ -87,6 +89,8 @@ impl VmManager {
         }
         progress("sweeping orphaned taps, directories and processes");
         report.orphans = self.sweep_orphans().await?;
+        progress("sweeping guest images no VM uses");
+        report.images = self.sweep_images().await?;
         Ok(report)
     }
 

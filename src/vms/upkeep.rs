@@ -1,4 +1,5 @@
-//! Operator-facing VM work: the console tail for diagnostics and the cleanup of inactive VMs.
+//! Operator-facing VM work: the console tail for diagnostics, the cleanup of inactive VMs, and
+//! the removal of guest image versions nothing uses any more.
 
 use std::sync::Arc;
 
@@ -71,5 +72,44 @@ impl VmManager {
             }
         }
         Ok(destroyed)
+    }
+
+    /// Removes the guest image versions that neither the configuration, the golden snapshot nor
+    /// a live VM uses (see [`super::images`]). Returns what it removed; a failure is logged and
+    /// left for the next sweep.
+    pub async fn sweep_images(&self) -> Result<Vec<std::path::PathBuf>, VmError> {
+        let Ok(configured) = self.settings.image_files() else {
+            return Ok(Vec::new());
+        };
+        let mut in_use: Vec<_> = self
+            .list(VmFilter::default())
+            .await?
+            .into_iter()
+            .filter(Vm::is_live)
+            .filter_map(|vm| vm.image)
+            .collect();
+        in_use.extend(
+            self.settings
+                .golden
+                .as_ref()
+                .and_then(|golden| golden.meta.image.clone()),
+        );
+        let unused =
+            tokio::task::spawn_blocking(move || super::images::unused(&configured, &in_use))
+                .await
+                .map_err(|e| VmError::Corrupt(format!("the image sweep panicked: {e}")))?;
+        let mut removed = Vec::new();
+        for dir in unused {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {
+                    tracing::info!(image = %dir.display(), "removed a guest image no VM uses");
+                    removed.push(dir);
+                }
+                Err(e) => {
+                    tracing::warn!(image = %dir.display(), error = %e, "cannot remove an unused guest image")
+                }
+            }
+        }
+        Ok(removed)
     }
 }

@@ -198,6 +198,8 @@ impl TestDaemon {
             agent: None,
             needs_readdress: false,
             error: None,
+            image: None,
+            golden: None,
         };
         self.ctx.vms.insert(vm).await.expect("seed VM");
         id

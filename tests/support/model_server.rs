@@ -56,7 +56,12 @@ impl Drop for ModelServer {
 impl ModelServer {
     /// Listens on an ephemeral port of 127.0.0.1.
     pub async fn start(words: &[&str], delay: Duration) -> ModelServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        ModelServer::start_on("127.0.0.1:0", words, delay).await
+    }
+
+    /// Listens on `addr` (guests reach a server on every address of a test's own namespace).
+    pub async fn start_on(addr: &str, words: &[&str], delay: Duration) -> ModelServer {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State {
             words: words.iter().map(|w| w.to_string()).collect(),

@@ -47,6 +47,11 @@ pub fn missing_prerequisite() -> Option<String> {
             image.display()
         ));
     }
+    missing_host_prerequisite()
+}
+
+/// Why no guest can run on this host, if none can: QEMU and root.
+fn missing_host_prerequisite() -> Option<String> {
     if Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
@@ -65,6 +70,32 @@ pub fn missing_prerequisite() -> Option<String> {
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("run ip");
     assert!(status.success(), "ip {} failed", args.join(" "));
+}
+
+/// Why golden-image guests cannot run here, if they cannot: the test image's prerequisites,
+/// and the base rootfs that `image/build-golden.sh` caches (the tests build their own image
+/// versions from it).
+pub fn missing_golden_prerequisite() -> Option<String> {
+    if let Some(reason) = missing_host_prerequisite() {
+        return Some(reason);
+    }
+    let var = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    let cache = var("MC_GOLDEN_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("master-controller/golden")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/master-controller/golden")))?;
+    let built = std::fs::read_dir(&cache).ok().is_some_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with("rootfs-") && name.ends_with(".ext4")
+        })
+    });
+    if !built {
+        return Some(format!(
+            "no golden base rootfs in {} (build it with image/build-golden.sh)",
+            cache.display()
+        ));
+    }
+    None
 }
 
 /// Moves this process into a network namespace of its own (it disappears with the process) and
