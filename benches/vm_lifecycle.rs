@@ -11,125 +11,32 @@
 //! backend-only figures of the same run; that ratio is the daemon's own overhead (the store,
 //! the data disk, the tap, addressing the guest).
 //!
+//! With a golden image built, it also times the golden image's rows (`vm_lifecycle/golden.rs`).
+//!
 //! `cargo bench --bench vm_lifecycle` (needs root and the test image: `image/build-test-image.sh`).
 
+#[path = "vm_lifecycle/golden.rs"]
+mod golden;
+#[path = "vm_lifecycle/raw.rs"]
+mod raw;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use raw::{raw_boot, raw_hibernate, raw_resume};
 
 use support::stats::percentile;
 use support::{SERVICE_TOKEN, TestDaemon, vmhost};
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use master_controller::guest::client::{AgentClient, ExecEvent};
 use master_controller::guest::messages::ExecRequest;
 use master_controller::vmm::qemu::{Accel, QemuBackend, QemuConfig};
-use master_controller::vmm::{Hypervisor, VmSpec, disks};
+use master_controller::vmm::{Hypervisor, disks};
 
 fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)
-}
-
-/// Raw QMP, blocking: just enough to time QEMU itself.
-struct RawQmp(BufReader<UnixStream>);
-
-impl RawQmp {
-    fn connect(path: &Path) -> RawQmp {
-        let started = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(_) if started.elapsed() < Duration::from_secs(10) => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("QMP {}: {e}", path.display()),
-            }
-        };
-        let mut qmp = RawQmp(BufReader::new(stream));
-        qmp.line();
-        qmp.run(r#"{"execute":"qmp_capabilities"}"#);
-        qmp
-    }
-
-    fn line(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        self.0.read_line(&mut line).expect("QMP read");
-        serde_json::from_str(&line).expect("QMP JSON")
-    }
-
-    fn run(&mut self, command: &str) -> serde_json::Value {
-        self.0
-            .get_mut()
-            .write_all(format!("{command}\n").as_bytes())
-            .expect("QMP write");
-        loop {
-            let reply = self.line();
-            if reply.get("return").is_some() || reply.get("error").is_some() {
-                return reply;
-            }
-        }
-    }
-}
-
-fn spawn_raw(backend: &QemuBackend, spec: &VmSpec, incoming: Option<&Path>) -> Child {
-    let _ = std::fs::remove_file(QemuBackend::qmp_socket(spec));
-    let _ = std::fs::remove_file(QemuBackend::agent_socket(spec));
-    let _ = std::fs::remove_file(spec.console_log());
-    Command::new(backend.binary())
-        .args(backend.args(spec, incoming).expect("args"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn qemu")
-}
-
-/// Raw cold boot: until `/init` announces the agent on the console.
-fn raw_boot(backend: &QemuBackend, spec: &VmSpec) -> (Child, Duration) {
-    let started = Instant::now();
-    let mut child = spawn_raw(backend, spec, None);
-    while started.elapsed() < Duration::from_secs(120) {
-        let console = std::fs::read_to_string(spec.console_log()).unwrap_or_default();
-        if console.contains("mc-init: starting vm-agent") {
-            return (child, started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("raw boot hung");
-}
-
-fn raw_hibernate(spec: &VmSpec, mut child: Child, state: &Path) -> Duration {
-    let mut qmp = RawQmp::connect(&QemuBackend::qmp_socket(spec));
-    let started = Instant::now();
-    qmp.run(r#"{"execute":"stop"}"#);
-    qmp.run(r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":10737418240}}"#);
-    qmp.run(&format!(
-        r#"{{"execute":"migrate","arguments":{{"uri":"exec:cat > {}"}}}}"#,
-        state.display()
-    ));
-    while qmp.run(r#"{"execute":"query-migrate"}"#)["return"]["status"] != "completed" {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = qmp.0.get_mut().write_all(b"{\"execute\":\"quit\"}\n");
-    let _ = child.wait();
-    started.elapsed()
-}
-
-fn raw_resume(backend: &QemuBackend, spec: &VmSpec, state: &Path) -> (Child, Duration) {
-    let started = Instant::now();
-    let child = spawn_raw(backend, spec, Some(state));
-    let mut qmp = RawQmp::connect(&QemuBackend::qmp_socket(spec));
-    while qmp.run(r#"{"execute":"query-status"}"#)["return"]["status"] != "paused" {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    qmp.run(r#"{"execute":"cont"}"#);
-    (child, started.elapsed())
 }
 
 #[derive(Default)]
@@ -276,6 +183,11 @@ async fn bench() {
         api_cycle(&daemon, cycle, &mut api).await;
     }
     daemon.shutdown().await;
+    let golden_cycles: usize = std::env::var("MC_BENCH_GOLDEN_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let golden = golden::bench(golden_cycles, &backend).await;
 
     println!("\n### VM lifecycle, QEMU/TCG, test image, {cycles} cycles\n");
     println!(
@@ -343,5 +255,47 @@ async fn bench() {
             ms(percentile(ours, 0.5)),
             percentile(api, 0.5).as_secs_f64() / percentile(ours, 0.5).as_secs_f64()
         );
+    }
+    if let Some((ours, raw)) = golden {
+        println!(
+            "\n### The golden image (2 vCPU, 1 GiB, QEMU/TCG), {golden_cycles} cycles, against the raw operation\n"
+        );
+        println!(
+            "| operation | p50 ms | p95 ms | p99 ms | raw p50 ms | raw p95 ms | raw p99 ms | p50 ÷ raw p50 |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, ours, raw) in [
+            (
+                "create from the golden snapshot, API (raw: -incoming golden state + cont)",
+                &ours.create,
+                &raw.create,
+            ),
+            (
+                "hibernate, API (raw: QMP stop + migrate + quit)",
+                &ours.hibernate,
+                &raw.hibernate,
+            ),
+            (
+                "resume → agent ready, API (raw: -incoming + cont)",
+                &ours.resume,
+                &raw.resume,
+            ),
+            (
+                "first SSE content of a Claude Code prompt after a resume (raw: the CLI through the agent, to its first answer line)",
+                &ours.first_content,
+                &raw.first_content,
+            ),
+        ] {
+            println!(
+                "| {name} | {} | {} | {} | {} | {} | {} | {:.2}× |",
+                ms(percentile(ours, 0.5)),
+                ms(percentile(ours, 0.95)),
+                ms(percentile(ours, 0.99)),
+                ms(percentile(raw, 0.5)),
+                ms(percentile(raw, 0.95)),
+                ms(percentile(raw, 0.99)),
+                percentile(ours, 0.5).as_secs_f64() / percentile(raw, 0.5).as_secs_f64()
+            );
+        }
     }
 }

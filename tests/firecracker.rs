@@ -3,8 +3,12 @@
 //! fake (`tests/support/firecracker_fake.rs`) that enforces Firecracker's ordering rules. This
 //! binary is also that fake: the backend starts it as its "firecracker" process.
 //!
+//! The VM validated is laid out as a golden-image VM is: a kernel, an initramfs, the shared base
+//! rootfs read-only as the root device, and the VM's own data disk.
+//!
 //! With `MC_TEST_FIRECRACKER_BIN` set, the same lifecycle also runs against a real Firecracker
-//! booting the test image; otherwise that case is skipped with a message.
+//! booting the golden image when one is built (`image/out/golden/current`), else the test image;
+//! otherwise that case is skipped with a message.
 
 mod support;
 
@@ -19,7 +23,7 @@ use futures_util::FutureExt;
 use master_controller::guest::client::AgentClient;
 use master_controller::vmm::firecracker::api::{self, ApiRequest, FirecrackerApi, Layout};
 use master_controller::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
-use master_controller::vmm::{DiskSpec, Hypervisor, NetSpec, VmSpec, VmmError};
+use master_controller::vmm::{DiskSpec, Hypervisor, NetSpec, VmSpec, VmmError, disks};
 use support::firecracker_fake::{self, LOG_ENV};
 use support::firecracker_spec::ApiSpec;
 
@@ -250,17 +254,51 @@ async fn real_firecracker_lifecycle() -> Option<()> {
         binary,
         jailer: None,
     });
-    let vm_spec = VmSpec {
-        vm_id: "fc-real".into(),
-        dir: dir.path().join("vm"),
-        vcpus: 1,
-        memory_mib: 256,
-        kernel: image.join("vmlinux"),
-        initrd: Some(image.join("initramfs.cpio.gz")),
-        boot_args: String::new(),
-        disks: vec![],
-        net: None,
-        agent_token: "fcrealtoken123".into(),
+    // The production guest when one is built (image/build-golden.sh), else the test image.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("image/out/golden/current");
+    let vm_spec = if golden.join("rootfs.ext4").is_file() {
+        let data = dir.path().join("vm/data.ext4");
+        disks::create_data_disk(&data, 1024)
+            .await
+            .expect("data disk");
+        VmSpec {
+            vm_id: "fc-real".into(),
+            dir: dir.path().join("vm"),
+            vcpus: 1,
+            memory_mib: 1024,
+            kernel: golden.join("vmlinux"),
+            initrd: Some(golden.join("initramfs.cpio.gz")),
+            boot_args: String::new(),
+            disks: vec![
+                DiskSpec {
+                    id: "rootfs".into(),
+                    path: golden.join("rootfs.ext4"),
+                    read_only: true,
+                    root: true,
+                },
+                DiskSpec {
+                    id: "data".into(),
+                    path: data,
+                    read_only: false,
+                    root: false,
+                },
+            ],
+            net: None,
+            agent_token: "fcrealtoken123".into(),
+        }
+    } else {
+        VmSpec {
+            vm_id: "fc-real".into(),
+            dir: dir.path().join("vm"),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: image.join("vmlinux"),
+            initrd: Some(image.join("initramfs.cpio.gz")),
+            boot_args: String::new(),
+            disks: vec![],
+            net: None,
+            agent_token: "fcrealtoken123".into(),
+        }
     };
     let vm = backend.boot(&vm_spec).await.expect("boot");
     let client = AgentClient::connect(&vm.agent, &vm_spec.agent_token, Duration::from_secs(60))

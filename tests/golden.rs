@@ -52,6 +52,10 @@ fn main() -> ExitCode {
             "a new image while a VM hibernates: it resumes on its own, creates get the new one",
             |w| Box::pin(cases::image_versions_roll_over(w)),
         ),
+        (
+            "each provider's login reaches the user's turn from the real CLI in the guest",
+            |w| Box::pin(cases::each_login_reaches_the_users_turn(w)),
+        ),
     ];
     let code = harness::run(&runtime, &mut world, cases, |w| {
         eprintln!("daemon log tail:\n{}", w.daemon.log_tail());

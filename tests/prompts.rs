@@ -79,11 +79,7 @@ impl World {
 }
 
 fn text(frames: &[Frame]) -> String {
-    frames
-        .iter()
-        .filter(|f| f.kind() == "content")
-        .filter_map(|f| f.data["text"].as_str())
-        .collect()
+    support::sse::content_text(frames)
 }
 
 fn prompt_id(frames: &[Frame]) -> String {

@@ -332,19 +332,20 @@ fn golden_snapshot(config: &Config) -> Check {
             "GOLDEN_SNAPSHOT is not set: creates cold-boot (build one with scripts/build-golden-snapshot.sh)",
         );
     };
-    let meta = crate::vms::golden::meta_path(snapshot);
-    if snapshot.is_file() && meta.is_file() {
-        check("golden snapshot", Level::Ok, snapshot.display().to_string())
-    } else {
-        check(
+    match crate::vms::golden::Golden::inspect(snapshot) {
+        Ok(meta) => check(
+            "golden snapshot",
+            Level::Ok,
+            match &meta.image {
+                Some(image) => format!("{} (of {image})", snapshot.display()),
+                None => snapshot.display().to_string(),
+            },
+        ),
+        Err(e) => check(
             "golden snapshot",
             Level::Fail,
-            format!(
-                "{} or {} is missing: the daemon will not start (run scripts/build-golden-snapshot.sh)",
-                snapshot.display(),
-                meta.display()
-            ),
-        )
+            format!("{e}: the daemon will not start (run scripts/build-golden-snapshot.sh)"),
+        ),
     }
 }
 

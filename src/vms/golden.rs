@@ -103,8 +103,36 @@ fn data_disk_path(snapshot: &Path) -> PathBuf {
 }
 
 impl Golden {
-    /// Reads the snapshot's description and checks that its files exist and that it was made
-    /// for this host's hypervisor and VM size.
+    /// Reads the snapshot's description and checks that its own files are there: the state
+    /// file and the build VM's data disk. (`doctor` stops here; [`Golden::load`] also checks it
+    /// against this host's settings.)
+    pub fn inspect(snapshot: &Path) -> Result<GoldenMeta, GoldenError> {
+        let unusable = |reason: String| GoldenError::Unusable {
+            path: snapshot.to_path_buf(),
+            reason,
+        };
+        let meta_file = meta_path(snapshot);
+        let text = std::fs::read_to_string(&meta_file)
+            .map_err(|e| unusable(format!("{}: {e}", meta_file.display())))?;
+        let meta: GoldenMeta = serde_json::from_str(&text)
+            .map_err(|e| unusable(format!("{}: {e}", meta_file.display())))?;
+        if !snapshot.is_file() {
+            return Err(unusable("the state file is missing".into()));
+        }
+        if meta.data_disk_mib.is_none() {
+            return Err(unusable(
+                "it has no data disk of its own, so its clones would share a mounted filesystem's state (rebuild it)".into(),
+            ));
+        }
+        let disk = data_disk_path(snapshot);
+        if !disk.is_file() {
+            return Err(unusable(format!("{} is missing", disk.display())));
+        }
+        Ok(meta)
+    }
+
+    /// [`Golden::inspect`], then checks that the snapshot was made for this host's hypervisor,
+    /// VM size, data disk size and image.
     pub fn load(
         snapshot: &Path,
         memory: Option<&Path>,
@@ -116,11 +144,7 @@ impl Golden {
             path: snapshot.to_path_buf(),
             reason,
         };
-        let meta_file = meta_path(snapshot);
-        let text = std::fs::read_to_string(&meta_file)
-            .map_err(|e| unusable(format!("{}: {e}", meta_file.display())))?;
-        let meta: GoldenMeta = serde_json::from_str(&text)
-            .map_err(|e| unusable(format!("{}: {e}", meta_file.display())))?;
+        let meta = Golden::inspect(snapshot)?;
         if meta.hypervisor != hypervisor {
             return Err(unusable(format!(
                 "it was made with {}, but VMs run on {hypervisor}",
@@ -133,27 +157,12 @@ impl Golden {
                 meta.vcpus, meta.memory_mib
             )));
         }
-        if !snapshot.is_file() {
-            return Err(unusable("the state file is missing".into()));
-        }
-        match meta.data_disk_mib {
-            None => {
-                return Err(unusable(
-                    "it has no data disk of its own, so its clones would share a mounted filesystem's state (rebuild it)".into(),
-                ));
-            }
-            Some(mib) if mib != settings.data_disk_mib => {
-                return Err(unusable(format!(
-                    "its data disk has {mib} MiB, but VMs are configured with {} (rebuild it)",
-                    settings.data_disk_mib
-                )));
-            }
-            Some(_) => {}
-        }
-        if !data_disk_path(snapshot).is_file() {
+        if let Some(mib) = meta.data_disk_mib
+            && mib != settings.data_disk_mib
+        {
             return Err(unusable(format!(
-                "{} is missing",
-                data_disk_path(snapshot).display()
+                "its data disk has {mib} MiB, but VMs are configured with {} (rebuild it)",
+                settings.data_disk_mib
             )));
         }
         if let (Some(built), Ok(configured)) = (&meta.image, settings.image_files())
@@ -434,4 +443,45 @@ async fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(data_disk_mib: Option<u64>) -> GoldenMeta {
+        GoldenMeta {
+            hypervisor: "qemu".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            agent_token: "token".into(),
+            state_file: "state".into(),
+            memory_file: None,
+            sidecars: Vec::new(),
+            data_disk_mib,
+            image: None,
+            created_at_ms: 1,
+        }
+    }
+
+    fn write(snapshot: &Path, meta: &GoldenMeta) {
+        std::fs::write(snapshot, b"state").unwrap();
+        std::fs::write(meta_path(snapshot), serde_json::to_vec(meta).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_without_its_build_disk_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("state");
+        // From before clones copied the build VM's disk.
+        write(&snapshot, &meta(None));
+        let refused = Golden::inspect(&snapshot).unwrap_err().to_string();
+        assert!(refused.contains("no data disk"), "{refused}");
+        // Recorded, but the file is gone.
+        write(&snapshot, &meta(Some(64)));
+        let refused = Golden::inspect(&snapshot).unwrap_err().to_string();
+        assert!(refused.contains("state.data.ext4 is missing"), "{refused}");
+        std::fs::write(data_disk_path(&snapshot), b"disk").unwrap();
+        assert_eq!(Golden::inspect(&snapshot).unwrap().data_disk_mib, Some(64));
+    }
 }

@@ -61,10 +61,12 @@ impl VmSettings {
     /// The configured image with every link resolved, so that it names one image version (an
     /// `images/<id>/` directory of `image/build-golden.sh` behind its `current` link) for as
     /// long as a VM uses it.
+    /// A file that is not there stays as it is named: the hypervisor's start reports it.
     pub fn image_files(&self) -> Result<GuestImage, String> {
-        let resolve = |path: &Path| {
-            std::fs::canonicalize(path)
-                .map_err(|e| format!("the guest image file {}: {e}", path.display()))
+        let resolve = |path: &Path| match std::fs::canonicalize(path) {
+            Ok(resolved) => Ok(resolved),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),
+            Err(e) => Err(format!("the guest image file {}: {e}", path.display())),
         };
         let kernel = self
             .kernel

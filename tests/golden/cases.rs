@@ -3,12 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::support::daemon_proc::processes_naming;
-use crate::world::{PROVIDERS, World, build_image, id_of, sha256, text};
+use crate::support::daemon_proc::{SERVICE_TOKEN, processes_naming};
+use crate::support::sse::content_text;
+use crate::support::vendor_oauth::{CODEX_HOST, USER_CODE, VendorOAuth};
+use crate::world::{GATEWAY, PROVIDERS, World, build_image, id_of, sha256};
 
 pub async fn golden_snapshot_builds(world: &mut World) {
     let started = Instant::now();
@@ -106,7 +108,7 @@ async fn ask_each_cli(world: &World, user: &str, round: &str) {
             frames.len(),
             started.elapsed().as_secs_f64()
         );
-        assert_eq!(text(&frames), expected, "{provider}: {frames:?}");
+        assert_eq!(content_text(&frames), expected, "{provider}: {frames:?}");
         let done = frames.last().expect("a last frame");
         assert_eq!(done.kind(), "done", "{provider}: {done:?}");
     }
@@ -243,7 +245,7 @@ pub async fn image_versions_roll_over(world: &mut World) {
     let mut bytes = std::fs::read(&agent).expect("the agent the image was built with");
     bytes.extend_from_slice(b"next version");
     std::fs::write(&new_agent, bytes).expect("write the new agent");
-    let new_id = build_image(&world.images, Some(&new_agent));
+    let (new_id, _) = build_image(&world.images, Some(&new_agent));
     let new_image = world.images.join("images").join(&new_id);
     assert_ne!(new_image, old_image, "a new agent is a new image version");
     world.daemon.stop().await;
@@ -272,4 +274,121 @@ pub async fn image_versions_roll_over(world: &mut World) {
     assert!(new_image.is_dir());
     world.user_vm(&new_user, "", "DELETE").await;
     assert!(new_image.is_dir(), "the configured image stays");
+}
+
+/// The login relay drives each real CLI's login inside a golden VM as far as the user's turn.
+/// Claude Code and Gemini CLI print their authorize URL offline; Codex's device-code flow asks
+/// the vendor for the code first, which the stood-in vendor answers over TLS, through the
+/// CLIs' egress proxy, with a CA the guest trusts.
+pub async fn each_login_reaches_the_users_turn(world: &mut World) {
+    let stub_dir = world.daemon.data_dir.join("vendor-oauth");
+    std::fs::create_dir_all(&stub_dir).expect("stub dir");
+    let vendor = VendorOAuth::start("0.0.0.0:0", &stub_dir).await;
+    let proxy = format!("http://{GATEWAY}:{}", vendor.addr.port());
+    let golden = world.golden_snapshot().display().to_string();
+    world.daemon.stop().await;
+    world
+        .daemon
+        .start(&[
+            ("GOLDEN_SNAPSHOT", golden.as_str()),
+            ("MC_EGRESS_PROXY", proxy.as_str()),
+        ])
+        .await;
+    let user = world.new_user().await;
+    let vm = id_of(&world.create_vm(&user).await);
+    let (code, out) = world
+        .exec(
+            &vm,
+            &format!(
+                "printf '%s\\n' '{}' > /usr/local/share/ca-certificates/mc-vendor-stub.crt && \
+                 update-ca-certificates >/dev/null && echo trusted",
+                vendor.ca_pem.trim()
+            ),
+        )
+        .await;
+    assert_eq!((code, out.trim()), (0, "trusted"));
+
+    for provider in PROVIDERS {
+        let started = Instant::now();
+        let reply = world
+            .daemon
+            .call(
+                "POST",
+                "/api/auth/start",
+                SERVICE_TOKEN,
+                Some(json!({"userId": user, "provider": provider})),
+            )
+            .await;
+        assert!(
+            [200, 201, 202].contains(&reply.status),
+            "{provider}: {:?}",
+            reply.json
+        );
+        let id = reply.json["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_string();
+        let session = loop {
+            let now = world.daemon.auth_session(&id).await;
+            if now["status"] == "awaiting_user" {
+                break now;
+            }
+            assert!(
+                now["status"] == "created" || now["status"] == "starting_vm",
+                "{provider}: {now}\n{}",
+                world.daemon.log_tail()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "{provider}: no awaiting_user: {now}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        eprintln!(
+            "    {provider}: awaiting_user after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        match provider {
+            "claude_code" => {
+                let url = session["authUrl"].as_str().expect("authUrl");
+                assert!(
+                    url.starts_with("https://claude.com/cai/oauth/authorize?"),
+                    "{url}"
+                );
+                assert!(url.contains("state="), "{url}");
+            }
+            "gemini_cli" => {
+                let url = session["authUrl"].as_str().expect("authUrl");
+                assert!(
+                    url.starts_with("https://accounts.google.com/o/oauth2/v2/auth?"),
+                    "{url}"
+                );
+            }
+            _ => {
+                assert_eq!(session["deviceCode"], USER_CODE, "{session}");
+                assert_eq!(
+                    session["verificationUrl"], "https://auth.openai.com/codex/device",
+                    "{session}"
+                );
+            }
+        }
+        let cancelled = world
+            .daemon
+            .call(
+                "POST",
+                &format!("/api/auth/session/{id}/cancel"),
+                SERVICE_TOKEN,
+                None,
+            )
+            .await;
+        assert_eq!(cancelled.status, 200, "{:?}", cancelled.json);
+    }
+    assert!(
+        vendor
+            .seen()
+            .contains(&format!("{CODEX_HOST} /api/accounts/deviceauth/usercode")),
+        "{:?}",
+        vendor.seen()
+    );
+    world.user_vm(&user, "", "DELETE").await;
 }

@@ -9,14 +9,17 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::daemon_proc::{ADMIN_TOKEN, DaemonProc, LISTEN, SERVICE_TOKEN};
+use crate::support::daemon_proc::{ADMIN_TOKEN, DaemonProc, SERVICE_TOKEN};
 use crate::support::model_server::ModelServer;
-use crate::support::sse::{Frame, SseStream};
+use crate::support::sse::Frame;
+use crate::support::vmhost;
 
 pub const BRIDGE: &str = "mcbr4";
 pub const GATEWAY: &str = "10.221.0.1";
 pub const WORDS: [&str; 5] = ["Hello", " from", " the", " golden", " guest."];
 pub const MODEL_KEY: &str = "fake-model-key-for-golden-tests";
+/// Logins need the vault.
+const MASTER_KEY: &str = "5ae1c0d2e3f405162738495a6b7c8d9eafb0c1d2e3f405162738495a6b7c8d9f";
 pub const PROVIDERS: [&str; 3] = ["claude_code", "codex", "gemini_cli"];
 
 pub struct World {
@@ -30,12 +33,12 @@ pub struct World {
     pub users: u32,
     /// The user whose VM the CLI cases share.
     pub cli_user: Option<String>,
-    pub http: reqwest::Client,
     pub _dir: tempfile::TempDir,
 }
 
-/// Builds a golden image version into `out` with the build script; returns its id.
-pub fn build_image(out: &Path, agent: Option<&Path>) -> String {
+/// Builds a golden image version into `out` with the build script; returns its id and what the
+/// script printed.
+pub fn build_image(out: &Path, agent: Option<&Path>) -> (String, String) {
     let mut command = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/image/build-golden.sh"
@@ -55,11 +58,12 @@ pub fn build_image(out: &Path, agent: Option<&Path>) -> String {
         eprintln!("    {line}");
     }
     let current = std::fs::read_link(out.join("current")).expect("the current link");
-    current
+    let id = current
         .file_name()
         .expect("images/<id>")
         .to_string_lossy()
-        .to_string()
+        .to_string();
+    (id, stdout.to_string())
 }
 
 pub fn sha256(path: &Path) -> String {
@@ -77,34 +81,14 @@ pub fn sha256(path: &Path) -> String {
 
 impl World {
     pub fn daemon_env(images: &Path, model_url: &str) -> Vec<(&'static str, String)> {
-        let current = images.join("current");
-        vec![
-            ("MC_HYPERVISOR", "qemu".into()),
-            ("MC_QEMU_ACCEL", "tcg".into()),
-            (
-                "GOLDEN_KERNEL",
-                current.join("vmlinux").display().to_string(),
-            ),
-            (
-                "MC_INITRD",
-                current.join("initramfs.cpio.gz").display().to_string(),
-            ),
-            (
-                "GOLDEN_ROOTFS",
-                current.join("rootfs.ext4").display().to_string(),
-            ),
-            ("MC_BRIDGE", BRIDGE.into()),
-            ("MC_BRIDGE_CIDR", format!("{GATEWAY}/24")),
-            // Node.js CLIs want room; two vCPUs use both host cores under TCG.
-            ("MC_VM_VCPUS", "2".into()),
-            ("MC_VM_MEMORY_MIB", "1024".into()),
-            ("MC_VM_DATA_DISK_MIB", "2048".into()),
-            ("MC_VM_AGENT_TIMEOUT_SECS", "300".into()),
+        let mut env = vmhost::golden_daemon_env(&images.join("current"), BRIDGE, GATEWAY);
+        env.extend([
             ("MC_PROMPT_TIMEOUT_SECS", "300".into()),
-            ("MC_TASKS_ENABLED", "false".into()),
             ("MC_MODEL_BASE_URL", model_url.to_string()),
             ("MC_MODEL_API_KEY", MODEL_KEY.into()),
-        ]
+            ("ENCRYPTION_MASTER_KEY", MASTER_KEY.into()),
+        ]);
+        env
     }
 
     pub async fn start() -> World {
@@ -113,7 +97,11 @@ impl World {
             .tempdir_in("/tmp")
             .expect("tempdir");
         let images = dir.path().join("images");
-        build_image(&images, None);
+        let (id, _) = build_image(&images, None);
+        // Unchanged inputs: nothing is rebuilt, and the same version stays current.
+        let (again, stdout) = build_image(&images, None);
+        assert_eq!(again, id);
+        assert!(stdout.contains("build-golden: up to date"), "{stdout}");
         let rootfs =
             std::fs::canonicalize(images.join("current/rootfs.ext4")).expect("the base rootfs");
         let rootfs_sha256 = sha256(&rootfs);
@@ -130,7 +118,6 @@ impl World {
             rootfs_sha256,
             users: 0,
             cli_user: None,
-            http: reqwest::Client::new(),
             _dir: dir,
         }
     }
@@ -176,24 +163,7 @@ impl World {
     }
 
     pub async fn create_vm(&self, user: &str) -> Value {
-        let reply = self
-            .daemon
-            .call(
-                "POST",
-                &format!("/api/users/{user}/vm"),
-                SERVICE_TOKEN,
-                None,
-            )
-            .await;
-        assert_eq!(
-            reply.status,
-            201,
-            "{:?}\n{}",
-            reply.json,
-            self.daemon.log_tail()
-        );
-        assert_eq!(reply.json["status"], "running", "{:?}", reply.json);
-        reply.json
+        self.daemon.create_vm(user).await
     }
 
     /// `POST|GET|DELETE /api/users/:user/vm[/action]`, expecting 200.
@@ -237,17 +207,9 @@ impl World {
 
     /// One prompt through `POST /api/prompts/execute`, its SSE frames collected.
     pub async fn prompt(&self, user: &str, provider: &str, prompt: &str) -> Vec<Frame> {
-        let response = self
-            .http
-            .post(format!("http://{LISTEN}/api/prompts/execute"))
-            .bearer_auth(SERVICE_TOKEN)
-            .json(&json!({"userId": user, "provider": provider, "prompt": prompt}))
-            .send()
+        self.daemon
+            .execute_prompt(json!({"userId": user, "provider": provider, "prompt": prompt}))
             .await
-            .expect("execute");
-        let stream = SseStream::new(response);
-        assert_eq!(stream.status, 200);
-        stream.collect().await
     }
 
     /// The VM's data disk on the host.
@@ -258,12 +220,4 @@ impl World {
 
 pub fn id_of(vm: &Value) -> String {
     vm["vmId"].as_str().expect("vmId").to_string()
-}
-
-pub fn text(frames: &[Frame]) -> String {
-    frames
-        .iter()
-        .filter(|f| f.kind() == "content")
-        .filter_map(|f| f.data["text"].as_str())
-        .collect()
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::sse::{Frame, SseStream};
+
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 pub const SERVICE_TOKEN: &str = "service-token-for-tests-0123456789";
 pub const LISTEN: &str = "127.0.0.1:4000";
@@ -189,6 +191,50 @@ impl DaemonProc {
             .await;
         assert_eq!(reply.status, 201, "{:?}", reply.json);
         reply.json["userId"].as_str().expect("userId").to_string()
+    }
+
+    /// Creates the user's VM through the API; it must answer 201 with the VM running.
+    pub async fn create_vm(&self, user: &str) -> Value {
+        let reply = self
+            .call(
+                "POST",
+                &format!("/api/users/{user}/vm"),
+                SERVICE_TOKEN,
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}\n{}", reply.json, self.log_tail());
+        assert_eq!(reply.json["status"], "running", "{:?}", reply.json);
+        reply.json
+    }
+
+    /// `POST /api/prompts/execute` with `body`, its SSE frames collected.
+    pub async fn execute_prompt(&self, body: Value) -> Vec<Frame> {
+        let response = self
+            .http
+            .post(format!("http://{LISTEN}/api/prompts/execute"))
+            .bearer_auth(SERVICE_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("execute");
+        let stream = SseStream::new(response);
+        assert_eq!(stream.status, 200);
+        stream.collect().await
+    }
+
+    /// A login session as `GET /api/auth/session/:id` shows it.
+    pub async fn auth_session(&self, id: &str) -> Value {
+        let reply = self
+            .call(
+                "GET",
+                &format!("/api/auth/session/{id}"),
+                SERVICE_TOKEN,
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        reply.json
     }
 
     pub async fn call_expecting_crash(&self, method: &str, path: &str) {

@@ -242,4 +242,5 @@ pub mod postgrest;
 pub mod scheduled;
 pub mod sse;
 pub mod stats;
+pub mod vendor_oauth;
 pub mod vmhost;

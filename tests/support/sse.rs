@@ -16,6 +16,15 @@ impl Frame {
     }
 }
 
+/// The text of a stream's `content` frames, joined.
+pub fn content_text(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.kind() == "content")
+        .filter_map(|f| f.data["text"].as_str())
+        .collect()
+}
+
 pub struct SseStream {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buffer: String,

@@ -38,6 +38,27 @@ pub fn guest_daemon_env(bridge: &str, gateway: &str) -> Vec<(&'static str, Strin
     ]
 }
 
+/// The daemon settings that run VMs of the golden image in `image` (a version directory, or its
+/// `current` link) under QEMU/TCG on `bridge` with the address `gateway`/24. Node.js CLIs want
+/// room, and two vCPUs use both host cores under TCG.
+pub fn golden_daemon_env(image: &Path, bridge: &str, gateway: &str) -> Vec<(&'static str, String)> {
+    let file = |name: &str| image.join(name).display().to_string();
+    vec![
+        ("MC_HYPERVISOR", "qemu".into()),
+        ("MC_QEMU_ACCEL", "tcg".into()),
+        ("GOLDEN_KERNEL", file("vmlinux")),
+        ("MC_INITRD", file("initramfs.cpio.gz")),
+        ("GOLDEN_ROOTFS", file("rootfs.ext4")),
+        ("MC_BRIDGE", bridge.into()),
+        ("MC_BRIDGE_CIDR", format!("{gateway}/24")),
+        ("MC_VM_VCPUS", "2".into()),
+        ("MC_VM_MEMORY_MIB", "1024".into()),
+        ("MC_VM_DATA_DISK_MIB", "2048".into()),
+        ("MC_VM_AGENT_TIMEOUT_SECS", "300".into()),
+        ("MC_TASKS_ENABLED", "false".into()),
+    ]
+}
+
 /// Why real guests cannot run here, if they cannot.
 pub fn missing_prerequisite() -> Option<String> {
     let image = image_dir();

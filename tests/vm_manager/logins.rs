@@ -15,17 +15,7 @@ use crate::support::sse::SseStream;
 use crate::world::{MASTER_KEY, World, destroy, id_of};
 
 async fn session(world: &World, id: &str) -> Value {
-    let reply = world
-        .daemon
-        .call(
-            "GET",
-            &format!("/api/auth/session/{id}"),
-            SERVICE_TOKEN,
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{:?}", reply.json);
-    reply.json
+    world.daemon.auth_session(id).await
 }
 
 async fn wait_for(world: &World, id: &str, status: &str, within: Duration) -> Value {

@@ -1,24 +1,10 @@
 //! A prompt in a real guest: the test image's scripted `claude` (the real CLIs are too heavy for
 //! it; they are tested with the agent on the host) runs through the daemon's whole path.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::daemon_proc::{LISTEN, SERVICE_TOKEN};
-use crate::support::sse::SseStream;
+use crate::support::daemon_proc::SERVICE_TOKEN;
 use crate::world::{World, destroy};
-
-async fn execute(body: Value) -> Vec<crate::support::sse::Frame> {
-    let response = reqwest::Client::new()
-        .post(format!("http://{LISTEN}/api/prompts/execute"))
-        .bearer_auth(SERVICE_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .expect("execute");
-    let stream = SseStream::new(response);
-    assert_eq!(stream.status, 200);
-    stream.collect().await
-}
 
 pub async fn a_prompt_resumes_the_vm_and_streams(world: &mut World) {
     let user = world.new_user().await;
@@ -26,7 +12,10 @@ pub async fn a_prompt_resumes_the_vm_and_streams(world: &mut World) {
     let (status, _) = world.user_vm(&user, "hibernate", "POST").await;
     assert_eq!(status, 200);
 
-    let frames = execute(json!({"userId": user, "provider": "claude_code", "prompt": "hi"})).await;
+    let frames = world
+        .daemon
+        .execute_prompt(json!({"userId": user, "provider": "claude_code", "prompt": "hi"}))
+        .await;
     let kinds: Vec<String> = frames
         .iter()
         .map(|f| match f.data["kind"].as_str() {
@@ -59,7 +48,10 @@ pub async fn a_prompt_resumes_the_vm_and_streams(world: &mut World) {
     );
 
     // Codex is not in the test image: a clear error, and the record says so.
-    let frames = execute(json!({"userId": user, "provider": "codex", "prompt": "hi"})).await;
+    let frames = world
+        .daemon
+        .execute_prompt(json!({"userId": user, "provider": "codex", "prompt": "hi"}))
+        .await;
     let last = frames.last().expect("frames");
     assert_eq!(last.kind(), "error", "{last:?}");
     assert_eq!(last.data["code"], "cli_not_found");

@@ -38,24 +38,7 @@ impl World {
     }
 
     pub async fn create_vm(&self, user: &str) -> Value {
-        let reply = self
-            .daemon
-            .call(
-                "POST",
-                &format!("/api/users/{user}/vm"),
-                SERVICE_TOKEN,
-                None,
-            )
-            .await;
-        assert_eq!(
-            reply.status,
-            201,
-            "{:?}\n{}",
-            reply.json,
-            self.daemon.log_tail()
-        );
-        assert_eq!(reply.json["status"], "running", "{:?}", reply.json);
-        reply.json
+        self.daemon.create_vm(user).await
     }
 
     pub async fn user_vm(&self, user: &str, action: &str, method: &str) -> (u16, Value) {

@@ -1,0 +1,108 @@
+//! The raw operations the benchmark sets its figures against: QEMU started with the backend's
+//! exact arguments, driven over raw QMP, with no agent client.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use master_controller::vmm::VmSpec;
+use master_controller::vmm::qemu::QemuBackend;
+
+/// Raw QMP, blocking: just enough to time QEMU itself.
+pub struct RawQmp(BufReader<UnixStream>);
+
+impl RawQmp {
+    pub fn connect(path: &Path) -> RawQmp {
+        let started = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("QMP {}: {e}", path.display()),
+            }
+        };
+        let mut qmp = RawQmp(BufReader::new(stream));
+        qmp.line();
+        qmp.run(r#"{"execute":"qmp_capabilities"}"#);
+        qmp
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.0.read_line(&mut line).expect("QMP read");
+        serde_json::from_str(&line).expect("QMP JSON")
+    }
+
+    pub fn run(&mut self, command: &str) -> serde_json::Value {
+        self.0
+            .get_mut()
+            .write_all(format!("{command}\n").as_bytes())
+            .expect("QMP write");
+        loop {
+            let reply = self.line();
+            if reply.get("return").is_some() || reply.get("error").is_some() {
+                return reply;
+            }
+        }
+    }
+}
+
+pub fn spawn_raw(backend: &QemuBackend, spec: &VmSpec, incoming: Option<&Path>) -> Child {
+    let _ = std::fs::remove_file(QemuBackend::qmp_socket(spec));
+    let _ = std::fs::remove_file(QemuBackend::agent_socket(spec));
+    let _ = std::fs::remove_file(spec.console_log());
+    Command::new(backend.binary())
+        .args(backend.args(spec, incoming).expect("args"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn qemu")
+}
+
+/// Raw cold boot: until `/init` announces the agent on the console.
+pub fn raw_boot(backend: &QemuBackend, spec: &VmSpec) -> (Child, Duration) {
+    let started = Instant::now();
+    let mut child = spawn_raw(backend, spec, None);
+    while started.elapsed() < Duration::from_secs(120) {
+        let console = std::fs::read_to_string(spec.console_log()).unwrap_or_default();
+        if console.contains("mc-init: starting vm-agent") {
+            return (child, started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("raw boot hung");
+}
+
+pub fn raw_hibernate(spec: &VmSpec, mut child: Child, state: &Path) -> Duration {
+    let mut qmp = RawQmp::connect(&QemuBackend::qmp_socket(spec));
+    let started = Instant::now();
+    qmp.run(r#"{"execute":"stop"}"#);
+    qmp.run(r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":10737418240}}"#);
+    qmp.run(&format!(
+        r#"{{"execute":"migrate","arguments":{{"uri":"exec:cat > {}"}}}}"#,
+        state.display()
+    ));
+    while qmp.run(r#"{"execute":"query-migrate"}"#)["return"]["status"] != "completed" {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = qmp.0.get_mut().write_all(b"{\"execute\":\"quit\"}\n");
+    let _ = child.wait();
+    started.elapsed()
+}
+
+pub fn raw_resume(backend: &QemuBackend, spec: &VmSpec, state: &Path) -> (Child, Duration) {
+    let started = Instant::now();
+    let child = spawn_raw(backend, spec, Some(state));
+    let mut qmp = RawQmp::connect(&QemuBackend::qmp_socket(spec));
+    while qmp.run(r#"{"execute":"query-status"}"#)["return"]["status"] != "paused" {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    qmp.run(r#"{"execute":"cont"}"#);
+    (child, started.elapsed())
+}
