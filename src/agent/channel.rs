@@ -47,6 +47,19 @@ pub enum Channel {
 /// While no host is connected a virtio-serial read returns EOF at once; this paces the retry.
 const SERIAL_IDLE_POLL: Duration = Duration::from_millis(50);
 
+/// What a read of nothing (EOF) means on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnEof {
+    /// The host has gone (a socket connection closed).
+    EndSession,
+    /// Perhaps nothing: a virtio-serial port reads EOF while the guest has not yet seen that a
+    /// host is connected, and after a resume the new host's `Hello` can arrive before that news
+    /// does (data and port events travel on different queues). So an authenticated session is
+    /// kept, and the port read again after this pause, until a new `Hello` says another host is
+    /// there.
+    Poll(Duration),
+}
+
 pub async fn open(spec: &ChannelSpec) -> Result<Channel, AgentError> {
     Ok(match spec {
         ChannelSpec::VirtioSerial(name) => {
@@ -97,7 +110,7 @@ async fn find_serial_port(name: &str) -> Result<PathBuf, AgentError> {
 }
 
 impl Channel {
-    pub async fn next_session(&mut self) -> Result<(Reader, Writer), AgentError> {
+    pub async fn next_session(&mut self) -> Result<(Reader, Writer, OnEof), AgentError> {
         match self {
             Channel::Serial { port, first } => {
                 if !*first {
@@ -108,17 +121,21 @@ impl Channel {
                 // at a time, and a read blocks until the host writes.
                 let reader = tokio::fs::File::from_std(port.try_clone()?.into());
                 let writer = tokio::fs::File::from_std(port.try_clone()?.into());
-                Ok((Box::new(reader), Box::new(writer)))
+                Ok((
+                    Box::new(reader),
+                    Box::new(writer),
+                    OnEof::Poll(SERIAL_IDLE_POLL),
+                ))
             }
             Channel::Vsock(listener) => {
                 let (stream, _) = listener.accept().await?;
                 let (r, w) = stream.into_split();
-                Ok((Box::new(r), Box::new(w)))
+                Ok((Box::new(r), Box::new(w), OnEof::EndSession))
             }
             Channel::Unix(listener) => {
                 let (stream, _) = listener.accept().await?;
                 let (r, w) = stream.into_split();
-                Ok((Box::new(r), Box::new(w)))
+                Ok((Box::new(r), Box::new(w), OnEof::EndSession))
             }
         }
     }

@@ -67,8 +67,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let agent = Arc::new(Agent::new(config.token));
     let mut channel = channel::open(&config.channel).await?;
     loop {
-        let (reader, writer) = channel.next_session().await?;
-        let end = agent.serve(reader, writer).await;
+        let (reader, writer, on_eof) = channel.next_session().await?;
+        let end = agent.serve(reader, writer, on_eof).await;
         eprintln!("vm-agent: session ended: {end}");
     }
 }

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::FramedRead;
 
-use super::channel::{Reader, Writer};
+use super::channel::{OnEof, Reader, Writer};
 use super::{AgentError, exec, files, system};
 use crate::guest::messages::{ErrorBody, Hello, HelloOk, InterruptedWork, Request, Response};
 use crate::guest::{Frame, FrameCodec, FrameKind};
@@ -83,20 +83,26 @@ impl Agent {
     }
 
     /// Serves one session until the host goes away or misbehaves.
-    pub async fn serve(self: &Arc<Self>, reader: Reader, writer: Writer) -> SessionEnd {
+    pub async fn serve(
+        self: &Arc<Self>,
+        reader: Reader,
+        writer: Writer,
+        on_eof: OnEof,
+    ) -> SessionEnd {
         let mut frames = FramedRead::new(reader, FrameCodec::default());
         let (out, writer_task) = crate::guest::frame::spawn_writer(writer, OUTBOUND_QUEUE);
         let mut session: Option<u64> = None;
         let mut got_anything = false;
         let end = loop {
             let frame = match frames.next().await {
-                None => {
-                    break if got_anything {
-                        SessionEnd::Disconnected
-                    } else {
-                        SessionEnd::Idle
-                    };
-                }
+                None => match (on_eof, session) {
+                    (OnEof::Poll(pause), Some(_)) => {
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                    _ if got_anything => break SessionEnd::Disconnected,
+                    _ => break SessionEnd::Idle,
+                },
                 Some(Err(e)) => {
                     let _ = out.send(error_frame(0, "bad_frame", &e.to_string())).await;
                     break SessionEnd::Malformed(e.to_string());
@@ -354,4 +360,86 @@ impl Agent {
 
 fn error_frame(request_id: u64, code: &str, message: &str) -> Frame {
     Frame::json(FrameKind::Error, request_id, &ErrorBody::new(code, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use tokio::io::{AsyncRead, ReadBuf};
+    use tokio_util::codec::Encoder;
+
+    use super::*;
+
+    /// A port that reads the given chunks in order; `None` reads as EOF once, as a
+    /// virtio-serial port does while the guest believes no host is connected.
+    struct ScriptedPort(VecDeque<Option<Vec<u8>>>);
+
+    impl AsyncRead for ScriptedPort {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(Some(chunk)) = self.0.pop_front() {
+                buf.put_slice(&chunk);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn bytes(frame: Frame) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        FrameCodec::default().encode(frame, &mut buf).unwrap();
+        buf.to_vec()
+    }
+
+    /// The race after a resume: the new host's `Hello` arrives, then the port reads EOF
+    /// (the news that the host connected comes later), then the host's first request.
+    async fn first_answer_after_a_stale_eof(on_eof: OnEof) -> Option<FrameKind> {
+        let hello = Hello {
+            token: "sessiontoken".into(),
+            nonce: 7,
+            host_time_ms: None,
+        };
+        let port = ScriptedPort(VecDeque::from([
+            Some(bytes(Frame::json(FrameKind::Hello, 1, &hello))),
+            None,
+            Some(bytes(Frame::json(FrameKind::Request, 2, &Request::Health))),
+        ]));
+        let (host, guest) = tokio::io::duplex(1 << 16);
+        let agent = Arc::new(Agent::new("sessiontoken".into()));
+        let served =
+            tokio::spawn(async move { agent.serve(Box::new(port), Box::new(guest), on_eof).await });
+        let mut from_agent = FramedRead::new(host, FrameCodec::default());
+        let mut answer = None;
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_secs(2), from_agent.next()).await
+        {
+            if frame.request_id == 2 {
+                answer = Some(frame.kind);
+                break;
+            }
+        }
+        served.abort();
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_serial_port_keeps_the_session_across_a_stale_eof() {
+        assert_eq!(
+            first_answer_after_a_stale_eof(OnEof::Poll(Duration::from_millis(5))).await,
+            Some(FrameKind::Response)
+        );
+        // Where EOF means the host has gone, the request is left to the next session, which
+        // refuses it until a Hello.
+        assert_eq!(
+            first_answer_after_a_stale_eof(OnEof::EndSession).await,
+            None
+        );
+    }
 }
