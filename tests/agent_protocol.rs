@@ -89,8 +89,13 @@ async fn health_exec_and_files() {
 async fn large_output_stdin_pty_and_timeout() {
     let agent = start_agent();
     let client = connect(&agent).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("10m");
     let output = client
-        .exec(sh("head -c 10485760 /dev/urandom | tee /tmp/mc-agent-10m | sha256sum >&2; cat /tmp/mc-agent-10m"))
+        .exec(sh(&format!(
+            "head -c 10485760 /dev/urandom | tee {0} | sha256sum >&2; cat {0}",
+            file.display()
+        )))
         .await
         .expect("exec")
         .collect_output()
