@@ -3,23 +3,22 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+pub use super::exec_stream::{ExecEvent, ExecOutput, ExecStream};
 use super::messages::{
-    ErrorBody, ExecRequest, ExitStatus, FileStamp, HealthReport, Hello, HelloOk, NetworkConfig,
+    ErrorBody, ExecRequest, FileStamp, HealthReport, Hello, HelloOk, NetworkConfig,
     ReadFileRequest, Request, Response, WatchFileRequest, WriteFileRequest,
 };
 use super::{Frame, FrameCodec, FrameKind};
@@ -51,7 +50,7 @@ pub enum GuestError {
     Protocol(String),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Frame>>>>;
+pub(super) type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Frame>>>>;
 
 pub struct AgentClient {
     out: mpsc::Sender<Frame>,
@@ -69,7 +68,9 @@ impl Drop for AgentClient {
     }
 }
 
-fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Frame>>> {
+pub(super) fn lock(
+    pending: &Pending,
+) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Frame>>> {
     pending.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -256,14 +257,13 @@ impl AgentClient {
             .await?;
         let first = rx.recv().await.ok_or(GuestError::Disconnected)?;
         match response_of(first) {
-            Ok(Response::ExecStarted { pid }) => Ok(ExecStream {
+            Ok(Response::ExecStarted { pid }) => Ok(ExecStream::new(
                 id,
                 pid,
                 rx,
-                out: self.out.clone(),
-                pending: self.pending.clone(),
-                finished: false,
-            }),
+                self.out.clone(),
+                self.pending.clone(),
+            )),
             Ok(other) => Err(unexpected(&other)),
             Err(e) => {
                 lock(&self.pending).remove(&id);
@@ -422,98 +422,5 @@ async fn read_line(stream: &mut UnixStream) -> std::io::Result<String> {
             return Ok(String::from_utf8_lossy(&line).to_string());
         }
         line.push(byte);
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecEvent {
-    Stdout(Bytes),
-    Stderr(Bytes),
-    Exit(ExitStatus),
-}
-
-/// A running exec: its output as a stream of events, ending with `Exit`.
-pub struct ExecStream {
-    pub id: u64,
-    pub pid: u32,
-    rx: mpsc::Receiver<Frame>,
-    out: mpsc::Sender<Frame>,
-    pending: Pending,
-    finished: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct ExecOutput {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub status: Option<ExitStatus>,
-}
-
-impl ExecStream {
-    /// Sends stdin (for execs started with `stdin: true`); an empty chunk closes it.
-    pub async fn write_stdin(&self, chunk: Bytes) -> Result<(), GuestError> {
-        self.out
-            .send(Frame::new(FrameKind::Stdin, self.id, chunk))
-            .await
-            .map_err(|_| GuestError::Disconnected)
-    }
-
-    /// Collects everything until the exit.
-    pub async fn collect_output(mut self) -> Result<ExecOutput, GuestError> {
-        let mut output = ExecOutput::default();
-        while let Some(event) = self.next().await {
-            match event? {
-                ExecEvent::Stdout(chunk) => output.stdout.extend_from_slice(&chunk),
-                ExecEvent::Stderr(chunk) => output.stderr.extend_from_slice(&chunk),
-                ExecEvent::Exit(status) => output.status = Some(status),
-            }
-        }
-        Ok(output)
-    }
-}
-
-impl Drop for ExecStream {
-    fn drop(&mut self) {
-        lock(&self.pending).remove(&self.id);
-    }
-}
-
-impl Stream for ExecStream {
-    type Item = Result<ExecEvent, GuestError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        let frame = match self.rx.poll_recv(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => {
-                self.finished = true;
-                return Poll::Ready(Some(Err(GuestError::Disconnected)));
-            }
-            Poll::Ready(Some(frame)) => frame,
-        };
-        let event = match frame.kind {
-            FrameKind::Stdout => Ok(ExecEvent::Stdout(frame.payload)),
-            FrameKind::Stderr => Ok(ExecEvent::Stderr(frame.payload)),
-            FrameKind::Exit => {
-                self.finished = true;
-                frame
-                    .parse()
-                    .map(ExecEvent::Exit)
-                    .map_err(|e| GuestError::Protocol(e.to_string()))
-            }
-            FrameKind::Error => {
-                self.finished = true;
-                Err(frame
-                    .parse::<ErrorBody>()
-                    .map(GuestError::Agent)
-                    .unwrap_or_else(|e| GuestError::Protocol(e.to_string())))
-            }
-            other => Err(GuestError::Protocol(format!(
-                "unexpected {other:?} in an exec stream"
-            ))),
-        };
-        Poll::Ready(Some(event))
     }
 }

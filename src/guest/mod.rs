@@ -13,5 +13,6 @@ pub mod messages;
 
 #[cfg(feature = "daemon")]
 pub mod client;
+mod exec_stream;
 
 pub use frame::{Frame, FrameCodec, FrameError, FrameKind};

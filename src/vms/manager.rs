@@ -7,14 +7,13 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::host::{Start, Started, agent_info, agent_token, snapshot_marker};
+use super::host::{Start, Started, agent_info, snapshot_marker};
 use super::ledger::{self, Reclaimed};
 use super::{VmError, VmFilter, VmHost, VmSettings};
 use crate::events::EventHub;
 use crate::guest::client::AgentClient;
 use crate::metrics::Metrics;
-use crate::model::{Status, Vm, VmOp, VmStatus, VmType, now_ms};
-use crate::net::tap_name;
+use crate::model::{Status, Vm, VmOp, VmStatus, now_ms};
 use crate::store::{self, Store, tables};
 use crate::vmm::VmHandle;
 
@@ -79,7 +78,7 @@ impl VmManager {
         slots.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    fn forget(&self, vm_id: &str) {
+    pub(super) fn forget(&self, vm_id: &str) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.remove(vm_id);
         drop(slots);
@@ -170,116 +169,13 @@ impl VmManager {
         );
     }
 
-    fn publish_reclaimed(&self, reclaimed: &Option<Reclaimed>) {
+    pub(super) fn publish_reclaimed(&self, reclaimed: &Option<Reclaimed>) {
         if let Some(r) = reclaimed {
             tracing::info!(vm = %r.vm.id, ip = %r.ip, "reclaimed the address of a hibernated VM");
             self.events.publish(
                 &format!("user:{}", r.vm.user_id),
                 json!({"event": "vm_ip_reclaimed", "vmId": r.vm.id, "ip": r.ip}),
             );
-        }
-    }
-
-    /// Creates the user's VM: reserves its address, tap and directory with the intent, then
-    /// boots it and waits for its agent. A failed create leaves a `failed` record that holds
-    /// nothing.
-    pub async fn create(self: &Arc<Self>, user_id: &str) -> Result<Vm, VmError> {
-        let started = Instant::now();
-        self.require_vms()?;
-        let id = uuid::Uuid::now_v7().to_string();
-        let now = now_ms();
-        let (image, golden) = match &self.settings.golden {
-            Some(golden) => (golden.meta.image.clone(), Some(golden.reference())),
-            None => (
-                Some(
-                    self.settings
-                        .image_files()
-                        .map_err(|e| VmError::host(&id, VmOp::Create, e))?,
-                ),
-                None,
-            ),
-        };
-        let vm = Vm {
-            tap_device: Some(tap_name(&id)),
-            id,
-            user_id: user_id.to_string(),
-            vm_type: VmType::Cli,
-            status: VmStatus::Creating,
-            ip_address: None,
-            vcpus: self.settings.vcpus,
-            memory_mib: self.settings.memory_mib,
-            created_at_ms: now,
-            updated_at_ms: now,
-            last_heartbeat_ms: None,
-            hibernated_at_ms: None,
-            version: 1,
-            mac_address: None,
-            pid: None,
-            agent_token: agent_token()?,
-            agent: None,
-            needs_readdress: false,
-            error: None,
-            image,
-            golden,
-        };
-        let vm_id = vm.id.clone();
-        let slot = self.slot(&vm_id);
-        let mut live = slot.lock().await;
-        let dir = self.dir_of(&vm_id).display().to_string();
-        let limits = self.settings.limits;
-        let reserved = self
-            .store
-            .write(move |tx| ledger::reserve_create(tx, vm, &dir, &limits))
-            .await;
-        let reserved = match reserved {
-            Ok(reserved) => reserved,
-            Err(e) => {
-                drop(live);
-                self.forget(&vm_id);
-                return Err(e);
-            }
-        };
-        let vm = reserved.vm;
-        self.publish_reclaimed(&reserved.reclaimed);
-        self.events.publish(
-            &format!("user:{}", vm.user_id),
-            json!({"event": "vm_status_changed", "vmId": vm.id, "userId": vm.user_id, "status": vm.status}),
-        );
-        crate::failpoint::hit("vm.create.after_reserve");
-        match self.bring_up(&vm).await {
-            Ok(up) => {
-                let vm = self.commit_running(&vm, &mut live, up).await?;
-                // A golden restore leaves links to the golden files; the VM's own hibernation
-                // image will be written there later.
-                self.remove_dir(&self.dir_of(&vm.id).join("snapshot")).await;
-                self.metrics
-                    .vm_create_duration
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(vm)
-            }
-            Err(e) => {
-                self.remove_tap(vm.tap_device.as_deref()).await;
-                self.remove_dir(&self.dir_of(&vm.id)).await;
-                self.mark_failed(&vm.id, &e.to_string()).await?;
-                Err(e)
-            }
-        }
-    }
-
-    /// The host half of a create: directory and data disk, then a cold boot or a restore of
-    /// the golden snapshot, up to the agent's first answer.
-    async fn bring_up(&self, vm: &Vm) -> Result<Started, VmError> {
-        let spec = self.spec(vm)?;
-        self.prepare_dir(&spec).await?;
-        match &self.settings.golden {
-            Some(golden) => {
-                golden
-                    .stage(&spec.snapshot_dir())
-                    .await
-                    .map_err(|e| VmError::host(&vm.id, VmOp::Create, e))?;
-                self.start(vm, &spec, Start::Golden, true).await
-            }
-            None => self.start(vm, &spec, Start::Boot, true).await,
         }
     }
 
@@ -366,7 +262,7 @@ impl VmManager {
     }
 
     /// Refuses operations that need a guest kernel before any intent is written.
-    fn require_vms(&self) -> Result<(), VmError> {
+    pub(super) fn require_vms(&self) -> Result<(), VmError> {
         match self.settings.kernel {
             Some(_) => Ok(()),
             None => Err(VmError::NotConfigured(

@@ -5,6 +5,7 @@
 
 mod activity;
 mod cli;
+mod create;
 mod exec;
 pub mod golden;
 mod host;

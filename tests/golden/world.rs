@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::daemon_proc::{ADMIN_TOKEN, DaemonProc, SERVICE_TOKEN};
+use crate::support::daemon_proc::{DaemonProc, SERVICE_TOKEN};
 use crate::support::model_server::ModelServer;
 use crate::support::sse::Frame;
 use crate::support::vmhost;
@@ -186,23 +186,7 @@ impl World {
 
     /// Runs `script` in the VM as root; returns the exit code and stdout.
     pub async fn exec(&self, vm_id: &str, script: &str) -> (i64, String) {
-        let reply = self
-            .daemon
-            .call(
-                "POST",
-                &format!("/api/admin/vms/{vm_id}/exec"),
-                ADMIN_TOKEN,
-                Some(json!({"argv": ["/bin/sh", "-c", script], "timeoutSec": 120})),
-            )
-            .await;
-        assert_eq!(reply.status, 200, "{:?}", reply.json);
-        (
-            reply.json["exitCode"].as_i64().unwrap_or(-1),
-            reply.json["stdout"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
+        self.daemon.exec(vm_id, script, 120).await
     }
 
     /// One prompt through `POST /api/prompts/execute`, its SSE frames collected.

@@ -208,6 +208,30 @@ impl DaemonProc {
         reply.json
     }
 
+    /// Runs `script` in the VM as root (`POST /api/admin/vms/:id/exec`, up to `timeout_sec`);
+    /// returns the exit code and stdout.
+    pub async fn exec(&self, vm_id: &str, script: &str, timeout_sec: u64) -> (i64, String) {
+        let reply = self
+            .call(
+                "POST",
+                &format!("/api/admin/vms/{vm_id}/exec"),
+                ADMIN_TOKEN,
+                Some(serde_json::json!({
+                    "argv": ["/bin/sh", "-c", script],
+                    "timeoutSec": timeout_sec,
+                })),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        (
+            reply.json["exitCode"].as_i64().unwrap_or(-1),
+            reply.json["stdout"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+
     /// `POST /api/prompts/execute` with `body`, its SSE frames collected.
     pub async fn execute_prompt(&self, body: Value) -> Vec<Frame> {
         let response = self

@@ -1,4 +1,4 @@
-//! Firecracker's official API spec (swagger 2.0, in the shared reference folder) as a request
+//! Firecracker's official API spec (swagger 2.0, copied into `tests/support/firecracker-api/`) as a request
 //! validator: each body is checked against the schema of its path and method, with unknown
 //! fields refused as Firecracker itself refuses them.
 
@@ -14,7 +14,7 @@ pub struct ApiSpec {
 
 pub fn reference(version: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
-        "../shared/reference/firecracker-api-v{version}.yaml"
+        "tests/support/firecracker-api/firecracker-api-v{version}.yaml"
     ))
 }
 

@@ -1,6 +1,6 @@
 //! A fake AI model server for the real CLIs: the Anthropic Messages, OpenAI Responses and
-//! Gemini streamGenerateContent SSE shapes that `../shared/reference/cli-tools.md` records as
-//! the smallest each CLI accepts. It streams its words one event each (with a delay between
+//! Gemini streamGenerateContent SSE shapes, the smallest each CLI accepts (measured against the
+//! pinned CLIs). It streams its words one event each (with a delay between
 //! them), or stalls after the first word, or answers 500. Plain HTTP/1.1 with `connection:
 //! close`, so a response body ends when the connection does.
 

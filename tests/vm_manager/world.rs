@@ -52,23 +52,7 @@ impl World {
     }
 
     pub async fn exec(&self, vm_id: &str, script: &str) -> (i64, String) {
-        let reply = self
-            .daemon
-            .call(
-                "POST",
-                &format!("/api/admin/vms/{vm_id}/exec"),
-                ADMIN_TOKEN,
-                Some(json!({"argv": ["/bin/sh", "-c", script], "timeoutSec": 60})),
-            )
-            .await;
-        assert_eq!(reply.status, 200, "{:?}", reply.json);
-        (
-            reply.json["exitCode"].as_i64().unwrap_or(-1),
-            reply.json["stdout"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
+        self.daemon.exec(vm_id, script, 60).await
     }
 
     pub async fn pool_available(&self) -> u64 {
