@@ -13,6 +13,7 @@ pub mod messages;
 
 #[cfg(feature = "daemon")]
 pub mod client;
+#[cfg(feature = "daemon")]
 mod exec_stream;
 
 pub use frame::{Frame, FrameCodec, FrameError, FrameKind};

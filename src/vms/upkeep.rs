@@ -78,9 +78,6 @@ impl VmManager {
     /// a live VM uses (see [`super::images`]). Returns what it removed; a failure is logged and
     /// left for the next sweep.
     pub async fn sweep_images(&self) -> Result<Vec<std::path::PathBuf>, VmError> {
-        let Ok(configured) = self.settings.image_files() else {
-            return Ok(Vec::new());
-        };
         let mut in_use: Vec<_> = self
             .list(VmFilter::default())
             .await?
@@ -94,10 +91,14 @@ impl VmManager {
                 .as_ref()
                 .and_then(|golden| golden.meta.image.clone()),
         );
-        let unused =
-            tokio::task::spawn_blocking(move || super::images::unused(&configured, &in_use))
-                .await
-                .map_err(|e| VmError::Corrupt(format!("the image sweep panicked: {e}")))?;
+        // Resolving the configured links and listing the versions read the disk.
+        let settings = self.settings.clone();
+        let unused = tokio::task::spawn_blocking(move || match settings.image_files() {
+            Ok(configured) => super::images::unused(&configured, &in_use),
+            Err(_) => Vec::new(),
+        })
+        .await
+        .map_err(|e| VmError::Corrupt(format!("the image sweep panicked: {e}")))?;
         let mut removed = Vec::new();
         for dir in unused {
             match tokio::fs::remove_dir_all(&dir).await {
