@@ -28,6 +28,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Local state (.dev/: the quick start's admin token and signing key) must never be committed.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -n "$(git ls-files .dev)" ]; then
+  echo "test.sh: local state is committed; remove it from git: $(git ls-files .dev | tr '\n' ' ')" >&2
+  exit 1
+fi
+
 echo "test.sh: building the guest test image"
 image/build-test-image.sh
 # The production guest (Debian 13, Node.js 20, the pinned CLIs): its base rootfs is cached by a
@@ -51,4 +57,21 @@ echo "test.sh: building and running the tests"
 # The real-guest and real-CLI tests must not skip here: every prerequisite was just installed.
 export MC_REQUIRE_GUESTS=1
 # Benchmarks are not run here (they are not tests), but they are compiled by clippy in CI.
-cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}"
+# The tests run as root; they must leave the machine as they found it. Compiling first keeps the
+# build's own writes out of the comparison.
+cargo test --locked --no-run --lib --bins --tests
+state_before=$(mktemp)
+state_after=$(mktemp)
+trap 'rm -f "$state_before" "$state_after"' EXIT
+echo "test.sh: recording the host's files"
+scripts/host-state.sh >"$state_before"
+status=0
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}" || status=$?
+echo "test.sh: checking that the tests left the host's files as they were"
+scripts/host-state.sh >"$state_after"
+if ! diff "$state_before" "$state_after" >/dev/null; then
+  echo "test.sh: the tests changed files outside their temporary directories:" >&2
+  diff "$state_before" "$state_after" | head -n 40 >&2
+  status=1
+fi
+exit "$status"

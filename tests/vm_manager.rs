@@ -8,6 +8,8 @@
 
 mod support;
 
+#[path = "vm_manager/crash_loop.rs"]
+mod crash_loop;
 #[path = "vm_manager/golden.rs"]
 mod golden;
 #[path = "vm_manager/lifecycle.rs"]
@@ -25,7 +27,7 @@ use std::process::ExitCode;
 
 use support::daemon_proc::DaemonProc;
 use support::{harness, vmhost};
-use world::{BRIDGE, GATEWAY, POOL_SIZE, World};
+use world::{BRIDGE, CRASH_LIMIT, GATEWAY, POOL_SIZE, World};
 
 type Case = harness::Case<World>;
 
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         ("MC_VM_HEALTH_INTERVAL_SECS", "2".into()),
         ("ENCRYPTION_MASTER_KEY", world::MASTER_KEY.into()),
         ("MC_AUTH_SESSION_TIMEOUT_SECS", "20".into()),
+        ("MC_VM_CRASH_LIMIT", CRASH_LIMIT.to_string()),
     ]);
     let daemon = DaemonProc::new(dir.path(), &env);
     let mut world = World {
@@ -90,6 +93,10 @@ fn main() -> ExitCode {
         (
             "a claude login in a real guest: wrong code, cancel, timeout, second start, completed; injected 0600, refresh captured; no token in the clear",
             |w| Box::pin(logins::a_login_in_a_real_guest(w)),
+        ),
+        (
+            "a guest that crashes itself: only its console tail is kept; past the limit, 429 crash_loop",
+            |w| Box::pin(crash_loop::a_guest_that_keeps_crashing_itself_is_refused(w)),
         ),
         (
             "two VMs from a golden snapshot: own address, MAC, hostname, token",

@@ -225,6 +225,10 @@ impl From<VmError> for ApiError {
             VmError::TooManyVms { .. } => unavailable("vm_limit_reached"),
             VmError::PoolExhausted { .. } => unavailable("ip_pool_exhausted"),
             VmError::NotConfigured(_) => unavailable("vms_not_configured"),
+            VmError::CrashLoop { .. } => ApiError::Busy {
+                code: "crash_loop",
+                message,
+            },
             VmError::AgentUnavailable { .. } => unavailable("agent_unavailable"),
             VmError::Host { .. } => ApiError::BadGateway {
                 code: "vm_operation_failed",

@@ -101,6 +101,9 @@ pub struct Config {
     pub ip_pool_limit: Option<u32>,
     pub vm_agent_timeout_secs: u64,
     pub vm_health_interval_secs: u64,
+    /// More VM crashes of one user than this within the window refuse their next create.
+    pub vm_crash_limit: u32,
+    pub vm_crash_window_minutes: u64,
     /// The background jobs' schedules and thresholds.
     pub tasks: crate::tasks::TaskSettings,
     pub max_prompt_bytes: u64,
@@ -252,6 +255,8 @@ impl Config {
             ip_pool_limit: s.ip_pool_limit,
             vm_agent_timeout_secs: s.vm_agent_timeout_secs.unwrap_or(60),
             vm_health_interval_secs: s.vm_health_interval_secs.unwrap_or(30),
+            vm_crash_limit: s.vm_crash_limit.unwrap_or(3),
+            vm_crash_window_minutes: s.vm_crash_window_minutes.unwrap_or(10),
             tasks,
             max_prompt_bytes: s.max_prompt_bytes.unwrap_or(32 * 1024),
             prompt_timeout_secs: s.prompt_timeout_secs.unwrap_or(600),
@@ -327,6 +332,7 @@ impl Config {
             ("prompt_max_timeout_secs", self.prompt_max_timeout_secs),
             ("prompts_per_vm", u64::from(self.prompts_per_vm)),
             ("vm_health_interval_secs", self.vm_health_interval_secs),
+            ("vm_crash_window_minutes", self.vm_crash_window_minutes),
         ];
         for (field, value) in positive {
             if value == 0 {

@@ -39,6 +39,10 @@ pub(super) fn vm_settings(config: &Config) -> VmSettings {
         },
         agent_timeout: Duration::from_secs(config.vm_agent_timeout_secs),
         health_interval: Duration::from_secs(config.vm_health_interval_secs),
+        crash_limit: crate::vms::CrashLimit {
+            max: config.vm_crash_limit,
+            window: Duration::from_secs(config.vm_crash_window_minutes * 60),
+        },
         golden: None,
     }
 }

@@ -204,6 +204,7 @@ fn error_code(error: &PromptError) -> &'static str {
         PromptError::Vm(VmError::TooManyVms { .. }) => "vm_limit_reached",
         PromptError::Vm(VmError::PoolExhausted { .. }) => "ip_pool_exhausted",
         PromptError::Vm(VmError::NotConfigured(_)) => "vms_not_configured",
+        PromptError::Vm(VmError::CrashLoop { .. }) => "crash_loop",
         PromptError::Vm(_) => "vm_unavailable",
         _ => "internal",
     }

@@ -169,6 +169,7 @@ impl VmManager {
         }
         self.remove_tap(vm.tap_device.as_deref()).await;
         let vm = self.mark_failed(vm_id, &reason).await?;
+        self.note_crash(&vm.user_id);
         self.events.publish(
             &format!("user:{}", vm.user_id),
             json!({"event": "vm_crashed", "vmId": vm.id, "userId": vm.user_id, "reason": reason}),

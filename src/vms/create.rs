@@ -15,10 +15,19 @@ use crate::net::tap_name;
 impl VmManager {
     /// Creates the user's VM: reserves its address, tap and directory with the intent, then
     /// boots it and waits for its agent. A failed create leaves a `failed` record that holds
-    /// nothing.
+    /// nothing but its console tail. A user in a crash loop is refused first.
     pub async fn create(self: &Arc<Self>, user_id: &str) -> Result<Vm, VmError> {
         let started = Instant::now();
         self.require_vms()?;
+        let limit = self.settings.crash_limit;
+        if let Some(wait) = self.crashes.refusal(user_id, started, limit) {
+            return Err(VmError::CrashLoop {
+                user_id: user_id.to_string(),
+                max: limit.max,
+                window_minutes: limit.window.as_secs() / 60,
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
         let id = uuid::Uuid::now_v7().to_string();
         let now = now_ms();
         let (image, golden) = match &self.settings.golden {
@@ -93,7 +102,6 @@ impl VmManager {
             }
             Err(e) => {
                 self.remove_tap(vm.tap_device.as_deref()).await;
-                self.remove_dir(&self.dir_of(&vm.id)).await;
                 self.mark_failed(&vm.id, &e.to_string()).await?;
                 Err(e)
             }

@@ -39,6 +39,8 @@ pub struct VmManager {
     slots: Mutex<HashMap<String, Slot>>,
     /// Each VM's last use by a person (see `activity`).
     pub(super) activity: super::activity::Activity,
+    /// Each user's recent VM crashes (see `failed`).
+    pub(super) crashes: super::failed::CrashLog,
 }
 
 impl VmManager {
@@ -57,6 +59,7 @@ impl VmManager {
             settings,
             slots: Mutex::new(HashMap::new()),
             activity: super::activity::Activity::default(),
+            crashes: super::failed::CrashLog::default(),
         })
     }
 
@@ -236,29 +239,6 @@ impl VmManager {
         live.handle = Some(handle);
         live.agent = agent;
         self.watch_exit(vm_id.to_string(), live.generation, exit);
-    }
-
-    /// Marks a VM failed and releases its address, tap and process.
-    pub(super) async fn mark_failed(&self, vm_id: &str, reason: &str) -> Result<Vm, VmError> {
-        let id = vm_id.to_string();
-        let reason = reason.to_string();
-        let (vm, previous) = self
-            .store
-            .write(move |tx| {
-                let mut previous = VmStatus::Failed;
-                let vm = ledger::finish(tx, &id, |vm| {
-                    previous = vm.status;
-                    vm.set_status(VmStatus::Failed)?;
-                    ledger::strip(vm);
-                    vm.error = Some(reason);
-                    Ok(())
-                })?;
-                Ok::<_, VmError>((vm, previous))
-            })
-            .await?;
-        self.forget_usage(vm_id);
-        self.publish_status(&vm, previous);
-        Ok(vm)
     }
 
     /// Refuses operations that need a guest kernel before any intent is written.

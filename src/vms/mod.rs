@@ -7,6 +7,7 @@ mod activity;
 mod cli;
 mod create;
 mod exec;
+mod failed;
 pub mod golden;
 mod host;
 pub mod images;
@@ -28,6 +29,7 @@ use crate::vmm::Hypervisor;
 pub use activity::HealthSweep;
 pub use cli::{CliEnvironment, VmStep};
 pub use exec::ExecResult;
+pub use failed::CrashLimit;
 pub(crate) use host::create_private_dir;
 pub use ledger::Limits;
 pub use manager::VmManager;
@@ -62,6 +64,16 @@ pub enum VmError {
     TooManyVms { max: u32 },
     #[error("the IP pool is exhausted: all {size} addresses are leased to running VMs")]
     PoolExhausted { size: u64 },
+    #[error(
+        "user {user_id}'s VMs crashed more than {max} times in {window_minutes} minutes; \
+         a new VM can be created in {retry_after_secs} s"
+    )]
+    CrashLoop {
+        user_id: String,
+        max: u32,
+        window_minutes: u64,
+        retry_after_secs: u64,
+    },
     #[error("VMs are not configured on this host: {0}")]
     NotConfigured(&'static str),
     #[error("VM {id}: {op} failed: {reason}")]
@@ -117,6 +129,8 @@ pub struct VmSettings {
     pub limits: Limits,
     pub agent_timeout: Duration,
     pub health_interval: Duration,
+    /// A user whose VMs crash more often than this gets no new VM for a while.
+    pub crash_limit: CrashLimit,
     /// Creates restore from this instead of cold-booting.
     pub golden: Option<golden::Golden>,
 }

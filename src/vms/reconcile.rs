@@ -99,9 +99,7 @@ impl VmManager {
         let dir = Path::new(&intent.dir);
         match intent.op {
             VmOp::Create => {
-                kill_processes_in(dir).await;
                 self.remove_tap(Some(&intent.tap)).await;
-                self.remove_dir(dir).await;
                 self.mark_failed(&vm.id, "the create was interrupted by a restart")
                     .await?;
                 Ok("rolled back")

@@ -58,6 +58,7 @@ impl VmManager {
         self.remove_tap(tap.as_deref()).await;
         match self.mark_failed(vm_id, &reason).await {
             Ok(vm) => {
+                self.note_crash(&vm.user_id);
                 self.events.publish(
                     &format!("user:{}", vm.user_id),
                     json!({

@@ -2,7 +2,8 @@
 //! daemon's whole prompt path (VM manager, agent protocol, exec, SSE) with the real Node-based
 //! CLIs, which are too heavy for the small guest test image. The issue allows the agent on the
 //! host for these tests; it is never used where a real guest is asked for. Run it only inside
-//! private network and UTS namespaces: the agent configures `eth0` and sets the hostname.
+//! private network, UTS and mount namespaces ([`enter_namespaces`]): the agent configures `eth0`,
+//! writes `/etc/resolv.conf` and sets the hostname.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -123,13 +124,39 @@ impl Hypervisor for HostAgentHypervisor {
     }
 }
 
-/// Moves this process into network and UTS namespaces of its own, with loopback up and an
-/// `eth0` (a bridge with no ports) for the agent to configure. Must run before any other thread.
+/// Moves this process into network, UTS and mount namespaces of its own, with loopback up and
+/// an `eth0` (a bridge with no ports) for the agent to configure. The agent writes
+/// `/etc/resolv.conf` when it configures the network: a network namespace alone leaves that file
+/// shared with the host (an earlier run overwrote the host's resolver this way), so a private copy
+/// is bind-mounted over it, visible only in this process's mount namespace. Must run before any
+/// other thread.
 pub fn enter_namespaces() {
-    nix::sched::unshare(
-        nix::sched::CloneFlags::CLONE_NEWNET | nix::sched::CloneFlags::CLONE_NEWUTS,
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS)
+        .expect("unshare");
+    // Mounts made from here on must not propagate back to the host's namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
     )
-    .expect("unshare");
+    .expect("make / private");
+    let private = std::env::temp_dir().join(format!("mc-host-agent-resolv-{}", std::process::id()));
+    std::fs::copy("/etc/resolv.conf", &private).expect("copy /etc/resolv.conf");
+    mount(
+        Some(&private),
+        "/etc/resolv.conf",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind a private /etc/resolv.conf");
+    // The mount holds the file; its name is not needed, and nothing is left behind in /tmp.
+    std::fs::remove_file(&private).expect("remove the private resolv.conf's name");
     for args in [
         &["link", "set", "lo", "up"][..],
         &["link", "add", "eth0", "type", "bridge"],

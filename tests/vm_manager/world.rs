@@ -15,6 +15,8 @@ use crate::support::daemon_proc::{
 pub const BRIDGE: &str = "mcbr1";
 pub const GATEWAY: &str = "10.215.0.1";
 pub const POOL_SIZE: u64 = 253;
+/// More crashes of one user's VMs than this refuse their next VM (`MC_VM_CRASH_LIMIT`).
+pub const CRASH_LIMIT: u32 = 1;
 pub const MASTER_KEY: &str = "4be1c0d2e3f405162738495a6b7c8d9eafb0c1d2e3f405162738495a6b7c8d9e";
 
 pub struct World {
