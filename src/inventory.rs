@@ -41,12 +41,8 @@ impl Inventory {
                         .entry((vm.status, vm.vm_type))
                         .or_insert(0) += 1;
                 }
-                for prompt in store::all(&tx.open_table(tables::PROMPTS)?)? {
-                    *inventory
-                        .prompts_by_provider_status
-                        .entry((prompt.provider, prompt.status))
-                        .or_insert(0) += 1;
-                }
+                // The counters, not the records: a scrape must not cost more as prompts pile up.
+                inventory.prompts_by_provider_status = crate::prompts::counts::read(tx)?;
                 inventory.ip_leases = tx.open_table(tables::IP_LEASES)?.len()?;
                 inventory.port_leases = tx.open_table(tables::PORT_LEASES)?.len()?;
                 let outbox = tx.open_table(tables::OUTBOX)?;

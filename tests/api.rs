@@ -395,7 +395,7 @@ async fn every_token_kind_on_a_user_route_and_an_admin_route() {
         d.ctx
             .auth
             .signer()
-            .mint(&alice, master_controller::model::now_ms() / 1000 - 100, 10);
+            .mint(&alice, 0, master_controller::model::now_ms() / 1000 - 100, 10);
     let user_route = format!("/api/users/{alice}");
     let admin_route = "/api/admin/users";
 

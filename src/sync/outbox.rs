@@ -10,7 +10,7 @@ use super::rows::{Mirrored, RowOptions};
 use crate::model::{AuthSession, Credential, DeadLetter, OutboxEntry, Prompt, User, Vm, now_ms};
 use crate::store::{self, Record, Store, StoreError, tables};
 
-fn outbox_key(table: &str, record_key: &str) -> String {
+pub(crate) fn outbox_key(table: &str, record_key: &str) -> String {
     format!("{table}/{record_key}")
 }
 
