@@ -173,6 +173,7 @@ async fn admin_routes_and_probes() {
     let text = d
         .client
         .get(d.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -191,7 +192,7 @@ async fn admin_routes_and_probes() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
-    let as_json = d.call("GET", "/metrics/json", None, None).await;
+    let as_json = d.call("GET", "/metrics/json", Some(ADMIN_TOKEN), None).await;
     let users = as_json.json["metrics"]
         .as_array()
         .unwrap()
