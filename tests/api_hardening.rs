@@ -124,6 +124,10 @@ async fn a_scrape_reads_the_counters_not_the_prompt_records() {
         assert_eq!(get(&d.client, &d.url(path), Some(ADMIN_TOKEN)).await, 200, "{path}");
     }
     assert_eq!(codex_counts(&d).await["codex:completed"], 300);
+    // The outbox (301 entries with no mirror configured) is read through its age index.
+    let outbox = d.call("GET", "/api/admin/outbox", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(outbox.json["pending"], 301, "{:?}", outbox.json);
+    assert!(outbox.json["oldestAgeMs"].is_i64(), "{:?}", outbox.json);
     d.shutdown().await;
 }
 

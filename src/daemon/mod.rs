@@ -158,6 +158,9 @@ pub async fn start_with(
     if crate::prompts::counts::ensure(&store).await? {
         tracing::info!("counted the stored prompts into the prompt counters");
     }
+    if crate::sync::outbox::ensure_age_index(&store).await? {
+        tracing::info!("indexed the outbox by age");
+    }
     let settled = crate::prompts::settle_interrupted(&store).await?;
     if settled > 0 {
         tracing::warn!(

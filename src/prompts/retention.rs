@@ -48,11 +48,11 @@ pub async fn prune_before(store: &Store, cutoff_ms: i64) -> Result<Vec<String>, 
                         }
                     }
                 }
-                let mut outbox = tx.open_table(tables::OUTBOX)?;
                 for (key, prompt) in &expired {
                     table.remove(key.as_str())?;
                     super::counts::change(tx, Some(prompt), None)?;
-                    outbox.remove(crate::sync::outbox::outbox_key(Prompt::TABLE, key).as_str())?;
+                    let pending = crate::sync::outbox::outbox_key(Prompt::TABLE, key);
+                    crate::sync::outbox::remove_entry(tx, &pending)?;
                 }
                 Ok::<_, PromptError>(expired.into_iter().map(|(key, _)| key).collect::<Vec<_>>())
             })

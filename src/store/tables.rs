@@ -59,6 +59,11 @@ pub const TOKEN_EPOCHS: TableDefinition<&str, u64> = TableDefinition::new("token
 /// `PROMPTS`, so a metrics scrape reads a few counters instead of decoding every prompt.
 pub const PROMPT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("prompt_counts");
 
+/// The outbox's entries by `(enqueued_at_ms, outbox key)`, kept with `OUTBOX`, so the oldest
+/// pending change is read without decoding the outbox (which holds one entry per changed
+/// prompt while the mirror is down).
+pub const OUTBOX_BY_AGE: TableDefinition<(i64, &str), ()> = TableDefinition::new("outbox_by_age");
+
 /// An encoded record as redb stores it. Decoding is explicit (`decode`) so that a corrupt or
 /// unknown record is an error, not a panic inside redb.
 pub struct Stored<R> {
@@ -141,5 +146,6 @@ pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> 
     tx.open_table(TASK_RUNS)?;
     tx.open_table(TOKEN_EPOCHS)?;
     tx.open_table(PROMPT_COUNTS)?;
+    tx.open_table(OUTBOX_BY_AGE)?;
     Ok(())
 }
