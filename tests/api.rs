@@ -192,7 +192,9 @@ async fn admin_routes_and_probes() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
-    let as_json = d.call("GET", "/metrics/json", Some(ADMIN_TOKEN), None).await;
+    let as_json = d
+        .call("GET", "/metrics/json", Some(ADMIN_TOKEN), None)
+        .await;
     let users = as_json.json["metrics"]
         .as_array()
         .unwrap()
@@ -392,11 +394,12 @@ async fn every_token_kind_on_a_user_route_and_an_admin_route() {
     let alice = d.create_user("alice@example.com").await;
     let bob = d.create_user("bob@example.com").await;
     let alice_token = d.user_token(&alice).await;
-    let expired =
-        d.ctx
-            .auth
-            .signer()
-            .mint(&alice, 0, master_controller::model::now_ms() / 1000 - 100, 10);
+    let expired = d.ctx.auth.signer().mint(
+        &alice,
+        0,
+        master_controller::model::now_ms() / 1000 - 100,
+        10,
+    );
     let user_route = format!("/api/users/{alice}");
     let admin_route = "/api/admin/users";
 

@@ -32,11 +32,19 @@ async fn metrics_need_a_token_on_the_main_listener_and_none_on_metrics_listen() 
     let user_token = d.user_token(&user).await;
     for path in ["/metrics", "/metrics/json"] {
         let url = d.url(path);
-        assert_eq!(get(&d.client, &url, None).await, 401, "{path} without a token");
+        assert_eq!(
+            get(&d.client, &url, None).await,
+            401,
+            "{path} without a token"
+        );
         assert_eq!(get(&d.client, &url, Some("wrong")).await, 401, "{path}");
         assert_eq!(get(&d.client, &url, Some(&user_token)).await, 403, "{path}");
         assert_eq!(get(&d.client, &url, Some(ADMIN_TOKEN)).await, 200, "{path}");
-        assert_eq!(get(&d.client, &url, Some(SERVICE_TOKEN)).await, 200, "{path}");
+        assert_eq!(
+            get(&d.client, &url, Some(SERVICE_TOKEN)).await,
+            200,
+            "{path}"
+        );
     }
     d.shutdown().await;
 
@@ -44,7 +52,11 @@ async fn metrics_need_a_token_on_the_main_listener_and_none_on_metrics_listen() 
     let metrics_addr = d.running.as_ref().unwrap().metrics_addr.expect("listener");
     for path in ["/metrics", "/metrics/json"] {
         let open = format!("http://{metrics_addr}{path}");
-        assert_eq!(get(&d.client, &open, None).await, 200, "{path} on metrics_listen");
+        assert_eq!(
+            get(&d.client, &open, None).await,
+            200,
+            "{path} on metrics_listen"
+        );
         assert_eq!(get(&d.client, &d.url(path), Some(ADMIN_TOKEN)).await, 404);
     }
     d.shutdown().await;
@@ -121,11 +133,17 @@ async fn a_scrape_reads_the_counters_not_the_prompt_records() {
         .await
         .unwrap();
     for path in ["/metrics", "/metrics/json"] {
-        assert_eq!(get(&d.client, &d.url(path), Some(ADMIN_TOKEN)).await, 200, "{path}");
+        assert_eq!(
+            get(&d.client, &d.url(path), Some(ADMIN_TOKEN)).await,
+            200,
+            "{path}"
+        );
     }
     assert_eq!(codex_counts(&d).await["codex:completed"], 300);
     // The outbox (301 entries with no mirror configured) is read through its age index.
-    let outbox = d.call("GET", "/api/admin/outbox", Some(ADMIN_TOKEN), None).await;
+    let outbox = d
+        .call("GET", "/api/admin/outbox", Some(ADMIN_TOKEN), None)
+        .await;
     assert_eq!(outbox.json["pending"], 301, "{:?}", outbox.json);
     assert!(outbox.json["oldestAgeMs"].is_i64(), "{:?}", outbox.json);
     d.shutdown().await;
@@ -139,11 +157,21 @@ async fn prune_removes_prompts_past_the_retention_and_keeps_newer_ones() {
     seed(
         &d,
         vec![
-            prompt("old-done", &user, PromptStatus::Completed, now - 31 * DAY_MS),
+            prompt(
+                "old-done",
+                &user,
+                PromptStatus::Completed,
+                now - 31 * DAY_MS,
+            ),
             prompt("old-failed", &user, PromptStatus::Failed, now - 40 * DAY_MS),
             prompt("recent", &user, PromptStatus::Completed, now - 29 * DAY_MS),
             // Still streaming (a restart settles it): never pruned, however old.
-            prompt("old-open", &user, PromptStatus::Streaming, now - 31 * DAY_MS),
+            prompt(
+                "old-open",
+                &user,
+                PromptStatus::Streaming,
+                now - 31 * DAY_MS,
+            ),
         ],
     )
     .await;
@@ -227,7 +255,10 @@ async fn connections_beyond_the_cap_wait_until_others_end() {
     let third = tokio::spawn(async move { get(&reqwest::Client::new(), &url, None).await });
     // Not served while the two hold their connections.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!third.is_finished(), "a third connection was served past the cap of 2");
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past the cap of 2"
+    );
     drop(holders);
     let status = tokio::time::timeout(DEADLINE, third)
         .await
@@ -254,7 +285,11 @@ async fn failed_authentications_from_one_address_get_429_and_spare_other_address
     let guesser = from(1);
     for guess in 0..5 {
         let token = format!("guess-{guess:020}");
-        assert_eq!(get(&guesser, &route, Some(&token)).await, 401, "guess {guess}");
+        assert_eq!(
+            get(&guesser, &route, Some(&token)).await,
+            401,
+            "guess {guess}"
+        );
     }
     assert_eq!(get(&guesser, &route, Some("guess-6")).await, 429);
     // Even the right token: a guesser must not learn which guess was right.

@@ -67,12 +67,15 @@ async fn deleting_a_user_kills_their_tokens_and_their_websocket() {
     let mut socket = user_socket(&d, &token).await;
 
     let deleted = d
-        .call("DELETE", &format!("/api/users/{user}"), Some(SERVICE_TOKEN), None)
+        .call(
+            "DELETE",
+            &format!("/api/users/{user}"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(deleted.status, 200, "{:?}", deleted.json);
-    let reply = d
-        .call("GET", "/api/vms", Some(&token), None)
-        .await;
+    let reply = d.call("GET", "/api/vms", Some(&token), None).await;
     assert_eq!(reply.status, 401, "{:?}", reply.json);
     let reason = closes(&mut socket).await;
     assert_eq!(reason.as_deref(), Some("token revoked"));
@@ -87,10 +90,20 @@ async fn the_admin_revoke_route_kills_tokens_minted_so_far() {
     let token = d.user_token(&user).await;
     let others_token = d.user_token(&other).await;
     let route = format!("/api/admin/users/{user}/revoke-tokens");
-    assert_eq!(d.call("POST", &route, Some(SERVICE_TOKEN), None).await.status, 403);
+    assert_eq!(
+        d.call("POST", &route, Some(SERVICE_TOKEN), None)
+            .await
+            .status,
+        403
+    );
     assert_eq!(d.call("POST", &route, Some(&token), None).await.status, 403);
     let unknown = "/api/admin/users/nobody/revoke-tokens";
-    assert_eq!(d.call("POST", unknown, Some(ADMIN_TOKEN), None).await.status, 404);
+    assert_eq!(
+        d.call("POST", unknown, Some(ADMIN_TOKEN), None)
+            .await
+            .status,
+        404
+    );
 
     let revoked = d.call("POST", &route, Some(ADMIN_TOKEN), None).await;
     assert_eq!(revoked.status, 200, "{:?}", revoked.json);
@@ -99,10 +112,23 @@ async fn the_admin_revoke_route_kills_tokens_minted_so_far() {
         .call("GET", &format!("/api/users/{user}"), Some(&token), None)
         .await;
     assert_eq!(reply.status, 401);
-    assert!(reply.json["error"]["message"].as_str().unwrap_or("").contains("revoked"));
-    assert_eq!(own_user(&d, &other, &others_token).await, 200, "another user's token");
+    assert!(
+        reply.json["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("revoked")
+    );
+    assert_eq!(
+        own_user(&d, &other, &others_token).await,
+        200,
+        "another user's token"
+    );
     let fresh = d.user_token(&user).await;
-    assert_eq!(own_user(&d, &user, &fresh).await, 200, "a token minted after");
+    assert_eq!(
+        own_user(&d, &user, &fresh).await,
+        200,
+        "a token minted after"
+    );
     d.shutdown().await;
 }
 

@@ -80,9 +80,7 @@ impl AuthFailures {
             IpAddr::V4(_) => addr,
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(Ipv6Addr::from(
-                    u128::from(v6) & !((1u128 << 64) - 1),
-                )),
+                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
             },
         }
     }
@@ -173,8 +171,16 @@ mod tests {
     fn ipv6_counts_per_64_and_zero_is_off() {
         let failures = AuthFailures::new(1, 1);
         failures.record(Some("2001:db8::1".parse().unwrap()));
-        assert!(failures.check(Some("2001:db8::2".parse().unwrap())).is_err());
-        assert!(failures.check(Some("2001:db8:0:1::1".parse().unwrap())).is_ok());
+        assert!(
+            failures
+                .check(Some("2001:db8::2".parse().unwrap()))
+                .is_err()
+        );
+        assert!(
+            failures
+                .check(Some("2001:db8:0:1::1".parse().unwrap()))
+                .is_ok()
+        );
         let off = AuthFailures::new(0, 1);
         let a = Some(IpAddr::from([10, 0, 0, 1]));
         off.record(a);

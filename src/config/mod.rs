@@ -328,7 +328,10 @@ impl Config {
             ("ws_max_connections", self.ws_max_connections as u64),
             ("ws_queue_len", self.ws_queue_len as u64),
             ("ws_max_subscriptions", self.ws_max_subscriptions as u64),
-            ("api_header_read_timeout_secs", self.api_header_read_timeout_secs),
+            (
+                "api_header_read_timeout_secs",
+                self.api_header_read_timeout_secs,
+            ),
             ("api_max_connections", self.api_max_connections as u64),
             ("auth_failure_burst", u64::from(self.auth_failure_burst)),
             ("max_vms", u64::from(self.max_vms)),

@@ -10,8 +10,7 @@ use super::host::HostProbe;
 use super::scheduler::{Job, Scheduler};
 use super::{
     DESTROY_INACTIVE, EXPIRE_AUTH_SESSIONS, HIBERNATE_IDLE, METRICS_SAMPLE, PROXY_HEALTH,
-    PRUNE_PROMPTS, Tally,
-    TaskError, TaskSettings, VALIDATE_CREDENTIALS, VM_HEALTH, samples,
+    PRUNE_PROMPTS, Tally, TaskError, TaskSettings, VALIDATE_CREDENTIALS, VM_HEALTH, samples,
 };
 use crate::auth::{AuthError, AuthService};
 use crate::inventory::Inventory;
