@@ -134,7 +134,12 @@ async fn the_admin_revoke_route_kills_tokens_minted_so_far() {
 
 #[tokio::test]
 async fn a_revoked_tokens_prompt_stream_ends() {
-    let (d, _fake) = start(&[("ENCRYPTION_MASTER_KEY", MASTER_KEY)]).await;
+    // A short header timeout too: it must not cut a response that streams longer than it.
+    let (d, _fake) = start(&[
+        ("ENCRYPTION_MASTER_KEY", MASTER_KEY),
+        ("MC_API_HEADER_READ_TIMEOUT_SECS", "1"),
+    ])
+    .await;
     let user = d.create_user("streaming@example.com").await;
     d.ctx.vms.create(&user).await.expect("VM");
     let token = d.user_token(&user).await;
@@ -148,6 +153,13 @@ async fn a_revoked_tokens_prompt_stream_ends() {
         .expect("execute");
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
+    let open_for = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(chunk) = tokio::time::timeout_at(open_for, body.next()).await {
+        assert!(
+            matches!(chunk, Some(Ok(_))),
+            "the stream ended before the revocation"
+        );
+    }
 
     let revoked = d
         .call(
