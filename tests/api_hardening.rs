@@ -7,7 +7,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use master_controller::model::{Prompt, PromptStatus, Provider, now_ms};
+use master_controller::model::{OutboxEntry, Prompt, PromptStatus, Provider, now_ms};
 use master_controller::store::{self, StoreError, Stored, tables};
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -128,6 +128,11 @@ async fn a_scrape_reads_the_counters_not_the_prompt_records() {
         .write(|tx| {
             let garbage = <Stored<Prompt> as redb::Value>::from_bytes(b"\xff\xffnot a record");
             tx.open_table(tables::PROMPTS)?.insert("corrupt", garbage)?;
+            // And an outbox entry: with the mirror down the outbox holds one per changed
+            // prompt, so a scrape must not decode those either.
+            let garbage = <Stored<OutboxEntry> as redb::Value>::from_bytes(b"\xff\xffnope");
+            tx.open_table(tables::OUTBOX)?
+                .insert("prompts/corrupt", garbage)?;
             Ok::<_, StoreError>(())
         })
         .await
@@ -140,11 +145,11 @@ async fn a_scrape_reads_the_counters_not_the_prompt_records() {
         );
     }
     assert_eq!(codex_counts(&d).await["codex:completed"], 300);
-    // The outbox (301 entries with no mirror configured) is read through its age index.
+    // The outbox (302 entries with no mirror configured) is read through its age index.
     let outbox = d
         .call("GET", "/api/admin/outbox", Some(ADMIN_TOKEN), None)
         .await;
-    assert_eq!(outbox.json["pending"], 301, "{:?}", outbox.json);
+    assert_eq!(outbox.json["pending"], 302, "{:?}", outbox.json);
     assert!(outbox.json["oldestAgeMs"].is_i64(), "{:?}", outbox.json);
     d.shutdown().await;
 }
