@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use redb::ReadableTableMetadata;
 
-use crate::model::{OutboxEntry, PromptStatus, Provider, UserStatus, VmStatus, VmType, now_ms};
+use crate::model::{PromptStatus, Provider, UserStatus, VmStatus, VmType, now_ms};
 use crate::store::{self, Store, StoreError, tables};
 
 #[derive(Debug, Clone, Default)]
@@ -41,20 +41,15 @@ impl Inventory {
                         .entry((vm.status, vm.vm_type))
                         .or_insert(0) += 1;
                 }
-                for prompt in store::all(&tx.open_table(tables::PROMPTS)?)? {
-                    *inventory
-                        .prompts_by_provider_status
-                        .entry((prompt.provider, prompt.status))
-                        .or_insert(0) += 1;
-                }
+                // The counters, not the records: a scrape must not cost more as prompts pile up.
+                inventory.prompts_by_provider_status = crate::prompts::counts::read(tx)?;
                 inventory.ip_leases = tx.open_table(tables::IP_LEASES)?.len()?;
                 inventory.port_leases = tx.open_table(tables::PORT_LEASES)?.len()?;
                 let outbox = tx.open_table(tables::OUTBOX)?;
                 inventory.outbox_depth = outbox.len()?;
-                inventory.outbox_oldest_age_ms = store::all::<OutboxEntry, _>(&outbox)?
-                    .iter()
-                    .map(|e| e.enqueued_at_ms)
-                    .min()
+                // The age index, not the entries: while the mirror is down the outbox holds an
+                // entry per changed prompt.
+                inventory.outbox_oldest_age_ms = crate::sync::outbox::oldest_enqueued_ms(tx)?
                     .map(|oldest| (now_ms() - oldest).max(0));
                 inventory.dead_letters = tx.open_table(tables::DEAD_LETTERS)?.len()?;
                 inventory.credentials = tx.open_table(tables::CREDENTIALS)?.len()?;

@@ -124,7 +124,10 @@ fn mint(config: &Config, user: &str, ttl: Option<u64>) -> anyhow::Result<()> {
         .context("minting a user token needs the daemon's signing key")?;
     let ttl = ttl.unwrap_or(config.user_token_ttl_secs);
     anyhow::ensure!(ttl > 0, "--ttl must be greater than 0");
-    println!("{}", signer.mint(user, now_ms() / 1000, ttl));
+    // The store is the running daemon's, so the user's token epoch cannot be read here: the
+    // token carries epoch 0, and is refused if the user's tokens were ever revoked (mint
+    // through `POST /api/users/:id/tokens` then).
+    println!("{}", signer.mint(user, 0, now_ms() / 1000, ttl));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! User-scoped bearer tokens: `mcu1.<claims>.<signature>`, where the claims are base64url JSON
-//! `{sub, iat, exp}` and the signature is HMAC-SHA256 over `mcu1.<claims>`. The signing key is
+//! `{sub, ep, iat, exp}` (`ep`: the user's token epoch at minting, see `users::epochs`; a token
+//! from before epochs has none, which reads as 0) and the signature is HMAC-SHA256 over `mcu1.<claims>`. The signing key is
 //! configured (`MC_TOKEN_SIGNING_KEY`) or generated once into the data directory.
 
 use std::io::Write;
@@ -31,6 +32,8 @@ pub enum TokenError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserClaims {
     pub sub: String,
+    #[serde(default)]
+    pub ep: u64,
     pub iat: i64,
     pub exp: i64,
 }
@@ -86,9 +89,10 @@ impl TokenSigner {
             .expect("HMAC takes any key length")
     }
 
-    pub fn mint(&self, user_id: &str, now_secs: i64, ttl_secs: u64) -> String {
+    pub fn mint(&self, user_id: &str, epoch: u64, now_secs: i64, ttl_secs: u64) -> String {
         let claims = UserClaims {
             sub: user_id.to_string(),
+            ep: epoch,
             iat: now_secs,
             exp: now_secs.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
         };
@@ -137,7 +141,7 @@ mod tests {
     #[test]
     fn mint_and_verify() {
         let signer = TokenSigner::from_key(vec![7; 32]);
-        let token = signer.mint("user-1", 1000, 60);
+        let token = signer.mint("user-1", 0, 1000, 60);
         assert!(looks_like_user_token(&token));
         let claims = signer.verify(&token, 1010).unwrap();
         assert_eq!(claims.sub, "user-1");
@@ -150,7 +154,7 @@ mod tests {
     #[test]
     fn tampering_and_other_keys_fail() {
         let signer = TokenSigner::from_key(vec![7; 32]);
-        let token = signer.mint("user-1", 1000, 60);
+        let token = signer.mint("user-1", 0, 1000, 60);
         let other = TokenSigner::from_key(vec![8; 32]);
         assert!(matches!(
             other.verify(&token, 1001),
@@ -174,7 +178,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let first = TokenSigner::load(None, dir.path()).unwrap();
-        let token = first.mint("u", 1, 100);
+        let token = first.mint("u", 0, 1, 100);
         let second = TokenSigner::load(None, dir.path()).unwrap();
         assert!(second.verify(&token, 2).is_ok());
         let mode = std::fs::metadata(dir.path().join(KEY_FILE_NAME))

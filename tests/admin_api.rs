@@ -124,6 +124,7 @@ async fn tasks_are_listed_and_run_on_demand() {
             "expire_auth_sessions",
             "hibernate_idle",
             "metrics_sample",
+            "prune_prompts",
             "validate_credentials",
             "vm_health"
         ]
@@ -341,7 +342,7 @@ async fn system_stats_show_the_host_the_pool_and_the_tasks() {
     assert_eq!(j["decodoPortsUsed"], 0);
     assert!(j["vms"]["byStatus"].is_object());
     assert_eq!(j["tasks"]["enabled"], true);
-    assert_eq!(j["tasks"]["jobs"], 6);
+    assert_eq!(j["tasks"]["jobs"], 7);
     assert_eq!(j["tasks"]["failing"], serde_json::json!([]));
     assert!(j["outbox"].is_object());
     assert_eq!(j["outbox"]["configured"], false);

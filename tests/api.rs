@@ -173,6 +173,7 @@ async fn admin_routes_and_probes() {
     let text = d
         .client
         .get(d.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -191,7 +192,9 @@ async fn admin_routes_and_probes() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
-    let as_json = d.call("GET", "/metrics/json", None, None).await;
+    let as_json = d
+        .call("GET", "/metrics/json", Some(ADMIN_TOKEN), None)
+        .await;
     let users = as_json.json["metrics"]
         .as_array()
         .unwrap()
@@ -391,11 +394,12 @@ async fn every_token_kind_on_a_user_route_and_an_admin_route() {
     let alice = d.create_user("alice@example.com").await;
     let bob = d.create_user("bob@example.com").await;
     let alice_token = d.user_token(&alice).await;
-    let expired =
-        d.ctx
-            .auth
-            .signer()
-            .mint(&alice, master_controller::model::now_ms() / 1000 - 100, 10);
+    let expired = d.ctx.auth.signer().mint(
+        &alice,
+        0,
+        master_controller::model::now_ms() / 1000 - 100,
+        10,
+    );
     let user_route = format!("/api/users/{alice}");
     let admin_route = "/api/admin/users";
 

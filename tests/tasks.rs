@@ -102,7 +102,7 @@ async fn a_failing_job_is_recorded_and_retried_while_the_others_go_on() {
     assert_eq!((fourth.last_error, fourth.items_touched), (None, 3));
     let summary = d.ctx.tasks.summary().await.expect("summary");
     assert!(summary.failing.is_empty(), "{summary:?}");
-    assert_eq!(summary.jobs, 7);
+    assert_eq!(summary.jobs, 8);
     d.shutdown().await;
 }
 

@@ -217,3 +217,38 @@ async fn a_client_that_falls_behind_is_closed_with_a_reason() {
     assert!(reason.contains("slow consumer"), "{reason}");
     d.shutdown().await;
 }
+
+/// Upgrade requests that never become WebSockets (HTTP/1.0, where no upgrade can happen) must
+/// not use up the hub's connection slots: 1,025 of them used to lock everyone out.
+#[tokio::test]
+async fn failed_upgrades_do_not_use_up_the_connection_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = TestDaemon::start_with(&[
+        ("MC_WS_MAX_CONNECTIONS", "1024"),
+        ("MC_RATE_LIMIT_PER_SECOND", "100000"),
+        ("MC_RATE_LIMIT_BURST", "100000"),
+    ])
+    .await;
+    let addr = d.running.as_ref().unwrap().addr;
+    let request = format!(
+        "GET /ws HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    for i in 0..1025 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("request {i}: the server keeps the connection"))
+            .ok();
+    }
+    let socket = connect(&d, "/ws", Some(ADMIN_TOKEN)).await;
+    assert!(
+        socket.is_ok(),
+        "a real WebSocket after 1,025 failed upgrades: {:?}",
+        socket.err()
+    );
+    d.shutdown().await;
+}

@@ -37,6 +37,13 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
             "/api/admin/users/:userId/force-destroy-vm",
         ))
         .then(force_destroy_vm);
+    let revoke = warp::path!("api" / "admin" / "users" / String / "revoke-tokens")
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/admin/users/:userId/revoke-tokens",
+        ))
+        .then(revoke_tokens);
     let inactive = warp::path!("api" / "admin" / "cleanup" / "inactive-vms")
         .and(endpoint(
             ctx.clone(),
@@ -65,6 +72,8 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(force_destroy)
         .unify()
+        .or(revoke)
+        .unify()
         .or(inactive)
         .unify()
         .or(orphans)
@@ -74,6 +83,17 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .or(super::tasks::routes(ctx))
         .unify()
         .boxed()
+}
+
+/// Revokes every user token of the user minted so far; their open streams end.
+async fn revoke_tokens(user_id: String, call: Call) -> Response {
+    let result = async {
+        call.principal()?.require_admin()?;
+        let epoch = call.ctx.users.revoke_tokens(&user_id).await?;
+        Ok(json!({ "userId": user_id, "tokenEpoch": epoch }))
+    }
+    .await;
+    call.respond(StatusCode::OK, result)
 }
 
 async fn force_destroy_vm(user_id: String, call: Call) -> Response {

@@ -1,5 +1,8 @@
 //! Bearer-token authentication and the scope rules. Admin and service tokens are compared in
-//! constant time; user-scoped tokens are HMAC-signed (see `tokens`).
+//! constant time; user-scoped tokens are HMAC-signed (see `tokens`) and valid only while their
+//! epoch is their user's (see `users::epochs`).
+
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -8,14 +11,16 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use crate::model::now_ms;
 use crate::tokens::{TokenError, TokenSigner, looks_like_user_token};
+use crate::users::TokenEpochs;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Admin,
     /// The web backend, acting for any user.
     Service,
-    /// A user-scoped token: only that user's resources.
-    User(String),
+    /// A user-scoped token: only that user's resources. With the token's epoch, so a stream
+    /// opened with it ends when it is revoked.
+    User(String, u64),
 }
 
 impl Principal {
@@ -23,7 +28,7 @@ impl Principal {
         match self {
             Principal::Admin => "admin".into(),
             Principal::Service => "service".into(),
-            Principal::User(id) => format!("user:{id}"),
+            Principal::User(id, _) => format!("user:{id}"),
         }
     }
 
@@ -40,7 +45,7 @@ impl Principal {
     pub fn require_service(&self) -> Result<(), ApiError> {
         match self {
             Principal::Admin | Principal::Service => Ok(()),
-            Principal::User(_) => Err(ApiError::Forbidden(
+            Principal::User(..) => Err(ApiError::Forbidden(
                 "this route needs the service or admin token".into(),
             )),
         }
@@ -49,7 +54,7 @@ impl Principal {
     /// Admin, service, or the user themselves.
     pub fn require_user(&self, user_id: &str) -> Result<(), ApiError> {
         match self {
-            Principal::User(own) if own != user_id => Err(ApiError::Forbidden(
+            Principal::User(own, _) if own != user_id => Err(ApiError::Forbidden(
                 "this token may only reach its own user's resources".into(),
             )),
             _ => Ok(()),
@@ -59,7 +64,7 @@ impl Principal {
     /// The user a token is confined to, if any.
     pub fn user_scope(&self) -> Option<&str> {
         match self {
-            Principal::User(id) => Some(id),
+            Principal::User(id, _) => Some(id),
             _ => None,
         }
     }
@@ -69,7 +74,7 @@ impl Principal {
         match self {
             Principal::Admin => true,
             Principal::Service => channel.starts_with("user:"),
-            Principal::User(id) => channel.strip_prefix("user:") == Some(id.as_str()),
+            Principal::User(id, _) => channel.strip_prefix("user:") == Some(id.as_str()),
         }
     }
 }
@@ -78,6 +83,7 @@ pub struct Authenticator {
     admin: Option<[u8; 32]>,
     service: Option<[u8; 32]>,
     signer: TokenSigner,
+    epochs: Arc<TokenEpochs>,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -89,16 +95,36 @@ impl Authenticator {
         admin: Option<&SecretString>,
         service: Option<&SecretString>,
         signer: TokenSigner,
+        epochs: Arc<TokenEpochs>,
     ) -> Authenticator {
         Authenticator {
             admin: admin.map(|t| digest(t.expose_secret())),
             service: service.map(|t| digest(t.expose_secret())),
             signer,
+            epochs,
         }
     }
 
     pub fn signer(&self) -> &TokenSigner {
         &self.signer
+    }
+
+    pub fn epochs(&self) -> &Arc<TokenEpochs> {
+        &self.epochs
+    }
+
+    /// Mints a user token at the user's current epoch.
+    pub fn mint(&self, user_id: &str, now_secs: i64, ttl_secs: u64) -> String {
+        self.signer
+            .mint(user_id, self.epochs.current(user_id), now_secs, ttl_secs)
+    }
+
+    /// Resolves when the principal's token is revoked; never for admin and service tokens.
+    pub async fn revoked(&self, principal: &Principal) {
+        match principal {
+            Principal::User(id, epoch) => self.epochs.revoked(id, *epoch).await,
+            _ => std::future::pending().await,
+        }
     }
 
     /// Parses `Authorization: Bearer <token>`.
@@ -118,7 +144,10 @@ impl Authenticator {
     pub fn from_token(&self, token: &str) -> Result<Principal, ApiError> {
         if looks_like_user_token(token) {
             return match self.signer.verify(token, now_ms() / 1000) {
-                Ok(claims) => Ok(Principal::User(claims.sub)),
+                Ok(claims) if claims.ep != self.epochs.current(&claims.sub) => {
+                    Err(ApiError::Unauthorized("token has been revoked".into()))
+                }
+                Ok(claims) => Ok(Principal::User(claims.sub, claims.ep)),
                 Err(TokenError::Expired) => Err(ApiError::Unauthorized("token has expired".into())),
                 Err(_) => Err(ApiError::Unauthorized("invalid token".into())),
             };
@@ -146,6 +175,7 @@ mod tests {
             Some(&SecretString::from("admin-token-0123456789")),
             Some(&SecretString::from("service-token-0123456789")),
             TokenSigner::from_key(vec![1; 32]),
+            Arc::default(),
         )
     }
 
@@ -162,10 +192,20 @@ mod tests {
                 .unwrap(),
             Principal::Service
         );
-        let token = auth.signer().mint("u1", now_ms() / 1000, 60);
+        let token = auth.mint("u1", now_ms() / 1000, 60);
         assert_eq!(
             auth.from_header(Some(&format!("Bearer {token}"))).unwrap(),
-            Principal::User("u1".into())
+            Principal::User("u1".into(), 0)
+        );
+        auth.epochs().note("u1", 1);
+        assert!(matches!(
+            auth.from_header(Some(&format!("Bearer {token}"))),
+            Err(ApiError::Unauthorized(_))
+        ));
+        let fresh = auth.mint("u1", now_ms() / 1000, 60);
+        assert_eq!(
+            auth.from_token(&fresh).unwrap(),
+            Principal::User("u1".into(), 1)
         );
         for bad in [
             None,
@@ -182,7 +222,7 @@ mod tests {
 
     #[test]
     fn scopes() {
-        let user = Principal::User("u1".into());
+        let user = Principal::User("u1".into(), 0);
         assert!(user.require_user("u1").is_ok());
         assert!(user.require_user("u2").is_err());
         assert!(user.require_service().is_err());

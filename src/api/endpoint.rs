@@ -79,12 +79,10 @@ pub fn endpoint(ctx: Arc<ApiContext>, method: Method, route: &'static str) -> Bo
     };
     method_filter
         .and(warp::header::optional::<String>("authorization"))
-        .map(move |authorization: Option<String>| {
+        .and(warp::ext::optional::<super::PeerAddr>())
+        .map(move |authorization: Option<String>, peer| {
             let started = Instant::now();
-            let principal = ctx
-                .auth
-                .from_header(authorization.as_deref())
-                .and_then(|p| ctx.limiter.check(&p).map(|()| p));
+            let principal = ctx.authorize(peer, authorization.as_deref(), None);
             Call {
                 ctx: ctx.clone(),
                 method: method_name,

@@ -11,6 +11,7 @@ mod outbox;
 mod probes;
 mod prompts;
 pub mod rate_limit;
+pub mod serve;
 mod tasks;
 mod user_vm;
 mod users;
@@ -19,12 +20,10 @@ mod vms;
 mod ws;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
-use tokio::net::TcpListener;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -39,7 +38,8 @@ use crate::users::UserService;
 use crate::vms::VmService;
 
 use auth::Authenticator;
-use rate_limit::RateLimiter;
+use rate_limit::{AuthFailures, RateLimiter};
+pub use serve::{ListenerLimits, PeerAddr};
 
 /// Bounds the API enforces.
 #[derive(Debug, Clone)]
@@ -65,6 +65,8 @@ pub struct ApiContext {
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
     pub limiter: RateLimiter,
+    /// Failed authentications per source address.
+    pub auth_failures: AuthFailures,
     pub limits: ApiLimits,
     /// Set once start-up has finished, cleared when shutdown begins.
     pub ready: AtomicBool,
@@ -74,8 +76,37 @@ pub struct ApiContext {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
+impl ApiContext {
+    /// Authenticates a request from `peer` by its `Authorization` header, or by `query_token`
+    /// when there is no header (WebSocket clients that cannot set headers), then applies the
+    /// per-token rate limit. An address whose presented tokens failed too often gets 429 for
+    /// every request carrying a token until its bucket refills.
+    pub fn authorize(
+        &self,
+        peer: Option<PeerAddr>,
+        authorization: Option<&str>,
+        query_token: Option<&str>,
+    ) -> Result<auth::Principal, error::ApiError> {
+        let peer = peer.map(|PeerAddr(addr)| addr.ip());
+        let presented = authorization.is_some() || query_token.is_some();
+        if presented {
+            self.auth_failures.check(peer)?;
+        }
+        let principal = match (authorization, query_token) {
+            (None, Some(token)) => self.auth.from_token(token),
+            _ => self.auth.from_header(authorization),
+        };
+        if presented && matches!(principal, Err(error::ApiError::Unauthorized(_))) {
+            self.auth_failures.record(peer);
+        }
+        let principal = principal?;
+        self.limiter.check(&principal)?;
+        Ok(principal)
+    }
+}
+
 /// The main listener's routes. `/metrics` is included when `with_metrics` (no separate
-/// metrics listener).
+/// metrics listener), behind the admin or service token.
 pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Response,)> {
     let api = user_vm::routes(ctx)
         .or(prompts::routes(ctx))
@@ -98,7 +129,7 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
         .unify()
         .boxed();
     let api = if with_metrics {
-        api.or(probes::metrics(ctx)).unify().boxed()
+        api.or(probes::metrics(ctx, true)).unify().boxed()
     } else {
         api
     };
@@ -109,7 +140,10 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
 pub fn metrics_routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     with_recovery(
         ctx,
-        probes::health(ctx).or(probes::metrics(ctx)).unify().boxed(),
+        probes::health(ctx)
+            .or(probes::metrics(ctx, false))
+            .unify()
+            .boxed(),
     )
 }
 
@@ -134,17 +168,4 @@ fn with_recovery(
         })
         .unify()
         .boxed()
-}
-
-/// Serves `routes` on `listener` until `shutdown` resolves, then lets open requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    routes: BoxedFilter<(Response,)>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
 }

@@ -1,6 +1,6 @@
-//! Probes and metrics: `/health` (liveness), `/ready`, `/metrics` and `/metrics/json`. These
-//! take no token; `/metrics` is served on the metrics listener, which is the main one unless
-//! `--metrics-listen` names another address.
+//! Probes and metrics: `/health` (liveness), `/ready`, `/metrics` and `/metrics/json`. The
+//! probes take no token. The metrics need the admin or service token on the main listener and
+//! none on the separate metrics listener (`metrics_listen`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering;
 use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::http::{StatusCode, header};
+use warp::http::{Method, StatusCode, header};
 use warp::reply::Response;
 
 use super::ApiContext;
+use super::endpoint::{Call, endpoint};
 use super::error::ApiError;
 use crate::inventory::Inventory;
 
@@ -44,11 +45,17 @@ fn not_ready(reason: &str) -> Response {
     .into_response()
 }
 
-pub fn metrics(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
-    let text_ctx = ctx.clone();
-    let text = warp::path!("metrics").and(warp::get()).then(move || {
-        let ctx = text_ctx.clone();
-        async move {
+/// `/metrics` and `/metrics/json`. On the main listener (`needs_token`) they take the admin or
+/// service token: a scrape is work, and the figures describe every user. On `metrics_listen`
+/// they are open, for a Prometheus on a private network.
+pub fn metrics(ctx: &Arc<ApiContext>, needs_token: bool) -> BoxedFilter<(Response,)> {
+    let text = warp::path!("metrics")
+        .and(gate(ctx, needs_token, "/metrics"))
+        .then(|ctx: Result<Arc<ApiContext>, ApiError>| async move {
+            let ctx = match ctx {
+                Ok(ctx) => ctx,
+                Err(e) => return e.into_response(),
+            };
             match refreshed_text(&ctx).await {
                 Ok(text) => warp::Reply::into_response(warp::reply::with_header(
                     text,
@@ -57,24 +64,43 @@ pub fn metrics(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
                 )),
                 Err(e) => e.into_response(),
             }
-        }
-    });
-    let json_ctx = ctx.clone();
+        });
     let json = warp::path!("metrics" / "json")
-        .and(warp::get())
-        .then(move || {
-            let ctx = json_ctx.clone();
-            async move {
-                match refreshed_text(&ctx).await {
-                    Ok(text) => warp::Reply::into_response(warp::reply::with_status(
-                        warp::reply::json(&crate::metrics::text_to_json(&text)),
-                        StatusCode::OK,
-                    )),
-                    Err(e) => e.into_response(),
-                }
+        .and(gate(ctx, needs_token, "/metrics/json"))
+        .then(|ctx: Result<Arc<ApiContext>, ApiError>| async move {
+            let ctx = match ctx {
+                Ok(ctx) => ctx,
+                Err(e) => return e.into_response(),
+            };
+            match refreshed_text(&ctx).await {
+                Ok(text) => warp::Reply::into_response(warp::reply::with_status(
+                    warp::reply::json(&crate::metrics::text_to_json(&text)),
+                    StatusCode::OK,
+                )),
+                Err(e) => e.into_response(),
             }
         });
     text.or(json).unify().boxed()
+}
+
+/// A GET, authorised as admin or service when `needs_token`.
+fn gate(
+    ctx: &Arc<ApiContext>,
+    needs_token: bool,
+    route: &'static str,
+) -> BoxedFilter<(Result<Arc<ApiContext>, ApiError>,)> {
+    if needs_token {
+        endpoint(ctx.clone(), Method::GET, route)
+            .map(|call: Call| {
+                call.principal()
+                    .and_then(|p| p.require_service())
+                    .map(|()| call.ctx.clone())
+            })
+            .boxed()
+    } else {
+        let ctx = ctx.clone();
+        warp::get().map(move || Ok(ctx.clone())).boxed()
+    }
 }
 
 async fn refreshed_text(ctx: &ApiContext) -> Result<String, ApiError> {

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -13,6 +14,7 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::ApiContext;
+use super::auth::Principal;
 use super::endpoint::{Body, Call, body, endpoint};
 use super::error::{ApiError, IntoResponseInner};
 use super::views::PromptView;
@@ -86,7 +88,9 @@ impl Drop for Attachment {
     }
 }
 
-fn sse(run: Arc<PromptRun>, after: u64) -> Response {
+/// The prompt's events as SSE, from after `after`, until the run ends or the caller's token is
+/// revoked.
+fn sse(call: &Call, principal: &Principal, run: Arc<PromptRun>, after: u64) -> Response {
     let attachment = Attachment {
         reader: run.reader(after),
         run,
@@ -107,6 +111,8 @@ fn sse(run: Arc<PromptRun>, after: u64) -> Response {
         };
         Some((Ok::<_, Infallible>(event), attachment))
     });
+    let (ctx, principal) = (call.ctx.clone(), principal.clone());
+    let events = events.take_until(async move { ctx.auth.revoked(&principal).await });
     let reply = warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events));
     warp::reply::with_header(reply, "x-accel-buffering", "no").into_response_inner()
 }
@@ -117,7 +123,7 @@ async fn execute(call: Call, body: Body) -> Response {
         let request: PromptRequest = body.json(call.ctx.limits.max_body_bytes).await?;
         principal.require_user(&request.user_id)?;
         let run = call.ctx.prompts.execute(request).await?;
-        Ok(sse(run, 0))
+        Ok(sse(&call, principal, run, 0))
     }
     .await;
     call.respond_with(result)
@@ -140,7 +146,7 @@ async fn reattach(id: String, call: Call, last_event_id: Option<String>) -> Resp
             .prompts
             .run(&id)
             .ok_or(crate::prompts::PromptError::NotStreaming(id))?;
-        Ok(sse(run, after))
+        Ok(sse(&call, principal, run, after))
     }
     .await;
     call.respond_with(result)

@@ -151,7 +151,7 @@ async fn mint_token(id: String, call: Call, body: Body) -> Response {
         }
         let user = call.ctx.users.get(&id).await?;
         let now_secs = now_ms() / 1000;
-        let token = call.ctx.auth.signer().mint(&user.id, now_secs, ttl);
+        let token = call.ctx.auth.mint(&user.id, now_secs, ttl);
         Ok(MintedToken {
             token,
             user_id: user.id,

@@ -38,9 +38,10 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .and(warp::ws())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::query::<HashMap<String, String>>())
+        .and(warp::ext::optional::<super::PeerAddr>())
         .map(
-            move |ws: Ws, authorization: Option<String>, query: HashMap<String, String>| {
-                upgrade(ctx.clone(), ws, authorization, query)
+            move |ws: Ws, authorization: Option<String>, query: HashMap<String, String>, peer| {
+                upgrade(ctx.clone(), ws, authorization, query, peer)
             },
         )
         .boxed()
@@ -51,19 +52,18 @@ fn upgrade(
     ws: Ws,
     authorization: Option<String>,
     query: HashMap<String, String>,
+    peer: Option<super::PeerAddr>,
 ) -> Response {
-    let principal = match (&authorization, query.get("token")) {
-        (None, Some(token)) => ctx.auth.from_token(token),
-        _ => ctx.auth.from_header(authorization.as_deref()),
-    }
-    .and_then(|p| ctx.limiter.check(&p).map(|()| p));
+    let principal = ctx.authorize(
+        peer,
+        authorization.as_deref(),
+        query.get("token").map(String::as_str),
+    );
     let principal = match principal {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let previous = ctx.ws_connections.fetch_add(1, Ordering::AcqRel);
-    if previous >= ctx.limits.ws_max_connections {
-        ctx.ws_connections.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = ConnectionSlot::take(&ctx) else {
         return ApiError::Unavailable {
             code: "too_many_connections",
             message: format!(
@@ -72,13 +72,37 @@ fn upgrade(
             ),
         }
         .into_response();
-    }
+    };
     warp::Reply::into_response(ws.max_message_size(MAX_MESSAGE_BYTES).on_upgrade(
         move |socket| async move {
             serve_connection(&ctx, socket, principal).await;
-            ctx.ws_connections.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         },
     ))
+}
+
+/// One counted hub connection. It is taken before the upgrade and moved into the upgrade
+/// callback, so it is given back when the callback ends or when the callback is dropped
+/// without running (an HTTP/1.0 request, a client that never completes the upgrade); counting
+/// by hand in the callback leaked a slot for each of those.
+struct ConnectionSlot(Arc<ApiContext>);
+
+impl ConnectionSlot {
+    fn take(ctx: &Arc<ApiContext>) -> Option<ConnectionSlot> {
+        let max = ctx.limits.ws_max_connections;
+        ctx.ws_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(ctx.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.ws_connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Deserialize)]
@@ -98,9 +122,12 @@ async fn serve_connection(ctx: &ApiContext, socket: WebSocket, principal: Princi
     let (mut sink, mut incoming) = socket.split();
     let mut events = ctx.events.subscribe();
     let mut channels: HashSet<String> = HashSet::new();
+    let revoked = ctx.auth.revoked(&principal);
+    tokio::pin!(revoked);
     loop {
         let outcome = tokio::select! {
             () = ctx.shutdown.cancelled() => Outcome::Close(CLOSE_GOING_AWAY, "server shutting down".into()),
+            () = &mut revoked => Outcome::Close(CLOSE_POLICY, "token revoked".into()),
             message = incoming.next() => match message {
                 Some(Ok(message)) if message.is_close() => break,
                 Some(Ok(message)) => match reply_to(ctx, &principal, &mut channels, &message) {

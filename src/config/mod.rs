@@ -69,6 +69,16 @@ pub struct Config {
     pub ws_max_connections: usize,
     pub ws_queue_len: usize,
     pub ws_max_subscriptions: usize,
+    // Hardening (issue 15): the API listener and failed authentication.
+    /// A connection that has not sent a whole request head this long is closed.
+    pub api_header_read_timeout_secs: u64,
+    /// Connections each listener serves at once (WebSockets, once upgraded, are counted by
+    /// `ws_max_connections` instead).
+    pub api_max_connections: usize,
+    /// Failed authentications a source address may make per minute after its burst; 0: no
+    /// limit (e.g. behind a proxy that makes every client one address).
+    pub auth_failures_per_minute: u32,
+    pub auth_failure_burst: u32,
     pub max_vms: u32,
     pub shutdown_timeout_secs: u64,
     pub supabase_url: Option<String>,
@@ -207,6 +217,10 @@ impl Config {
             ws_max_connections: s.ws_max_connections.unwrap_or(1024),
             ws_queue_len: s.ws_queue_len.unwrap_or(256),
             ws_max_subscriptions: s.ws_max_subscriptions.unwrap_or(64),
+            api_header_read_timeout_secs: s.api_header_read_timeout_secs.unwrap_or(30),
+            api_max_connections: s.api_max_connections.unwrap_or(4096),
+            auth_failures_per_minute: s.auth_failures_per_minute.unwrap_or(10),
+            auth_failure_burst: s.auth_failure_burst.unwrap_or(20),
             max_vms: s.max_vms.unwrap_or(180),
             shutdown_timeout_secs: s.shutdown_timeout_secs.unwrap_or(20),
             supabase_url: s.supabase_url,
@@ -319,6 +333,12 @@ impl Config {
             ("ws_max_connections", self.ws_max_connections as u64),
             ("ws_queue_len", self.ws_queue_len as u64),
             ("ws_max_subscriptions", self.ws_max_subscriptions as u64),
+            (
+                "api_header_read_timeout_secs",
+                self.api_header_read_timeout_secs,
+            ),
+            ("api_max_connections", self.api_max_connections as u64),
+            ("auth_failure_burst", u64::from(self.auth_failure_burst)),
             ("max_vms", u64::from(self.max_vms)),
             ("vm_vcpus", u64::from(self.vm_vcpus)),
             ("vm_memory_mib", u64::from(self.vm_memory_mib)),

@@ -108,6 +108,18 @@ pub(super) fn resolve(s: &Settings) -> Result<TaskSettings, ConfigError> {
             s.metrics_samples_kept.map(|n| n as u64),
             d.metrics_samples_kept as u64,
         )? as usize,
+        prune_prompts: schedule(
+            "task_prune_prompts_interval_secs",
+            s.task_prune_prompts_interval_secs,
+            "task_prune_prompts_at",
+            s.task_prune_prompts_at.as_deref(),
+            d.prune_prompts,
+        )?,
+        prompt_retention_days: positive(
+            "prompt_retention_days",
+            s.prompt_retention_days.map(u64::from),
+            u64::from(d.prompt_retention_days),
+        )? as u32,
     })
 }
 

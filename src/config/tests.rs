@@ -181,3 +181,31 @@ fn the_upstream_settings_go_together() {
     let error = Config::load(None, &lookup, Settings::default()).unwrap_err();
     assert!(error.to_string().contains("MC_EGRESS_BYPASS"), "{error}");
 }
+
+#[test]
+fn the_example_config_loads_with_the_hardening_settings() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/config.example.toml");
+    let config = Config::load(Some(&example), &env(&[]), Settings::default()).unwrap();
+    assert_eq!(config.api_header_read_timeout_secs, 30);
+    assert_eq!(config.api_max_connections, 4096);
+    assert_eq!(
+        (config.auth_failures_per_minute, config.auth_failure_burst),
+        (10, 20)
+    );
+    assert_eq!(config.tasks.prompt_retention_days, 30);
+    let defaults = Config::load(None, &env(&[]), Settings::default()).unwrap();
+    assert_eq!(defaults.tasks.prompt_retention_days, 30);
+    let off = Config::load(
+        None,
+        &env(&[("MC_AUTH_FAILURES_PER_MINUTE", "0")]),
+        Settings::default(),
+    );
+    assert_eq!(off.unwrap().auth_failures_per_minute, 0);
+    let bad = Config::load(
+        None,
+        &env(&[("MC_API_MAX_CONNECTIONS", "0")]),
+        Settings::default(),
+    );
+    assert!(bad.is_err());
+}

@@ -11,7 +11,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, ApiContext, ApiLimits, auth::Authenticator, rate_limit::RateLimiter};
+use crate::api::rate_limit::{AuthFailures, RateLimiter};
+use crate::api::{self, ApiContext, ApiLimits, ListenerLimits, auth::Authenticator};
 use crate::auth::{AuthError, AuthService, VaultError};
 use crate::config::{Config, ConfigError};
 use crate::events::EventHub;
@@ -21,7 +22,7 @@ use crate::prompts::{PromptError, PromptService};
 use crate::store::{Store, StoreError};
 use crate::sync::SinkError;
 use crate::tokens::{TokenError, TokenSigner};
-use crate::users::UserService;
+use crate::users::{TokenEpochs, UserService};
 use crate::vms::golden::{self, Golden, GoldenError, GoldenMeta};
 use crate::vms::{VmError, VmHost, VmManager, VmSettings};
 use crate::watchdog::Watchdog;
@@ -154,6 +155,12 @@ pub async fn start_with(
         tracing::info!(?report, "reconciled VMs");
         tracker.spawn(vms.clone().poll_health(cancel.clone()));
     }
+    if crate::prompts::counts::ensure(&store).await? {
+        tracing::info!("counted the stored prompts into the prompt counters");
+    }
+    if crate::sync::outbox::ensure_age_index(&store).await? {
+        tracing::info!("indexed the outbox by age");
+    }
     let settled = crate::prompts::settle_interrupted(&store).await?;
     if settled > 0 {
         tracing::warn!(
@@ -211,8 +218,9 @@ pub async fn start_with(
         &cancel,
     )?;
     let sync = start_mirror(config, &store, &metrics, &tracker, &cancel)?;
+    let epochs = Arc::new(TokenEpochs::load(&store).await?);
     let ctx = Arc::new(ApiContext {
-        users: UserService::new(store.clone()),
+        users: UserService::with_token_epochs(store.clone(), epochs.clone()),
         vms,
         prompts,
         tasks,
@@ -227,8 +235,13 @@ pub async fn start_with(
             config.admin_token.as_ref(),
             config.service_token.as_ref(),
             signer,
+            epochs,
         ),
         limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
+        auth_failures: AuthFailures::new(
+            config.auth_failures_per_minute,
+            config.auth_failure_burst,
+        ),
         limits: ApiLimits {
             max_body_bytes: config.max_body_bytes,
             user_token_ttl_secs: config.user_token_ttl_secs,
@@ -244,6 +257,10 @@ pub async fn start_with(
     let main_listener = bind(config.listen).await?;
     let addr = local_addr(&main_listener, config.listen)?;
     // Port 0 means "any free port", so two such addresses are two listeners.
+    let listener_limits = ListenerLimits {
+        header_read_timeout: Duration::from_secs(config.api_header_read_timeout_secs),
+        max_connections: config.api_max_connections,
+    };
     let separate_metrics = config
         .metrics_listen
         .filter(|m| *m != config.listen || m.port() == 0);
@@ -254,6 +271,7 @@ pub async fn start_with(
             &cancel,
             main_listener,
             api::routes(&ctx, separate_metrics.is_none()),
+            listener_limits,
         ),
     )];
     let mut metrics_addr = None;
@@ -262,7 +280,13 @@ pub async fn start_with(
         let bound = local_addr(&listener, wanted)?;
         servers.push((
             bound,
-            spawn_server(&tracker, &cancel, listener, api::metrics_routes(&ctx)),
+            spawn_server(
+                &tracker,
+                &cancel,
+                listener,
+                api::metrics_routes(&ctx),
+                listener_limits,
+            ),
         ));
         metrics_addr = Some(bound);
     }
@@ -322,6 +346,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 }
                 healthy = store_answers;
                 running.ctx.limiter.prune();
+                running.ctx.auth_failures.prune();
             }
         }
     };
@@ -442,7 +467,8 @@ fn spawn_server(
     cancel: &CancellationToken,
     listener: TcpListener,
     routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    limits: ListenerLimits,
 ) -> tokio::task::JoinHandle<()> {
     let shutdown = cancel.clone().cancelled_owned();
-    tracker.spawn(api::serve(listener, routes, shutdown))
+    tracker.spawn(api::serve::serve(listener, routes, limits, shutdown))
 }

@@ -1,11 +1,13 @@
 //! Prompt execution: the provider CLIs run through the agent in the user's VM, their output
 //! translated into one normalised event stream that SSE clients read, leave and re-attach to.
 
+pub mod counts;
 pub mod events;
 pub mod lines;
 pub mod log;
 pub mod providers;
 mod records;
+pub mod retention;
 mod runner;
 mod service;
 
@@ -17,6 +19,7 @@ use crate::store::StoreError;
 use crate::vms::VmError;
 
 pub use records::settle_interrupted;
+pub use retention::prune_before;
 pub use service::{PromptRequest, PromptRun, PromptService};
 
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,10 @@ pub async fn insert(store: &Store, prompt: Prompt) -> Result<Prompt, PromptError
             if store::get::<User, _>(&tx.open_table(tables::USERS)?, &prompt.user_id)?.is_none() {
                 return Err(PromptError::UserNotFound(prompt.user_id));
             }
-            store::put(&mut tx.open_table(tables::PROMPTS)?, &prompt.id, &prompt)?;
+            let mut table = tx.open_table(tables::PROMPTS)?;
+            let old: Option<Prompt> = store::get(&table, &prompt.id)?;
+            store::put(&mut table, &prompt.id, &prompt)?;
+            super::counts::change(tx, old.as_ref(), Some(&prompt))?;
             crate::sync::outbox::record_change(tx, &prompt.id, &prompt)?;
             Ok(prompt)
         })
@@ -27,11 +30,13 @@ pub async fn update(
     store
         .write(move |tx| {
             let mut table = tx.open_table(tables::PROMPTS)?;
-            let mut prompt: Prompt =
+            let old: Prompt =
                 store::get(&table, &id)?.ok_or_else(|| PromptError::NotFound(id.clone()))?;
+            let mut prompt = old.clone();
             change(&mut prompt)?;
             prompt.version += 1;
             store::put(&mut table, &id, &prompt)?;
+            super::counts::change(tx, Some(&old), Some(&prompt))?;
             crate::sync::outbox::record_change(tx, &id, &prompt)?;
             Ok(prompt)
         })
@@ -98,12 +103,14 @@ pub async fn settle_interrupted(store: &Store) -> Result<usize, PromptError> {
                     matches!(p.status, PromptStatus::Pending | PromptStatus::Streaming)
                 })
                 .collect();
-            for mut prompt in stale.iter().cloned() {
+            for old in &stale {
+                let mut prompt = old.clone();
                 prompt.status.transition(PromptStatus::Failed)?;
                 prompt.error = Some("interrupted by a daemon restart".into());
                 prompt.completed_at_ms = Some(now_ms());
                 prompt.version += 1;
                 store::put(&mut table, &prompt.id, &prompt)?;
+                super::counts::change(tx, Some(old), Some(&prompt))?;
                 crate::sync::outbox::record_change(tx, &prompt.id, &prompt)?;
             }
             Ok(stale.len())

@@ -238,6 +238,26 @@ impl PromptService {
         lock(&self.runs).get(id).cloned()
     }
 
+    /// Removes finished prompts that ended before `cutoff_ms`, with any event log still in
+    /// memory; returns how many.
+    pub async fn prune_before(&self, cutoff_ms: i64) -> Result<usize, PromptError> {
+        let pruned = super::retention::prune_before(&self.store, cutoff_ms).await?;
+        {
+            let mut runs = lock(&self.runs);
+            let mut finished = lock(&self.finished);
+            for id in &pruned {
+                if runs.get(id).is_some_and(|run| run.is_finished()) {
+                    runs.remove(id);
+                    finished.retain(|kept| kept != id);
+                }
+            }
+        }
+        if !pruned.is_empty() {
+            tracing::info!(pruned = pruned.len(), "pruned prompts past their retention");
+        }
+        Ok(pruned.len())
+    }
+
     pub async fn get(&self, id: &str) -> Result<Prompt, PromptError> {
         records::get(&self.store, id).await
     }

@@ -53,6 +53,17 @@ pub const METRICS_SAMPLES: TableDefinition<(i64, u32), Stored<MetricsSample>> =
 pub const TASK_RUNS: TableDefinition<&str, Stored<crate::model::TaskRun>> =
     TableDefinition::new("task_runs");
 
+/// Each user's token epoch (see `users::epochs`); a row outlives its user.
+pub const TOKEN_EPOCHS: TableDefinition<&str, u64> = TableDefinition::new("token_epochs");
+/// Prompt counts by `"<provider>/<status>"`, kept in the same transaction as every change to
+/// `PROMPTS`, so a metrics scrape reads a few counters instead of decoding every prompt.
+pub const PROMPT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("prompt_counts");
+
+/// The outbox's entries by `(enqueued_at_ms, outbox key)`, kept with `OUTBOX`, so the oldest
+/// pending change is read without decoding the outbox (which holds one entry per changed
+/// prompt while the mirror is down).
+pub const OUTBOX_BY_AGE: TableDefinition<(i64, &str), ()> = TableDefinition::new("outbox_by_age");
+
 /// An encoded record as redb stores it. Decoding is explicit (`decode`) so that a corrupt or
 /// unknown record is an error, not a panic inside redb.
 pub struct Stored<R> {
@@ -133,5 +144,8 @@ pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> 
     tx.open_table(DEAD_LETTERS)?;
     tx.open_table(METRICS_SAMPLES)?;
     tx.open_table(TASK_RUNS)?;
+    tx.open_table(TOKEN_EPOCHS)?;
+    tx.open_table(PROMPT_COUNTS)?;
+    tx.open_table(OUTBOX_BY_AGE)?;
     Ok(())
 }

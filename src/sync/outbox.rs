@@ -10,7 +10,7 @@ use super::rows::{Mirrored, RowOptions};
 use crate::model::{AuthSession, Credential, DeadLetter, OutboxEntry, Prompt, User, Vm, now_ms};
 use crate::store::{self, Record, Store, StoreError, tables};
 
-fn outbox_key(table: &str, record_key: &str) -> String {
+pub(crate) fn outbox_key(table: &str, record_key: &str) -> String {
     format!("{table}/{record_key}")
 }
 
@@ -53,17 +53,74 @@ fn enqueue(
     // A superseded entry keeps its place in line (and its backoff), so a busy entity neither
     // starves nor hides how long it has been waiting.
     let pending: Option<OutboxEntry> = store::get(&outbox, &key)?;
+    if pending.is_none() {
+        index_add(tx, now_ms_or(&pending), &key)?;
+    }
     let entry = OutboxEntry {
         table: table.to_string(),
         record_key: record_key.to_string(),
         entity_id: entity_id.to_string(),
         entity_version,
-        enqueued_at_ms: pending.as_ref().map_or_else(now_ms, |p| p.enqueued_at_ms),
+        enqueued_at_ms: now_ms_or(&pending),
         attempts: 0,
         next_attempt_ms: pending.as_ref().map_or(0, |p| p.next_attempt_ms),
         last_error: None,
     };
     store::put(&mut outbox, &key, &entry)
+}
+
+/// When the pending entry was enqueued, or now for a new one.
+fn now_ms_or(pending: &Option<OutboxEntry>) -> i64 {
+    pending.as_ref().map_or_else(now_ms, |p| p.enqueued_at_ms)
+}
+
+fn index_add(tx: &WriteTransaction, enqueued_at_ms: i64, key: &str) -> Result<(), StoreError> {
+    tx.open_table(tables::OUTBOX_BY_AGE)?
+        .insert((enqueued_at_ms, key), ())?;
+    Ok(())
+}
+
+/// Removes an outbox entry and its age index row.
+pub(crate) fn remove_entry(tx: &WriteTransaction, key: &str) -> Result<(), StoreError> {
+    let mut outbox = tx.open_table(tables::OUTBOX)?;
+    if let Some(entry) = store::get::<OutboxEntry, _>(&outbox, key)? {
+        outbox.remove(key)?;
+        tx.open_table(tables::OUTBOX_BY_AGE)?
+            .remove((entry.enqueued_at_ms, key))?;
+    }
+    Ok(())
+}
+
+/// When the oldest pending change was enqueued: the first row of the age index.
+pub fn oldest_enqueued_ms(tx: &redb::ReadTransaction) -> Result<Option<i64>, StoreError> {
+    Ok(tx
+        .open_table(tables::OUTBOX_BY_AGE)?
+        .first()?
+        .map(|(key, _)| key.value().0))
+}
+
+/// Set in `META` once the age index holds every outbox entry.
+const AGE_INDEXED: &str = "outbox_age_index_complete";
+
+/// Builds the age index once, for a store written before it existed.
+pub async fn ensure_age_index(store: &Store) -> Result<bool, StoreError> {
+    store
+        .write(|tx| {
+            let mut meta = tx.open_table(tables::META)?;
+            if meta.get(AGE_INDEXED)?.is_some() {
+                return Ok(false);
+            }
+            let mut index = tx.open_table(tables::OUTBOX_BY_AGE)?;
+            index.retain(|_, ()| false)?;
+            for item in tx.open_table(tables::OUTBOX)?.iter()? {
+                let (key, value) = item?;
+                let entry: OutboxEntry = value.value().decode()?;
+                index.insert((entry.enqueued_at_ms, key.value()), ())?;
+            }
+            meta.insert(AGE_INDEXED, 1)?;
+            Ok(true)
+        })
+        .await
 }
 
 /// What the worker sends for an entry: the entity's current row, or a tombstone.
@@ -149,11 +206,11 @@ pub async fn due(
 pub async fn delivered(store: &Store, sent: Vec<(String, u64)>) -> Result<(), SyncError> {
     store
         .write(move |tx| {
-            let mut outbox = tx.open_table(tables::OUTBOX)?;
             for (key, version) in sent {
-                let pending: Option<OutboxEntry> = store::get(&outbox, &key)?;
+                let pending: Option<OutboxEntry> =
+                    store::get(&tx.open_table(tables::OUTBOX)?, &key)?;
                 if pending.is_some_and(|p| p.entity_version <= version) {
-                    outbox.remove(key.as_str())?;
+                    remove_entry(tx, &key)?;
                 }
             }
             Ok(())
@@ -196,11 +253,11 @@ pub async fn bury(
 ) -> Result<(), SyncError> {
     store
         .write(move |tx| {
-            let mut outbox = tx.open_table(tables::OUTBOX)?;
-            let Some(entry) = store::get::<OutboxEntry, _>(&outbox, &key)? else {
+            let Some(entry) = store::get::<OutboxEntry, _>(&tx.open_table(tables::OUTBOX)?, &key)?
+            else {
                 return Ok(());
             };
-            outbox.remove(key.as_str())?;
+            remove_entry(tx, &key)?;
             let letter = DeadLetter {
                 entry,
                 status,
@@ -253,6 +310,7 @@ pub async fn retry(store: &Store, key: &str) -> Result<(), SyncError> {
                     ..letter.entry
                 };
                 store::put(&mut outbox, &key, &entry)?;
+                index_add(tx, entry.enqueued_at_ms, &key)?;
             }
             Ok(())
         })

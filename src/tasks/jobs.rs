@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use super::host::HostProbe;
 use super::scheduler::{Job, Scheduler};
 use super::{
-    DESTROY_INACTIVE, EXPIRE_AUTH_SESSIONS, HIBERNATE_IDLE, METRICS_SAMPLE, PROXY_HEALTH, Tally,
-    TaskError, TaskSettings, VALIDATE_CREDENTIALS, VM_HEALTH, samples,
+    DESTROY_INACTIVE, EXPIRE_AUTH_SESSIONS, HIBERNATE_IDLE, METRICS_SAMPLE, PROXY_HEALTH,
+    PRUNE_PROMPTS, Tally, TaskError, TaskSettings, VALIDATE_CREDENTIALS, VM_HEALTH, samples,
 };
 use crate::auth::{AuthError, AuthService};
 use crate::inventory::Inventory;
@@ -36,11 +36,11 @@ pub struct Builtins {
     pub settings: TaskSettings,
 }
 
-/// Registers the built-in jobs with their configured schedules: six, and `proxy_health` where
+/// Registers the built-in jobs with their configured schedules: seven, and `proxy_health` where
 /// there is an upstream.
 pub fn register_builtins(scheduler: &Arc<Scheduler>, b: Builtins) -> Result<(), TaskError> {
     let s = &b.settings;
-    let jobs: [(&str, _, Arc<dyn Job>); 6] = [
+    let jobs: [(&str, _, Arc<dyn Job>); 7] = [
         (
             HIBERNATE_IDLE,
             s.hibernate_idle,
@@ -89,6 +89,15 @@ pub fn register_builtins(scheduler: &Arc<Scheduler>, b: Builtins) -> Result<(), 
             VM_HEALTH,
             s.vm_health,
             Arc::new(VmHealth { vms: b.vms.clone() }),
+        ),
+        (
+            PRUNE_PROMPTS,
+            s.prune_prompts,
+            Arc::new(PrunePrompts {
+                prompts: b.prompts.clone(),
+                clock: scheduler.clock(),
+                retention: Duration::from_secs(u64::from(s.prompt_retention_days) * 24 * 3600),
+            }),
         ),
     ];
     for (name, schedule, job) in jobs {
@@ -196,6 +205,26 @@ impl Job for SampleMetrics {
         };
         samples::record(&self.store, sample, self.kept).await?;
         Ok(1)
+    }
+}
+
+/// Removes finished prompts older than the retention period (see `prompts::retention`).
+struct PrunePrompts {
+    prompts: Arc<PromptService>,
+    clock: super::Clock,
+    retention: Duration,
+}
+
+#[async_trait::async_trait]
+impl Job for PrunePrompts {
+    async fn run(&self, _cancel: &CancellationToken) -> Result<u64, TaskError> {
+        let retention_ms = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = self.clock.now_ms().saturating_sub(retention_ms);
+        self.prompts
+            .prune_before(cutoff)
+            .await
+            .map(|n| n as u64)
+            .map_err(|e| TaskError::Failed(e.to_string()))
     }
 }
 

@@ -4,7 +4,7 @@
 //! runs again at its next time; the other jobs go on.
 //!
 //! The jobs: `hibernate_idle`, `destroy_inactive`, `metrics_sample`, `expire_auth_sessions`,
-//! `validate_credentials`, `vm_health`, and `proxy_health` where egress is configured (see
+//! `validate_credentials`, `vm_health`, `prune_prompts`, and `proxy_health` where egress is configured (see
 //! `jobs`).
 
 mod host;
@@ -32,6 +32,7 @@ pub const EXPIRE_AUTH_SESSIONS: &str = "expire_auth_sessions";
 pub const VALIDATE_CREDENTIALS: &str = "validate_credentials";
 pub const VM_HEALTH: &str = "vm_health";
 pub const PROXY_HEALTH: &str = "proxy_health";
+pub const PRUNE_PROMPTS: &str = "prune_prompts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -133,6 +134,9 @@ pub struct TaskSettings {
     pub auth_session_max_age: Duration,
     /// The metrics ring keeps this many samples.
     pub metrics_samples_kept: usize,
+    pub prune_prompts: Schedule,
+    /// Finished prompts older than this are removed (`prune_prompts`).
+    pub prompt_retention_days: u32,
 }
 
 impl Default for TaskSettings {
@@ -151,6 +155,11 @@ impl Default for TaskSettings {
             auth_session_max_age: Duration::from_secs(2 * 3600),
             // Seven days of ten-minute samples.
             metrics_samples_kept: 1008,
+            prune_prompts: Schedule::DailyAt {
+                hour: 3,
+                minute: 30,
+            },
+            prompt_retention_days: 30,
         }
     }
 }

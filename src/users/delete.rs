@@ -26,6 +26,8 @@ pub struct DeletedUser {
     pub prompts: usize,
     pub auth_sessions: usize,
     pub credentials: usize,
+    /// The user's token epoch after the delete: every token minted before is dead.
+    pub token_epoch: u64,
 }
 
 impl UserService {
@@ -51,6 +53,7 @@ impl UserService {
         let id = id.to_string();
         let mut deleted = self.store.write(move |tx| remove_records(tx, &id)).await?;
         deleted.vms_destroyed = vms_destroyed;
+        self.epochs.note(&deleted.user_id, deleted.token_epoch);
         tracing::info!(
             user = %deleted.user_id,
             vms_destroyed,
@@ -94,6 +97,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     let owned_prompts = owned(&prompts, |p: &Prompt| p.user_id == id)?;
     for (key, prompt) in &owned_prompts {
         prompts.remove(key.as_str())?;
+        crate::prompts::counts::change(tx, Some(prompt), None)?;
         record_delete::<Prompt>(tx, key, &prompt.id)?;
     }
 
@@ -127,6 +131,8 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     }
     users.remove(id)?;
     record_delete::<User>(tx, &user.id, &user.id)?;
+    // In the same transaction: a user is never gone while their tokens still work.
+    let token_epoch = super::epochs::bump(tx, id)?;
 
     Ok(DeletedUser {
         user_id: user.id,
@@ -136,6 +142,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
         prompts: owned_prompts.len(),
         auth_sessions: owned_sessions.len(),
         credentials: owned_credentials.len(),
+        token_epoch,
     })
 }
 

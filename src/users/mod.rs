@@ -8,9 +8,11 @@ use crate::model::{ModelError, Plan, Status, User, UserStatus, VmStatus, now_ms}
 use crate::store::{self, Store, StoreError, tables};
 
 mod delete;
+pub mod epochs;
 mod query;
 
 pub use delete::DeletedUser;
+pub use epochs::TokenEpochs;
 pub use query::UserFilter;
 
 const MAX_EMAIL_LEN: usize = 254;
@@ -82,11 +84,28 @@ pub struct ProviderStats {
 #[derive(Clone)]
 pub struct UserService {
     store: Store,
+    epochs: std::sync::Arc<TokenEpochs>,
 }
 
 impl UserService {
+    /// A service with no token epochs recorded (tests and tools that mint no tokens).
     pub fn new(store: Store) -> UserService {
-        UserService { store }
+        Self::with_token_epochs(store, std::sync::Arc::default())
+    }
+
+    /// A delete bumps the user's epoch in `epochs`, which the authenticator shares.
+    pub fn with_token_epochs(store: Store, epochs: std::sync::Arc<TokenEpochs>) -> UserService {
+        UserService { store, epochs }
+    }
+
+    pub fn token_epochs(&self) -> &std::sync::Arc<TokenEpochs> {
+        &self.epochs
+    }
+
+    /// Revokes every token of the user minted so far (the user must exist).
+    pub async fn revoke_tokens(&self, id: &str) -> Result<u64, UserError> {
+        self.get(id).await?;
+        Ok(self.epochs.revoke(&self.store, id).await?)
     }
 
     pub async fn create(&self, new: NewUser) -> Result<User, UserError> {

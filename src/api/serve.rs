@@ -1,0 +1,105 @@
+//! The listeners' accept loop. warp's own server has neither a header read timeout nor a cap on
+//! connections, so a client that opens connections and never finishes its headers could hold
+//! sockets and tasks without end. This loop serves the same warp filter through hyper's HTTP/1
+//! connection with a header read timeout, holds a semaphore permit per connection, and tags each
+//! request with its peer address (for the failed-authentication limit).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_service::Service;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+/// The connection's peer, put in every request's extensions by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// What one listener bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    /// A connection that has not sent a whole request head this long after it opened (or after
+    /// its previous response, on keep-alive) is closed.
+    pub header_read_timeout: Duration,
+    /// Connections served at once. Beyond it the loop stops accepting, so further clients wait
+    /// in the kernel's backlog until a connection ends.
+    pub max_connections: usize,
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then lets open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: BoxedFilter<(Response,)>,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let filtered = warp::service(routes.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            // The filtered service is a cheap clone (it holds the boxed filter), and calling
+            // it needs `&mut`.
+            filtered.clone().call(request)
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let connection = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Per-connection errors (the peer reset before accept) are nothing; running out of file
+/// descriptors is waited out rather than spun on.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; pausing the listener for a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
