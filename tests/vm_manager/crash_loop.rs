@@ -27,7 +27,7 @@ pub async fn a_guest_that_keeps_crashing_itself_is_refused(world: &mut World) {
         let (code, _) = world.exec(&id, CRASH_SELF).await;
         assert_eq!(code, 0);
         let failed = wait_for_status(world, &user, "failed").await;
-        assert_eq!(failed["id"], id.as_str(), "crash {crash}: {failed:?}");
+        assert_eq!(failed["vmId"], id.as_str(), "crash {crash}: {failed:?}");
         let dir = world.vm_dir(&id);
         assert!(
             processes_naming(&dir).is_empty(),
