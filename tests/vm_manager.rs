@@ -10,6 +10,8 @@ mod support;
 
 #[path = "vm_manager/golden.rs"]
 mod golden;
+#[path = "vm_manager/hardening.rs"]
+mod hardening;
 #[path = "vm_manager/lifecycle.rs"]
 mod lifecycle;
 #[path = "vm_manager/logins.rs"]
@@ -90,6 +92,14 @@ fn main() -> ExitCode {
         (
             "a claude login in a real guest: wrong code, cancel, timeout, second start, completed; injected 0600, refresh captured; no token in the clear",
             |w| Box::pin(logins::a_login_in_a_real_guest(w)),
+        ),
+        (
+            "hardening: stolen disk: a prompt's credential (refreshed by rename) never reaches data.ext4",
+            |w| Box::pin(hardening::credentials_never_reach_the_disk(w)),
+        ),
+        (
+            "hardening: guest output flood and ignored cancel: collect_output and admin exec are bounded",
+            |w| Box::pin(hardening::guest_output_is_bounded(w)),
         ),
         (
             "two VMs from a golden snapshot: own address, MAC, hostname, token",

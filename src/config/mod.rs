@@ -117,6 +117,8 @@ pub struct Config {
     pub cli_home: String,
     /// Prepended to the CLIs' PATH in the guest.
     pub cli_path: Option<String>,
+    /// The tmpfs directory in the guest that holds credentials while a CLI uses them.
+    pub cli_secrets_dir: String,
     /// `HTTP_PROXY`/`HTTPS_PROXY` for the CLIs' egress when there is no gateway proxy (no
     /// DECODO_HOST).
     pub egress_proxy: Option<String>,
@@ -125,6 +127,7 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/master-controller";
 pub const DEFAULT_BRIDGE: &str = "fcbr0";
+pub const DEFAULT_CLI_SECRETS_DIR: &str = "/run/mc/secrets";
 pub const DEFAULT_BRIDGE_CIDR: &str = "192.168.100.1/24";
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -272,6 +275,9 @@ impl Config {
             model_api_key: s.model_api_key.map(SecretString::from),
             cli_home: s.cli_home.unwrap_or_else(|| "/root".into()),
             cli_path: s.cli_path,
+            cli_secrets_dir: s
+                .cli_secrets_dir
+                .unwrap_or_else(|| DEFAULT_CLI_SECRETS_DIR.into()),
             egress_proxy: s.egress_proxy,
         };
         config.validate()?;
