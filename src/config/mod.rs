@@ -309,6 +309,15 @@ impl Config {
                 "must differ from the admin token".into(),
             ));
         }
+        // Guest secrets: a relative or root directory would put credentials where the script
+        // that stages them (and mounts a tmpfs there) must not.
+        let secrets = self.cli_secrets_dir.trim_end_matches('/');
+        if !secrets.starts_with('/') || secrets.is_empty() || secrets.contains("..") {
+            return Err(invalid(
+                "cli_secrets_dir",
+                "must be an absolute directory other than /".into(),
+            ));
+        }
         let positive = [
             ("user_token_ttl_secs", self.user_token_ttl_secs),
             (
