@@ -64,6 +64,7 @@ async fn seed_credential(world: &mut World, user: &str, plaintext: String) {
 /// included.
 fn disk_holds(world: &World, vm_id: &str, needle: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
+    let mut scanned = 0;
     for entry in std::fs::read_dir(world.vm_dir(vm_id))
         .expect("vm dir")
         .flatten()
@@ -72,11 +73,13 @@ fn disk_holds(world: &World, vm_id: &str, needle: &[u8]) -> Vec<String> {
         if !path.display().to_string().ends_with(".ext4") {
             continue;
         }
+        scanned += 1;
         let bytes = std::fs::read(&path).expect("disk image");
         if bytes.windows(needle.len()).any(|w| w == needle) {
             found.push(path.display().to_string());
         }
     }
+    assert!(scanned > 0, "no disk image in {}", world.vm_dir(vm_id));
     found
 }
 
@@ -101,7 +104,7 @@ pub async fn credentials_never_reach_the_disk(world: &mut World) {
     let (code, out) = world
         .exec(
             &vm_id,
-            "mkdir -p /data/root && mount --bind /data/root /root && echo ok",
+            "mkdir -p /data/root && mount -o bind /data/root /root && echo ok",
         )
         .await;
     assert_eq!((code, out.trim()), (0, "ok"), "bind mount");
