@@ -90,7 +90,7 @@ fn main() -> ExitCode {
             |w| Box::pin(prompts::a_prompt_resumes_the_vm_and_streams(w)),
         ),
         (
-            "a claude login in a real guest: wrong code, cancel, timeout, second start, completed; injected 0600, refresh captured; no token in the clear",
+            "a claude login in a real guest: wrong code, cancel, timeout, second start, completed; not left in the guest, staged for a prompt, refresh captured; no token in the clear",
             |w| Box::pin(logins::a_login_in_a_real_guest(w)),
         ),
         (

@@ -135,7 +135,7 @@ impl AuthService {
 
     /// Reads the credential file back after a prompt; a version the CLI refreshed is sealed
     /// and stored, so the vault never keeps a spent refresh token. True when it was.
-    pub async fn capture(
+    async fn capture(
         &self,
         user_id: &str,
         injected: &Injected,
