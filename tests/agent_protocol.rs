@@ -98,7 +98,7 @@ async fn large_output_stdin_pty_and_timeout() {
         )))
         .await
         .expect("exec")
-        .collect_output()
+        .collect_output(roomy())
         .await
         .expect("output");
     assert_eq!(output.stdout.len(), 10 * 1024 * 1024);
@@ -141,7 +141,7 @@ async fn large_output_stdin_pty_and_timeout() {
         .expect("stdin");
     stream.write_stdin(Bytes::new()).await.expect("close stdin");
     assert_eq!(
-        stream.collect_output().await.expect("output").stdout,
+        stream.collect_output(roomy()).await.expect("output").stdout,
         b"SHOUT\n"
     );
 
@@ -152,7 +152,7 @@ async fn large_output_stdin_pty_and_timeout() {
         })
         .await
         .expect("exec")
-        .collect_output()
+        .collect_output(roomy())
         .await
         .expect("output");
     let text = String::from_utf8_lossy(&tty.stdout);
@@ -167,7 +167,7 @@ async fn large_output_stdin_pty_and_timeout() {
         })
         .await
         .expect("exec")
-        .collect_output()
+        .collect_output(roomy())
         .await
         .expect("output");
     assert!(timed.status.expect("status").timed_out);
@@ -292,4 +292,13 @@ async fn work_in_flight_when_the_host_leaves_is_reported_as_interrupted() {
 
 fn agent_alive(agent: &LocalAgent) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.child.id() as i32), None).is_ok()
+}
+
+/// Bounds no test command comes near (the 10 MiB round trip included).
+fn roomy() -> master_controller::guest::client::OutputBounds {
+    master_controller::guest::client::OutputBounds {
+        max_bytes: 64 << 20,
+        deadline: std::time::Duration::from_secs(300),
+        grace: std::time::Duration::from_secs(5),
+    }
 }

@@ -59,7 +59,7 @@ async fn run_sh(client: &AgentClient, script: &str) -> (String, i32) {
         .exec(sh(script))
         .await
         .expect("exec")
-        .collect_output()
+        .collect_output(roomy())
         .await
         .expect("output");
     let code = output.status.and_then(|s| s.code).unwrap_or(-1);
@@ -123,7 +123,7 @@ async fn ten_megabytes_arrive_intact(guest: &mut Guest) {
         .exec(sh("cat /tmp/big"))
         .await
         .expect("exec")
-        .collect_output()
+        .collect_output(roomy())
         .await
         .expect("output");
     eprintln!("    10 MB through the agent in {:?}", started.elapsed());
@@ -192,7 +192,7 @@ async fn pty_and_network(guest: &mut Guest) {
         })
         .await
         .expect("exec")
-        .collect_output()
+        .collect_output(roomy())
         .await
         .expect("output");
     let text = String::from_utf8_lossy(&output.stdout);
@@ -443,4 +443,13 @@ fn main() -> ExitCode {
         let _ = runtime.block_on(guest.backend.kill(&mut vm));
     }
     outcome
+}
+
+/// Bounds no test command comes near (the 10 MiB round trip included).
+fn roomy() -> master_controller::guest::client::OutputBounds {
+    master_controller::guest::client::OutputBounds {
+        max_bytes: 64 << 20,
+        deadline: std::time::Duration::from_secs(300),
+        grace: std::time::Duration::from_secs(5),
+    }
 }

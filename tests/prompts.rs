@@ -29,6 +29,7 @@ struct World {
     http: reqwest::Client,
     users: u32,
     _home: tempfile::TempDir,
+    _secrets: tempfile::TempDir,
 }
 
 impl World {
@@ -451,6 +452,12 @@ fn main() -> ExitCode {
         let base_url = server.base_url();
         let cli_home = home.path().display().to_string();
         let cli_path = format!("{tools}/node_modules/.bin");
+        // Already on a tmpfs, so the daemon mounts nothing on this host.
+        let secrets = tempfile::Builder::new()
+            .prefix("mc-prompt-secrets-")
+            .tempdir_in("/dev/shm")
+            .expect("secrets dir");
+        let secrets_dir = secrets.path().display().to_string();
         let daemon = TestDaemon::start_with_host(
             &[
                 ("GOLDEN_KERNEL", "/host-agent/none"),
@@ -461,6 +468,7 @@ fn main() -> ExitCode {
                 ("MC_MODEL_API_KEY", "test-model-key"),
                 ("MC_CLI_HOME", cli_home.as_str()),
                 ("MC_CLI_PATH", cli_path.as_str()),
+                ("MC_CLI_SECRETS_DIR", secrets_dir.as_str()),
                 ("MC_RATE_LIMIT_PER_SECOND", "1000"),
                 ("MC_RATE_LIMIT_BURST", "1000"),
             ],
@@ -473,6 +481,7 @@ fn main() -> ExitCode {
             http: reqwest::Client::new(),
             users: 0,
             _home: home,
+            _secrets: secrets,
         }
     });
     let cases: Vec<(&str, Case)> = vec![

@@ -12,6 +12,8 @@ mod support;
 mod crash_loop;
 #[path = "vm_manager/golden.rs"]
 mod golden;
+#[path = "vm_manager/hardening.rs"]
+mod hardening;
 #[path = "vm_manager/lifecycle.rs"]
 mod lifecycle;
 #[path = "vm_manager/logins.rs"]
@@ -91,12 +93,20 @@ fn main() -> ExitCode {
             |w| Box::pin(prompts::a_prompt_resumes_the_vm_and_streams(w)),
         ),
         (
-            "a claude login in a real guest: wrong code, cancel, timeout, second start, completed; injected 0600, refresh captured; no token in the clear",
+            "a claude login in a real guest: wrong code, cancel, timeout, second start, completed; not left in the guest, staged for a prompt, refresh captured; no token in the clear",
             |w| Box::pin(logins::a_login_in_a_real_guest(w)),
         ),
         (
             "a guest that crashes itself: only its console tail is kept; past the limit, 429 crash_loop",
             |w| Box::pin(crash_loop::a_guest_that_keeps_crashing_itself_is_refused(w)),
+        ),
+        (
+            "hardening: stolen disk: a prompt's credential (refreshed by rename) never reaches data.ext4",
+            |w| Box::pin(hardening::credentials_never_reach_the_disk(w)),
+        ),
+        (
+            "hardening: guest output flood and ignored cancel: collect_output and admin exec are bounded",
+            |w| Box::pin(hardening::guest_output_is_bounded(w)),
         ),
         (
             "two VMs from a golden snapshot: own address, MAC, hostname, token",

@@ -1,14 +1,16 @@
 //! The credentials' side of the auth service: sealing a login's file, writing it into guests
 //! before prompts and capturing what the CLIs refreshed afterwards, listing and validating.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::service::AuthService;
-use super::{AuthError, channel, files, records};
-use crate::guest::client::AgentClient;
+use super::{AuthError, channel, files, records, secrets};
+use crate::guest::client::{AgentClient, DEFAULT_MAX_OUTPUT, ExecOutput, OutputBounds};
 use crate::guest::messages::ExecRequest;
 use crate::metrics::ProviderLabels;
 use crate::model::{AuthSession, Credential, Provider, now_ms};
@@ -70,8 +72,8 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 impl AuthService {
-    /// Seals a login's credential file and completes its session in one transaction, then
-    /// writes the credential into the CLIs' HOME.
+    /// Seals a login's credential file and completes its session in one transaction. The
+    /// credential is not left in the guest: each prompt stages it on a tmpfs for its run.
     pub(super) async fn complete(
         &self,
         session: &AuthSession,
@@ -105,35 +107,12 @@ impl AuthService {
                 "provider": session.provider, "credentialId": credential.id,
                 "rotation": session.rotation}),
         );
-        if let Some(vm_id) = &completed.vm_id
-            && let Ok(agent) = self.vms.agent(vm_id).await
-            && let Err(e) = self.write_into(&agent, session.provider, plaintext).await
-        {
-            tracing::warn!(session = %session.id, error = %e, "cannot write a new credential into its VM");
-        }
         Ok(())
     }
 
-    async fn write_into(
-        &self,
-        agent: &AgentClient,
-        provider: Provider,
-        plaintext: &[u8],
-    ) -> Result<(), AuthError> {
-        let cli = &self.settings.cli;
-        agent
-            .write_file_owned(
-                &files::path_in(provider, &cli.home),
-                plaintext,
-                0o600,
-                cli.owner,
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Writes the user's credential for `provider` into the guest before a prompt. `None`
-    /// when the user has none (the CLI then runs as configured without it).
+    /// Stages the user's credential for `provider` in the guest before a prompt (on a tmpfs,
+    /// linked from the CLI's path; see `secrets`). `None` when the user has none (the CLI
+    /// then runs as configured without it). The caller must `release` it afterwards.
     pub async fn inject(
         &self,
         user_id: &str,
@@ -147,7 +126,7 @@ impl AuthService {
         let plaintext = self
             .vault()?
             .unseal(&credential.key_id, &credential.ciphertext)?;
-        self.write_into(agent, provider, &plaintext).await?;
+        secrets::stage(agent, &self.settings.cli, provider, &plaintext).await?;
         Ok(Some(Injected {
             provider,
             digest: digest(&plaintext),
@@ -156,7 +135,7 @@ impl AuthService {
 
     /// Reads the credential file back after a prompt; a version the CLI refreshed is sealed
     /// and stored, so the vault never keeps a spent refresh token. True when it was.
-    pub async fn capture(
+    async fn capture(
         &self,
         user_id: &str,
         injected: &Injected,
@@ -193,6 +172,21 @@ impl AuthService {
             json!({"event": "auth_credential_refreshed", "provider": injected.provider}),
         );
         Ok(true)
+    }
+
+    /// Captures a refresh the CLI made, then removes the credential from the guest, even when
+    /// the capture failed (the vault keeps the version it had). True when it was refreshed.
+    pub async fn release(
+        &self,
+        user_id: &str,
+        injected: &Injected,
+        agent: &AgentClient,
+    ) -> Result<bool, AuthError> {
+        let captured = self.capture(user_id, injected, agent).await;
+        let cleared = secrets::clear(agent, &self.settings.cli, injected.provider).await;
+        let refreshed = captured?;
+        cleared?;
+        Ok(refreshed)
     }
 
     pub async fn credentials(&self, user_id: &str) -> Result<Vec<CredentialView>, AuthError> {
@@ -263,26 +257,28 @@ impl AuthService {
         };
         let vm = self.vms.ensure_running(user_id, |_| {}).await?;
         let agent = self.vms.agent(&vm.id).await?;
-        self.inject(user_id, provider, &agent).await?;
-        let cli = &self.settings.cli;
-        let mut env = cli.env();
-        if provider == Provider::Codex {
-            env.insert("CODEX_HOME".into(), format!("{}/.codex", cli.home));
+        let injected = self.inject(user_id, provider, &agent).await?;
+        let output = self.run_status(provider, argv, &agent).await;
+        if let Some(injected) = &injected
+            && let Err(e) = self.release(user_id, injected, &agent).await
+        {
+            tracing::warn!(error = %e, "cannot remove a credential after its live check");
         }
-        let output = agent
-            .exec(ExecRequest {
-                argv,
-                env,
-                cwd: Some(cli.home.clone()),
-                uid: cli.owner.map(|(uid, _)| uid),
-                gid: cli.owner.map(|(_, gid)| gid),
-                timeout_sec: Some(self.settings.live_check_timeout.as_secs().max(1)),
-                ..ExecRequest::default()
-            })
-            .await?
-            .collect_output()
-            .await?;
+        let output = output?;
         let ok = output.status.as_ref().is_some_and(|s| s.code == Some(0));
+        if output.truncated || output.timed_out {
+            return Ok(LiveCheck {
+                ok: false,
+                detail: if output.truncated {
+                    format!(
+                        "the CLI's output passed {} bytes; it was stopped",
+                        DEFAULT_MAX_OUTPUT
+                    )
+                } else {
+                    "the CLI did not finish in time; it was stopped".to_string()
+                },
+            });
+        }
         let text = String::from_utf8_lossy(&output.stdout);
         let detail = text
             .lines()
@@ -293,5 +289,32 @@ impl AuthService {
             .take(200)
             .collect();
         Ok(LiveCheck { ok, detail })
+    }
+
+    async fn run_status(
+        &self,
+        provider: Provider,
+        argv: Vec<String>,
+        agent: &AgentClient,
+    ) -> Result<ExecOutput, AuthError> {
+        let cli = &self.settings.cli;
+        let mut env = cli.env();
+        if provider == Provider::Codex {
+            env.insert("CODEX_HOME".into(), format!("{}/.codex", cli.home));
+        }
+        let timeout = self.settings.live_check_timeout.max(Duration::from_secs(1));
+        Ok(agent
+            .exec(ExecRequest {
+                argv,
+                env,
+                cwd: Some(cli.home.clone()),
+                uid: cli.owner.map(|(uid, _)| uid),
+                gid: cli.owner.map(|(_, gid)| gid),
+                timeout_sec: Some(timeout.as_secs()),
+                ..ExecRequest::default()
+            })
+            .await?
+            .collect_output(OutputBounds::new(timeout))
+            .await?)
     }
 }

@@ -12,6 +12,7 @@ pub mod files;
 pub mod login;
 mod records;
 mod relay;
+pub mod secrets;
 mod service;
 pub mod vault;
 

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use super::login::{self, LoginScreen, LoginSignal, UserAction};
 use super::service::AuthService;
 use super::{AuthError, files, records};
-use crate::guest::client::{AgentClient, ExecEvent, ExecStream, GuestError};
+use crate::guest::client::{AgentClient, ExecEvent, ExecStream, GuestError, OutputBounds};
 use crate::guest::messages::{ExecRequest, FileStamp, PtySize};
 use crate::model::{AuthSession, AuthSessionStatus, Provider, now_ms};
 use crate::vms::VmStep;
@@ -60,7 +60,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let id = session.id.clone();
-    let home = format!("/tmp/mc-login-{id}");
+    // On the guest's tmpfs: the CLI writes the new credential into its HOME.
+    let home = super::secrets::login_home(&service.settings.cli, &id);
     let mut login = Login {
         service: service.clone(),
         session,
@@ -306,6 +307,7 @@ impl Login {
         command: &login::LoginCommand,
     ) -> Result<(), AuthError> {
         let owner = self.service.settings.cli.owner;
+        super::secrets::prepare(agent, &self.service.settings.cli).await?;
         let mut dirs = vec![self.home.clone()];
         dirs.extend(command.dirs.iter().map(|d| format!("{}/{d}", self.home)));
         let mut argv = vec!["mkdir".to_string(), "-p".into(), "-m".into(), "700".into()];
@@ -384,17 +386,21 @@ impl Login {
     }
 }
 
-/// Runs a short command in the guest; a non-zero exit is an error.
-async fn run_quietly(agent: &AgentClient, argv: Vec<String>) -> Result<(), AuthError> {
+/// The longest a housekeeping command in the guest may take.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs a short command in the guest; a non-zero exit (or none, cut by the host's bounds) is
+/// an error.
+pub(super) async fn run_quietly(agent: &AgentClient, argv: Vec<String>) -> Result<(), AuthError> {
     let what = argv.first().cloned().unwrap_or_default();
     let output = agent
         .exec(ExecRequest {
             argv,
-            timeout_sec: Some(30),
+            timeout_sec: Some(QUIET_TIMEOUT.as_secs()),
             ..ExecRequest::default()
         })
         .await?
-        .collect_output()
+        .collect_output(OutputBounds::new(QUIET_TIMEOUT))
         .await?;
     match output.status {
         Some(status) if status.code == Some(0) => Ok(()),

@@ -130,6 +130,8 @@ pub struct Config {
     pub cli_home: String,
     /// Prepended to the CLIs' PATH in the guest.
     pub cli_path: Option<String>,
+    /// The tmpfs directory in the guest that holds credentials while a CLI uses them.
+    pub cli_secrets_dir: String,
     /// `HTTP_PROXY`/`HTTPS_PROXY` for the CLIs' egress when there is no gateway proxy (no
     /// DECODO_HOST).
     pub egress_proxy: Option<String>,
@@ -138,6 +140,7 @@ pub struct Config {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/master-controller";
 pub const DEFAULT_BRIDGE: &str = "fcbr0";
+pub const DEFAULT_CLI_SECRETS_DIR: &str = "/run/mc/secrets";
 pub const DEFAULT_BRIDGE_CIDR: &str = "192.168.100.1/24";
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -291,6 +294,9 @@ impl Config {
             model_api_key: s.model_api_key.map(SecretString::from),
             cli_home: s.cli_home.unwrap_or_else(|| "/root".into()),
             cli_path: s.cli_path,
+            cli_secrets_dir: s
+                .cli_secrets_dir
+                .unwrap_or_else(|| DEFAULT_CLI_SECRETS_DIR.into()),
             egress_proxy: s.egress_proxy,
         };
         config.validate()?;
@@ -320,6 +326,15 @@ impl Config {
             return Err(invalid(
                 "service_token",
                 "must differ from the admin token".into(),
+            ));
+        }
+        // Guest secrets: a relative or root directory would put credentials where the script
+        // that stages them (and mounts a tmpfs there) must not.
+        let secrets = self.cli_secrets_dir.trim_end_matches('/');
+        if !secrets.starts_with('/') || secrets.is_empty() || secrets.contains("..") {
+            return Err(invalid(
+                "cli_secrets_dir",
+                "must be an absolute directory other than /".into(),
             ));
         }
         let positive = [

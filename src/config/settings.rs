@@ -117,6 +117,7 @@ settings! {
     model_api_key: String = ["MC_MODEL_API_KEY"],
     cli_home: String = ["MC_CLI_HOME"],
     cli_path: String = ["MC_CLI_PATH"],
+    cli_secrets_dir: String = ["MC_CLI_SECRETS_DIR"],
     egress_proxy: String = ["MC_EGRESS_PROXY"],
     egress_gateway_port: u16 = ["MC_EGRESS_GATEWAY_PORT"],
     egress_bypass: String = ["MC_EGRESS_BYPASS"],

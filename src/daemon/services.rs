@@ -163,6 +163,7 @@ pub(super) fn cli_environment(config: &Config) -> CliEnvironment {
             None => config.egress_proxy.clone(),
         },
         owner: None,
+        secrets_dir: config.cli_secrets_dir.clone(),
     }
 }
 

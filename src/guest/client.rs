@@ -16,7 +16,9 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-pub use super::exec_stream::{ExecEvent, ExecOutput, ExecStream};
+pub use super::exec_stream::{
+    CANCEL_GRACE, DEFAULT_MAX_OUTPUT, ExecEvent, ExecOutput, ExecStream, OutputBounds,
+};
 use super::messages::{
     ErrorBody, ExecRequest, FileStamp, HealthReport, Hello, HelloOk, NetworkConfig,
     ReadFileRequest, Request, Response, WatchFileRequest, WriteFileRequest,

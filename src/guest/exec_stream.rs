@@ -3,13 +3,14 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::client::{GuestError, Pending, lock};
-use super::messages::{ErrorBody, ExitStatus};
+use super::messages::{ErrorBody, ExitStatus, Request};
 use super::{Frame, FrameKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,11 +30,54 @@ pub struct ExecStream {
     finished: bool,
 }
 
+/// The host's own bounds on collecting an exec's output: a hostile guest may stream without
+/// end, ignore a cancel, or never send its exit, and none of that may cost the host memory
+/// or a task that waits forever.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputBounds {
+    /// Each of stdout and stderr is cut here; reading stops at the first byte past it.
+    pub max_bytes: usize,
+    /// When the exec is cancelled.
+    pub deadline: Duration,
+    /// How long after the cancel the exit is awaited before the host stops listening.
+    pub grace: Duration,
+}
+
+/// Enough for any status or version command; what passes it is cut and flagged.
+pub const DEFAULT_MAX_OUTPUT: usize = 1 << 20;
+/// How long a cancelled exec gets to report its exit.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+impl OutputBounds {
+    pub fn new(deadline: Duration) -> OutputBounds {
+        OutputBounds {
+            max_bytes: DEFAULT_MAX_OUTPUT,
+            deadline,
+            grace: CANCEL_GRACE,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ExecOutput {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// `None` when the exec was given up (cap or deadline) before it reported its exit.
     pub status: Option<ExitStatus>,
+    /// An output passed `max_bytes`: the exec was cancelled and the host stopped reading.
+    pub truncated: bool,
+    /// The host's deadline passed: the exec was cancelled.
+    pub timed_out: bool,
+}
+
+/// Request ids with this bit are never allocated by the client (it counts up from 1), so a
+/// cancel sent under one needs no route: its answer is dropped by the reader.
+const UNROUTED: u64 = 1 << 63;
+
+fn append(buffer: &mut Vec<u8>, chunk: &[u8], max: usize) -> bool {
+    let room = max.saturating_sub(buffer.len());
+    buffer.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    chunk.len() > room
 }
 
 impl ExecStream {
@@ -62,14 +106,59 @@ impl ExecStream {
             .map_err(|_| GuestError::Disconnected)
     }
 
-    /// Collects everything until the exit.
-    pub async fn collect_output(mut self) -> Result<ExecOutput, GuestError> {
+    /// Asks the agent to stop this exec without waiting for its answer: waiting would stop
+    /// this stream from being drained, and a reader blocked on a full stream never delivers
+    /// the answer. Best effort: with the outbound queue full the cancel is skipped, and the
+    /// caller's deadline still ends the wait.
+    pub fn cancel_nowait(&self) {
+        let cancel = Request::Cancel {
+            request_id: self.id,
+        };
+        let _ = self
+            .out
+            .try_send(Frame::json(FrameKind::Request, UNROUTED | self.id, &cancel));
+    }
+
+    /// Collects the output until the exit, within `bounds`: past `max_bytes` the exec is
+    /// cancelled and reading stops at once; past `deadline` it is cancelled and its exit is
+    /// awaited for `grace` more, then given up. Both are flagged in the output.
+    pub async fn collect_output(mut self, bounds: OutputBounds) -> Result<ExecOutput, GuestError> {
         let mut output = ExecOutput::default();
-        while let Some(event) = self.next().await {
-            match event? {
-                ExecEvent::Stdout(chunk) => output.stdout.extend_from_slice(&chunk),
-                ExecEvent::Stderr(chunk) => output.stderr.extend_from_slice(&chunk),
-                ExecEvent::Exit(status) => output.status = Some(status),
+        let deadline = tokio::time::sleep(bounds.deadline);
+        tokio::pin!(deadline);
+        loop {
+            let event = tokio::select! {
+                event = self.next() => event,
+                () = &mut deadline => {
+                    if output.timed_out {
+                        // The guest ignored the cancel: stop listening.
+                        break;
+                    }
+                    output.timed_out = true;
+                    self.cancel_nowait();
+                    deadline.as_mut().reset(tokio::time::Instant::now() + bounds.grace);
+                    continue;
+                }
+            };
+            let over = match event {
+                None => break,
+                Some(event) => match event? {
+                    ExecEvent::Stdout(chunk) => {
+                        append(&mut output.stdout, &chunk, bounds.max_bytes)
+                    }
+                    ExecEvent::Stderr(chunk) => {
+                        append(&mut output.stderr, &chunk, bounds.max_bytes)
+                    }
+                    ExecEvent::Exit(status) => {
+                        output.status = Some(status);
+                        false
+                    }
+                },
+            };
+            if over {
+                output.truncated = true;
+                self.cancel_nowait();
+                break;
             }
         }
         Ok(output)
@@ -121,3 +210,7 @@ impl Stream for ExecStream {
         Poll::Ready(Some(event))
     }
 }
+
+#[cfg(test)]
+#[path = "exec_stream_tests.rs"]
+mod tests;

@@ -14,7 +14,7 @@ use super::lines::{LineSplitter, MAX_LINE_BYTES};
 use super::providers::{self, Invocation, Outcome};
 use super::service::{PromptRequest, PromptRun, PromptService};
 use super::{MAX_RESPONSE_BYTES, PromptError, records};
-use crate::guest::client::{ExecEvent, GuestError};
+use crate::guest::client::{AgentClient, ExecEvent, GuestError};
 use crate::guest::messages::ExecRequest;
 use crate::metrics::{PromptLabels, ProviderLabels};
 use crate::model::{PromptStatus, Status, now_ms};
@@ -283,6 +283,60 @@ async fn execute(
     if injected.is_some() {
         progress(run, "credential_written");
     }
+    let streamed = stream_cli(
+        service, run, &agent, request, &command, timeout, gathered, started, &vm.id,
+    )
+    .await;
+    // Whatever the run's end, the refresh is captured and the credential leaves the guest.
+    if let Some(injected) = &injected {
+        match service.auth.release(&run.user_id, injected, &agent).await {
+            Ok(true) => progress(run, "credential_refreshed"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(prompt = %run.id, error = %e, "cannot capture or remove a credential")
+            }
+        }
+    }
+    let (cancelling, timed_out, outcome) = match streamed? {
+        Ok(flags) => flags,
+        Err(ending) => return Ok(ending),
+    };
+    if cancelling {
+        return Ok(Ending::Cancelled);
+    }
+    if timed_out {
+        return Ok(Ending::Failed {
+            code: "timeout".into(),
+            message: format!("the prompt ran past its {} s timeout", timeout.as_secs()),
+        });
+    }
+    Ok(match outcome {
+        Outcome::Success { usage } => Ending::Completed { usage },
+        Outcome::Failure { code, message } => Ending::Failed { code, message },
+    })
+}
+
+/// Runs the CLI and streams its output into the run's log; `(cancelled, timed_out, outcome)`
+/// when it ended, or the run's ending when it could not start.
+#[allow(clippy::too_many_arguments)]
+async fn stream_cli(
+    service: &Arc<PromptService>,
+    run: &Arc<PromptRun>,
+    agent: &AgentClient,
+    request: &PromptRequest,
+    command: &providers::CliCommand,
+    timeout: Duration,
+    gathered: &mut Gathered,
+    started: Instant,
+    vm_id: &str,
+) -> Result<Result<(bool, bool, Outcome), Ending>, PromptError> {
+    let settings = &service.settings;
+    let unavailable = |e: GuestError| {
+        PromptError::Vm(VmError::AgentUnavailable {
+            id: vm_id.to_string(),
+            reason: e.to_string(),
+        })
+    };
     let mut env = settings.cli.env();
     env.extend(command.env.clone());
     let exec = agent
@@ -297,13 +351,13 @@ async fn execute(
     let mut stream = match exec {
         Ok(stream) => stream,
         Err(GuestError::Agent(body)) if body.code == "spawn_failed" => {
-            return Ok(Ending::Failed {
+            return Ok(Err(Ending::Failed {
                 code: "cli_not_found".into(),
                 message: format!(
                     "the {} CLI cannot start: {}",
                     request.provider, body.message
                 ),
-            });
+            }));
         }
         Err(e) => return Err(unavailable(e)),
     };
@@ -354,24 +408,6 @@ async fn execute(
     if let Some(line) = stdout.finish() {
         emit(translator.line(&line), gathered);
     }
-    if let Some(injected) = &injected {
-        match service.auth.capture(&run.user_id, injected, &agent).await {
-            Ok(true) => progress(run, "credential_refreshed"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(prompt = %run.id, error = %e, "cannot read back a credential"),
-        }
-    }
-    if cancelling {
-        return Ok(Ending::Cancelled);
-    }
-    if timed_out {
-        return Ok(Ending::Failed {
-            code: "timeout".into(),
-            message: format!("the prompt ran past its {} s timeout", timeout.as_secs()),
-        });
-    }
-    Ok(match translator.finish(gathered.exit_code) {
-        Outcome::Success { usage } => Ending::Completed { usage },
-        Outcome::Failure { code, message } => Ending::Failed { code, message },
-    })
+    let outcome = translator.finish(gathered.exit_code);
+    Ok(Ok((cancelling, timed_out, outcome)))
 }

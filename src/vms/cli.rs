@@ -23,6 +23,9 @@ pub struct CliEnvironment {
     pub egress_proxy: Option<String>,
     /// The guest user (uid, gid) that owns the CLIs' files; `None` is root.
     pub owner: Option<(u32, u32)>,
+    /// A directory on a tmpfs in the guest (mounted there if it is not) where credentials
+    /// and login HOMEs live, so none reaches the data disk.
+    pub secrets_dir: String,
 }
 
 impl CliEnvironment {

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{VmError, VmManager};
-use crate::guest::client::ExecEvent;
+use crate::guest::client::{CANCEL_GRACE, OutputBounds};
 use crate::guest::messages::ExecRequest;
 
-/// Each of stdout and stderr is cut at this many bytes.
+/// Each of stdout and stderr is cut at this many bytes; reading stops there (the exec is
+/// cancelled and `truncated` set).
 pub const MAX_EXEC_OUTPUT: usize = 1 << 20;
 
 #[derive(Debug, Serialize)]
@@ -23,14 +23,6 @@ pub struct ExecResult {
     pub stderr: String,
     pub truncated: bool,
     pub timed_out: bool,
-}
-
-fn append(buffer: &mut Vec<u8>, chunk: &[u8], truncated: &mut bool) {
-    let room = MAX_EXEC_OUTPUT.saturating_sub(buffer.len());
-    if chunk.len() > room {
-        *truncated = true;
-    }
-    buffer.extend_from_slice(&chunk[..chunk.len().min(room)]);
 }
 
 impl VmManager {
@@ -47,51 +39,33 @@ impl VmManager {
             id: vm_id.to_string(),
             reason: e.to_string(),
         };
-        let mut stream = agent
+        let stream = agent
             .exec(ExecRequest {
                 argv,
+                // The guest enforces it too; the host's bound below holds when it does not.
+                timeout_sec: Some(timeout.as_secs().max(1)),
                 ..ExecRequest::default()
             })
             .await
             .map_err(unavailable)?;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut result = ExecResult {
-            exit_code: None,
-            signal: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            truncated: false,
-            timed_out: false,
+        let output = stream
+            .collect_output(OutputBounds {
+                max_bytes: MAX_EXEC_OUTPUT,
+                deadline: timeout,
+                grace: CANCEL_GRACE,
+            })
+            .await
+            .map_err(unavailable)?;
+        let status = output.status.as_ref();
+        let result = ExecResult {
+            exit_code: status.and_then(|s| s.code),
+            signal: status.and_then(|s| s.signal),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            truncated: output.truncated,
+            timed_out: output.timed_out || status.is_some_and(|s| s.timed_out),
         };
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            let event = tokio::select! {
-                event = stream.next() => event,
-                _ = &mut deadline, if !result.timed_out => {
-                    result.timed_out = true;
-                    agent.cancel(stream.id).await.map_err(unavailable)?;
-                    continue;
-                }
-            };
-            match event {
-                None => break,
-                Some(Err(e)) => return Err(unavailable(e)),
-                Some(Ok(ExecEvent::Stdout(chunk))) => {
-                    append(&mut stdout, &chunk, &mut result.truncated)
-                }
-                Some(Ok(ExecEvent::Stderr(chunk))) => {
-                    append(&mut stderr, &chunk, &mut result.truncated)
-                }
-                Some(Ok(ExecEvent::Exit(status))) => {
-                    result.exit_code = status.code;
-                    result.signal = status.signal;
-                }
-            }
-        }
         self.touch(vm_id);
-        result.stdout = String::from_utf8_lossy(&stdout).into_owned();
-        result.stderr = String::from_utf8_lossy(&stderr).into_owned();
         Ok(result)
     }
 }

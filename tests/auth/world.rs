@@ -23,6 +23,7 @@ pub struct World {
     pub daemon: TestDaemon,
     pub cli_home: tempfile::TempDir,
     _cli_bin: tempfile::TempDir,
+    _secrets: tempfile::TempDir,
     users: u32,
 }
 
@@ -30,6 +31,12 @@ impl World {
     pub async fn start() -> World {
         let cli_home = tempfile::tempdir().expect("cli home");
         let cli_bin = tempfile::tempdir().expect("cli bin");
+        // Already on a tmpfs, so the daemon mounts nothing on this host.
+        let secrets = tempfile::Builder::new()
+            .prefix(&secrets_prefix())
+            .tempdir_in("/dev/shm")
+            .expect("secrets dir");
+        let secrets_dir = secrets.path().display().to_string();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake-login-cli");
         for name in ["claude", "codex", "gemini"] {
             std::os::unix::fs::symlink(script, cli_bin.path().join(name)).expect("symlink");
@@ -50,6 +57,7 @@ impl World {
                 ("MC_VM_MEMORY_MIB", "256"),
                 ("MC_CLI_HOME", home.as_str()),
                 ("MC_CLI_PATH", path.as_str()),
+                ("MC_CLI_SECRETS_DIR", secrets_dir.as_str()),
                 ("ENCRYPTION_MASTER_KEY", MASTER_KEY),
                 ("MC_AUTH_SESSION_TIMEOUT_SECS", timeout.as_str()),
                 ("MC_RATE_LIMIT_PER_SECOND", "1000"),
@@ -62,6 +70,7 @@ impl World {
             daemon,
             cli_home,
             _cli_bin: cli_bin,
+            _secrets: secrets,
             users: 0,
         }
     }
@@ -175,9 +184,30 @@ impl World {
     }
 }
 
+/// This process's secrets directory starts with this; the logins' HOMEs are in it.
+fn secrets_prefix() -> String {
+    format!("mc-auth-secrets-{}-", std::process::id())
+}
+
+/// The login's HOME, in the world's secrets directory.
+fn login_home(session_id: &str) -> String {
+    let dir = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&secrets_prefix())
+        })
+        .map(|e| e.path().display().to_string())
+        .unwrap_or_default();
+    format!("{dir}/login-{session_id}")
+}
+
 /// The processes whose environment names the login's HOME.
 pub fn login_processes(session_id: &str) -> Vec<u32> {
-    let needle = format!("HOME=/tmp/mc-login-{session_id}");
+    let needle = format!("HOME={}", login_home(session_id));
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -196,7 +226,7 @@ pub fn login_processes(session_id: &str) -> Vec<u32> {
 
 /// Waits until the login's processes and its HOME are gone.
 pub async fn assert_cleaned_up(session_id: &str) {
-    let home = format!("/tmp/mc-login-{session_id}");
+    let home = login_home(session_id);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let procs = login_processes(session_id);

@@ -62,7 +62,11 @@ impl DaemonProc {
             .append(true)
             .open(self.data_dir.join("daemon.log"))
             .expect("daemon log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_master-controller"));
+        // MC_TEST_DAEMON_BIN runs another build of the daemon (e.g. one with a fix reverted,
+        // to see an attack test fail without it).
+        let binary = std::env::var("MC_TEST_DAEMON_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_master-controller").to_string());
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .env_clear()

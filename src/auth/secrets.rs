@@ -1,0 +1,147 @@
+//! Where a credential lives in the guest while a CLI needs it: on a tmpfs, never on the data
+//! disk, since `data.ext4` is not encrypted and outlives the prompt (a stolen disk, a
+//! hibernated VM's files). The CLI's own path in its HOME becomes a symlink to the file on the
+//! tmpfs, and both are removed when the prompt or login ends, after the refresh is captured.
+//!
+//! A CLI that rewrites its file in place writes through the symlink onto the tmpfs. One that
+//! writes a new file and renames it over the path replaces the symlink with a file on the
+//! disk: that file is overwritten with zeros in place and synced before it is unlinked, so its
+//! blocks are zeros when they are freed.
+//!
+//! Everything here runs as root through the agent's exec with `sh`, so it works with any agent
+//! and in both images (busybox and Debian); no secret is ever on its command line.
+
+use super::AuthError;
+use super::relay::run_quietly;
+use crate::guest::client::AgentClient;
+use crate::model::Provider;
+use crate::vms::CliEnvironment;
+
+/// Prepares the tmpfs and links the CLI's path to the staged file. Arguments: `stage` or
+/// `clear`, the secrets directory, the provider's subdirectory, the staged file's name, the
+/// path in the HOME, the owner `uid:gid` (empty: root).
+const SCRIPT: &str = r#"set -eu
+action=$1 dir=$2 sub=$3 name=$4 link=$5 owner=$6
+staged=$dir/$sub/$name
+scrub() {
+  for p in "$@"; do
+    if [ -f "$p" ]; then
+      n=$(wc -c <"$p")
+      if [ "$n" -gt 0 ]; then
+        dd if=/dev/zero of="$p" bs="$n" count=1 conv=notrunc 2>/dev/null
+      fi
+    fi
+  done
+  sync
+  rm -f "$@"
+}
+ensure_tmpfs() {
+  mkdir -p "$dir"
+  if [ "$(stat -f -c %T "$dir")" != tmpfs ]; then
+    mount -t tmpfs -o mode=0711,size=16m,nosuid,nodev mc-secrets "$dir"
+  fi
+  [ "$(stat -f -c %T "$dir")" = tmpfs ] || { echo "$dir is not on a tmpfs" >&2; exit 1; }
+  chmod 0711 "$dir"
+}
+case $action in
+stage)
+  ensure_tmpfs
+  mkdir -p "$dir/$sub"
+  [ -z "$owner" ] || chown "$owner" "$dir/$sub"
+  chmod 0700 "$dir/$sub"
+  # A file left on the disk by an older daemon, or by a CLI that wrote by rename.
+  [ -L "$link" ] || scrub "$link"
+  mkdir -p "$(dirname "$link")"
+  ln -sfn "$staged" "$link"
+  ;;
+clear)
+  scrub "$link" "$staged"
+  ;;
+login)
+  ensure_tmpfs
+  ;;
+esac
+"#;
+
+/// The provider's directory under the secrets directory.
+fn subdir(provider: Provider) -> String {
+    provider.to_string()
+}
+
+fn file_name(provider: Provider) -> &'static str {
+    let relative = super::files::relative_path(provider);
+    relative.rsplit('/').next().unwrap_or(relative)
+}
+
+/// Where the credential of `provider` is staged in the guest.
+pub fn staged_path(cli: &CliEnvironment, provider: Provider) -> String {
+    format!(
+        "{}/{}/{}",
+        cli.secrets_dir.trim_end_matches('/'),
+        subdir(provider),
+        file_name(provider)
+    )
+}
+
+async fn run(
+    agent: &AgentClient,
+    cli: &CliEnvironment,
+    action: &str,
+    provider: Provider,
+) -> Result<(), AuthError> {
+    let owner = cli
+        .owner
+        .map(|(uid, gid)| format!("{uid}:{gid}"))
+        .unwrap_or_default();
+    let argv = [
+        "/bin/sh",
+        "-c",
+        SCRIPT,
+        "mc-secrets",
+        action,
+        cli.secrets_dir.trim_end_matches('/'),
+        &subdir(provider),
+        file_name(provider),
+        &super::files::path_in(provider, &cli.home),
+        &owner,
+    ];
+    run_quietly(agent, argv.iter().map(|a| a.to_string()).collect()).await
+}
+
+/// Writes `plaintext` to the tmpfs and links the CLI's path in its HOME to it.
+pub async fn stage(
+    agent: &AgentClient,
+    cli: &CliEnvironment,
+    provider: Provider,
+    plaintext: &[u8],
+) -> Result<(), AuthError> {
+    run(agent, cli, "stage", provider).await?;
+    // The agent writes a temporary file beside the target and renames it: both on the tmpfs.
+    agent
+        .write_file_owned(&staged_path(cli, provider), plaintext, 0o600, cli.owner)
+        .await?;
+    Ok(())
+}
+
+/// Removes the credential from the guest: the staged file, and whatever is at the CLI's path
+/// (the symlink, or the file a CLI renamed over it, zeroed first).
+pub async fn clear(
+    agent: &AgentClient,
+    cli: &CliEnvironment,
+    provider: Provider,
+) -> Result<(), AuthError> {
+    run(agent, cli, "clear", provider).await
+}
+
+/// Makes sure the secrets directory is on a tmpfs, for a login's HOME under it.
+pub async fn prepare(agent: &AgentClient, cli: &CliEnvironment) -> Result<(), AuthError> {
+    run(agent, cli, "login", Provider::ClaudeCode).await
+}
+
+/// A login's HOME: on the tmpfs, since the CLI writes its new credential there.
+pub fn login_home(cli: &CliEnvironment, session_id: &str) -> String {
+    format!(
+        "{}/login-{session_id}",
+        cli.secrets_dir.trim_end_matches('/')
+    )
+}
