@@ -13,25 +13,10 @@ use master_controller::net::{mac_for, tap_name};
 use serde_json::Value;
 
 use crate::support::internet::{SITE, SITE_PORT};
+use crate::support::vmhost::nft;
 use crate::world::{BRIDGE, GATEWAY, GATEWAY_PORT, World};
 
 const WATCH: &str = "mc_spoof_watch";
-
-fn nft(script: &str) {
-    use std::io::Write;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write the script");
-    assert!(child.wait().expect("nft").success(), "nft: {script}");
-}
 
 /// Counters on B's tap: frames with a foreign source, and frames that are B's own.
 fn install_watch(tap: &str, mac: &str, ip: Ipv4Addr) {
