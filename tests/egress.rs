@@ -9,6 +9,8 @@ mod support;
 
 #[path = "egress/cases.rs"]
 mod cases;
+#[path = "egress/spoofing.rs"]
+mod spoofing;
 #[path = "egress/world.rs"]
 mod world;
 
@@ -48,6 +50,10 @@ fn main() -> ExitCode {
         ("refusal: an unknown source address is refused", |w| {
             Box::pin(cases::an_unknown_source_is_refused(w))
         }),
+        (
+            "spoofing: a guest with its neighbour's IPv4, ARP or MAC reaches neither the gateway nor the host",
+            |w| Box::pin(spoofing::a_guest_cannot_use_its_neighbours_address(w)),
+        ),
         ("bypass: a listed host goes direct", |w| {
             Box::pin(cases::a_bypassed_host_goes_direct(w))
         }),

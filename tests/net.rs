@@ -132,6 +132,76 @@ fn setup_network(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
+/// A tap's chain in the bindings' table as `nft` lists it (empty: none).
+fn tap_chain(tap: &str) -> String {
+    let output = std::process::Command::new("nft")
+        .args(["list", "chain", "netdev", "master_controller_taps", tap])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[test]
+fn taps_are_bound_to_their_vms_addresses_and_unbound_with_them() {
+    if !have_nft() {
+        return;
+    }
+    in_private_netns(|| async {
+        use master_controller::net::TapBinding;
+        let net = RtNetlink::connect().expect("netlink");
+        let gateway = Ipv4Addr::new(10, 9, 0, 1);
+        net.ensure_bridge("fcbr0", [2, 0x6d, 0x63, 0, 0, 1], gateway, 24)
+            .await
+            .expect("bridge");
+        let tap = "mc0123456789abc";
+        net.create_tap(tap, "fcbr0").await.expect("tap");
+        let first = TapBinding::parse("06:00:0a:09:00:02", "10.9.0.2").expect("binding");
+        let second = TapBinding::parse("06:00:0a:09:00:07", "10.9.0.7").expect("binding");
+        net.bind_tap(tap, &first).await.expect("bind");
+        net.bind_tap(tap, &first)
+            .await
+            .expect("binding again is fine");
+        let listing = tap_chain(tap);
+        assert!(
+            listing.contains(&format!(
+                "type filter hook ingress device \"{tap}\" priority -500; policy drop;"
+            )),
+            "{listing}"
+        );
+        assert!(
+            listing.contains(
+                "ether saddr 06:00:0a:09:00:02 arp htype 1 arp ptype ip arp hlen 6 arp plen 4 \
+                 arp saddr ether 06:00:0a:09:00:02 arp saddr ip 10.9.0.2 accept"
+            ),
+            "{listing}"
+        );
+        assert!(
+            listing.contains("ether saddr 06:00:0a:09:00:02 ip saddr 10.9.0.2 accept"),
+            "{listing}"
+        );
+        assert_eq!(
+            listing.matches(" accept").count(),
+            2,
+            "no duplicates: {listing}"
+        );
+        // A resume with a new address: the old one is no longer let through.
+        net.bind_tap(tap, &second).await.expect("rebind");
+        let listing = tap_chain(tap);
+        assert!(
+            listing.contains("10.9.0.7") && !listing.contains("10.9.0.2"),
+            "{listing}"
+        );
+        assert_eq!(net.bound_taps().await.expect("bound"), [tap]);
+
+        net.delete_link(tap).await.expect("delete");
+        net.unbind_tap(tap).await.expect("unbind");
+        net.unbind_tap(tap).await.expect("unbinding twice is fine");
+        assert!(net.bound_taps().await.expect("bound").is_empty());
+        assert!(tap_chain(tap).is_empty());
+        assert!(net.bind_tap("mc\"; flush", &first).await.is_err());
+    });
+}
+
 /// Whether `nft` is here; without it the script's tests skip (or fail where guests are required).
 fn have_nft() -> bool {
     if std::process::Command::new("nft")
@@ -182,6 +252,14 @@ fn setup_network_is_idempotent_and_doctor_checks_it() {
         assert!(doctor_level(&config, "IP forwarding").starts_with("FAIL"));
         assert!(doctor_level(&config, "guest NAT").starts_with("FAIL"));
         assert!(doctor_level(&config, "guest firewall").starts_with("FAIL"));
+        // The per-tap rules need only nftables, not the script: a dry run leaves nothing.
+        let binding = doctor_level(&config, "tap binding");
+        assert!(binding.starts_with("ok"), "{binding}");
+        let ruleset = std::process::Command::new("nft")
+            .args(["list", "ruleset"])
+            .output();
+        let ruleset = ruleset.expect("nft list ruleset").stdout;
+        assert!(!String::from_utf8_lossy(&ruleset).contains("master_controller_taps"));
 
         let args = ["--bridge", "mcbr9", "--cidr", "10.216.0.1/24"];
         let progress = setup_network(&args);

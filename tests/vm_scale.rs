@@ -65,6 +65,26 @@ async fn all_at_once(
     vms
 }
 
+/// Every VM's tap is bound to exactly its own address and MAC, and no other tap is bound.
+fn assert_bound(netlink: &support::fake_vmm::FakeNetlink, vms: &[Value]) {
+    let bindings = netlink.bindings.lock().expect("bindings");
+    assert_eq!(bindings.len(), vms.len());
+    for vm in vms {
+        let tap = vm["tapDevice"].as_str().expect("tap");
+        let ip = vm["ipAddress"].as_str().expect("address");
+        let binding = bindings
+            .get(tap)
+            .unwrap_or_else(|| panic!("{tap} is not bound"));
+        let mac = master_controller::net::mac_for(binding.ip);
+        assert_eq!(binding.ip.to_string(), ip, "{tap}");
+        assert_eq!(
+            master_controller::net::TapBinding::parse(&mac, ip).expect("binding"),
+            *binding,
+            "{tap}: bound to the MAC of its address"
+        );
+    }
+}
+
 fn distinct(vms: &[Value], field: &str) -> usize {
     vms.iter()
         .filter_map(|vm| vm[field].as_str())
@@ -92,6 +112,7 @@ async fn vms_at_scale_through_the_api() {
     assert_eq!(distinct(&created, "tapDevice"), VMS, "distinct taps");
     assert_eq!(hypervisor.running(), VMS);
     assert_eq!(netlink.taps.lock().expect("taps").len(), VMS);
+    assert_bound(&netlink, &created);
 
     let refused = d
         .call(
@@ -114,6 +135,7 @@ async fn vms_at_scale_through_the_api() {
     all_at_once(&d, &users, "POST", "/hibernate", 200, "hibernated").await;
     assert_eq!(hypervisor.running(), 0);
     assert!(netlink.taps.lock().expect("taps").is_empty());
+    assert!(netlink.bindings.lock().expect("bindings").is_empty());
 
     let resumed = all_at_once(&d, &users, "POST", "/resume", 200, "running").await;
     for (before, after) in created.iter().zip(&resumed) {
@@ -125,6 +147,7 @@ async fn vms_at_scale_through_the_api() {
         );
     }
     assert_eq!(hypervisor.running(), VMS);
+    assert_bound(&netlink, &resumed);
 
     all_at_once(&d, &users, "DELETE", "", 200, "destroyed").await;
     assert_eq!(hypervisor.running(), 0);

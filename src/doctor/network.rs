@@ -1,6 +1,7 @@
 //! The host networking `scripts/setup-network.sh` provides: IPv4 forwarding, NAT of the guest
 //! network, the forward rules and the guests' firewall on the host, read back from the kernel and
 //! from nftables. The readers are pure functions over `nft -j` JSON, so they are tested on it.
+//! Also whether nftables takes the daemon's own per-tap rules (`net::guard`).
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -10,6 +11,7 @@ use serde_json::Value;
 use super::{Check, Level, check};
 use crate::config::Config;
 use crate::net::Subnet;
+use crate::net::guard::{TapBinding, bind_script};
 
 const TABLE: &str = "master_controller";
 const FIX: &str = "run scripts/setup-network.sh";
@@ -30,7 +32,62 @@ pub fn checks(config: &Config) -> Vec<Check> {
         nat(config, &table),
         firewall(config, &table),
         strict_egress(config, &table),
+        tap_binding(config),
     ]
+}
+
+/// Whether the kernel takes the rules that bind each tap to its VM's addresses: the daemon
+/// installs them per tap and refuses to start a VM without them. A dry run (`nft -c`) of a
+/// binding on `lo`, which every namespace has; nothing is installed.
+fn tap_binding(config: &Config) -> Check {
+    use std::io::Write;
+    const NAME: &str = "tap binding";
+    let binding = TapBinding {
+        mac: [0x06, 0, 0xc0, 0xa8, 0x64, 0x02],
+        ip: Ipv4Addr::new(192, 168, 100, 2),
+    };
+    let script = match bind_script("lo", &binding) {
+        Ok(script) => script,
+        Err(e) => return check(NAME, Level::Fail, e.to_string()),
+    };
+    let child = Command::new("nft")
+        .args(["-c", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(_) => {
+            return check(
+                NAME,
+                missing(config),
+                "nft is not installed (apt-get install nftables): VMs cannot start",
+            );
+        }
+    };
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(script.as_bytes()));
+    match (written, child.wait_with_output()) {
+        (Some(Ok(())), Ok(output)) if output.status.success() => check(
+            NAME,
+            Level::Ok,
+            "nftables takes the per-tap rules (netdev ingress: each tap carries only its VM's \
+             MAC, IPv4 and ARP)",
+        ),
+        (_, Ok(output)) => check(
+            NAME,
+            missing(config),
+            format!(
+                "nftables refuses the per-tap rules (netdev ingress, arp and ether matches): {}; \
+                 VMs cannot start",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        ),
+        (_, Err(e)) => check(NAME, missing(config), format!("nft: {e}")),
+    }
 }
 
 fn forwarding(config: &Config) -> Check {

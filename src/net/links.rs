@@ -12,6 +12,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
 use super::NetError;
+use super::guard::{Nft, TapBinding};
 
 #[async_trait::async_trait]
 pub trait Netlink: Send + Sync {
@@ -31,6 +32,14 @@ pub trait Netlink: Send + Sync {
     async fn delete_link(&self, name: &str) -> Result<(), NetError>;
     /// The names of the links attached to `bridge`.
     async fn bridge_ports(&self, bridge: &str) -> Result<Vec<String>, NetError>;
+    /// Binds a tap to its VM's MAC and IPv4 address: from then on the host takes from it only
+    /// the VM's own IPv4 and ARP, and drops every other frame before the bridge sees it
+    /// (`net::guard`). Idempotent; a rebinding replaces the tap's earlier binding whole.
+    async fn bind_tap(&self, name: &str, binding: &TapBinding) -> Result<(), NetError>;
+    /// Removes a tap's binding; a tap without one is fine.
+    async fn unbind_tap(&self, name: &str) -> Result<(), NetError>;
+    /// The taps that have a binding, whether or not they still exist.
+    async fn bound_taps(&self) -> Result<Vec<String>, NetError>;
 }
 
 pub struct RtNetlink {
@@ -223,5 +232,19 @@ impl Netlink for RtNetlink {
             }
         }
         Ok(ports)
+    }
+
+    // The bindings are nftables rules, which the `nft` binary writes; it runs in this process's
+    // network namespace, the one the taps are in.
+    async fn bind_tap(&self, name: &str, binding: &TapBinding) -> Result<(), NetError> {
+        Nft.bind(name, binding).await
+    }
+
+    async fn unbind_tap(&self, name: &str) -> Result<(), NetError> {
+        Nft.unbind(name).await
+    }
+
+    async fn bound_taps(&self) -> Result<Vec<String>, NetError> {
+        Nft.bound().await
     }
 }

@@ -1,10 +1,12 @@
-//! Guest networking: the bridge, one isolated tap per VM, and the address plan (IP pool, MACs
-//! derived from IPs, tap names derived from VM ids).
+//! Guest networking: the bridge, one isolated tap per VM bound to its VM's MAC and IPv4 (`guard`),
+//! and the address plan (IP pool, MACs derived from IPs, tap names derived from VM ids).
 
 pub mod egress;
+pub mod guard;
 mod links;
 pub mod plan;
 
+pub use guard::TapBinding;
 pub use links::{Netlink, RtNetlink};
 pub use plan::{Subnet, is_tap_name, mac_for, tap_name};
 
@@ -24,4 +26,6 @@ pub enum NetError {
     },
     #[error("no link named {0}")]
     NoSuchLink(String),
+    #[error("tap binding: {0}")]
+    Guard(String),
 }

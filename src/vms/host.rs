@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::guest::client::AgentClient;
 use crate::guest::messages::{HealthReport, NetworkConfig};
 use crate::model::{AgentInfo, GuestImage, Vm, VmOp, now_ms};
+use crate::net::TapBinding;
 use crate::vmm::{DiskSpec, NetSpec, VmHandle, VmSpec, disks};
 
 use super::{VmError, VmManager, VmSettings};
@@ -202,6 +203,8 @@ impl VmManager {
                 .create_tap(&net.tap, &self.settings.bridge)
                 .await
                 .map_err(|e| fail(&e))?;
+            // Before the hypervisor starts, so the guest never sends a frame unbound.
+            self.bind_tap(vm, &net.tap).await.map_err(|e| fail(&e))?;
         }
         crate::failpoint::hit(&format!("vm.{op}.after_tap"));
         let mut handle = match start {
@@ -287,11 +290,33 @@ impl VmManager {
         })
     }
 
-    /// Removes a tap; an error is logged, since reconcile sweeps what is left.
+    /// Binds the VM's tap to the VM's MAC and address (the record's: after a readdress, the new
+    /// one), so its guest cannot send as another VM.
+    pub(super) async fn bind_tap(&self, vm: &Vm, tap: &str) -> Result<(), String> {
+        let (Some(mac), Some(ip)) = (&vm.mac_address, &vm.ip_address) else {
+            return Err(format!(
+                "VM {} has a tap but no address to bind it to",
+                vm.id
+            ));
+        };
+        let binding = TapBinding::parse(mac, ip).map_err(|e| e.to_string())?;
+        self.host
+            .netlink
+            .bind_tap(tap, &binding)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes a tap and its binding; an error is logged, since reconcile sweeps what is left.
+    /// The link goes first: a binding never outlives a guest that could still send.
     pub(super) async fn remove_tap(&self, tap: Option<&str>) {
         let Some(tap) = tap else { return };
         if let Err(e) = self.host.netlink.delete_link(tap).await {
             tracing::warn!(tap, error = %e, "cannot remove tap; the orphan sweep will retry");
+            return;
+        }
+        if let Err(e) = self.host.netlink.unbind_tap(tap).await {
+            tracing::warn!(tap, error = %e, "cannot remove the tap's binding; the orphan sweep will retry");
         }
     }
 

@@ -148,6 +148,15 @@ impl VmManager {
         let (Some(pid), Ok(spec)) = (vm.pid, self.spec(vm)) else {
             return false;
         };
+        // The binding is kernel state that outlives the daemon, but not every restart of the
+        // host's firewall: it is laid again before the guest is trusted with its tap. A VM
+        // whose tap cannot be bound is not adopted.
+        if let Some(tap) = &vm.tap_device
+            && let Err(e) = self.bind_tap(vm, tap).await
+        {
+            tracing::error!(vm = %vm.id, tap, error = %e, "cannot bind the tap of a VM to adopt");
+            return false;
+        }
         let Ok(handle) = self.host.hypervisor.adopt(&spec, pid).await else {
             return false;
         };
@@ -220,6 +229,21 @@ impl VmManager {
             if is_tap_name(&tap) && !owned_taps.contains(tap.as_str()) {
                 self.remove_tap(Some(&tap)).await;
                 report.taps.push(tap);
+            }
+        }
+        // Bindings whose tap went without them (a crash between the two removals).
+        let bound = self.host.netlink.bound_taps().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list the taps' bindings");
+            Vec::new()
+        });
+        for tap in bound {
+            if !owned_taps.contains(tap.as_str()) {
+                if let Err(e) = self.host.netlink.unbind_tap(&tap).await {
+                    tracing::warn!(tap, error = %e, "cannot remove an orphaned tap binding");
+                }
+                if !report.taps.contains(&tap) {
+                    report.taps.push(tap);
+                }
             }
         }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::support::daemon_proc::{SERVICE_TOKEN, processes_naming};
 use crate::support::internet::{BYPASSED_SITE, HOST_SIDE, SITE, SITE_PORT};
+use crate::support::vmhost::tap_binding;
 use crate::world::{GATEWAY, GATEWAY_PORT, PORTS, World, assert_no_secret, metric};
 
 fn site(path: &str) -> String {
@@ -271,9 +272,21 @@ pub async fn strict_mode_leaves_only_the_gateway(world: &mut World) {
 
 pub async fn ports_belong_to_users(world: &mut World) {
     let port_a = world.port_of("a").await.expect("a's port");
+    // The taps' bindings (`spoofing`) follow them: gone with the tap, laid again before the
+    // guest runs, kept across a restart.
+    let tap_a = master_controller::net::tap_name(&world.vms["a"]);
+    let bound_to_a =
+        |ip: std::net::Ipv4Addr| tap_binding(&tap_a).contains(&format!("ip saddr {ip} accept"));
+    let ip_a = world.ip_of("a").await;
+    assert!(bound_to_a(ip_a), "{}", tap_binding(&tap_a));
     world.vm_action("a", "hibernate").await;
+    assert!(
+        tap_binding(&tap_a).is_empty(),
+        "the binding outlived the tap"
+    );
     world.vm_action("a", "resume").await;
     assert_eq!(world.port_of("a").await, Some(port_a), "after resume");
+    assert!(bound_to_a(world.ip_of("a").await), "after resume");
     let (code, body) = world.get_via_gateway("a", &site("/resumed")).await;
     assert_eq!(code, 0, "{body}");
     assert_eq!(logged(world, port_a, "/resumed"), 1);
@@ -281,6 +294,7 @@ pub async fn ports_belong_to_users(world: &mut World) {
     world.daemon.stop().await;
     world.daemon.start(&[]).await;
     assert_eq!(world.port_of("a").await, Some(port_a), "after a restart");
+    assert!(bound_to_a(world.ip_of("a").await), "after a restart");
     let (code, body) = world.get_via_gateway("a", &site("/restarted")).await;
     assert_eq!(code, 0, "{body}");
     assert_eq!(logged(world, port_a, "/restarted"), 1);
@@ -314,6 +328,7 @@ pub async fn ports_belong_to_users(world: &mut World) {
         processes_naming(&format!("/vms/{vm_b}/")).is_empty(),
         "b's VM left running"
     );
+    assert!(tap_binding(&master_controller::net::tap_name(&vm_b)).is_empty());
     let pool = world.proxy_ports().await;
     assert_eq!(pool["used"], 1, "{pool}");
     assert_eq!(pool["ports"][0]["port"], port_a, "{pool}");

@@ -111,6 +111,28 @@ impl World {
         (reply.status, reply.json)
     }
 
+    /// Creates the user and their VM unless an earlier case did (a case run alone).
+    pub async fn ensure_vm(&mut self, name: &'static str) {
+        if !self.users.contains_key(name) {
+            self.new_user(name).await;
+        }
+        if !self.vms.contains_key(name) {
+            let (status, vm) = self.create_vm(name).await;
+            assert_eq!(status, 201, "{vm:?}\n{}", self.daemon.log_tail());
+        }
+    }
+
+    /// The address of the user's VM, from its record.
+    pub async fn ip_of(&self, name: &str) -> std::net::Ipv4Addr {
+        let path = format!("/api/vms/{}", self.vms[name]);
+        let reply = self.daemon.call("GET", &path, SERVICE_TOKEN, None).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        reply.json["ipAddress"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("no address: {:?}", reply.json))
+    }
+
     pub async fn vm_action(&self, name: &str, action: &str) -> Value {
         let path = format!("/api/users/{}/vm/{action}", self.user(name));
         let reply = self.daemon.call("POST", &path, SERVICE_TOKEN, None).await;

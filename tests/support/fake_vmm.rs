@@ -21,7 +21,7 @@ use master_controller::guest::messages::{
     ErrorBody, ExitStatus, HealthReport, Hello, HelloOk, Request, Response,
 };
 use master_controller::guest::{Frame, FrameCodec, FrameKind};
-use master_controller::net::{NetError, Netlink};
+use master_controller::net::{NetError, Netlink, TapBinding};
 use master_controller::vmm::{
     ExitInfo, Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError,
 };
@@ -336,10 +336,12 @@ fn answer_one(frame: &Frame, token: &str, boot_id: &str) -> Frame {
     }
 }
 
-/// Links as a set of names: taps come and go, nothing touches the host.
+/// Links as a set of names: taps come and go, nothing touches the host. Bindings are recorded
+/// by tap name.
 #[derive(Default)]
 pub struct FakeNetlink {
     pub taps: Mutex<BTreeSet<String>>,
+    pub bindings: Mutex<HashMap<String, TapBinding>>,
 }
 
 #[async_trait::async_trait]
@@ -368,5 +370,28 @@ impl Netlink for FakeNetlink {
 
     async fn bridge_ports(&self, _bridge: &str) -> Result<Vec<String>, NetError> {
         Ok(self.taps.lock().expect("taps").iter().cloned().collect())
+    }
+
+    async fn bind_tap(&self, name: &str, binding: &TapBinding) -> Result<(), NetError> {
+        self.bindings
+            .lock()
+            .expect("bindings")
+            .insert(name.to_string(), *binding);
+        Ok(())
+    }
+
+    async fn unbind_tap(&self, name: &str) -> Result<(), NetError> {
+        self.bindings.lock().expect("bindings").remove(name);
+        Ok(())
+    }
+
+    async fn bound_taps(&self) -> Result<Vec<String>, NetError> {
+        Ok(self
+            .bindings
+            .lock()
+            .expect("bindings")
+            .keys()
+            .cloned()
+            .collect())
     }
 }

@@ -173,3 +173,29 @@ pub fn test_spec(dir: &Path, tap: &str, data_disk: &Path) -> VmSpec {
         agent_token: "guesttesttoken0123456789".into(),
     }
 }
+
+/// Runs an nftables script in this process's namespace.
+pub fn nft(script: &str) {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write the script");
+    assert!(child.wait().expect("nft").success(), "nft: {script}");
+}
+
+/// The daemon's binding of `tap` to its VM's addresses as `nft` lists it (empty: none).
+pub fn tap_binding(tap: &str) -> String {
+    let output = Command::new("nft")
+        .args(["list", "chain", "netdev", "master_controller_taps", tap])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&output.stdout).to_string()
+}

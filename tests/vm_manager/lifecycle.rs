@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::daemon_proc::{SERVICE_TOKEN, link_exists, processes_naming};
+use crate::support::vmhost;
 use crate::world::{GATEWAY, World, admin_socket, destroy, id_of, wait_event};
 
 pub async fn whole_api_path(world: &mut World) {
@@ -139,10 +140,24 @@ pub async fn daemon_crash_adopts_the_vm(world: &mut World) {
         before,
         "the VM outlives the daemon"
     );
+    // The tap's binding gone while the daemon was down (a firewall reload flushing the
+    // ruleset): adopting the VM lays it again.
+    let tap = master_controller::net::tap_name(&id);
+    let ip = vm["ipAddress"].as_str().expect("address").to_string();
+    assert!(vmhost::tap_binding(&tap).contains(&format!("ip saddr {ip} accept")));
+    vmhost::nft(&format!(
+        "delete chain netdev master_controller_taps {tap}\n"
+    ));
+    assert!(vmhost::tap_binding(&tap).is_empty());
     world.daemon.start(&[]).await;
     let (status, adopted) = world.user_vm(&user, "", "GET").await;
     assert_eq!(status, 200);
     assert_eq!(adopted["status"], "running", "{adopted:?}");
+    assert!(
+        vmhost::tap_binding(&tap).contains(&format!("ip saddr {ip} accept")),
+        "adopted without its binding: {}",
+        vmhost::tap_binding(&tap)
+    );
     let (code, out) = world.exec(&id, "echo adopted").await;
     assert_eq!((code, out.trim()), (0, "adopted"));
     assert_eq!(

@@ -4,6 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::daemon_proc::{link_exists, processes_naming};
+use crate::support::vmhost;
 use crate::world::{BRIDGE, GATEWAY, World, bridge_ports, destroy, id_of};
 
 pub async fn interrupted_intents_are_settled(world: &mut World) {
@@ -72,6 +73,17 @@ pub async fn reconcile_removes_orphans(world: &mut World) {
     };
     ip(&["tuntap", "add", "dev", orphan_tap, "mode", "tap"]);
     ip(&["link", "set", orphan_tap, "master", BRIDGE]);
+    // A binding left behind with it, and one whose tap is already gone (kernels since 6.16 keep
+    // a netdev chain whose device went; `add` declares the table for the first run).
+    let gone_tap = "mc0123456789abd";
+    for tap in [orphan_tap, gone_tap] {
+        vmhost::nft(&format!(
+            "add table netdev master_controller_taps\n\
+             add chain netdev master_controller_taps {tap} {{ type filter hook ingress \
+             device \"{tap}\" priority -500; policy drop; }}\n"
+        ));
+        assert!(!vmhost::tap_binding(tap).is_empty());
+    }
     let orphan_dir = world
         .daemon
         .data_dir
@@ -80,6 +92,12 @@ pub async fn reconcile_removes_orphans(world: &mut World) {
     std::fs::write(orphan_dir.join("console.log"), "left behind").expect("orphan file");
     world.daemon.start(&[]).await;
     assert!(!link_exists(orphan_tap), "the orphan tap is removed");
+    for tap in [orphan_tap, gone_tap] {
+        assert!(
+            vmhost::tap_binding(tap).is_empty(),
+            "the orphan binding of {tap} is removed"
+        );
+    }
     assert!(!orphan_dir.exists(), "the orphan directory is removed");
     assert!(link_exists(BRIDGE), "the bridge stays");
 }
