@@ -89,6 +89,7 @@ settings! {
     ip_pool_limit: u32 = ["MC_IP_POOL_LIMIT"],
     vm_agent_timeout_secs: u64 = ["MC_VM_AGENT_TIMEOUT_SECS"],
     vm_health_interval_secs: u64 = ["MC_VM_HEALTH_INTERVAL_SECS"],
+    vm_log_max_bytes: u64 = ["MC_VM_LOG_MAX_BYTES"],
     tasks_enabled: bool = ["MC_TASKS_ENABLED"],
     task_hibernate_idle_interval_secs: u64 = ["MC_TASK_HIBERNATE_IDLE_INTERVAL_SECS"],
     task_hibernate_idle_at: String = ["MC_TASK_HIBERNATE_IDLE_AT"],

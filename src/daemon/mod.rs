@@ -153,6 +153,7 @@ pub async fn start_with(
         let report = vms.reconcile(&|line| watchdog.status(line)).await?;
         tracing::info!(?report, "reconciled VMs");
         tracker.spawn(vms.clone().poll_health(cancel.clone()));
+        tracker.spawn(vms.clone().cap_logs(cancel.clone()));
     }
     let settled = crate::prompts::settle_interrupted(&store).await?;
     if settled > 0 {

@@ -39,6 +39,7 @@ pub(super) fn vm_settings(config: &Config) -> VmSettings {
         },
         agent_timeout: Duration::from_secs(config.vm_agent_timeout_secs),
         health_interval: Duration::from_secs(config.vm_health_interval_secs),
+        log_max_bytes: config.vm_log_max_bytes,
         golden: None,
     }
 }

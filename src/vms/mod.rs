@@ -11,6 +11,7 @@ pub mod golden;
 mod host;
 pub mod images;
 pub mod ledger;
+mod logcap;
 mod manager;
 mod reconcile;
 mod upkeep;
@@ -117,6 +118,8 @@ pub struct VmSettings {
     pub limits: Limits,
     pub agent_timeout: Duration,
     pub health_interval: Duration,
+    /// Each running VM's console, hypervisor log and metrics are trimmed past this size.
+    pub log_max_bytes: u64,
     /// Creates restore from this instead of cold-booting.
     pub golden: Option<golden::Golden>,
 }
