@@ -222,7 +222,10 @@ async fn a_hibernation_over_staged_golden_links_leaves_them_intact() {
     let files = [
         (snapshot.clone(), "golden state"),
         (memory.clone(), "golden memory"),
-        (golden_dir.join("vmstate.meta.json"), r#"{"tap":"mcgolden"}"#),
+        (
+            golden_dir.join("vmstate.meta.json"),
+            r#"{"tap":"mcgolden"}"#,
+        ),
     ];
     for (path, text) in &files {
         std::fs::write(path, text).expect("golden file");
@@ -249,10 +252,7 @@ async fn a_hibernation_over_staged_golden_links_leaves_them_intact() {
     // An older, looser VM directory is tightened too.
     std::fs::create_dir(&vm_dir).expect("vm dir");
     std::fs::set_permissions(&vm_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    golden
-        .stage(&vm_spec.snapshot_dir())
-        .await
-        .expect("stage");
+    golden.stage(&vm_spec.snapshot_dir()).await.expect("stage");
     let vm = run.backend.boot(&vm_spec).await.expect("boot");
     run.backend
         .hibernate(&vm_spec, vm)
@@ -270,7 +270,9 @@ async fn a_hibernation_over_staged_golden_links_leaves_them_intact() {
     for name in ["vmstate", "memory", "meta.json"] {
         let path = own.join(name);
         assert!(
-            std::fs::symlink_metadata(&path).expect("image file").is_file(),
+            std::fs::symlink_metadata(&path)
+                .expect("image file")
+                .is_file(),
             "{name} is the VM's own file"
         );
         assert_eq!(mode(&path), 0o600, "{name}");

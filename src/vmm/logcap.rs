@@ -106,7 +106,11 @@ mod tests {
             .open(path)
             .unwrap();
         for n in 0..lines {
-            writeln!(file, "line {n:08} of the guest's console output, padded out a bit").unwrap();
+            writeln!(
+                file,
+                "line {n:08} of the guest's console output, padded out a bit"
+            )
+            .unwrap();
         }
         file
     }

@@ -370,12 +370,15 @@ impl VmManager {
             .start(&vm, &spec, Start::Resume, vm.needs_readdress)
             .await
         {
-            Ok(up) => {
+            Ok(mut up) => {
                 // The process holds the image now. Once the VM is recorded running, a marker
                 // left by a crash here would make a later restart without the process take the
                 // stale image for a hibernation; without it, the image still resumes.
                 if let Err(e) = remove_marker(&spec).await {
-                    tracing::warn!(vm = vm_id, error = %e, "cannot remove the snapshot marker");
+                    let _ = self.host.hypervisor.kill(&mut up.handle).await;
+                    self.remove_tap(vm.tap_device.as_deref()).await;
+                    self.close_intent(vm_id).await?;
+                    return Err(VmError::host(vm_id, VmOp::Resume, e));
                 }
                 let vm = self.commit_running(&vm, &mut live, up).await?;
                 crate::failpoint::hit("vm.resume.after_commit");
@@ -487,4 +490,3 @@ impl VmManager {
         Ok(agent)
     }
 }
-

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use master_controller::guest::client::{AgentClient, AgentEndpoint, GuestError};
 use serde_json::Value;
 
-use crate::support::daemon_proc::link_exists;
 use crate::snapshots::mode;
+use crate::support::daemon_proc::link_exists;
 use crate::world::{GATEWAY, World, destroy, id_of};
 
 pub async fn golden_snapshot_clones(world: &mut World) {
