@@ -24,6 +24,7 @@ use master_controller::guest::client::AgentClient;
 use master_controller::vmm::firecracker::api::{self, ApiRequest, FirecrackerApi, Layout};
 use master_controller::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
 use master_controller::vmm::{DiskSpec, Hypervisor, NetSpec, VmSpec, VmmError, disks};
+use master_controller::vms::golden::{Golden, GoldenMeta};
 use support::firecracker_fake::{self, LOG_ENV};
 use support::firecracker_spec::ApiSpec;
 
@@ -200,6 +201,89 @@ async fn lifecycle_through_the_fake() {
     assert_eq!(exit.signal, Some(9));
 }
 
+/// The golden snapshot's files linked into the VM's snapshot directory, as a create from it
+/// stages them, and left there (a crash before they were removed). Firecracker creates its
+/// snapshot files with O_TRUNC through any link, so a hibernation that named the staged paths
+/// would overwrite the golden memory with this VM's.
+async fn a_hibernation_over_staged_golden_links_leaves_them_intact() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    let run = fake_backend();
+    let golden_dir = run.dir.path().join("golden");
+    std::fs::create_dir(&golden_dir).expect("golden dir");
+    let snapshot = golden_dir.join("vmstate");
+    let memory = golden_dir.join("memory");
+    let files = [
+        (snapshot.clone(), "golden state"),
+        (memory.clone(), "golden memory"),
+        (
+            golden_dir.join("vmstate.meta.json"),
+            r#"{"tap":"mcgolden"}"#,
+        ),
+    ];
+    for (path, text) in &files {
+        std::fs::write(path, text).expect("golden file");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+    }
+    let golden = Golden {
+        snapshot: snapshot.clone(),
+        memory: Some(memory.clone()),
+        meta: GoldenMeta {
+            hypervisor: "firecracker".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            agent_token: "goldentoken".into(),
+            state_file: "vmstate".into(),
+            memory_file: Some("memory".into()),
+            sidecars: vec!["meta.json".into()],
+            data_disk_mib: Some(64),
+            image: None,
+            created_at_ms: 1,
+        },
+    };
+    let vm_dir = run.dir.path().join("vm");
+    let vm_spec = spec(&vm_dir, "mc-tap-a");
+    // An older, looser VM directory is tightened too.
+    std::fs::create_dir(&vm_dir).expect("vm dir");
+    std::fs::set_permissions(&vm_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    golden.stage(&vm_spec.snapshot_dir()).await.expect("stage");
+    let vm = run.backend.boot(&vm_spec).await.expect("boot");
+    run.backend
+        .hibernate(&vm_spec, vm)
+        .await
+        .expect("hibernate");
+    for (path, text) in &files {
+        assert_eq!(
+            std::fs::read_to_string(path).expect("golden file"),
+            *text,
+            "{} was written through a link",
+            path.display()
+        );
+    }
+    let own = vm_spec.snapshot_dir();
+    for name in ["vmstate", "memory", "meta.json"] {
+        let path = own.join(name);
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .expect("image file")
+                .is_file(),
+            "{name} is the VM's own file"
+        );
+        assert_eq!(mode(&path), 0o600, "{name}");
+    }
+    assert_eq!(mode(&own), 0o700);
+    assert_eq!(mode(&vm_dir), 0o700);
+    // And the VM's own image resumes.
+    let mut resumed = run.backend.resume(&vm_spec).await.expect("resume");
+    run.backend.kill(&mut resumed).await.expect("kill");
+}
+
 async fn the_fake_enforces_the_ordering_rules() {
     let run = fake_backend();
     let vm_dir = run.dir.path().join("vm");
@@ -353,6 +437,15 @@ fn main() -> ExitCode {
                 Some(())
             })
         }),
+        (
+            "a hibernation over staged golden links leaves the golden files intact; 0600 in 0700",
+            || {
+                Box::pin(async {
+                    a_hibernation_over_staged_golden_links_leaves_them_intact().await;
+                    Some(())
+                })
+            },
+        ),
         (
             "the fake refuses out-of-order requests with typed faults",
             || {

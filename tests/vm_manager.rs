@@ -22,6 +22,8 @@ mod logins;
 mod prompts;
 #[path = "vm_manager/recovery.rs"]
 mod recovery;
+#[path = "vm_manager/snapshots.rs"]
+mod snapshots;
 #[path = "vm_manager/world.rs"]
 mod world;
 
@@ -107,6 +109,14 @@ fn main() -> ExitCode {
         (
             "hardening: guest output flood and ignored cancel: collect_output and admin exec are bounded",
             |w| Box::pin(hardening::guest_output_is_bounded(w)),
+        ),
+        (
+            "a guest flooding its console: console.log stays under its cap, the VM stays up",
+            |w| Box::pin(snapshots::a_console_flood_stays_capped(w)),
+        ),
+        (
+            "a resume interrupted after its commit leaves no stale image; images 0600 in 0700",
+            |w| Box::pin(snapshots::an_interrupted_resume_leaves_no_stale_image(w)),
         ),
         (
             "two VMs from a golden snapshot: own address, MAC, hostname, token",

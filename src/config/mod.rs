@@ -114,6 +114,9 @@ pub struct Config {
     /// More VM crashes of one user than this within the window refuse their next create.
     pub vm_crash_limit: u32,
     pub vm_crash_window_minutes: u64,
+    /// A running VM's console log (and Firecracker's log and metrics) is trimmed to its newest
+    /// half past this size.
+    pub vm_log_max_bytes: u64,
     /// The background jobs' schedules and thresholds.
     pub tasks: crate::tasks::TaskSettings,
     pub max_prompt_bytes: u64,
@@ -142,6 +145,10 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/master-controller";
 pub const DEFAULT_BRIDGE: &str = "fcbr0";
 pub const DEFAULT_CLI_SECRETS_DIR: &str = "/run/mc/secrets";
 pub const DEFAULT_BRIDGE_CIDR: &str = "192.168.100.1/24";
+/// 8 MiB of console: thousands of lines of boot and crash output for diagnostics.
+pub const DEFAULT_VM_LOG_MAX_BYTES: u64 = 8 << 20;
+/// Below this a trim would keep too little to diagnose anything.
+const MIN_VM_LOG_MAX_BYTES: u64 = 64 * 1024;
 const MIN_TOKEN_LEN: usize = 16;
 
 impl Config {
@@ -274,6 +281,7 @@ impl Config {
             vm_health_interval_secs: s.vm_health_interval_secs.unwrap_or(30),
             vm_crash_limit: s.vm_crash_limit.unwrap_or(3),
             vm_crash_window_minutes: s.vm_crash_window_minutes.unwrap_or(10),
+            vm_log_max_bytes: s.vm_log_max_bytes.unwrap_or(DEFAULT_VM_LOG_MAX_BYTES),
             tasks,
             max_prompt_bytes: s.max_prompt_bytes.unwrap_or(32 * 1024),
             prompt_timeout_secs: s.prompt_timeout_secs.unwrap_or(600),
@@ -373,6 +381,12 @@ impl Config {
             if value == 0 {
                 return Err(invalid(field, "must be greater than 0".into()));
             }
+        }
+        if self.vm_log_max_bytes < MIN_VM_LOG_MAX_BYTES {
+            return Err(invalid(
+                "vm_log_max_bytes",
+                format!("must be at least {MIN_VM_LOG_MAX_BYTES}"),
+            ));
         }
         if self.egress.upstream.is_some() && self.egress_proxy.is_some() {
             return Err(invalid(

@@ -91,6 +91,7 @@ settings! {
     vm_health_interval_secs: u64 = ["MC_VM_HEALTH_INTERVAL_SECS"],
     vm_crash_limit: u32 = ["MC_VM_CRASH_LIMIT"],
     vm_crash_window_minutes: u64 = ["MC_VM_CRASH_WINDOW_MINUTES"],
+    vm_log_max_bytes: u64 = ["MC_VM_LOG_MAX_BYTES"],
     tasks_enabled: bool = ["MC_TASKS_ENABLED"],
     task_hibernate_idle_interval_secs: u64 = ["MC_TASK_HIBERNATE_IDLE_INTERVAL_SECS"],
     task_hibernate_idle_at: String = ["MC_TASK_HIBERNATE_IDLE_AT"],

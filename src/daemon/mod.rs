@@ -154,6 +154,7 @@ pub async fn start_with(
         let report = vms.reconcile(&|line| watchdog.status(line)).await?;
         tracing::info!(?report, "reconciled VMs");
         tracker.spawn(vms.clone().poll_health(cancel.clone()));
+        tracker.spawn(vms.clone().cap_logs(cancel.clone()));
     }
     if crate::prompts::counts::ensure(&store).await? {
         tracing::info!("counted the stored prompts into the prompt counters");

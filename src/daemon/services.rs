@@ -43,6 +43,7 @@ pub(super) fn vm_settings(config: &Config) -> VmSettings {
             max: config.vm_crash_limit,
             window: Duration::from_secs(config.vm_crash_window_minutes * 60),
         },
+        log_max_bytes: config.vm_log_max_bytes,
         golden: None,
     }
 }

@@ -47,6 +47,7 @@ pub fn run(config: &Config) -> Vec<Check> {
     let mut checks = vec![
         admin_token(config),
         data_dir(&config.data_dir),
+        log_trim(&config.data_dir),
         state_file(&config.data_dir),
         signing_key(config),
         vault_key(config),
@@ -120,6 +121,34 @@ fn data_dir(path: &Path) -> Check {
             "data dir",
             Level::Warn,
             format!("{} does not exist yet; serve creates it", path.display()),
+        ),
+    }
+}
+
+/// How running VMs' console logs are kept under `vm_log_max_bytes` on this filesystem.
+fn log_trim(dir: &Path) -> Check {
+    const NAME: &str = "VM log trim";
+    if !dir.is_dir() {
+        return check(NAME, Level::Warn, "no data dir to probe yet");
+    }
+    match crate::vmm::logcap::trims_in_place(dir) {
+        Ok(true) => check(
+            NAME,
+            Level::Ok,
+            "console logs are cut in place (FALLOC_FL_COLLAPSE_RANGE)",
+        ),
+        Ok(false) => check(
+            NAME,
+            Level::Warn,
+            format!(
+                "{} cannot collapse file ranges: console logs are trimmed by copying, which may drop a few lines (use ext4 or XFS)",
+                dir.display()
+            ),
+        ),
+        Err(e) => check(
+            NAME,
+            Level::Warn,
+            format!("cannot probe {}: {e}", dir.display()),
         ),
     }
 }

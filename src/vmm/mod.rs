@@ -4,6 +4,8 @@
 
 pub mod disks;
 pub mod firecracker;
+pub mod logcap;
+pub mod private;
 mod process;
 pub mod qemu;
 mod qmp;
@@ -159,6 +161,11 @@ pub struct SnapshotFiles {
 pub trait Hypervisor: Send + Sync {
     fn name(&self) -> &'static str;
     fn snapshot_files(&self) -> SnapshotFiles;
+    /// The files the VM's process writes for as long as it runs, which the guest can make grow
+    /// without end; the daemon caps them (see [`logcap`]).
+    fn growing_files(&self, spec: &VmSpec) -> Vec<PathBuf> {
+        vec![spec.console_log()]
+    }
     /// Cold-boots the spec's kernel.
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError>;
     async fn pause(&self, vm: &VmHandle) -> Result<(), VmmError>;

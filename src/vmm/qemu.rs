@@ -293,11 +293,17 @@ impl Hypervisor for QemuBackend {
 
     async fn hibernate(&self, spec: &VmSpec, mut vm: VmHandle) -> Result<Hibernated, VmmError> {
         let snapshot = spec.snapshot_dir();
-        tokio::fs::create_dir_all(&snapshot)
-            .await
-            .map_err(|e| VmmError::io(&snapshot, e))?;
         let partial = snapshot.join("state.partial");
         let state = snapshot.join(STATE_FILE);
+        // 0700, and the image is written under a fresh name (see `vmm::private`).
+        let (dir, fresh) = (snapshot.clone(), partial.clone());
+        tokio::task::spawn_blocking(move || {
+            super::private::private_dir(&dir)?;
+            super::private::discard(&fresh)
+        })
+        .await
+        .map_err(|e| VmmError::Control(e.to_string()))?
+        .map_err(|e| VmmError::io(&snapshot, e))?;
         let mut qmp = self.control(&vm).await?;
         qmp.execute("stop", None).await?;
         qmp.execute(
@@ -394,23 +400,11 @@ impl Hypervisor for QemuBackend {
     }
 }
 
-/// Makes the finished image durable and gives it its final name.
+/// Makes the finished image private (0600) and durable and gives it its final name.
 async fn sync_and_publish(partial: &Path, state: &Path) -> Result<u64, VmmError> {
     let (partial, state) = (partial.to_path_buf(), state.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&partial).map_err(|e| VmmError::io(&partial, e))?;
-        file.sync_all().map_err(|e| VmmError::io(&partial, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| VmmError::io(&partial, e))?
-            .len();
-        std::fs::rename(&partial, &state).map_err(|e| VmmError::io(&state, e))?;
-        if let Some(dir) = state.parent()
-            && let Ok(dir) = std::fs::File::open(dir)
-        {
-            let _ = dir.sync_all();
-        }
-        Ok(size)
+        super::private::publish(&partial, &state).map_err(|e| VmmError::io(&state, e))
     })
     .await
     .map_err(|e| VmmError::Control(e.to_string()))?

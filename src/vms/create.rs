@@ -91,10 +91,12 @@ impl VmManager {
         crate::failpoint::hit("vm.create.after_reserve");
         match self.bring_up(&vm).await {
             Ok(up) => {
-                let vm = self.commit_running(&vm, &mut live, up).await?;
-                // A golden restore leaves links to the golden files; the VM's own hibernation
-                // image will be written there later.
+                // A golden restore leaves links to the shared golden files, which the process
+                // no longer needs. They go before the VM is recorded running, so no crash can
+                // leave them for its later hibernations to write through.
                 self.remove_dir(&self.dir_of(&vm.id).join("snapshot")).await;
+                let vm = self.commit_running(&vm, &mut live, up).await?;
+                crate::failpoint::hit("vm.create.after_commit");
                 self.metrics
                     .vm_create_duration
                     .observe(started.elapsed().as_secs_f64());

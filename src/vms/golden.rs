@@ -30,6 +30,8 @@ const DATA_DISK_SUFFIX: &str = "data.ext4";
 /// The tap the golden VM boots with; clones get their own.
 const BUILD_TAP: &str = "mcgolden";
 const BUILD_MAC: &str = "06:00:00:00:00:01";
+/// The golden files are read-only, and root's alone (the memory holds the golden agent token).
+pub const GOLDEN_FILE_MODE: u32 = 0o400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GoldenError {
@@ -212,7 +214,11 @@ impl Golden {
                 String::from_utf8_lossy(&output.stderr).trim()
             )));
         }
-        Ok(())
+        // cp gives the copy the read-only golden file's mode; the clone is the VM's own disk.
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(|e| GoldenError::Clone(format!("{}: {e}", to.display())))
     }
 
     /// Links the snapshot's files into a VM's (empty) snapshot directory, where the backend's
@@ -380,7 +386,7 @@ async fn store_image(
 ) -> Result<GoldenMeta, GoldenError> {
     let fail = |e: std::io::Error| GoldenError::Build(e.to_string());
     if let Some(parent) = snapshot.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(fail)?;
+        super::create_private_dir(parent).await.map_err(fail)?;
     }
     let _ = tokio::fs::remove_file(meta_path(snapshot)).await;
     move_file(&dir.join(files.state), snapshot)
@@ -413,16 +419,24 @@ async fn store_image(
     Ok(meta)
 }
 
+/// Moves one file of the image to its golden place, read-only: every VM is created from it,
+/// so no process may write to it (the backends also never open a snapshot path for writing,
+/// which is what protects it from root; see `vmm::private`).
 async fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     match tokio::fs::rename(from, to).await {
-        Ok(()) => Ok(()),
-        // Across filesystems: copy, then remove.
+        Ok(()) => {}
+        // Across filesystems: copy under a fresh name, then rename into place.
         Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
-            tokio::fs::copy(from, to).await?;
-            tokio::fs::remove_file(from).await
+            let partial = with_suffix(to, "partial");
+            let _ = tokio::fs::remove_file(&partial).await;
+            tokio::fs::copy(from, &partial).await?;
+            tokio::fs::rename(&partial, to).await?;
+            tokio::fs::remove_file(from).await?;
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
     }
+    tokio::fs::set_permissions(to, std::fs::Permissions::from_mode(GOLDEN_FILE_MODE)).await
 }
 
 /// The description holds the golden agent's token: root-only.

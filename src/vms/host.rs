@@ -38,6 +38,53 @@ pub(super) fn snapshot_marker(spec: &VmSpec) -> PathBuf {
     spec.snapshot_dir().join(SNAPSHOT_COMPLETE)
 }
 
+/// Empties a running VM's snapshot directory before it hibernates, and makes it and the VM's
+/// directory 0700. What is there is stale for a running VM: links to the golden snapshot a
+/// create left, or the image a resume restored, with its marker.
+pub(super) async fn fresh_snapshot_dir(spec: &VmSpec) -> std::io::Result<()> {
+    let (vm_dir, dir) = (spec.dir.clone(), spec.snapshot_dir());
+    tokio::task::spawn_blocking(move || {
+        crate::vmm::private::private_dir(&vm_dir)?;
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        crate::vmm::private::private_dir(&dir)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Records, durably, that the snapshot directory holds a whole hibernation image.
+pub(super) async fn write_marker(path: &Path) -> std::io::Result<()> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        crate::vmm::private::write_new(&path, b"")?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Durably withdraws the marker: the image is no longer the VM's current state.
+pub(super) async fn remove_marker(spec: &VmSpec) -> std::io::Result<()> {
+    let path = snapshot_marker(spec);
+    tokio::task::spawn_blocking(move || {
+        crate::vmm::private::discard(&path)?;
+        if let Some(dir) = path.parent()
+            && let Ok(dir) = std::fs::File::open(dir)
+        {
+            dir.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 pub(super) fn agent_info(health: &HealthReport) -> AgentInfo {
     AgentInfo {
         boot_id: health.boot_id.clone(),
@@ -358,16 +405,10 @@ fn data_disk(spec: &VmSpec) -> Result<&DiskSpec, &'static str> {
         .ok_or("the spec has no data disk")
 }
 
-/// Creates `dir` and its parents, readable by root only.
+/// Creates `dir` and its parents, readable by root only; an existing `dir` is tightened to 0700.
 pub(crate) async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || crate::vmm::private::private_dir(&dir))
+        .await
+        .map_err(std::io::Error::other)?
 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::host::{Start, Started, agent_info, snapshot_marker};
+use super::host::{
+    Start, Started, agent_info, fresh_snapshot_dir, remove_marker, snapshot_marker, write_marker,
+};
 use super::ledger::{self, Reclaimed};
 use super::{VmError, VmFilter, VmHost, VmSettings};
 use crate::events::EventHub;
@@ -278,7 +280,11 @@ impl VmManager {
         };
         live.agent = None;
         let marker = snapshot_marker(&spec);
-        let _ = tokio::fs::remove_file(&marker).await;
+        if let Err(e) = fresh_snapshot_dir(&spec).await {
+            self.install(vm_id, live, handle, None);
+            self.close_intent(vm_id).await?;
+            return Err(VmError::host(vm_id, VmOp::Hibernate, e));
+        }
         let pid = handle.pid;
         if let Err(e) = self.host.hypervisor.hibernate(&spec, handle).await {
             let error = VmError::host(vm_id, VmOp::Hibernate, &e);
@@ -290,12 +296,7 @@ impl VmManager {
                         tracing::warn!(vm = vm_id, error = %e, "cannot unpause after a failed hibernation");
                     }
                     self.install(vm_id, live, handle, None);
-                    self.store
-                        .write({
-                            let id = vm_id.to_string();
-                            move |tx| ledger::finish(tx, &id, |_| Ok(()))
-                        })
-                        .await?;
+                    self.close_intent(vm_id).await?;
                 }
                 Err(_) => {
                     self.remove_tap(vm.tap_device.as_deref()).await;
@@ -349,8 +350,18 @@ impl VmManager {
             .start(&vm, &spec, Start::Resume, vm.needs_readdress)
             .await
         {
-            Ok(up) => {
+            Ok(mut up) => {
+                // The process holds the image now. Once the VM is recorded running, a marker
+                // left by a crash here would make a later restart without the process take the
+                // stale image for a hibernation; without it, the image still resumes.
+                if let Err(e) = remove_marker(&spec).await {
+                    let _ = self.host.hypervisor.kill(&mut up.handle).await;
+                    self.remove_tap(vm.tap_device.as_deref()).await;
+                    self.close_intent(vm_id).await?;
+                    return Err(VmError::host(vm_id, VmOp::Resume, e));
+                }
                 let vm = self.commit_running(&vm, &mut live, up).await?;
+                crate::failpoint::hit("vm.resume.after_commit");
                 self.remove_dir(&spec.snapshot_dir()).await;
                 self.metrics
                     .vm_resume_duration
@@ -360,12 +371,7 @@ impl VmManager {
             Err(e) => {
                 // The hibernation image is intact: the VM stays hibernated.
                 self.remove_tap(vm.tap_device.as_deref()).await;
-                self.store
-                    .write({
-                        let id = vm_id.to_string();
-                        move |tx| ledger::finish(tx, &id, |_| Ok(()))
-                    })
-                    .await?;
+                self.close_intent(vm_id).await?;
                 Err(e)
             }
         }
@@ -463,18 +469,4 @@ impl VmManager {
         live.agent = Some(agent.clone());
         Ok(agent)
     }
-}
-
-async fn write_marker(path: &std::path::Path) -> std::io::Result<()> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::create(&path)?;
-        file.sync_all()?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }

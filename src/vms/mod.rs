@@ -12,6 +12,7 @@ pub mod golden;
 mod host;
 pub mod images;
 pub mod ledger;
+mod logcap;
 mod manager;
 mod reconcile;
 mod upkeep;
@@ -131,6 +132,8 @@ pub struct VmSettings {
     pub health_interval: Duration,
     /// A user whose VMs crash more often than this gets no new VM for a while.
     pub crash_limit: CrashLimit,
+    /// Each running VM's console, hypervisor log and metrics are trimmed past this size.
+    pub log_max_bytes: u64,
     /// Creates restore from this instead of cold-booting.
     pub golden: Option<golden::Golden>,
 }

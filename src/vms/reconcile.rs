@@ -136,7 +136,7 @@ impl VmManager {
         }
     }
 
-    async fn close_intent(&self, vm_id: &str) -> Result<Vm, VmError> {
+    pub(super) async fn close_intent(&self, vm_id: &str) -> Result<Vm, VmError> {
         let id = vm_id.to_string();
         self.store
             .write(move |tx| ledger::finish(tx, &id, |_| Ok(())))

@@ -1,12 +1,14 @@
 //! Golden snapshots: build one with the script, create two clones, check each is its own VM.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use master_controller::guest::client::{AgentClient, AgentEndpoint, GuestError};
 use serde_json::Value;
 
+use crate::snapshots::mode;
 use crate::support::daemon_proc::link_exists;
 use crate::world::{GATEWAY, World, destroy, id_of};
 
@@ -120,10 +122,71 @@ pub async fn golden_snapshot_clones(world: &mut World) {
         let (code, out) = world.exec(&id_of(vm), "echo own-token").await;
         assert_eq!((code, out.trim()), (0, "own-token"));
     }
+    clones.push(crash_after_the_commit(world, &snapshot).await);
     for (user, vm) in &clones {
         destroy(world, user).await;
         world.assert_gone(vm);
     }
     world.daemon.stop().await;
     world.daemon.start(&[]).await;
+}
+
+fn digest(path: &Path) -> String {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).expect("read");
+    format!("{:x}", hasher.finalize())
+}
+
+/// A create from the golden snapshot that crashed right after its commit: the adopted VM has no
+/// link to the golden files left, and its hibernation leaves them byte-identical. Returns the
+/// VM, resumed, for the caller to destroy.
+async fn crash_after_the_commit(world: &mut World, snapshot: &Path) -> (String, Value) {
+    let golden = snapshot.display().to_string();
+    let dir = snapshot.parent().expect("golden dir");
+    let files = [
+        snapshot.to_path_buf(),
+        dir.join("state.data.ext4"),
+        dir.join("state.json"),
+    ];
+    for file in &files[..2] {
+        assert_eq!(mode(file), 0o400, "{} is read-only", file.display());
+    }
+    let before: Vec<String> = files.iter().map(|f| digest(f)).collect();
+    let user = world.new_user().await;
+    world.daemon.stop().await;
+    world
+        .daemon
+        .start(&[
+            ("GOLDEN_SNAPSHOT", golden.as_str()),
+            ("MC_FAILPOINT", "vm.create.after_commit"),
+        ])
+        .await;
+    world
+        .daemon
+        .call_expecting_crash("POST", &format!("/api/users/{user}/vm"))
+        .await;
+    world.daemon.wait_exit(Duration::from_secs(60)).await;
+    world
+        .daemon
+        .start(&[("GOLDEN_SNAPSHOT", golden.as_str())])
+        .await;
+    let (_, vm) = world.user_vm(&user, "", "GET").await;
+    assert_eq!(vm["status"], "running", "adopted: {vm:?}");
+    let vm_dir = PathBuf::from(world.vm_dir(&id_of(&vm)));
+    assert!(
+        !vm_dir.join("snapshot").exists(),
+        "links to the golden files were left in the running VM's snapshot directory"
+    );
+    let (status, body) = world.user_vm(&user, "hibernate", "POST").await;
+    assert_eq!(status, 200, "{body:?}");
+    let state = vm_dir.join("snapshot/state");
+    assert!(std::fs::symlink_metadata(&state).expect("state").is_file());
+    assert_eq!(mode(&state), 0o600);
+    let after: Vec<String> = files.iter().map(|f| digest(f)).collect();
+    assert_eq!(before, after, "the golden files changed");
+    let (status, vm) = world.user_vm(&user, "resume", "POST").await;
+    assert_eq!(status, 200, "{vm:?}");
+    (user, vm)
 }

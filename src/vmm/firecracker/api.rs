@@ -61,6 +61,24 @@ impl Layout {
         Layout::at(&spec.dir)
     }
 
+    /// The same files, with the snapshot's under the fresh names a new snapshot is written to
+    /// before it is renamed into place (see [`crate::vmm::private`]).
+    pub fn partial(&self) -> Layout {
+        let partial = |path: &Path| {
+            let mut text = path.as_os_str().to_os_string();
+            text.push(".partial");
+            PathBuf::from(text)
+        };
+        Layout {
+            api_socket: self.api_socket.clone(),
+            vsock_socket: self.vsock_socket.clone(),
+            log: self.log.clone(),
+            metrics: self.metrics.clone(),
+            snapshot_state: partial(&self.snapshot_state),
+            snapshot_memory: partial(&self.snapshot_memory),
+        }
+    }
+
     pub fn snapshot_dir(&self) -> PathBuf {
         self.snapshot_state
             .parent()

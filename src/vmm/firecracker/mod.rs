@@ -85,7 +85,8 @@ impl FirecrackerBackend {
     /// Starts a fresh Firecracker process (under the jailer when configured) and waits for its
     /// API.
     async fn launch(&self, spec: &VmSpec) -> Result<(VmHandle, FirecrackerApi), VmmError> {
-        tokio::fs::create_dir_all(&spec.dir)
+        let dir = spec.dir.clone();
+        blocking(move || super::private::private_dir(&dir))
             .await
             .map_err(|e| VmmError::io(&spec.dir, e))?;
         if let Some(jailer) = &self.config.jailer {
@@ -167,6 +168,11 @@ impl Hypervisor for FirecrackerBackend {
         }
     }
 
+    fn growing_files(&self, spec: &VmSpec) -> Vec<PathBuf> {
+        let host = self.placement(spec).host;
+        vec![spec.console_log(), host.log, host.metrics]
+    }
+
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
         let (handle, api) = self.launch(spec).await?;
         let placement = self.placement(spec);
@@ -201,28 +207,45 @@ impl Hypervisor for FirecrackerBackend {
             host, api: inside, ..
         } = self.placement(spec);
         let dir = host.snapshot_dir();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| VmmError::io(&dir, e))?;
+        // Firecracker creates the snapshot files with O_TRUNC, through any link in their place,
+        // and the directory may still hold links to the golden snapshot: it writes fresh names
+        // only, which are renamed over whatever is there once complete.
+        let (fresh, fresh_inside) = (host.partial(), inside.partial());
+        let prepared = blocking(move || {
+            super::private::private_dir(&dir)?;
+            // Until the new description is published, no snapshot here counts as whole.
+            super::private::discard(&dir.join("meta.json"))?;
+            super::private::discard(&fresh.snapshot_state)?;
+            super::private::discard(&fresh.snapshot_memory)
+        })
+        .await;
+        prepared.map_err(|e| VmmError::io(&host.snapshot_dir(), e))?;
         let api = FirecrackerApi::new(&vm.control);
         api.send(&api::set_state("Paused")).await?;
-        if let Err(e) = api.send(&api::snapshot_create(&inside)).await {
+        if let Err(e) = api.send(&api::snapshot_create(&fresh_inside)).await {
             let _ = api.send(&api::set_state("Resumed")).await;
             return Err(e);
         }
         let meta = SnapshotMeta {
             tap: spec.net.as_ref().map(|n| n.tap.clone()),
         };
-        let meta_path = dir.join("meta.json");
-        tokio::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap_or_default())
-            .await
-            .map_err(|e| VmmError::io(&meta_path, e))?;
+        let meta = serde_json::to_vec(&meta).unwrap_or_default();
+        let (fresh, dir) = (host.partial(), host.snapshot_dir());
+        let (state, memory) = (host.snapshot_state.clone(), host.snapshot_memory.clone());
+        let published = blocking(move || {
+            super::private::publish(&fresh.snapshot_state, &state)?;
+            let bytes = super::private::publish(&fresh.snapshot_memory, &memory)?;
+            // Last: resume takes the snapshot for whole only once its description is there.
+            let meta_partial = dir.join("meta.json.partial");
+            super::private::write_new(&meta_partial, &meta)?;
+            super::private::publish(&meta_partial, &dir.join("meta.json"))?;
+            Ok(bytes)
+        })
+        .await;
+        // On failure the paused process still runs, for the caller to adopt and unpause.
+        let state_bytes = published.map_err(|e| VmmError::io(&host.snapshot_dir(), e))?;
         // The snapshot holds everything; the paused process has nothing left to do.
         kill_and_wait(vm.pid, vm.exited.clone()).await;
-        let state_bytes = tokio::fs::metadata(&host.snapshot_memory)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
         Ok(Hibernated { state_bytes })
     }
 
@@ -275,4 +298,13 @@ impl Hypervisor for FirecrackerBackend {
             .await?;
         Ok(handle)
     }
+}
+
+/// File work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
 }
