@@ -123,24 +123,30 @@ fn expire(crashes: &mut VecDeque<Instant>, now: Instant, window: Duration) {
 }
 
 /// Removes everything in a failed VM's directory (disks, hibernation image, sockets, links to
-/// golden files) except the last `tail_bytes` of its console log. Links are removed, never
-/// followed.
+/// golden files) except the last `tail_bytes` of its console log; a VM that never printed
+/// anything (a create interrupted before its boot) leaves no directory at all. Links are
+/// removed, never followed.
 pub fn prune_to_console_tail(dir: &Path, tail_bytes: u64) -> std::io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
+    let mut kept = false;
     for entry in entries {
         let entry = entry?;
         let path = entry.path();
         if entry.file_name() == CONSOLE_LOG {
             keep_tail(&path, tail_bytes)?;
+            kept = true;
         } else if entry.file_type()?.is_dir() {
             std::fs::remove_dir_all(&path)?;
         } else {
             std::fs::remove_file(&path)?;
         }
+    }
+    if !kept {
+        std::fs::remove_dir(dir)?;
     }
     Ok(())
 }
@@ -233,5 +239,10 @@ mod tests {
         assert_eq!(kept, console[console.len() - 1000..]);
         assert_eq!(std::fs::read(&shared).expect("golden"), b"golden");
         prune_to_console_tail(&dir.path().join("gone"), 1000).expect("a missing dir is fine");
+        let silent = dir.path().join("silent");
+        std::fs::create_dir_all(silent.join("snapshot")).expect("mkdir");
+        std::fs::write(silent.join("data.ext4"), b"disk").expect("disk");
+        prune_to_console_tail(&silent, 1000).expect("prune");
+        assert!(!silent.exists(), "nothing to keep: no directory");
     }
 }
