@@ -8,6 +8,8 @@
 
 mod support;
 
+#[path = "vm_manager/confinement.rs"]
+mod confinement;
 #[path = "vm_manager/golden.rs"]
 mod golden;
 #[path = "vm_manager/lifecycle.rs"]
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         ("MC_VM_HEALTH_INTERVAL_SECS", "2".into()),
         ("ENCRYPTION_MASTER_KEY", world::MASTER_KEY.into()),
         ("MC_AUTH_SESSION_TIMEOUT_SECS", "20".into()),
+        (confinement::CANARY_NAME, confinement::CANARY_VALUE.into()),
     ]);
     let daemon = DaemonProc::new(dir.path(), &env);
     let mut world = World {
@@ -56,7 +59,9 @@ fn main() -> ExitCode {
     assert_eq!(runtime.block_on(world.pool_available()), POOL_SIZE);
     let cases: Vec<(&str, Case)> = vec![
         (
-            "create, hibernate, resume (same boot), destroy through the API; nothing left",
+            "create, hibernate, resume (same boot), destroy through the API; nothing left; \
+             QEMU confined before and after the resume (no daemon env, no token in argv, \
+             seccomp, not root)",
             |w| Box::pin(lifecycle::whole_api_path(w)),
         ),
         (

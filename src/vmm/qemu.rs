@@ -1,6 +1,12 @@
 //! The QEMU backend: the microvm machine with virtio-mmio devices, the agent on a virtio-serial
 //! port backed by a Unix socket, and QMP on another. Hibernation migrates the stopped VM into a
-//! file; resume starts a new QEMU with `-incoming` from it.
+//! file; resume starts a new QEMU with `-incoming defer` and feeds it that file.
+//!
+//! QEMU runs the guest's devices, so it is confined: a cleared environment, its seccomp sandbox
+//! (no exec, no privilege or resource changes), an unprivileged user (`-runas`) once it has
+//! opened its disks, tap and sockets, and no secret in its arguments (the kernel command line,
+//! which carries the agent's token, comes from a 0600 file given to `-readconfig`). The
+//! migration files are opened by the daemon and handed over as descriptors.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +26,10 @@ const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Migration is throttled to 32 MiB/s by default; a stopped VM's memory should go at disk speed.
 const MIGRATION_BANDWIDTH: u64 = 10 << 30;
 const STATE_FILE: &str = "state";
+/// The `-readconfig` file holding the kernel command line; removed once QEMU has read it.
+const BOOT_CONFIG_FILE: &str = "qemu.cfg";
+/// The name the migration file's descriptor gets in QEMU (`getfd`).
+const MIGRATION_FD: &str = "mc-migration";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -31,6 +41,8 @@ pub enum Accel {
 pub struct QemuConfig {
     pub binary: String,
     pub accel: Accel,
+    /// The user QEMU switches to once started (`-runas`); `None` leaves it root.
+    pub user: Option<String>,
 }
 
 pub struct QemuBackend {
@@ -87,6 +99,39 @@ impl QemuBackend {
         spec.dir.join("qmp.sock")
     }
 
+    /// Where QEMU reads its kernel command line from.
+    pub fn boot_config(spec: &VmSpec) -> PathBuf {
+        spec.dir.join(BOOT_CONFIG_FILE)
+    }
+
+    /// Writes the kernel command line, with the agent's token, into a file only root can read,
+    /// for `-readconfig`: on the command line `ps` would show it to every local user. Since
+    /// QEMU 6, `-append` is the machine property `append`.
+    pub fn write_boot_config(&self, spec: &VmSpec) -> Result<PathBuf, VmmError> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let kernel_args = self.kernel_args(spec);
+        if kernel_args.contains(['"', '\\', '\n', '\r']) {
+            return Err(VmmError::Spec(
+                "the kernel arguments cannot hold quotes, backslashes or line breaks".into(),
+            ));
+        }
+        std::fs::create_dir_all(&spec.dir).map_err(|e| VmmError::io(&spec.dir, e))?;
+        std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| VmmError::io(&spec.dir, e))?;
+        let path = Self::boot_config(spec);
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| VmmError::io(&path, e))?;
+        write!(file, "[machine]\n  append = \"{kernel_args}\"\n")
+            .map_err(|e| VmmError::io(&path, e))?;
+        Ok(path)
+    }
+
     fn kernel_args(&self, spec: &VmSpec) -> String {
         let mut args = vec![
             "console=ttyS0".to_string(),
@@ -109,9 +154,11 @@ impl QemuBackend {
         args.join(" ")
     }
 
-    /// QEMU's arguments for `spec`, resuming from `incoming` when given. Public so that the
-    /// lifecycle benchmark can time QEMU itself with exactly the backend's arguments.
-    pub fn args(&self, spec: &VmSpec, incoming: Option<&Path>) -> Result<Vec<String>, VmmError> {
+    /// QEMU's arguments for `spec`; with `incoming`, QEMU waits for a migration stream
+    /// (`migrate-incoming`). The kernel command line is in [`Self::write_boot_config`]'s file.
+    /// Public so that the lifecycle benchmark can time QEMU itself with exactly the backend's
+    /// arguments.
+    pub fn args(&self, spec: &VmSpec, incoming: bool) -> Result<Vec<String>, VmmError> {
         if spec.agent_token.is_empty()
             || !spec.agent_token.bytes().all(|b| b.is_ascii_alphanumeric())
         {
@@ -151,7 +198,7 @@ impl QemuBackend {
         if let Some(initrd) = &spec.initrd {
             push("-initrd", plain_path(initrd)?);
         }
-        push("-append", self.kernel_args(spec));
+        push("-readconfig", plain_path(&Self::boot_config(spec))?);
         // Appended to, so the log keeps what the guest printed before each hibernation.
         push(
             "-chardev",
@@ -202,8 +249,29 @@ impl QemuBackend {
                 plain_path(&Self::qmp_socket(spec))?
             ),
         );
-        if let Some(state) = incoming {
-            push("-incoming", format!("exec:cat {}", plain_path(state)?));
+        if incoming {
+            push("-incoming", "defer".into());
+        }
+        // The sandbox forbids what a device emulator never needs: exec (so `exec:` migration
+        // is out), obsolete syscalls, and scheduling or resource changes. QEMU 7.2 installs the
+        // filter before `-runas` switches user, so `elevateprivileges=deny` would kill it there;
+        // after the switch it has no privilege left to raise.
+        let elevate = if self.config.user.is_some() {
+            "allow"
+        } else {
+            "deny"
+        };
+        push(
+            "-sandbox",
+            format!(
+                "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+            ),
+        );
+        if let Some(user) = &self.config.user {
+            if user.is_empty() || !user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
+                return Err(VmmError::Spec(format!("{user:?} is not a user name")));
+            }
+            push("-runas", user.clone());
         }
         Ok(args)
     }
@@ -212,11 +280,7 @@ impl QemuBackend {
         &self.config.binary
     }
 
-    async fn start(
-        &self,
-        spec: &VmSpec,
-        incoming: Option<&Path>,
-    ) -> Result<(VmHandle, Qmp), VmmError> {
+    async fn start(&self, spec: &VmSpec, incoming: bool) -> Result<(VmHandle, Qmp), VmmError> {
         tokio::fs::create_dir_all(&spec.dir)
             .await
             .map_err(|e| VmmError::io(&spec.dir, e))?;
@@ -224,10 +288,18 @@ impl QemuBackend {
             let _ = tokio::fs::remove_file(&socket).await;
         }
         super::rotate_console_log(spec).await;
+        let args = self.args(spec, incoming)?;
+        let boot_config = self.write_boot_config(spec)?;
         let mut command = Command::new(&self.config.binary);
-        command.args(self.args(spec, incoming)?);
-        let (pid, exited) =
-            spawn_supervised(command, &self.config.binary, std::process::Stdio::null())?;
+        command.args(args);
+        let spawned = spawn_supervised(command, &self.config.binary, std::process::Stdio::null());
+        let (pid, exited) = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&boot_config).await;
+                return Err(e);
+            }
+        };
         let handle = VmHandle {
             pid,
             agent: AgentEndpoint::Unix(Self::agent_socket(spec)),
@@ -238,6 +310,8 @@ impl QemuBackend {
             qmp = Qmp::connect(&handle.control, QMP_DEADLINE) => qmp,
             info = wait_exited(handle.exited.clone()) => Err(VmmError::Exited(info)),
         };
+        // QEMU read its options before it opened the monitor; the token leaves the host's disk.
+        let _ = tokio::fs::remove_file(&boot_config).await;
         match qmp {
             Ok(qmp) => Ok((handle, qmp)),
             Err(e) => {
@@ -271,7 +345,7 @@ impl Hypervisor for QemuBackend {
     }
 
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
-        let (handle, _qmp) = self.start(spec, None).await?;
+        let (handle, _qmp) = self.start(spec, false).await?;
         Ok(handle)
     }
 
@@ -298,6 +372,16 @@ impl Hypervisor for QemuBackend {
             .map_err(|e| VmmError::io(&snapshot, e))?;
         let partial = snapshot.join("state.partial");
         let state = snapshot.join(STATE_FILE);
+        let image = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)
+                .map_err(|e| VmmError::io(&partial, e))?
+        };
         let mut qmp = self.control(&vm).await?;
         qmp.execute("stop", None).await?;
         qmp.execute(
@@ -305,11 +389,20 @@ impl Hypervisor for QemuBackend {
             Some(json!({ "max-bandwidth": MIGRATION_BANDWIDTH })),
         )
         .await?;
-        qmp.execute(
-            "migrate",
-            Some(json!({ "uri": format!("exec:cat > {}", plain_path(&partial)?) })),
-        )
-        .await?;
+        let migrating = async {
+            use std::os::fd::AsFd;
+            qmp.send_fd(MIGRATION_FD, image.as_fd()).await?;
+            let uri = format!("fd:{MIGRATION_FD}");
+            qmp.execute("migrate", Some(json!({ "uri": uri }))).await
+        }
+        .await;
+        if let Err(e) = migrating {
+            let _ = qmp
+                .execute("closefd", Some(json!({ "fdname": MIGRATION_FD })))
+                .await;
+            let _ = qmp.execute("cont", None).await;
+            return Err(e);
+        }
         let started = Instant::now();
         loop {
             let info = qmp.execute("query-migrate", None).await?;
@@ -336,6 +429,7 @@ impl Hypervisor for QemuBackend {
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
+        drop(image);
         // The monitor may close before it answers `quit`.
         let _ = qmp.execute("quit", None).await;
         if tokio::time::timeout(EXIT_DEADLINE, vm.wait_exit())
@@ -353,7 +447,24 @@ impl Hypervisor for QemuBackend {
         if !tokio::fs::try_exists(&state).await.unwrap_or(false) {
             return Err(VmmError::NoSnapshot(spec.snapshot_dir()));
         }
-        let (mut handle, mut qmp) = self.start(spec, Some(&state)).await?;
+        // Opened here, as root: QEMU may run as a user that cannot read the VM's directory.
+        let image = std::fs::File::open(&state).map_err(|e| VmmError::io(&state, e))?;
+        let (mut handle, mut qmp) = self.start(spec, true).await?;
+        let fed = async {
+            use std::os::fd::AsFd;
+            qmp.send_fd(MIGRATION_FD, image.as_fd()).await?;
+            qmp.execute(
+                "migrate-incoming",
+                Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+            )
+            .await
+        }
+        .await;
+        drop(image);
+        if let Err(e) = fed {
+            let _ = self.kill(&mut handle).await;
+            return Err(e);
+        }
         let started = Instant::now();
         loop {
             match qmp.status().await?.as_str() {
@@ -420,13 +531,19 @@ async fn sync_and_publish(partial: &Path, state: &Path) -> Result<u64, VmmError>
 /// paravirtual nested KVM, `/dev/kvm` exists but guests die before userspace, so its presence
 /// proves nothing. The probe boots `probe` (kernel and initrd, no devices) under KVM and waits
 /// for its agent.
-pub async fn probe_accel(binary: &str, probe: &VmSpec, deadline: std::time::Duration) -> Accel {
+pub async fn probe_accel(
+    binary: &str,
+    user: Option<String>,
+    probe: &VmSpec,
+    deadline: std::time::Duration,
+) -> Accel {
     if !Path::new("/dev/kvm").exists() {
         return Accel::Tcg;
     }
     let backend = QemuBackend::new(QemuConfig {
         binary: binary.to_string(),
         accel: Accel::Kvm,
+        user,
     });
     let Ok(mut vm) = backend.boot(probe).await else {
         return Accel::Tcg;

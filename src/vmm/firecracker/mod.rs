@@ -276,3 +276,7 @@ impl Hypervisor for FirecrackerBackend {
         Ok(handle)
     }
 }
+
+#[cfg(test)]
+#[path = "jailer_launch_tests.rs"]
+mod jailer_launch_tests;
