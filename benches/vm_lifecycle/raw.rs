@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use master_controller::vmm::VmSpec;
-use master_controller::vmm::qemu::QemuBackend;
+use master_controller::vmm::qemu::{DiskFds, QemuBackend};
 
 /// Raw QMP, blocking: just enough to time QEMU itself.
 pub struct RawQmp(BufReader<UnixStream>);
@@ -81,13 +81,15 @@ pub fn spawn_raw(backend: &QemuBackend, spec: &VmSpec, incoming: bool) -> Child 
     let _ = std::fs::remove_file(QemuBackend::agent_socket(spec));
     let _ = std::fs::remove_file(spec.console_log());
     backend.write_boot_config(spec).expect("boot config");
-    Command::new(backend.binary())
-        .args(backend.args(spec, incoming).expect("args"))
+    let disks = DiskFds::open(spec).expect("disks");
+    let mut command = Command::new(backend.binary());
+    command
+        .args(backend.args(spec, incoming, &disks).expect("args"))
         .env_clear()
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn qemu")
+        .stderr(Stdio::null());
+    disks.inherit(&mut command);
+    command.spawn().expect("spawn qemu")
 }
 
 /// Raw cold boot: until `/init` announces the agent on the console.

@@ -216,7 +216,10 @@ fn the_jailer_settings_turn_it_on() {
     );
     assert_eq!(jailer.parent_cgroup.as_deref(), Some("master-controller"));
     for wrong in [
-        vec![("MC_JAILER_BINARY", "/usr/local/bin/jailer"), ("MC_JAILER_UID", "990")],
+        vec![
+            ("MC_JAILER_BINARY", "/usr/local/bin/jailer"),
+            ("MC_JAILER_UID", "990"),
+        ],
         vec![
             ("MC_JAILER_BINARY", "/usr/local/bin/jailer"),
             ("MC_JAILER_UID", "0"),

@@ -68,10 +68,7 @@ fn jailer(config: &Config) -> Check {
         std::fs::metadata(&jailer.chroot_base),
         std::fs::metadata(&config.data_dir),
     ) {
-        (Err(e), _) => problems.push(format!(
-            "chroot base {}: {e}",
-            jailer.chroot_base.display()
-        )),
+        (Err(e), _) => problems.push(format!("chroot base {}: {e}", jailer.chroot_base.display())),
         (Ok(base), Ok(data)) if base.dev() != data.dev() => problems.push(format!(
             "chroot base {} is not on the filesystem of {} (disks are hard-linked into jails)",
             jailer.chroot_base.display(),

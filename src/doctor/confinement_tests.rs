@@ -10,7 +10,10 @@ fn config(pairs: &[(&str, String)]) -> Config {
         if name == "MC_ADMIN_TOKEN" {
             return Some("admin-token-for-doctor".to_string());
         }
-        pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     };
     Config::load(None, &lookup, Settings::default()).expect("config")
 }

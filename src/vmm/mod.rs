@@ -6,6 +6,7 @@ pub mod disks;
 pub mod firecracker;
 mod process;
 pub mod qemu;
+mod qemu_confine;
 mod qmp;
 pub mod select;
 

@@ -15,6 +15,8 @@ use serde_json::json;
 use tokio::process::Command;
 
 use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
+pub use super::qemu_confine::DiskFds;
+use super::qemu_confine::{sandbox_args, write_boot_config};
 use super::qmp::Qmp;
 use super::{Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError, console_tail};
 use crate::guest::client::AgentEndpoint;
@@ -104,31 +106,10 @@ impl QemuBackend {
         spec.dir.join(BOOT_CONFIG_FILE)
     }
 
-    /// Writes the kernel command line, with the agent's token, into a file only root can read,
-    /// for `-readconfig`: on the command line `ps` would show it to every local user. Since
-    /// QEMU 6, `-append` is the machine property `append`.
+    /// Writes the kernel command line, with the agent's token, for `-readconfig`.
     pub fn write_boot_config(&self, spec: &VmSpec) -> Result<PathBuf, VmmError> {
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let kernel_args = self.kernel_args(spec);
-        if kernel_args.contains(['"', '\\', '\n', '\r']) {
-            return Err(VmmError::Spec(
-                "the kernel arguments cannot hold quotes, backslashes or line breaks".into(),
-            ));
-        }
-        std::fs::create_dir_all(&spec.dir).map_err(|e| VmmError::io(&spec.dir, e))?;
-        std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| VmmError::io(&spec.dir, e))?;
         let path = Self::boot_config(spec);
-        let _ = std::fs::remove_file(&path);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| VmmError::io(&path, e))?;
-        write!(file, "[machine]\n  append = \"{kernel_args}\"\n")
-            .map_err(|e| VmmError::io(&path, e))?;
+        write_boot_config(&spec.dir, &path, &self.kernel_args(spec))?;
         Ok(path)
     }
 
@@ -158,7 +139,12 @@ impl QemuBackend {
     /// (`migrate-incoming`). The kernel command line is in [`Self::write_boot_config`]'s file.
     /// Public so that the lifecycle benchmark can time QEMU itself with exactly the backend's
     /// arguments.
-    pub fn args(&self, spec: &VmSpec, incoming: bool) -> Result<Vec<String>, VmmError> {
+    pub fn args(
+        &self,
+        spec: &VmSpec,
+        incoming: bool,
+        disks: &DiskFds,
+    ) -> Result<Vec<String>, VmmError> {
         if spec.agent_token.is_empty()
             || !spec.agent_token.bytes().all(|b| b.is_ascii_alphanumeric())
         {
@@ -208,15 +194,27 @@ impl QemuBackend {
             ),
         );
         push("-serial", "chardev:console".into());
-        for disk in &spec.disks {
+        let (fd_args, disk_paths) = disks.args();
+        if disk_paths.len() != spec.disks.len() {
+            return Err(VmmError::Spec("the opened disks are not the spec's".into()));
+        }
+        args.extend(fd_args);
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.to_string());
+            args.push(value);
+        };
+        for (disk, path) in spec.disks.iter().zip(disk_paths) {
             let read_only = if disk.read_only { ",readonly=on" } else { "" };
+            if !disk
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(VmmError::Spec(format!("disk id {:?}", disk.id)));
+            }
             push(
                 "-drive",
-                format!(
-                    "id={},file={},format=raw,if=none{read_only}",
-                    disk.id,
-                    plain_path(&disk.path)?
-                ),
+                format!("id={},file={path},format=raw,if=none{read_only}", disk.id),
             );
             push("-device", format!("virtio-blk-device,drive={}", disk.id));
         }
@@ -252,27 +250,7 @@ impl QemuBackend {
         if incoming {
             push("-incoming", "defer".into());
         }
-        // The sandbox forbids what a device emulator never needs: exec (so `exec:` migration
-        // is out), obsolete syscalls, and scheduling or resource changes. QEMU 7.2 installs the
-        // filter before `-runas` switches user, so `elevateprivileges=deny` would kill it there;
-        // after the switch it has no privilege left to raise.
-        let elevate = if self.config.user.is_some() {
-            "allow"
-        } else {
-            "deny"
-        };
-        push(
-            "-sandbox",
-            format!(
-                "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
-            ),
-        );
-        if let Some(user) = &self.config.user {
-            if user.is_empty() || !user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
-                return Err(VmmError::Spec(format!("{user:?} is not a user name")));
-            }
-            push("-runas", user.clone());
-        }
+        args.extend(sandbox_args(self.config.user.as_deref())?);
         Ok(args)
     }
 
@@ -288,11 +266,16 @@ impl QemuBackend {
             let _ = tokio::fs::remove_file(&socket).await;
         }
         super::rotate_console_log(spec).await;
-        let args = self.args(spec, incoming)?;
+        let disks = DiskFds::open(spec)?;
+        let args = self.args(spec, incoming, &disks)?;
         let boot_config = self.write_boot_config(spec)?;
-        let mut command = Command::new(&self.config.binary);
+        let mut command = std::process::Command::new(&self.config.binary);
         command.args(args);
+        disks.inherit(&mut command);
+        let command = Command::from(command);
         let spawned = spawn_supervised(command, &self.config.binary, std::process::Stdio::null());
+        // QEMU holds its own copies now.
+        drop(disks);
         let (pid, exited) = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -465,26 +448,10 @@ impl Hypervisor for QemuBackend {
             let _ = self.kill(&mut handle).await;
             return Err(e);
         }
-        let started = Instant::now();
-        loop {
-            match qmp.status().await?.as_str() {
-                // The source was stopped before migrating, so the VM arrives paused.
-                "paused" | "postmigrate" => {
-                    qmp.execute("cont", None).await?;
-                    break;
-                }
-                "running" => break,
-                "inmigrate" | "prelaunch" if started.elapsed() < MIGRATION_DEADLINE => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                other => {
-                    let _ = self.kill(&mut handle).await;
-                    return Err(VmmError::Startup(
-                        "qemu resume",
-                        format!("run state {other:?}"),
-                    ));
-                }
-            }
+        // A QEMU that fails to resume is stopped, not left behind.
+        if let Err(e) = run_resumed(&mut qmp).await {
+            let _ = self.kill(&mut handle).await;
+            return Err(e);
         }
         Ok(handle)
     }
@@ -502,6 +469,30 @@ impl Hypervisor for QemuBackend {
         // The monitor must answer too: a QEMU that lost its QMP socket cannot be hibernated.
         self.control(&handle).await?;
         Ok(handle)
+    }
+}
+
+/// Waits for the incoming migration to land and lets the guest run.
+async fn run_resumed(qmp: &mut Qmp) -> Result<(), VmmError> {
+    let started = Instant::now();
+    loop {
+        match qmp.status().await?.as_str() {
+            // The source was stopped before migrating, so the VM arrives paused.
+            "paused" | "postmigrate" => {
+                qmp.execute("cont", None).await?;
+                return Ok(());
+            }
+            "running" => return Ok(()),
+            "inmigrate" | "prelaunch" if started.elapsed() < MIGRATION_DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => {
+                return Err(VmmError::Startup(
+                    "qemu resume",
+                    format!("run state {other:?}"),
+                ));
+            }
+        }
     }
 }
 

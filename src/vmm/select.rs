@@ -53,7 +53,7 @@ pub async fn hypervisor(config: &Config, probe: Option<VmSpec>) -> Arc<dyn Hyper
                 PROBE_DEADLINE,
             )
             .await
-        },
+        }
         (None, None) if Path::new("/dev/kvm").exists() => Accel::Kvm,
         (None, None) => Accel::Tcg,
     };

@@ -74,7 +74,8 @@ impl JailerConfig {
         Ok(())
     }
 
-    fn give(&self, path: &Path) -> Result<(), VmmError> {
+    /// Hands `path` to the jail's user: Firecracker, jailed, writes it as that user.
+    pub(super) fn give(&self, path: &Path) -> Result<(), VmmError> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
             .map_err(|e| VmmError::io(path, e))
     }

@@ -71,24 +71,43 @@ async fn the_jailer_setting_runs_firecracker_under_the_jailer_with_a_clean_envir
         net: None,
         agent_token: TOKEN.into(),
     };
-    let error = backend.boot(&spec).await.err().expect("the fake jailer exits");
+    let error = backend
+        .boot(&spec)
+        .await
+        .err()
+        .expect("the fake jailer exits");
     assert!(error.to_string().contains("exit code 7"), "{error}");
     let args = std::fs::read_to_string(dir.path().join("record.args")).unwrap();
     let args: Vec<&str> = args.lines().collect();
     let after = |flag: &str| {
-        let at = args.iter().position(|a| *a == flag).unwrap_or_else(|| panic!("{flag} in {args:?}"));
+        let at = args
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"));
         args[at + 1]
     };
     assert_eq!(after("--exec-file"), firecracker.display().to_string());
     assert_eq!((after("--uid"), after("--gid")), (me.as_str(), me.as_str()));
-    assert_eq!(after("--chroot-base-dir"), dir.path().join("jails").display().to_string());
+    assert_eq!(
+        after("--chroot-base-dir"),
+        dir.path().join("jails").display().to_string()
+    );
     assert_eq!(after("--parent-cgroup"), "mc-test");
     assert!(!args.iter().any(|a| a.contains(TOKEN)), "{args:?}");
+    // Jailed, Firecracker writes its log and metrics as the jail's user.
+    let root = dir.path().join("jails/firecracker/vmjail/root");
+    for file in ["firecracker.log", "firecracker.metrics"] {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(root.join(file)).unwrap().uid();
+        assert_eq!(owner.to_string(), me, "{file}");
+    }
     // The jailer (and the Firecracker it execs) gets nothing of the daemon's environment.
     let env = std::fs::read_to_string(dir.path().join("record.env")).unwrap();
     let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
     assert!(
-        names.iter().all(|n| ["PATH", "PWD", "SHLVL", "_"].contains(n)),
+        names
+            .iter()
+            .all(|n| ["PATH", "PWD", "SHLVL", "_"].contains(n)),
         "{env}"
     );
 }

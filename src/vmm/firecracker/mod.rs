@@ -103,6 +103,10 @@ impl FirecrackerBackend {
                 .open(file)
                 .await
                 .map_err(|e| VmmError::io(file, e))?;
+            // Made by the daemon as root; jailed, Firecracker opens them as the jail's user.
+            if let Some(jailer) = &self.config.jailer {
+                jailer.give(file)?;
+            }
         }
         super::rotate_console_log(spec).await;
         let console = std::fs::OpenOptions::new()
