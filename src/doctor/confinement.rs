@@ -44,12 +44,24 @@ fn qemu_user(config: &Config) -> Check {
     }
 }
 
+/// Whether `serve` would pick Firecracker (see `vmm::select`).
+fn firecracker_runs(config: &Config) -> bool {
+    match config.hypervisor {
+        HypervisorChoice::Firecracker => true,
+        HypervisorChoice::Qemu => false,
+        HypervisorChoice::Auto => {
+            crate::vmm::select::firecracker_binary(config).is_some()
+                && std::path::Path::new("/dev/kvm").exists()
+        }
+    }
+}
+
 fn jailer(config: &Config) -> Check {
     let Some(jailer) = &config.jailer else {
-        let level = if config.hypervisor == HypervisorChoice::Qemu {
-            Level::Ok
-        } else {
+        let level = if firecracker_runs(config) {
             Level::Warn
+        } else {
+            Level::Ok
         };
         return check(
             "jailer",
@@ -95,10 +107,10 @@ fn jailer(config: &Config) -> Check {
             ),
         )
     } else {
-        let level = if config.hypervisor == HypervisorChoice::Qemu {
-            Level::Warn
-        } else {
+        let level = if firecracker_runs(config) {
             Level::Fail
+        } else {
+            Level::Warn
         };
         check("jailer", level, problems.join("; "))
     }
