@@ -21,7 +21,17 @@ install -m 0755 scripts/setup-network.sh scripts/build-golden-snapshot.sh /usr/l
 install -m 0644 systemd/master-controller.tmpfiles.conf /usr/lib/tmpfiles.d/master-controller.conf
 systemd-tmpfiles --create /usr/lib/tmpfiles.d/master-controller.conf
 
-[ -f /etc/master-controller/config.toml ] || install -m 0644 appliance/config.example.toml /etc/master-controller/config.toml
+# The hypervisors' unprivileged user: QEMU's -runas and the Firecracker jailer's uid/gid.
+if ! id -u mc-vmm >/dev/null 2>&1; then
+  echo "install.sh: creating the system user mc-vmm"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin mc-vmm
+fi
+if [ ! -f /etc/master-controller/config.toml ]; then
+  sed -e "s/^jailer_uid = .*/jailer_uid = $(id -u mc-vmm)/" \
+      -e "s/^jailer_gid = .*/jailer_gid = $(id -g mc-vmm)/" \
+      appliance/config.example.toml > /etc/master-controller/config.toml
+  chmod 0644 /etc/master-controller/config.toml
+fi
 [ -f /etc/master-controller/env ] || install -m 0600 appliance/env.example /etc/master-controller/env
 
 umask 077

@@ -91,6 +91,7 @@ async fn bench() {
     let backend = QemuBackend::new(QemuConfig {
         binary: "qemu-system-x86_64".into(),
         accel: Accel::Tcg,
+        user: Some(vmhost::TEST_QEMU_USER.into()),
     });
     let dir = tempfile::Builder::new()
         .prefix("mcb")
@@ -107,6 +108,7 @@ async fn bench() {
     let daemon = TestDaemon::start_with(&[
         ("MC_HYPERVISOR", "qemu"),
         ("MC_QEMU_ACCEL", "tcg"),
+        ("MC_QEMU_USER", vmhost::TEST_QEMU_USER),
         ("GOLDEN_KERNEL", kernel.as_str()),
         ("MC_INITRD", initrd.as_str()),
         ("MC_BRIDGE", "mcbench0"),

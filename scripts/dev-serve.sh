@@ -43,6 +43,7 @@ if [ "$(id -u)" -eq 0 ]; then
     current=$PWD/.dev/images/current
     vm_env=(
       MC_HYPERVISOR=qemu
+      MC_QEMU_USER="${MC_QEMU_USER:-nobody}"
       GOLDEN_KERNEL="$current/vmlinux"
       MC_INITRD="$current/initramfs.cpio.gz"
       GOLDEN_ROOTFS="$current/rootfs.ext4"
@@ -58,6 +59,7 @@ if [ "$(id -u)" -eq 0 ]; then
     image/build-test-image.sh
     vm_env=(
       MC_HYPERVISOR=qemu
+      MC_QEMU_USER="${MC_QEMU_USER:-nobody}"
       GOLDEN_KERNEL="$PWD/image/out/test/vmlinux"
       MC_INITRD="$PWD/image/out/test/initramfs.cpio.gz"
       MC_VM_VCPUS="${MC_VM_VCPUS:-1}"

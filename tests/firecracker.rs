@@ -25,7 +25,7 @@ use master_controller::vmm::firecracker::api::{self, ApiRequest, FirecrackerApi,
 use master_controller::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
 use master_controller::vmm::{DiskSpec, Hypervisor, NetSpec, VmSpec, VmmError, disks};
 use master_controller::vms::golden::{Golden, GoldenMeta};
-use support::firecracker_fake::{self, LOG_ENV};
+use support::firecracker_fake;
 use support::firecracker_spec::ApiSpec;
 
 fn spec(dir: &Path, tap: &str) -> VmSpec {
@@ -114,10 +114,8 @@ fn fake_backend() -> FakeRun {
         .prefix("mcfc")
         .tempdir_in("/tmp")
         .expect("tempdir");
-    // `main` named the log before any thread started; the fake processes inherit it.
-    let log = std::env::var(LOG_ENV)
-        .map(PathBuf::from)
-        .expect("log path set in main");
+    // The fakes find it from their parent's pid (this process).
+    let log = firecracker_fake::log_path(std::process::id());
     let _ = std::fs::remove_file(&log);
     let backend = FirecrackerBackend::new(FirecrackerConfig {
         binary: std::env::current_exe().expect("own path"),
@@ -415,10 +413,7 @@ fn main() -> ExitCode {
         runtime.block_on(firecracker_fake::serve(&args));
         return ExitCode::SUCCESS;
     }
-    let log =
-        std::env::temp_dir().join(format!("mc-fake-firecracker-{}.jsonl", std::process::id()));
-    // SAFETY: no other thread exists yet, so nothing can read the environment concurrently.
-    unsafe { std::env::set_var(LOG_ENV, &log) };
+    let log = firecracker_fake::log_path(std::process::id());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

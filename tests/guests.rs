@@ -335,6 +335,7 @@ async fn adopt_after_a_restart(guest: &mut Guest) {
     let restarted = QemuBackend::new(QemuConfig {
         binary: "qemu-system-x86_64".into(),
         accel: qemu::Accel::Tcg,
+        user: Some(vmhost::TEST_QEMU_USER.into()),
     });
     assert!(
         restarted
@@ -390,6 +391,7 @@ fn main() -> ExitCode {
     probe.net = None;
     let accel = runtime.block_on(qemu::probe_accel(
         "qemu-system-x86_64",
+        Some(vmhost::TEST_QEMU_USER.into()),
         &probe,
         Duration::from_secs(20),
     ));
@@ -398,6 +400,7 @@ fn main() -> ExitCode {
         backend: QemuBackend::new(QemuConfig {
             binary: "qemu-system-x86_64".into(),
             accel,
+            user: Some(vmhost::TEST_QEMU_USER.into()),
         }),
         spec: vmhost::test_spec(&dir.path().join("vm"), "mctap0", &data_disk),
         vm: None,

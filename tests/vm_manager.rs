@@ -10,6 +10,8 @@ mod support;
 
 #[path = "vm_manager/crash_loop.rs"]
 mod crash_loop;
+#[path = "vm_manager/confinement.rs"]
+mod confinement;
 #[path = "vm_manager/golden.rs"]
 mod golden;
 #[path = "vm_manager/hardening.rs"]
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         ("ENCRYPTION_MASTER_KEY", world::MASTER_KEY.into()),
         ("MC_AUTH_SESSION_TIMEOUT_SECS", "20".into()),
         ("MC_VM_CRASH_LIMIT", CRASH_LIMIT.to_string()),
+        (confinement::CANARY_NAME, confinement::CANARY_VALUE.into()),
     ]);
     let daemon = DaemonProc::new(dir.path(), &env);
     let mut world = World {
@@ -63,7 +66,9 @@ fn main() -> ExitCode {
     assert_eq!(runtime.block_on(world.pool_available()), POOL_SIZE);
     let cases: Vec<(&str, Case)> = vec![
         (
-            "create, hibernate, resume (same boot), destroy through the API; nothing left",
+            "create, hibernate, resume (same boot), destroy through the API; nothing left; \
+             QEMU confined before and after the resume (no daemon env, no token in argv, \
+             seccomp, not root)",
             |w| Box::pin(lifecycle::whole_api_path(w)),
         ),
         (

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use master_controller::vmm::VmSpec;
-use master_controller::vmm::qemu::QemuBackend;
+use master_controller::vmm::qemu::{DiskFds, QemuBackend};
 
 /// Raw QMP, blocking: just enough to time QEMU itself.
 pub struct RawQmp(BufReader<UnixStream>);
@@ -37,6 +37,31 @@ impl RawQmp {
         serde_json::from_str(&line).expect("QMP JSON")
     }
 
+    /// Runs `getfd`, the descriptor `fd` riding along as SCM_RIGHTS: the sandboxed QEMU
+    /// cannot exec `cat`, and may not be allowed to open the file itself.
+    pub fn send_fd(&mut self, name: &str, fd: std::os::fd::BorrowedFd<'_>) {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        use std::os::fd::AsRawFd;
+        let line = format!("{{\"execute\":\"getfd\",\"arguments\":{{\"fdname\":\"{name}\"}}}}\n");
+        let fds = [fd.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            self.0.get_ref().as_raw_fd(),
+            &[std::io::IoSlice::new(line.as_bytes())],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .expect("QMP sendmsg");
+        assert_eq!(sent, line.len(), "short QMP sendmsg");
+        loop {
+            let reply = self.line();
+            if reply.get("return").is_some() {
+                return;
+            }
+            assert!(reply.get("error").is_none(), "getfd: {reply}");
+        }
+    }
+
     pub fn run(&mut self, command: &str) -> serde_json::Value {
         self.0
             .get_mut()
@@ -51,22 +76,26 @@ impl RawQmp {
     }
 }
 
-pub fn spawn_raw(backend: &QemuBackend, spec: &VmSpec, incoming: Option<&Path>) -> Child {
+pub fn spawn_raw(backend: &QemuBackend, spec: &VmSpec, incoming: bool) -> Child {
     let _ = std::fs::remove_file(QemuBackend::qmp_socket(spec));
     let _ = std::fs::remove_file(QemuBackend::agent_socket(spec));
     let _ = std::fs::remove_file(spec.console_log());
-    Command::new(backend.binary())
-        .args(backend.args(spec, incoming).expect("args"))
+    backend.write_boot_config(spec).expect("boot config");
+    let disks = DiskFds::open(spec).expect("disks");
+    let mut command = Command::new(backend.binary());
+    command
+        .args(backend.args(spec, incoming, &disks).expect("args"))
+        .env_clear()
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn qemu")
+        .stderr(Stdio::null());
+    disks.inherit(&mut command);
+    command.spawn().expect("spawn qemu")
 }
 
 /// Raw cold boot: until `/init` announces the agent on the console.
 pub fn raw_boot(backend: &QemuBackend, spec: &VmSpec) -> (Child, Duration) {
     let started = Instant::now();
-    let mut child = spawn_raw(backend, spec, None);
+    let mut child = spawn_raw(backend, spec, false);
     while started.elapsed() < Duration::from_secs(120) {
         let console = std::fs::read_to_string(spec.console_log()).unwrap_or_default();
         if console.contains("mc-init: starting vm-agent") {
@@ -84,10 +113,9 @@ pub fn raw_hibernate(spec: &VmSpec, mut child: Child, state: &Path) -> Duration 
     let started = Instant::now();
     qmp.run(r#"{"execute":"stop"}"#);
     qmp.run(r#"{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":10737418240}}"#);
-    qmp.run(&format!(
-        r#"{{"execute":"migrate","arguments":{{"uri":"exec:cat > {}"}}}}"#,
-        state.display()
-    ));
+    let file = std::fs::File::create(state).expect("state file");
+    qmp.send_fd("raw", std::os::fd::AsFd::as_fd(&file));
+    qmp.run(r#"{"execute":"migrate","arguments":{"uri":"fd:raw"}}"#);
     while qmp.run(r#"{"execute":"query-migrate"}"#)["return"]["status"] != "completed" {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -98,8 +126,11 @@ pub fn raw_hibernate(spec: &VmSpec, mut child: Child, state: &Path) -> Duration 
 
 pub fn raw_resume(backend: &QemuBackend, spec: &VmSpec, state: &Path) -> (Child, Duration) {
     let started = Instant::now();
-    let child = spawn_raw(backend, spec, Some(state));
+    let file = std::fs::File::open(state).expect("state file");
+    let child = spawn_raw(backend, spec, true);
     let mut qmp = RawQmp::connect(&QemuBackend::qmp_socket(spec));
+    qmp.send_fd("raw", std::os::fd::AsFd::as_fd(&file));
+    qmp.run(r#"{"execute":"migrate-incoming","arguments":{"uri":"fd:raw"}}"#);
     while qmp.run(r#"{"execute":"query-status"}"#)["return"]["status"] != "paused" {
         std::thread::sleep(Duration::from_millis(2));
     }

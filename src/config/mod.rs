@@ -1,6 +1,7 @@
 //! One `Config`: the TOML file, then the environment (`MC_*` and the seed's names), then the
 //! command-line flags, validated once at start.
 
+mod confinement;
 mod egress;
 mod settings;
 mod tasks;
@@ -99,6 +100,10 @@ pub struct Config {
     pub qemu_binary: String,
     /// `None`: probe whether guests boot under KVM, else use TCG.
     pub qemu_accel: Option<crate::vmm::qemu::Accel>,
+    /// The user QEMU switches to once started (`-runas`); `None`: it stays root.
+    pub qemu_user: Option<String>,
+    /// Firecracker runs under its jailer when set.
+    pub jailer: Option<crate::vmm::firecracker::JailerConfig>,
     /// The initramfs used as root (the test image).
     pub initrd: Option<PathBuf>,
     pub bridge: String,
@@ -180,6 +185,11 @@ impl Config {
         let credentials_dir = lookup("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let tasks = tasks::resolve(&s)?;
         let egress = egress::resolve(&s)?;
+        let qemu_user = confinement::qemu_user(&s)?;
+        let jailer = confinement::jailer(
+            &s,
+            s.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR)),
+        )?;
         let admin_token = secret_setting(
             "admin_token",
             s.admin_token,
@@ -267,6 +277,8 @@ impl Config {
                     ));
                 }
             },
+            qemu_user,
+            jailer,
             initrd: s.initrd,
             bridge: s.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.into()),
             bridge_subnet: crate::net::Subnet::parse(

@@ -209,3 +209,58 @@ fn the_example_config_loads_with_the_hardening_settings() {
     );
     assert!(bad.is_err());
 }
+
+#[test]
+fn qemu_drops_to_an_unprivileged_user_by_default() {
+    let config = Config::load(None, &env(&[]), Settings::default()).unwrap();
+    assert_eq!(config.qemu_user.as_deref(), Some("mc-vmm"));
+    let root = Config::load(None, &env(&[("MC_QEMU_USER", "root")]), Settings::default());
+    assert_eq!(root.unwrap().qemu_user, None);
+    let bad = Config::load(None, &env(&[("MC_QEMU_USER", "a,b")]), Settings::default());
+    assert!(bad.is_err());
+}
+
+#[test]
+fn the_jailer_settings_turn_it_on() {
+    assert!(
+        Config::load(None, &env(&[]), Settings::default())
+            .unwrap()
+            .jailer
+            .is_none()
+    );
+    let on = env(&[
+        ("MC_JAILER_BINARY", "/usr/local/bin/jailer"),
+        ("MC_JAILER_UID", "990"),
+        ("MC_JAILER_GID", "991"),
+        ("MC_JAILER_CGROUP", "master-controller"),
+    ]);
+    let jailer = Config::load(None, &on, Settings::default())
+        .unwrap()
+        .jailer
+        .unwrap();
+    assert_eq!(
+        (jailer.uid, jailer.gid, jailer.chroot_base.clone()),
+        (990, 991, PathBuf::from("/var/lib/master-controller/jailer"))
+    );
+    assert_eq!(jailer.parent_cgroup.as_deref(), Some("master-controller"));
+    for wrong in [
+        vec![
+            ("MC_JAILER_BINARY", "/usr/local/bin/jailer"),
+            ("MC_JAILER_UID", "990"),
+        ],
+        vec![
+            ("MC_JAILER_BINARY", "/usr/local/bin/jailer"),
+            ("MC_JAILER_UID", "0"),
+            ("MC_JAILER_GID", "0"),
+        ],
+        vec![("MC_JAILER_UID", "990"), ("MC_JAILER_GID", "990")],
+        vec![
+            ("MC_JAILER_BINARY", "jailer"),
+            ("MC_JAILER_UID", "990"),
+            ("MC_JAILER_GID", "990"),
+        ],
+    ] {
+        let result = Config::load(None, &env(&wrong), Settings::default());
+        assert!(result.is_err(), "{wrong:?} accepted");
+    }
+}

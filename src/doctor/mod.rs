@@ -1,6 +1,7 @@
 //! `master-controller doctor`: what the host has and lacks. Each check says ok, warn (works,
 //! but a capability is off) or fail (serve cannot work), and why.
 
+mod confinement;
 mod network;
 
 use std::fmt;
@@ -74,6 +75,7 @@ pub fn run(config: &Config) -> Vec<Check> {
         guest_image(config),
         golden_snapshot(config),
     ];
+    checks.extend(confinement::checks(config));
     checks.extend(network::checks(config));
     checks
 }

@@ -8,6 +8,7 @@ pub mod logcap;
 pub mod private;
 mod process;
 pub mod qemu;
+mod qemu_confine;
 mod qmp;
 pub mod select;
 

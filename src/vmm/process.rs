@@ -35,6 +35,32 @@ impl fmt::Display for ExitInfo {
     }
 }
 
+/// The last bytes a process wrote, bounded. Kept as bytes and decoded only at the end: a cut
+/// at a byte count can fall inside a multi-byte character, where slicing a `String` panics
+/// (and a panic here lost the exit watch: a running VM was marked failed, its process orphaned).
+#[derive(Default)]
+struct StderrTail {
+    bytes: Vec<u8>,
+}
+
+impl StderrTail {
+    const KEEP: usize = 4096;
+
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        if self.bytes.len() > 2 * Self::KEEP {
+            self.bytes.drain(..self.bytes.len() - Self::KEEP);
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// The only variable a hypervisor gets (the jailer looks up nothing; QEMU needs none).
+const HYPERVISOR_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Spawns `command` with its stdout going to `stdout`, and returns its pid and the watch on its
 /// exit.
 pub fn spawn_supervised(
@@ -42,7 +68,11 @@ pub fn spawn_supervised(
     binary: &str,
     stdout: Stdio,
 ) -> Result<(u32, watch::Receiver<Option<ExitInfo>>), VmmError> {
+    // A hypervisor runs the guest's devices: it gets none of the daemon's environment, which
+    // holds the daemon's secrets (admin token, service keys) when they come from an env file.
     command
+        .env_clear()
+        .env("PATH", HYPERVISOR_PATH)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -59,7 +89,7 @@ pub fn spawn_supervised(
     tokio::spawn(async move {
         // Keep the last lines of the hypervisor's stderr for the log: they explain a failed start.
         let tail = async {
-            let mut tail = String::new();
+            let mut tail = StderrTail::default();
             if let Some(mut stderr) = stderr {
                 use tokio::io::AsyncReadExt;
                 let mut buf = [0u8; 4096];
@@ -67,13 +97,10 @@ pub fn spawn_supervised(
                     if n == 0 {
                         break;
                     }
-                    tail.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    if tail.len() > 8192 {
-                        tail.drain(..tail.len() - 4096);
-                    }
+                    tail.push(&buf[..n]);
                 }
             }
-            tail
+            tail.text()
         };
         let (status, tail) = tokio::join!(child.wait(), tail);
         let info = match status {
@@ -170,6 +197,46 @@ mod tests {
         let info = kill_and_wait(pid, exited).await;
         assert_eq!(info.signal, Some(9));
         assert_eq!(info.to_string(), "killed by signal 9");
+    }
+
+    #[test]
+    fn the_stderr_tail_is_bounded_and_cut_anywhere() {
+        let mut tail = StderrTail::default();
+        // 3-byte characters: a cut at `len - 4096` never falls on a character boundary.
+        for _ in 0..10 {
+            tail.push("€".repeat(1000).as_bytes());
+        }
+        assert!(tail.bytes.len() <= 2 * StderrTail::KEEP);
+        assert!(tail.text().ends_with("€€€"));
+    }
+
+    #[tokio::test]
+    async fn multi_byte_stderr_across_the_tail_boundary_still_publishes_the_exit() {
+        let mut command = Command::new("sh");
+        // 9,000 bytes of 3-byte characters, more than the tail keeps, then a distinctive exit.
+        command
+            .arg("-c")
+            .arg("printf '€%.0s' $(seq 3000) >&2; exit 3");
+        let (_pid, exited) = spawn_supervised(command, "sh", Stdio::null()).unwrap();
+        let info = tokio::time::timeout(std::time::Duration::from_secs(60), wait_exited(exited))
+            .await
+            .expect("the exit is published");
+        // A panic in the supervising task drops the sender: the exit would read as unknown.
+        assert_eq!(info.code, Some(3), "{info}");
+    }
+
+    #[tokio::test]
+    async fn a_hypervisor_gets_none_of_the_daemon_environment() {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut command = Command::new("env");
+        command.env("MC_ADMIN_TOKEN", "set-on-the-command");
+        let (_pid, exited) =
+            spawn_supervised(command, "env", Stdio::from(out.reopen().unwrap())).unwrap();
+        assert_eq!(wait_exited(exited).await.code, Some(0));
+        let seen = std::fs::read_to_string(out.path()).unwrap();
+        // The test runner's own environment (CARGO_*, HOME, ...) is the daemon's here.
+        assert!(std::env::vars().count() > 1);
+        assert_eq!(seen.trim(), format!("PATH={HYPERVISOR_PATH}"));
     }
 
     #[tokio::test]

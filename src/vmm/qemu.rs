@@ -1,6 +1,12 @@
 //! The QEMU backend: the microvm machine with virtio-mmio devices, the agent on a virtio-serial
 //! port backed by a Unix socket, and QMP on another. Hibernation migrates the stopped VM into a
-//! file; resume starts a new QEMU with `-incoming` from it.
+//! file; resume starts a new QEMU with `-incoming defer` and feeds it that file.
+//!
+//! QEMU runs the guest's devices, so it is confined: a cleared environment, its seccomp sandbox
+//! (no exec, no privilege or resource changes), an unprivileged user (`-runas`) once it has
+//! opened its disks, tap and sockets, and no secret in its arguments (the kernel command line,
+//! which carries the agent's token, comes from a 0600 file given to `-readconfig`). The
+//! migration files are opened by the daemon and handed over as descriptors.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,6 +15,8 @@ use serde_json::json;
 use tokio::process::Command;
 
 use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
+pub use super::qemu_confine::DiskFds;
+use super::qemu_confine::{sandbox_args, write_boot_config};
 use super::qmp::Qmp;
 use super::{Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError, console_tail};
 use crate::guest::client::AgentEndpoint;
@@ -20,6 +28,10 @@ const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Migration is throttled to 32 MiB/s by default; a stopped VM's memory should go at disk speed.
 const MIGRATION_BANDWIDTH: u64 = 10 << 30;
 const STATE_FILE: &str = "state";
+/// The `-readconfig` file holding the kernel command line; removed once QEMU has read it.
+const BOOT_CONFIG_FILE: &str = "qemu.cfg";
+/// The name the migration file's descriptor gets in QEMU (`getfd`).
+const MIGRATION_FD: &str = "mc-migration";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -31,6 +43,8 @@ pub enum Accel {
 pub struct QemuConfig {
     pub binary: String,
     pub accel: Accel,
+    /// The user QEMU switches to once started (`-runas`); `None` leaves it root.
+    pub user: Option<String>,
 }
 
 pub struct QemuBackend {
@@ -87,6 +101,18 @@ impl QemuBackend {
         spec.dir.join("qmp.sock")
     }
 
+    /// Where QEMU reads its kernel command line from.
+    pub fn boot_config(spec: &VmSpec) -> PathBuf {
+        spec.dir.join(BOOT_CONFIG_FILE)
+    }
+
+    /// Writes the kernel command line, with the agent's token, for `-readconfig`.
+    pub fn write_boot_config(&self, spec: &VmSpec) -> Result<PathBuf, VmmError> {
+        let path = Self::boot_config(spec);
+        write_boot_config(&spec.dir, &path, &self.kernel_args(spec))?;
+        Ok(path)
+    }
+
     fn kernel_args(&self, spec: &VmSpec) -> String {
         let mut args = vec![
             "console=ttyS0".to_string(),
@@ -109,9 +135,16 @@ impl QemuBackend {
         args.join(" ")
     }
 
-    /// QEMU's arguments for `spec`, resuming from `incoming` when given. Public so that the
-    /// lifecycle benchmark can time QEMU itself with exactly the backend's arguments.
-    pub fn args(&self, spec: &VmSpec, incoming: Option<&Path>) -> Result<Vec<String>, VmmError> {
+    /// QEMU's arguments for `spec`; with `incoming`, QEMU waits for a migration stream
+    /// (`migrate-incoming`). The kernel command line is in [`Self::write_boot_config`]'s file.
+    /// Public so that the lifecycle benchmark can time QEMU itself with exactly the backend's
+    /// arguments.
+    pub fn args(
+        &self,
+        spec: &VmSpec,
+        incoming: bool,
+        disks: &DiskFds,
+    ) -> Result<Vec<String>, VmmError> {
         if spec.agent_token.is_empty()
             || !spec.agent_token.bytes().all(|b| b.is_ascii_alphanumeric())
         {
@@ -151,7 +184,7 @@ impl QemuBackend {
         if let Some(initrd) = &spec.initrd {
             push("-initrd", plain_path(initrd)?);
         }
-        push("-append", self.kernel_args(spec));
+        push("-readconfig", plain_path(&Self::boot_config(spec))?);
         // Appended to, so the log keeps what the guest printed before each hibernation.
         push(
             "-chardev",
@@ -161,15 +194,27 @@ impl QemuBackend {
             ),
         );
         push("-serial", "chardev:console".into());
-        for disk in &spec.disks {
+        let (fd_args, disk_paths) = disks.args();
+        if disk_paths.len() != spec.disks.len() {
+            return Err(VmmError::Spec("the opened disks are not the spec's".into()));
+        }
+        args.extend(fd_args);
+        let mut push = |flag: &str, value: String| {
+            args.push(flag.to_string());
+            args.push(value);
+        };
+        for (disk, path) in spec.disks.iter().zip(disk_paths) {
             let read_only = if disk.read_only { ",readonly=on" } else { "" };
+            if !disk
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(VmmError::Spec(format!("disk id {:?}", disk.id)));
+            }
             push(
                 "-drive",
-                format!(
-                    "id={},file={},format=raw,if=none{read_only}",
-                    disk.id,
-                    plain_path(&disk.path)?
-                ),
+                format!("id={},file={path},format=raw,if=none{read_only}", disk.id),
             );
             push("-device", format!("virtio-blk-device,drive={}", disk.id));
         }
@@ -202,9 +247,10 @@ impl QemuBackend {
                 plain_path(&Self::qmp_socket(spec))?
             ),
         );
-        if let Some(state) = incoming {
-            push("-incoming", format!("exec:cat {}", plain_path(state)?));
+        if incoming {
+            push("-incoming", "defer".into());
         }
+        args.extend(sandbox_args(self.config.user.as_deref())?);
         Ok(args)
     }
 
@@ -212,11 +258,7 @@ impl QemuBackend {
         &self.config.binary
     }
 
-    async fn start(
-        &self,
-        spec: &VmSpec,
-        incoming: Option<&Path>,
-    ) -> Result<(VmHandle, Qmp), VmmError> {
+    async fn start(&self, spec: &VmSpec, incoming: bool) -> Result<(VmHandle, Qmp), VmmError> {
         tokio::fs::create_dir_all(&spec.dir)
             .await
             .map_err(|e| VmmError::io(&spec.dir, e))?;
@@ -224,10 +266,23 @@ impl QemuBackend {
             let _ = tokio::fs::remove_file(&socket).await;
         }
         super::rotate_console_log(spec).await;
-        let mut command = Command::new(&self.config.binary);
-        command.args(self.args(spec, incoming)?);
-        let (pid, exited) =
-            spawn_supervised(command, &self.config.binary, std::process::Stdio::null())?;
+        let disks = DiskFds::open(spec)?;
+        let args = self.args(spec, incoming, &disks)?;
+        let boot_config = self.write_boot_config(spec)?;
+        let mut command = std::process::Command::new(&self.config.binary);
+        command.args(args);
+        disks.inherit(&mut command);
+        let command = Command::from(command);
+        let spawned = spawn_supervised(command, &self.config.binary, std::process::Stdio::null());
+        // QEMU holds its own copies now.
+        drop(disks);
+        let (pid, exited) = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&boot_config).await;
+                return Err(e);
+            }
+        };
         let handle = VmHandle {
             pid,
             agent: AgentEndpoint::Unix(Self::agent_socket(spec)),
@@ -238,6 +293,8 @@ impl QemuBackend {
             qmp = Qmp::connect(&handle.control, QMP_DEADLINE) => qmp,
             info = wait_exited(handle.exited.clone()) => Err(VmmError::Exited(info)),
         };
+        // QEMU read its options before it opened the monitor; the token leaves the host's disk.
+        let _ = tokio::fs::remove_file(&boot_config).await;
         match qmp {
             Ok(qmp) => Ok((handle, qmp)),
             Err(e) => {
@@ -271,7 +328,7 @@ impl Hypervisor for QemuBackend {
     }
 
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
-        let (handle, _qmp) = self.start(spec, None).await?;
+        let (handle, _qmp) = self.start(spec, false).await?;
         Ok(handle)
     }
 
@@ -304,6 +361,16 @@ impl Hypervisor for QemuBackend {
         .await
         .map_err(|e| VmmError::Control(e.to_string()))?
         .map_err(|e| VmmError::io(&snapshot, e))?;
+        // The daemon opens the image: QEMU, sandboxed and unprivileged, could not.
+        let image = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
+                .map_err(|e| VmmError::io(&partial, e))?
+        };
         let mut qmp = self.control(&vm).await?;
         qmp.execute("stop", None).await?;
         qmp.execute(
@@ -311,11 +378,20 @@ impl Hypervisor for QemuBackend {
             Some(json!({ "max-bandwidth": MIGRATION_BANDWIDTH })),
         )
         .await?;
-        qmp.execute(
-            "migrate",
-            Some(json!({ "uri": format!("exec:cat > {}", plain_path(&partial)?) })),
-        )
-        .await?;
+        let migrating = async {
+            use std::os::fd::AsFd;
+            qmp.send_fd(MIGRATION_FD, image.as_fd()).await?;
+            let uri = format!("fd:{MIGRATION_FD}");
+            qmp.execute("migrate", Some(json!({ "uri": uri }))).await
+        }
+        .await;
+        if let Err(e) = migrating {
+            let _ = qmp
+                .execute("closefd", Some(json!({ "fdname": MIGRATION_FD })))
+                .await;
+            let _ = qmp.execute("cont", None).await;
+            return Err(e);
+        }
         let started = Instant::now();
         loop {
             let info = qmp.execute("query-migrate", None).await?;
@@ -342,6 +418,7 @@ impl Hypervisor for QemuBackend {
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
+        drop(image);
         // The monitor may close before it answers `quit`.
         let _ = qmp.execute("quit", None).await;
         if tokio::time::timeout(EXIT_DEADLINE, vm.wait_exit())
@@ -359,27 +436,28 @@ impl Hypervisor for QemuBackend {
         if !tokio::fs::try_exists(&state).await.unwrap_or(false) {
             return Err(VmmError::NoSnapshot(spec.snapshot_dir()));
         }
-        let (mut handle, mut qmp) = self.start(spec, Some(&state)).await?;
-        let started = Instant::now();
-        loop {
-            match qmp.status().await?.as_str() {
-                // The source was stopped before migrating, so the VM arrives paused.
-                "paused" | "postmigrate" => {
-                    qmp.execute("cont", None).await?;
-                    break;
-                }
-                "running" => break,
-                "inmigrate" | "prelaunch" if started.elapsed() < MIGRATION_DEADLINE => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                other => {
-                    let _ = self.kill(&mut handle).await;
-                    return Err(VmmError::Startup(
-                        "qemu resume",
-                        format!("run state {other:?}"),
-                    ));
-                }
-            }
+        // Opened here, as root: QEMU may run as a user that cannot read the VM's directory.
+        let image = std::fs::File::open(&state).map_err(|e| VmmError::io(&state, e))?;
+        let (mut handle, mut qmp) = self.start(spec, true).await?;
+        let fed = async {
+            use std::os::fd::AsFd;
+            qmp.send_fd(MIGRATION_FD, image.as_fd()).await?;
+            qmp.execute(
+                "migrate-incoming",
+                Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+            )
+            .await
+        }
+        .await;
+        drop(image);
+        if let Err(e) = fed {
+            let _ = self.kill(&mut handle).await;
+            return Err(e);
+        }
+        // A QEMU that fails to resume is stopped, not left behind.
+        if let Err(e) = run_resumed(&mut qmp).await {
+            let _ = self.kill(&mut handle).await;
+            return Err(e);
         }
         Ok(handle)
     }
@@ -400,6 +478,30 @@ impl Hypervisor for QemuBackend {
     }
 }
 
+/// Waits for the incoming migration to land and lets the guest run.
+async fn run_resumed(qmp: &mut Qmp) -> Result<(), VmmError> {
+    let started = Instant::now();
+    loop {
+        match qmp.status().await?.as_str() {
+            // The source was stopped before migrating, so the VM arrives paused.
+            "paused" | "postmigrate" => {
+                qmp.execute("cont", None).await?;
+                return Ok(());
+            }
+            "running" => return Ok(()),
+            "inmigrate" | "prelaunch" if started.elapsed() < MIGRATION_DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => {
+                return Err(VmmError::Startup(
+                    "qemu resume",
+                    format!("run state {other:?}"),
+                ));
+            }
+        }
+    }
+}
+
 /// Makes the finished image private (0600) and durable and gives it its final name.
 async fn sync_and_publish(partial: &Path, state: &Path) -> Result<u64, VmmError> {
     let (partial, state) = (partial.to_path_buf(), state.to_path_buf());
@@ -414,13 +516,19 @@ async fn sync_and_publish(partial: &Path, state: &Path) -> Result<u64, VmmError>
 /// paravirtual nested KVM, `/dev/kvm` exists but guests die before userspace, so its presence
 /// proves nothing. The probe boots `probe` (kernel and initrd, no devices) under KVM and waits
 /// for its agent.
-pub async fn probe_accel(binary: &str, probe: &VmSpec, deadline: std::time::Duration) -> Accel {
+pub async fn probe_accel(
+    binary: &str,
+    user: Option<String>,
+    probe: &VmSpec,
+    deadline: std::time::Duration,
+) -> Accel {
     if !Path::new("/dev/kvm").exists() {
         return Accel::Tcg;
     }
     let backend = QemuBackend::new(QemuConfig {
         binary: binary.to_string(),
         accel: Accel::Kvm,
+        user,
     });
     let Ok(mut vm) = backend.boot(probe).await else {
         return Accel::Tcg;

@@ -2,6 +2,7 @@
 //! crate would bring the whole generated QMP schema (a long compile) for the handful of
 //! commands used here.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,49 @@ impl Qmp {
             .write_all(line.as_bytes())
             .await
             .map_err(|e| VmmError::Control(format!("QMP write: {e}")))?;
+        self.reply(command).await
+    }
+
+    /// Hands QEMU an open descriptor under `name` (`getfd`, the descriptor riding along with the
+    /// command as SCM_RIGHTS). QEMU then uses it as `fd:<name>` without opening anything itself:
+    /// under `-runas` it could not open the daemon's files, and under `-sandbox spawn=deny` it
+    /// cannot run `exec:` helpers.
+    pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), VmmError> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let mut line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string();
+        line.push('\n');
+        let stream: &UnixStream = self.writer.as_ref();
+        let write_error = |e: std::io::Error| VmmError::Control(format!("QMP getfd: {e}"));
+        let sent = loop {
+            stream.writable().await.map_err(write_error)?;
+            let attempt = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                let fds = [fd.as_raw_fd()];
+                let rights = [ControlMessage::ScmRights(&fds)];
+                sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &[std::io::IoSlice::new(line.as_bytes())],
+                    &rights,
+                    MsgFlags::empty(),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match attempt {
+                Ok(sent) => break sent,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(write_error(e)),
+            }
+        };
+        // The descriptor went with the first byte; the rest of a short write follows plainly.
+        self.writer
+            .write_all(&line.as_bytes()[sent..])
+            .await
+            .map_err(write_error)?;
+        self.reply("getfd").await.map(|_| ())
+    }
+
+    /// Reads up to the answer to `command`; events in between are skipped.
+    async fn reply(&mut self, command: &str) -> Result<Value, VmmError> {
         loop {
             let reply = self.read_message().await?;
             if let Some(value) = reply.get("return") {

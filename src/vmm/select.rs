@@ -40,12 +40,20 @@ pub async fn hypervisor(config: &Config, probe: Option<VmSpec>) -> Arc<dyn Hyper
     if use_firecracker {
         return Arc::new(FirecrackerBackend::new(FirecrackerConfig {
             binary: firecracker.unwrap_or_else(|| PathBuf::from("firecracker")),
-            jailer: None,
+            jailer: config.jailer.clone(),
         }));
     }
     let accel = match (config.qemu_accel, probe) {
         (Some(accel), _) => accel,
-        (None, Some(probe)) => probe_accel(&config.qemu_binary, &probe, PROBE_DEADLINE).await,
+        (None, Some(probe)) => {
+            probe_accel(
+                &config.qemu_binary,
+                config.qemu_user.clone(),
+                &probe,
+                PROBE_DEADLINE,
+            )
+            .await
+        }
         (None, None) if Path::new("/dev/kvm").exists() => Accel::Kvm,
         (None, None) => Accel::Tcg,
     };
@@ -53,5 +61,6 @@ pub async fn hypervisor(config: &Config, probe: Option<VmSpec>) -> Arc<dyn Hyper
     Arc::new(QemuBackend::new(QemuConfig {
         binary: config.qemu_binary.clone(),
         accel,
+        user: config.qemu_user.clone(),
     }))
 }

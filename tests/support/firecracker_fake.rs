@@ -18,7 +18,11 @@ use tokio::net::UnixListener;
 
 use super::firecracker_spec::ApiSpec;
 
-pub const LOG_ENV: &str = "MC_FAKE_FIRECRACKER_LOG";
+/// Where the fakes started by the test process `pid` log their requests. Derived from the pid,
+/// not passed in the environment: hypervisors are started with an empty one.
+pub fn log_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/mc-fake-firecracker-{pid}.jsonl"))
+}
 
 #[derive(Default)]
 struct State {
@@ -109,7 +113,8 @@ pub async fn serve(args: &[String]) {
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from)
         .expect("--api-sock");
-    let log = std::env::var(LOG_ENV).map(PathBuf::from).expect("log path");
+    // The test process spawned this fake directly (no jailer).
+    let log = log_path(nix::unistd::getppid().as_raw() as u32);
     let spec = Arc::new(ApiSpec::load("1.16.1"));
     let listener = UnixListener::bind(&socket).expect("bind API socket");
     let state = Arc::new(Mutex::new(State::default()));

@@ -17,6 +17,9 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("image/out/test"))
 }
 
+/// The unprivileged user QEMU runs as in tests (the appliance creates `mc-vmm`).
+pub const TEST_QEMU_USER: &str = "nobody";
+
 /// The daemon settings that boot the test image under QEMU/TCG, small, on `bridge` with the
 /// address `gateway`/24; a binary adds its own on top.
 pub fn guest_daemon_env(bridge: &str, gateway: &str) -> Vec<(&'static str, String)> {
@@ -24,6 +27,7 @@ pub fn guest_daemon_env(bridge: &str, gateway: &str) -> Vec<(&'static str, Strin
     vec![
         ("MC_HYPERVISOR", "qemu".into()),
         ("MC_QEMU_ACCEL", "tcg".into()),
+        ("MC_QEMU_USER", TEST_QEMU_USER.into()),
         ("GOLDEN_KERNEL", image.join("vmlinux").display().to_string()),
         (
             "MC_INITRD",
@@ -46,6 +50,7 @@ pub fn golden_daemon_env(image: &Path, bridge: &str, gateway: &str) -> Vec<(&'st
     vec![
         ("MC_HYPERVISOR", "qemu".into()),
         ("MC_QEMU_ACCEL", "tcg".into()),
+        ("MC_QEMU_USER", TEST_QEMU_USER.into()),
         ("GOLDEN_KERNEL", file("vmlinux")),
         ("MC_INITRD", file("initramfs.cpio.gz")),
         ("GOLDEN_ROOTFS", file("rootfs.ext4")),

@@ -23,6 +23,7 @@ pub async fn whole_api_path(world: &mut World) {
     assert_eq!(world.pool_available().await, available - 1);
     let (code, out) = world.exec(&id, "cat /proc/sys/kernel/random/boot_id").await;
     assert_eq!((code, out.trim()), (0, boot_id.as_str()));
+    crate::confinement::assert_confined(world, &id).await;
 
     // The agent's health is polled (every 2 s here): heartbeat, agent info and usage metrics.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -64,6 +65,8 @@ pub async fn whole_api_path(world: &mut World) {
     assert_eq!(resumed["ipAddress"], vm["ipAddress"]);
     let (code, out) = world.exec(&id, "echo resumed").await;
     assert_eq!((code, out.trim()), (0, "resumed"));
+    // The resumed QEMU loaded its state through a descriptor, under the same sandbox.
+    crate::confinement::assert_confined(world, &id).await;
     let (status, again) = world.user_vm(&user, "resume", "POST").await;
     assert_eq!(status, 409, "{again:?}");
 

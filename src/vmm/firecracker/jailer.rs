@@ -16,6 +16,8 @@ pub struct JailerConfig {
     pub uid: u32,
     pub gid: u32,
     pub chroot_base: PathBuf,
+    /// The cgroup (relative to the cgroup v2 root) under which each VM's cgroup is made.
+    pub parent_cgroup: Option<String>,
     /// A network namespace (`/var/run/netns/<name>`) to join.
     pub netns: Option<PathBuf>,
 }
@@ -72,7 +74,8 @@ impl JailerConfig {
         Ok(())
     }
 
-    fn give(&self, path: &Path) -> Result<(), VmmError> {
+    /// Hands `path` to the jail's user: Firecracker, jailed, writes it as that user.
+    pub(super) fn give(&self, path: &Path) -> Result<(), VmmError> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
             .map_err(|e| VmmError::io(path, e))
     }
@@ -98,6 +101,9 @@ impl JailerConfig {
             .arg(&self.chroot_base)
             .arg("--cgroup-version")
             .arg("2");
+        if let Some(parent) = &self.parent_cgroup {
+            command.arg("--parent-cgroup").arg(parent);
+        }
         if let Some(netns) = &self.netns {
             command.arg("--netns").arg(netns);
         }
@@ -123,6 +129,7 @@ mod tests {
             uid: me.0,
             gid: me.1,
             chroot_base: base.path().join("jails"),
+            parent_cgroup: None,
             netns: None,
         };
         std::fs::write(base.path().join("vmlinux"), b"kernel").unwrap();
@@ -166,6 +173,7 @@ mod tests {
             uid: 123,
             gid: 456,
             chroot_base: base.path().to_path_buf(),
+            parent_cgroup: Some("master-controller".into()),
             netns: Some("/var/run/netns/mc".into()),
         };
         let spec = VmSpec {
@@ -204,6 +212,8 @@ mod tests {
                 &base.path().display().to_string(),
                 "--cgroup-version",
                 "2",
+                "--parent-cgroup",
+                "master-controller",
                 "--netns",
                 "/var/run/netns/mc",
                 "--",

@@ -104,6 +104,10 @@ impl FirecrackerBackend {
                 .open(file)
                 .await
                 .map_err(|e| VmmError::io(file, e))?;
+            // Made by the daemon as root; jailed, Firecracker opens them as the jail's user.
+            if let Some(jailer) = &self.config.jailer {
+                jailer.give(file)?;
+            }
         }
         super::rotate_console_log(spec).await;
         let console = std::fs::OpenOptions::new()
@@ -308,3 +312,7 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(std::io::Error::other)?
 }
+
+#[cfg(test)]
+#[path = "jailer_launch_tests.rs"]
+mod jailer_launch_tests;
