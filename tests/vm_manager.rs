@@ -8,10 +8,10 @@
 
 mod support;
 
-#[path = "vm_manager/crash_loop.rs"]
-mod crash_loop;
 #[path = "vm_manager/confinement.rs"]
 mod confinement;
+#[path = "vm_manager/crash_loop.rs"]
+mod crash_loop;
 #[path = "vm_manager/golden.rs"]
 mod golden;
 #[path = "vm_manager/hardening.rs"]
