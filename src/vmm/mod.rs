@@ -9,6 +9,7 @@ pub mod private;
 mod process;
 pub mod qemu;
 mod qemu_confine;
+mod qemu_probe;
 mod qmp;
 pub mod select;
 

@@ -17,6 +17,7 @@ use tokio::process::Command;
 use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
 pub use super::qemu_confine::DiskFds;
 use super::qemu_confine::{sandbox_args, write_boot_config};
+pub use super::qemu_probe::{host_tsc_khz, probe_accel};
 use super::qmp::Qmp;
 use super::{Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError, console_tail};
 use crate::guest::client::AgentEndpoint;
@@ -50,22 +51,6 @@ pub struct QemuConfig {
 pub struct QemuBackend {
     config: QemuConfig,
     tsc_khz: Option<u64>,
-}
-
-/// The host's TSC frequency in kHz. Under TCG the guest kernel otherwise calibrates it against
-/// an emulated timer and hangs in about 40% of boots; it differs between hosts, so it is read
-/// at run time.
-pub fn host_tsc_khz() -> Option<u64> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find(|line| line.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0) as u64)
 }
 
 /// QEMU option values cannot hold a comma unescaped, and `exec:` migration URIs go through a
@@ -510,33 +495,4 @@ async fn sync_and_publish(partial: &Path, state: &Path) -> Result<u64, VmmError>
     })
     .await
     .map_err(|e| VmmError::Control(e.to_string()))?
-}
-
-/// Chooses the accelerator: KVM only if a guest actually boots under it. On hosts with a
-/// paravirtual nested KVM, `/dev/kvm` exists but guests die before userspace, so its presence
-/// proves nothing. The probe boots `probe` (kernel and initrd, no devices) under KVM and waits
-/// for its agent.
-pub async fn probe_accel(
-    binary: &str,
-    user: Option<String>,
-    probe: &VmSpec,
-    deadline: std::time::Duration,
-) -> Accel {
-    if !Path::new("/dev/kvm").exists() {
-        return Accel::Tcg;
-    }
-    let backend = QemuBackend::new(QemuConfig {
-        binary: binary.to_string(),
-        accel: Accel::Kvm,
-        user,
-    });
-    let Ok(mut vm) = backend.boot(probe).await else {
-        return Accel::Tcg;
-    };
-    let answered = tokio::select! {
-        client = crate::guest::client::AgentClient::connect(&vm.agent, &probe.agent_token, deadline) => client.is_ok(),
-        _ = wait_exited(vm.exited.clone()) => false,
-    };
-    let _ = backend.kill(&mut vm).await;
-    if answered { Accel::Kvm } else { Accel::Tcg }
 }
