@@ -12,7 +12,6 @@ use serde_json::json;
 use support::scheduled::{MASTER_KEY, start};
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Generous: the host is shared and slow; nothing here asserts on speed.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -21,16 +20,7 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn user_socket(d: &TestDaemon, token: &str) -> Socket {
-    let mut request = d
-        .url("/ws")
-        .replace("http://", "ws://")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    tokio_tungstenite::connect_async(request)
+    tokio_tungstenite::connect_async(d.ws_request(token))
         .await
         .expect("the user's WebSocket")
         .0

@@ -127,13 +127,11 @@ impl TestDaemon {
         reply.json["userId"].as_str().expect("userId").to_string()
     }
 
-    /// A WebSocket subscribed to `user:<id>` with the service token: its JSON messages.
-    pub async fn user_events(
+    /// The upgrade request for `/ws` with `token`.
+    pub fn ws_request(
         &self,
-        user_id: &str,
-    ) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Value> + Send>> {
-        use futures_util::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
+        token: &str,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = self
             .url("/ws")
@@ -142,9 +140,21 @@ impl TestDaemon {
             .expect("request");
         request.headers_mut().insert(
             "authorization",
-            format!("Bearer {SERVICE_TOKEN}").parse().expect("header"),
+            format!("Bearer {token}").parse().expect("header"),
         );
-        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+        request
+    }
+
+    /// A WebSocket subscribed to `user:<id>` with the service token: its JSON messages.
+    pub async fn user_events(
+        &self,
+        user_id: &str,
+    ) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Value> + Send>> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut socket, _) = tokio_tungstenite::connect_async(self.ws_request(SERVICE_TOKEN))
+            .await
+            .expect("ws");
         let subscribe = serde_json::json!(
             {"type": "subscribe", "payload": {"channel": format!("user:{user_id}")}}
         );

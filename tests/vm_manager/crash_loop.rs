@@ -50,17 +50,7 @@ pub async fn a_guest_that_keeps_crashing_itself_is_refused(world: &mut World) {
             "crash {crash}: console.log is {kept} bytes"
         );
         // The tail is what an operator reads to see why: the panic the guest asked for.
-        let reply = world
-            .daemon
-            .call(
-                "GET",
-                &format!("/api/vms/{id}/diagnostics?lines=200"),
-                SERVICE_TOKEN,
-                None,
-            )
-            .await;
-        assert_eq!(reply.status, 200, "{:?}", reply.json);
-        let console = reply.json["consoleLog"].to_string();
+        let console = world.console_tail(&id).await;
         assert!(console.contains("sysrq"), "crash {crash}: {console}");
         eprintln!("    crash {crash}: failed, only a {kept} byte console tail left");
     }

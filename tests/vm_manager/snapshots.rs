@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::daemon_proc::{SERVICE_TOKEN, processes_naming};
+use crate::support::daemon_proc::processes_naming;
 use crate::world::{World, destroy, id_of};
 
 /// The cap the flood case configures, and what the file may exceed it by between two checks of
@@ -89,17 +89,7 @@ pub async fn a_console_flood_stays_capped(world: &mut World) {
     // The VM and the daemon are fine, and the tail holds the newest output.
     let (code, out) = world.exec(&id, "echo still-here").await;
     assert_eq!((code, out.trim()), (0, "still-here"));
-    let reply = world
-        .daemon
-        .call(
-            "GET",
-            &format!("/api/vms/{id}/diagnostics?lines=200"),
-            SERVICE_TOKEN,
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{:?}", reply.json);
-    let lines = reply.json["consoleLog"].to_string();
+    let lines = world.console_tail(&id).await;
     assert!(lines.contains("console-flood-done"), "{lines}");
     destroy(world, &user).await;
     world.assert_gone(&vm);

@@ -57,6 +57,21 @@ impl World {
         self.daemon.exec(vm_id, script, 60).await
     }
 
+    /// The VM's console tail as the diagnostics route gives it (200 lines), as one string.
+    pub async fn console_tail(&self, vm_id: &str) -> String {
+        let reply = self
+            .daemon
+            .call(
+                "GET",
+                &format!("/api/vms/{vm_id}/diagnostics?lines=200"),
+                SERVICE_TOKEN,
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        reply.json["consoleLog"].to_string()
+    }
+
     pub async fn pool_available(&self) -> u64 {
         let reply = self
             .daemon
