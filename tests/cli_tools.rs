@@ -65,6 +65,9 @@ async fn run(
         "PATH".into(),
         format!("{tools}/node_modules/.bin:/usr/local/bin:/usr/bin:/bin"),
     );
+    // Gemini CLI writes an error report into the temporary directory when its model fails:
+    // the test's own, not the host's /tmp.
+    env.insert("TMPDIR".into(), home_path.clone());
     let mut stream = client
         .exec(ExecRequest {
             argv: command.argv.clone(),
