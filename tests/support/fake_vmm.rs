@@ -4,8 +4,9 @@
 //! without a guest. Hibernation writes the boot id to the snapshot directory and resume reads it
 //! back, so "same boot after resume" holds as it does for real guests.
 //!
-//! Execs: `mkdir`, `chown`, `rm` and `true` exit 0 at once; any other command (a CLI) starts
-//! and then runs, silent, until it is cancelled, so prompts and logins can be held open.
+//! Execs: `mkdir`, `chown`, `rm`, `true` and the credential script (`mc-secrets`) exit 0 at
+//! once; any other command (a CLI) starts and then runs, silent, until it is cancelled, so
+//! prompts and logins can be held open.
 //! Files are written nowhere. A VM can be muted: its agent then stops answering health
 //! checks, as a hung guest would.
 
@@ -257,11 +258,13 @@ fn answer(
                 let started =
                     Frame::json(FrameKind::Response, id, &Response::ExecStarted { pid: 7 });
                 let quick = ["mkdir", "chown", "rm", "true"];
-                if exec
+                let housekeeping = exec
                     .argv
                     .first()
                     .is_some_and(|a| quick.contains(&a.as_str()))
-                {
+                    // The daemon's script that stages and clears credentials on the tmpfs.
+                    || exec.argv.get(3).is_some_and(|name| name == "mc-secrets");
+                if housekeeping {
                     return vec![started, exited(id, Some(0), None)];
                 }
                 held.insert(id);
