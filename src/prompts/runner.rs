@@ -22,6 +22,8 @@ use crate::vms::{VmError, VmStep};
 
 /// The most stderr lines passed on as `metadata`; the rest are counted.
 const MAX_STDERR_LINES: usize = 200;
+/// How long the host waits for the guest to end a CLI past its timeout or a cancel.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// How a run ended.
 enum Ending {
@@ -373,12 +375,24 @@ async fn stream_cli(
             run.log.push(event);
         }
     };
+    // The guest enforces the timeout; the host stops listening `CANCEL_GRACE` after it, or
+    // after a cancel, even if the guest never answers.
+    let give_up = tokio::time::sleep(timeout + CANCEL_GRACE);
+    tokio::pin!(give_up);
     loop {
         let event = tokio::select! {
             _ = run.cancel.cancelled(), if !cancelling => {
                 cancelling = true;
-                agent.cancel(stream.id).await.map_err(unavailable)?;
+                // Not awaited: its answer would queue behind the output nobody reads then.
+                stream.cancel_nowait();
+                give_up.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
                 continue;
+            }
+            _ = &mut give_up => {
+                stream.cancel_nowait();
+                tracing::warn!(prompt = %run.id, "the guest did not end the CLI in time; the host stops listening");
+                timed_out = !cancelling;
+                break;
             }
             event = stream.next() => event,
         };
