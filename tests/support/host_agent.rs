@@ -128,8 +128,8 @@ impl Hypervisor for HostAgentHypervisor {
 /// an `eth0` (a bridge with no ports) for the agent to configure. The agent writes
 /// `/etc/resolv.conf` when it configures the network: a network namespace alone leaves that file
 /// shared with the host (an earlier run overwrote the host's resolver this way), so a private copy
-/// is bind-mounted over it, visible only in this process's mount namespace; `/tmp` is a private
-/// tmpfs too. Must run before any other thread or temporary file.
+/// is bind-mounted over it, visible only in this process's mount namespace. Must run before any
+/// other thread.
 pub fn enter_namespaces() {
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, unshare};
@@ -157,16 +157,6 @@ pub fn enter_namespaces() {
     .expect("bind a private /etc/resolv.conf");
     // The mount holds the file; its name is not needed, and nothing is left behind in /tmp.
     std::fs::remove_file(&private).expect("remove the private resolv.conf's name");
-    // What the test, its agents and their CLIs leave in /tmp (a CLI's error reports, fixed
-    // paths) goes with the namespace.
-    mount(
-        Some("tmpfs"),
-        "/tmp",
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )
-    .expect("a private /tmp");
     for args in [
         &["link", "set", "lo", "up"][..],
         &["link", "add", "eth0", "type", "bridge"],
