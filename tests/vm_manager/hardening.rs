@@ -4,13 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use master_controller::auth::{MasterKey, Vault};
 use master_controller::model::{Credential, Provider, credential_key, now_ms};
-use master_controller::store::{self, Store, StoreError, tables};
+use master_controller::store::{self, StoreError, tables};
 use serde_json::{Value, json};
 
 use crate::support::daemon_proc::{ADMIN_TOKEN, LISTEN, SERVICE_TOKEN};
-use crate::world::{MASTER_KEY, World, destroy, id_of};
+use crate::world::{World, destroy, id_of, open_vault};
 
 const HOME_FILE: &str = "/root/.claude/.credentials.json";
 
@@ -21,9 +20,7 @@ async fn seed_credential(world: &mut World, user: &str, plaintext: String) {
     let data_dir = world.daemon.data_dir.clone();
     let user = user.to_string();
     tokio::task::spawn_blocking(move || {
-        let store = Store::open_blocking(&data_dir).expect("store");
-        let vault =
-            Vault::open(&store, &MasterKey::parse(MASTER_KEY).expect("key")).expect("vault");
+        let (store, vault) = open_vault(&data_dir);
         let sealed = vault.seal(plaintext.as_bytes()).expect("seal");
         let now = now_ms();
         let credential = Credential {

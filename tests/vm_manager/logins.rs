@@ -5,14 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use master_controller::auth::{MasterKey, Vault};
 use master_controller::model::{Credential, Provider, credential_key};
-use master_controller::store::{self, Store, tables};
+use master_controller::store::{self, tables};
 use serde_json::{Value, json};
 
 use crate::support::daemon_proc::{LISTEN, SERVICE_TOKEN};
 use crate::support::sse::SseStream;
-use crate::world::{MASTER_KEY, World, destroy, id_of};
+use crate::world::{World, destroy, id_of, open_vault};
 
 async fn session(world: &World, id: &str) -> Value {
     world.daemon.auth_session(id).await
@@ -211,9 +210,7 @@ pub async fn a_login_in_a_real_guest(world: &mut World) {
     let data_dir = world.daemon.data_dir.clone();
     let credential_user = user.clone();
     tokio::task::spawn_blocking(move || {
-        let store = Store::open_blocking(&data_dir).expect("store");
-        let vault =
-            Vault::open(&store, &MasterKey::parse(MASTER_KEY).expect("key")).expect("vault");
+        let (store, vault) = open_vault(&data_dir);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");

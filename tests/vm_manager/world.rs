@@ -179,3 +179,17 @@ pub async fn wait_event(socket: &mut Socket, name: &str, deadline: Duration) -> 
     }
     None
 }
+
+/// The daemon's store and vault, opened from its data directory (with the daemon stopped: the
+/// store is the daemon's while it runs). Blocking: call it off the async workers.
+pub fn open_vault(
+    data_dir: &std::path::Path,
+) -> (
+    master_controller::store::Store,
+    master_controller::auth::Vault,
+) {
+    use master_controller::auth::{MasterKey, Vault};
+    let store = master_controller::store::Store::open_blocking(data_dir).expect("store");
+    let vault = Vault::open(&store, &MasterKey::parse(MASTER_KEY).expect("key")).expect("vault");
+    (store, vault)
+}
