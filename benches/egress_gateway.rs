@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use master_controller::metrics::Metrics;
+use master_controller::model::tables;
 use master_controller::model::{IpLease, Plan, User, UserStatus, Vm, VmStatus, VmType};
 use master_controller::net::egress::{Bypass, Gateway, GatewayLimits, Upstream};
-use master_controller::store::{self, Store, tables};
+use master_controller::store::{self, Store};
 use secrecy::{ExposeSecret, SecretString};
 use stats::{ms, percentile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

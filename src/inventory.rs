@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use redb::ReadableTableMetadata;
 
+use crate::metrics::StoreCounts;
+use crate::model::tables;
 use crate::model::{PromptStatus, Provider, UserStatus, VmStatus, VmType, now_ms};
-use crate::store::{self, Store, StoreError, tables};
-
+use crate::store::{self, Store, StoreError};
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     pub users_by_status: BTreeMap<UserStatus, u64>,
@@ -81,5 +82,19 @@ impl Inventory {
 
     pub fn ip_pool_available(&self) -> u64 {
         self.ip_pool_size.saturating_sub(self.ip_leases)
+    }
+
+    /// What the store-mirroring gauges show.
+    pub fn gauges(&self) -> StoreCounts {
+        StoreCounts {
+            total_users: self.total_users(),
+            vms: self.vms_by_status_type.clone(),
+            active_vms: self.active_vms(),
+            ip_pool_available: self.ip_pool_available(),
+            port_leases: self.port_leases,
+            outbox_depth: self.outbox_depth,
+            outbox_oldest_age_ms: self.outbox_oldest_age_ms,
+            dead_letters: self.dead_letters,
+        }
     }
 }

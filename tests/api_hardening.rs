@@ -7,8 +7,9 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use master_controller::model::tables;
 use master_controller::model::{OutboxEntry, Prompt, PromptStatus, Provider, now_ms};
-use master_controller::store::{self, StoreError, Stored, tables};
+use master_controller::store::{self, StoreError, Stored};
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

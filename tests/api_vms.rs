@@ -47,7 +47,7 @@ async fn user_vm_routes_with_vms_off() {
         .read(|tx| {
             use redb::ReadableTableMetadata;
             Ok::<_, master_controller::store::StoreError>(
-                tx.open_table(master_controller::store::tables::VM_INTENTS)?
+                tx.open_table(master_controller::model::tables::VM_INTENTS)?
                     .len()?,
             )
         })

@@ -243,7 +243,7 @@ async fn a_deleted_entity_is_sent_as_a_tombstone() {
     let id = user.id.clone();
     rig.store
         .write(move |tx| {
-            tx.open_table(master_controller::store::tables::USERS)?
+            tx.open_table(master_controller::model::tables::USERS)?
                 .remove(id.as_str())?;
             outbox::record_delete::<User>(tx, &id, &id)?;
             Ok::<_, master_controller::store::StoreError>(())

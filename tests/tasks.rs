@@ -14,10 +14,11 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use master_controller::model::tables;
 use master_controller::model::{
     AuthSession, AuthSessionStatus, Credential, Provider, TaskOutcome, credential_key, now_ms,
 };
-use master_controller::store::{self, tables};
+use master_controller::store;
 use master_controller::tasks::schedule::Schedule;
 use master_controller::tasks::{Job, TaskError};
 use support::scheduled::{DAY_MS, MASTER_KEY, MIN, last_run, start};

@@ -5,11 +5,12 @@
 
 mod support;
 
+use master_controller::model::tables;
 use master_controller::model::{
     AuthSession, AuthSessionStatus, Credential, OutboxEntry, PortLease, Prompt, PromptStatus,
     Provider, User, VmIntent, VmOp, credential_key, now_ms,
 };
-use master_controller::store::{self, StoreError, tables};
+use master_controller::store::{self, StoreError};
 use redb::ReadableTable;
 use support::fake_vmm::daemon_with_fake_vms;
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};

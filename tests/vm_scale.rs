@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use futures_util::future::join_all;
+use master_controller::model::tables;
 use master_controller::model::{Vm, VmStatus};
-use master_controller::store::{self, tables};
+use master_controller::store;
 use redb::ReadableTableMetadata;
 use serde_json::Value;
 use support::fake_vmm::daemon_with_fake_vms;

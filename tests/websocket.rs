@@ -5,6 +5,8 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use master_controller::events::{Channel, HubEvent};
+use master_controller::model::PromptStatus;
 use serde_json::{Value, json};
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 use tokio_tungstenite::tungstenite::Message;
@@ -12,6 +14,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn crashed(vm_id: &str, user_id: &str) -> HubEvent {
+    HubEvent::VmCrashed {
+        vm_id: vm_id.into(),
+        user_id: user_id.into(),
+        reason: "test".into(),
+    }
+}
 
 async fn connect(d: &TestDaemon, path: &str, token: Option<&str>) -> Result<Socket, u16> {
     let url = format!("{}{path}", d.base.replace("http://", "ws://"));
@@ -83,13 +93,16 @@ async fn subscribe_receive_and_ping() {
     assert_eq!(next_json(&mut socket).await["payload"]["code"], "forbidden");
 
     // An event on the forbidden channel must not arrive; the allowed one must.
+    d.ctx
+        .events
+        .publish(&Channel::user(&bob), crashed("b", &bob));
     d.ctx.events.publish(
-        &format!("user:{bob}"),
-        json!({"event":"vm_crashed","vmId":"b"}),
-    );
-    d.ctx.events.publish(
-        &format!("user:{alice}"),
-        json!({"event":"prompt_completed","promptId":"p1"}),
+        &Channel::user(&alice),
+        HubEvent::PromptCompleted {
+            prompt_id: "p1".into(),
+            status: PromptStatus::Completed,
+            exit_code: Some(0),
+        },
     );
     let event = next_json(&mut socket).await;
     assert_eq!(event["type"], "event");
@@ -114,7 +127,7 @@ async fn subscribe_receive_and_ping() {
     assert_eq!(next_json(&mut socket).await["type"], "unsubscribed");
     d.ctx
         .events
-        .publish(&format!("user:{alice}"), json!({"event":"auth_completed"}));
+        .publish(&Channel::user(&alice), crashed("a", &alice));
     send(&mut socket, json!({"type":"ping"})).await;
     assert_eq!(
         next_json(&mut socket).await["type"],
@@ -139,7 +152,7 @@ async fn admin_channel_sees_every_event_and_query_tokens_work() {
     assert_eq!(next_json(&mut admin).await["type"], "subscribed");
     d.ctx
         .events
-        .publish("user:someone", json!({"event":"vm_crashed"}));
+        .publish(&Channel::user("someone"), crashed("s", "someone"));
     let event = next_json(&mut admin).await;
     assert_eq!(event["channel"], "user:someone");
 
@@ -201,7 +214,7 @@ async fn a_client_that_falls_behind_is_closed_with_a_reason() {
     for i in 0..64 {
         d.ctx
             .events
-            .publish(&format!("user:{user}"), json!({"event":"tick","n":i}));
+            .publish(&Channel::user(&user), crashed(&format!("v{i}"), &user));
     }
     let mut close_reason = None;
     while let Ok(Some(Ok(message))) =

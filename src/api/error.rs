@@ -156,14 +156,15 @@ impl From<StoreError> for ApiError {
 
 impl From<ModelError> for ApiError {
     fn from(e: ModelError) -> Self {
+        let code = e.code();
         match e {
             ModelError::IllegalTransition { .. } => ApiError::Conflict {
-                code: "illegal_transition",
+                code,
                 message: e.to_string(),
                 extra: None,
             },
             ModelError::UnknownVariant { .. } => ApiError::BadRequest {
-                code: "invalid_field",
+                code,
                 message: e.to_string(),
             },
         }
@@ -199,41 +200,26 @@ impl From<UserError> for ApiError {
 
 impl From<VmError> for ApiError {
     fn from(e: VmError) -> Self {
+        let code = e.code();
         let message = e.to_string();
-        let conflict = |code| ApiError::Conflict {
-            code,
-            message: message.clone(),
-            extra: None,
-        };
-        let unavailable = |code| ApiError::Unavailable {
-            code,
-            message: message.clone(),
-        };
         match e {
-            VmError::NotFound(_) | VmError::NoVm(_) => ApiError::NotFound {
-                code: "vm_not_found",
+            VmError::NotFound(_) | VmError::NoVm(_) | VmError::UserNotFound(_) => {
+                ApiError::NotFound { code, message }
+            }
+            VmError::NotAlive { .. }
+            | VmError::AlreadyHasVm { .. }
+            | VmError::WrongStatus { .. }
+            | VmError::Busy { .. } => ApiError::Conflict {
+                code,
                 message,
+                extra: None,
             },
-            VmError::UserNotFound(_) => ApiError::NotFound {
-                code: "user_not_found",
-                message,
-            },
-            VmError::NotAlive { .. } => conflict("vm_not_alive"),
-            VmError::AlreadyHasVm { .. } => conflict("vm_exists"),
-            VmError::WrongStatus { .. } => conflict("vm_status_conflict"),
-            VmError::Busy { .. } => conflict("vm_busy"),
-            VmError::TooManyVms { .. } => unavailable("vm_limit_reached"),
-            VmError::PoolExhausted { .. } => unavailable("ip_pool_exhausted"),
-            VmError::NotConfigured(_) => unavailable("vms_not_configured"),
-            VmError::CrashLoop { .. } => ApiError::Busy {
-                code: "crash_loop",
-                message,
-            },
-            VmError::AgentUnavailable { .. } => unavailable("agent_unavailable"),
-            VmError::Host { .. } => ApiError::BadGateway {
-                code: "vm_operation_failed",
-                message,
-            },
+            VmError::TooManyVms { .. }
+            | VmError::PoolExhausted { .. }
+            | VmError::NotConfigured(_)
+            | VmError::AgentUnavailable { .. } => ApiError::Unavailable { code, message },
+            VmError::CrashLoop { .. } => ApiError::Busy { code, message },
+            VmError::Host { .. } => ApiError::BadGateway { code, message },
             VmError::Corrupt(_) => ApiError::Internal(message),
             VmError::Egress(e) => e.into(),
             VmError::Transition(e) => e.into(),
@@ -245,17 +231,11 @@ impl From<VmError> for ApiError {
 impl From<crate::net::egress::EgressError> for ApiError {
     fn from(e: crate::net::egress::EgressError) -> Self {
         use crate::net::egress::EgressError;
+        let code = e.code();
         let message = e.to_string();
         match e {
-            EgressError::PoolExhausted { .. } => ApiError::Unavailable {
-                code: "proxy_port_pool_exhausted",
-                message,
-            },
-            EgressError::UserNotFound(_) => ApiError::NotFound {
-                code: "user_not_found",
-                message,
-            },
-            // Binding happens at start-up only; reaching the API would be a bug.
+            EgressError::PoolExhausted { .. } => ApiError::Unavailable { code, message },
+            EgressError::UserNotFound(_) => ApiError::NotFound { code, message },
             EgressError::Bind { .. } => ApiError::Internal(message),
             EgressError::Store(e) => e.into(),
         }

@@ -105,7 +105,7 @@ fn gate(
 
 async fn refreshed_text(ctx: &ApiContext) -> Result<String, ApiError> {
     let inventory = Inventory::take(&ctx.store, ctx.vms.ip_pool_size()).await?;
-    ctx.metrics.refresh(&inventory);
+    ctx.metrics.refresh(&inventory.gauges());
     ctx.metrics
         .ws_connections
         .set(ctx.ws_connections.load(Ordering::Relaxed) as i64);

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::service::AuthService;
-use super::{AuthError, channel, files, records, secrets};
+use super::{AuthError, files, records, secrets};
+use crate::events::{Channel, HubEvent};
 use crate::guest::client::{AgentClient, DEFAULT_MAX_OUTPUT, ExecOutput, OutputBounds};
 use crate::guest::messages::ExecRequest;
 use crate::metrics::ProviderLabels;
@@ -102,10 +102,13 @@ impl AuthService {
         let completed = self.session(&session.id).await?;
         self.progress(&completed);
         self.events.publish(
-            &channel(&session.user_id),
-            json!({"event": "auth_completed", "sessionId": session.id,
-                "provider": session.provider, "credentialId": credential.id,
-                "rotation": session.rotation}),
+            &Channel::user(&session.user_id),
+            HubEvent::AuthCompleted {
+                session_id: session.id.clone(),
+                provider: session.provider,
+                credential_id: credential.id.clone(),
+                rotation: session.rotation,
+            },
         );
         Ok(())
     }
@@ -168,8 +171,10 @@ impl AuthService {
             })
             .inc();
         self.events.publish(
-            &channel(user_id),
-            json!({"event": "auth_credential_refreshed", "provider": injected.provider}),
+            &Channel::user(user_id),
+            HubEvent::AuthCredentialRefreshed {
+                provider: injected.provider,
+            },
         );
         Ok(true)
     }

@@ -81,8 +81,3 @@ pub struct AuthSettings {
     /// How long a live validation may take in the VM.
     pub live_check_timeout: Duration,
 }
-
-/// The events of a user's auth sessions go to this channel.
-fn channel(user_id: &str) -> String {
-    format!("user:{user_id}")
-}

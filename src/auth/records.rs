@@ -4,10 +4,12 @@
 use redb::ReadableTable;
 
 use super::AuthError;
+use crate::model::tables;
 use crate::model::{
     AuthSession, AuthSessionStatus, Credential, Provider, Status, User, credential_key, now_ms,
 };
-use crate::store::{self, Store, tables};
+use crate::store::{self, Store};
+use crate::sync::{put_mirrored, update_mirrored};
 
 /// Records a new session, refused while the user has another for the same provider.
 pub async fn insert_session(store: &Store, session: AuthSession) -> Result<AuthSession, AuthError> {
@@ -26,12 +28,7 @@ pub async fn insert_session(store: &Store, session: AuthSession) -> Result<AuthS
                 });
             }
             active.insert(key.as_str(), session.id.as_str())?;
-            store::put(
-                &mut tx.open_table(tables::AUTH_SESSIONS)?,
-                &session.id,
-                &session,
-            )?;
-            crate::sync::outbox::record_change(tx, &session.id, &session)?;
+            put_mirrored(tx, tables::AUTH_SESSIONS, &session.id, &session)?;
             Ok(session)
         })
         .await
@@ -47,25 +44,24 @@ pub async fn update_session(
     let id = id.to_string();
     store
         .write(move |tx| {
-            let mut table = tx.open_table(tables::AUTH_SESSIONS)?;
-            let mut session: AuthSession =
-                store::get(&table, &id)?.ok_or_else(|| AuthError::SessionNotFound(id.clone()))?;
-            let before = session.status;
-            change(&mut session)?;
-            let after = session.status;
-            session.status = before;
-            session.status.transition(after)?;
-            session.updated_at_ms = now_ms();
-            if before != after {
-                session.last_activity_ms = session.updated_at_ms;
-            }
-            if after.is_terminal() && session.completed_at_ms.is_none() {
-                session.completed_at_ms = Some(session.updated_at_ms);
-            }
-            session.version += 1;
-            store::put(&mut table, &id, &session)?;
-            crate::sync::outbox::record_change(tx, &id, &session)?;
-            if after.is_terminal() {
+            let changed = update_mirrored(tx, tables::AUTH_SESSIONS, &id, |session| {
+                let before = session.status;
+                change(session)?;
+                let after = session.status;
+                session.status = before;
+                session.status.transition(after)?;
+                session.updated_at_ms = now_ms();
+                if before != after {
+                    session.last_activity_ms = session.updated_at_ms;
+                }
+                if after.is_terminal() && session.completed_at_ms.is_none() {
+                    session.completed_at_ms = Some(session.updated_at_ms);
+                }
+                Ok::<_, AuthError>(())
+            })?
+            .ok_or_else(|| AuthError::SessionNotFound(id.clone()))?;
+            let session = changed.new;
+            if session.status.is_terminal() {
                 release_active(tx, &session)?;
             }
             Ok(session)
@@ -100,20 +96,21 @@ pub async fn get_session(store: &Store, id: &str) -> Result<AuthSession, AuthErr
 pub async fn settle_interrupted(store: &Store) -> Result<usize, AuthError> {
     store
         .write(|tx| {
-            let mut table = tx.open_table(tables::AUTH_SESSIONS)?;
-            let open: Vec<AuthSession> = store::all(&table)?
+            let open: Vec<AuthSession> = store::all(&tx.open_table(tables::AUTH_SESSIONS)?)?
                 .into_iter()
                 .filter(|s: &AuthSession| !s.status.is_terminal())
                 .collect();
-            for mut session in open.iter().cloned() {
-                session.status.transition(AuthSessionStatus::Failed)?;
-                session.error = Some("interrupted by a restart of the daemon".into());
-                session.updated_at_ms = now_ms();
-                session.completed_at_ms = Some(session.updated_at_ms);
-                session.version += 1;
-                store::put(&mut table, &session.id, &session)?;
-                crate::sync::outbox::record_change(tx, &session.id, &session)?;
-                release_active(tx, &session)?;
+            for session in &open {
+                let changed = update_mirrored(tx, tables::AUTH_SESSIONS, &session.id, |session| {
+                    session.status.transition(AuthSessionStatus::Failed)?;
+                    session.error = Some("interrupted by a restart of the daemon".into());
+                    session.updated_at_ms = now_ms();
+                    session.completed_at_ms = Some(session.updated_at_ms);
+                    Ok::<_, AuthError>(())
+                })?;
+                if let Some(changed) = changed {
+                    release_active(tx, &changed.new)?;
+                }
             }
             Ok(open.len())
         })
@@ -161,28 +158,25 @@ pub async fn put_credential(
     store
         .write(move |tx| {
             let key = credential_key(&credential.user_id, credential.provider);
-            let mut table = tx.open_table(tables::CREDENTIALS)?;
-            if let Some(old) = store::get::<Credential, _>(&table, &key)? {
+            let old = store::get::<Credential, _>(&tx.open_table(tables::CREDENTIALS)?, &key)?;
+            if let Some(old) = old {
+                // A new version of the same credential: its id and age are kept.
                 credential.id = old.id;
                 credential.created_at_ms = old.created_at_ms;
                 credential.version = old.version + 1;
             }
-            store::put(&mut table, &key, &credential)?;
-            crate::sync::outbox::record_change(tx, &key, &credential)?;
-            drop(table);
+            put_mirrored(tx, tables::CREDENTIALS, &key, &credential)?;
             if let Some(session_id) = completes {
-                let mut sessions = tx.open_table(tables::AUTH_SESSIONS)?;
-                let mut session: AuthSession = store::get(&sessions, &session_id)?
-                    .ok_or_else(|| AuthError::SessionNotFound(session_id.clone()))?;
-                session.status.transition(AuthSessionStatus::Completed)?;
-                session.updated_at_ms = now_ms();
-                session.last_activity_ms = session.updated_at_ms;
-                session.completed_at_ms = Some(session.updated_at_ms);
-                session.error = None;
-                session.version += 1;
-                store::put(&mut sessions, &session_id, &session)?;
-                crate::sync::outbox::record_change(tx, &session_id, &session)?;
-                release_active(tx, &session)?;
+                let changed = update_mirrored(tx, tables::AUTH_SESSIONS, &session_id, |session| {
+                    session.status.transition(AuthSessionStatus::Completed)?;
+                    session.updated_at_ms = now_ms();
+                    session.last_activity_ms = session.updated_at_ms;
+                    session.completed_at_ms = Some(session.updated_at_ms);
+                    session.error = None;
+                    Ok::<_, AuthError>(())
+                })?
+                .ok_or_else(|| AuthError::SessionNotFound(session_id.clone()))?;
+                release_active(tx, &changed.new)?;
             }
             Ok(credential)
         })
@@ -201,19 +195,15 @@ pub async fn mark_verified(
     let key = credential_key(user_id, provider);
     store
         .write(move |tx| {
-            let mut table = tx.open_table(tables::CREDENTIALS)?;
-            let Some(mut credential) = store::get::<Credential, _>(&table, &key)? else {
-                return Ok(None);
-            };
-            credential.is_valid = valid;
-            credential.reason = reason;
-            credential.expires_at_ms = expires_at_ms;
-            credential.last_verified_ms = Some(now_ms());
-            credential.updated_at_ms = now_ms();
-            credential.version += 1;
-            store::put(&mut table, &key, &credential)?;
-            crate::sync::outbox::record_change(tx, &key, &credential)?;
-            Ok(Some(credential))
+            let changed = update_mirrored(tx, tables::CREDENTIALS, &key, |credential| {
+                credential.is_valid = valid;
+                credential.reason = reason;
+                credential.expires_at_ms = expires_at_ms;
+                credential.last_verified_ms = Some(now_ms());
+                credential.updated_at_ms = now_ms();
+                Ok::<_, AuthError>(())
+            })?;
+            Ok(changed.map(|changed| changed.new))
         })
         .await
 }

@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -15,6 +14,7 @@ use zeroize::Zeroizing;
 use super::login::{self, LoginScreen, LoginSignal, UserAction};
 use super::service::AuthService;
 use super::{AuthError, files, records};
+use crate::events::HubEvent;
 use crate::guest::client::{AgentClient, ExecEvent, ExecStream, GuestError, OutputBounds};
 use crate::guest::messages::{ExecRequest, FileStamp, PtySize};
 use crate::model::{AuthSession, AuthSessionStatus, Provider, now_ms};
@@ -451,12 +451,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// The `auth_progress` event for a session.
-pub fn progress_event(session: &AuthSession) -> serde_json::Value {
-    json!({
-        "event": "auth_progress",
-        "sessionId": session.id,
-        "provider": session.provider,
-        "status": session.status,
-        "error": session.error,
-    })
+pub fn progress_event(session: &AuthSession) -> HubEvent {
+    HubEvent::AuthProgress {
+        session_id: session.id.clone(),
+        provider: session.provider,
+        status: session.status,
+        error: session.error.clone(),
+    }
 }

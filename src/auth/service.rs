@@ -13,11 +13,12 @@ use zeroize::Zeroizing;
 
 use super::relay::{self, CodeSubmission, LoginControl};
 use super::vault::Vault;
-use super::{AuthError, AuthSettings, channel, records};
-use crate::events::EventHub;
+use super::{AuthError, AuthSettings, records};
+use crate::events::{Channel, EventHub};
 use crate::metrics::{AuthSessionLabels, Metrics};
+use crate::model::tables;
 use crate::model::{AuthSession, AuthSessionStatus, Credential, Provider, now_ms};
-use crate::store::{self, Store, tables};
+use crate::store::{self, Store};
 use crate::vms::VmService;
 
 /// The longest code accepted; real ones are well under 200 characters.
@@ -234,8 +235,10 @@ impl AuthService {
     }
 
     pub(super) fn progress(&self, session: &AuthSession) {
-        self.events
-            .publish(&channel(&session.user_id), relay::progress_event(session));
+        self.events.publish(
+            &Channel::user(&session.user_id),
+            relay::progress_event(session),
+        );
         if session.status.is_terminal() {
             self.metrics
                 .auth_sessions

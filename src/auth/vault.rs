@@ -18,9 +18,9 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::model::tables;
 use crate::model::{Credential, VaultKey, VaultKeyState, now_ms};
-use crate::store::{self, Store, StoreError, tables};
-
+use crate::store::{self, Store, StoreError};
 mod rotate;
 
 pub use rotate::{ROTATE_FAILPOINT, RotateReport, rotate};

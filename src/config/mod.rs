@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
+
+use crate::prompts::WhenBusy;
 pub use settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +38,6 @@ pub enum HypervisorChoice {
     Qemu,
     /// Firecracker when its binary is present, else QEMU.
     Auto,
-}
-
-/// What a prompt meets when its VM already runs as many as it may (`MC_PROMPT_WHEN_BUSY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenBusy {
-    /// Wait for a turn.
-    Queue,
-    /// Answer 429 at once.
-    Reject,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

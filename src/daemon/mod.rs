@@ -27,6 +27,7 @@ use crate::vms::golden::{self, Golden, GoldenError, GoldenMeta};
 use crate::vms::{VmError, VmHost, VmManager, VmSettings};
 use crate::watchdog::Watchdog;
 
+pub mod hypervisor;
 mod services;
 
 use services::{
@@ -81,10 +82,6 @@ pub enum DaemonError {
     #[error("egress: {0}")]
     Egress(#[from] crate::net::egress::EgressError),
 }
-
-/// The fixed MAC of the guest bridge (locally administered). A bridge without one takes its
-/// lowest port's MAC, which changes as taps come and go, and guests keep sending to the old one.
-pub const BRIDGE_MAC: [u8; 6] = [0x02, 0x6d, 0x63, 0x00, 0x00, 0x01];
 
 /// A started daemon: listeners bound, store open, requests served.
 pub struct Running {
@@ -427,13 +424,18 @@ async fn real_host(config: &Config, settings: &VmSettings) -> Result<VmHost, Dae
     if settings.kernel.is_some() {
         let subnet = settings.limits.subnet;
         netlink
-            .ensure_bridge(&settings.bridge, BRIDGE_MAC, subnet.gateway, subnet.prefix)
+            .ensure_bridge(
+                &settings.bridge,
+                crate::net::BRIDGE_MAC,
+                subnet.gateway,
+                subnet.prefix,
+            )
             .await?;
     }
     let hypervisor = if settings.kernel.is_some() {
-        crate::vmm::select::hypervisor(config, probe).await
+        hypervisor::hypervisor(config, probe).await
     } else {
-        crate::vmm::select::hypervisor(config, None).await
+        hypervisor::hypervisor(config, None).await
     };
     Ok(VmHost {
         hypervisor,

@@ -44,13 +44,13 @@ fn qemu_user(config: &Config) -> Check {
     }
 }
 
-/// Whether `serve` would pick Firecracker (see `vmm::select`).
+/// Whether `serve` would pick Firecracker (see `daemon::hypervisor`).
 fn firecracker_runs(config: &Config) -> bool {
     match config.hypervisor {
         HypervisorChoice::Firecracker => true,
         HypervisorChoice::Qemu => false,
         HypervisorChoice::Auto => {
-            crate::vmm::select::firecracker_binary(config).is_some()
+            crate::daemon::hypervisor::firecracker_binary(config).is_some()
                 && std::path::Path::new("/dev/kvm").exists()
         }
     }

@@ -14,11 +14,24 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::inventory::Inventory;
 use crate::model::{PromptStatus, Provider, VmStatus, VmType};
 
 pub use egress::EgressMetrics;
 pub use json::text_to_json;
+
+/// The store's counts that the gauges mirror, as `inventory` takes them (the metrics sit below
+/// the services whose records they count).
+#[derive(Debug, Clone, Default)]
+pub struct StoreCounts {
+    pub total_users: u64,
+    pub vms: std::collections::BTreeMap<(VmStatus, VmType), u64>,
+    pub active_vms: u64,
+    pub ip_pool_available: u64,
+    pub port_leases: u64,
+    pub outbox_depth: u64,
+    pub outbox_oldest_age_ms: Option<i64>,
+    pub dead_letters: u64,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VmLabels {
@@ -252,28 +265,28 @@ impl Metrics {
     }
 
     /// Sets the gauges that mirror the store.
-    pub fn refresh(&self, inventory: &Inventory) {
-        self.total_users.set(gauge_value(inventory.total_users()));
+    pub fn refresh(&self, counts: &StoreCounts) {
+        self.total_users.set(gauge_value(counts.total_users));
         for status in VmStatus::ALL {
             for vm_type in VmType::ALL {
+                let count = counts.vms.get(&(*status, *vm_type)).copied().unwrap_or(0);
                 self.total_vms
                     .get_or_create(&VmLabels {
                         status: status.to_string(),
                         r#type: vm_type.to_string(),
                     })
-                    .set(gauge_value(inventory.vms(*status, *vm_type)));
+                    .set(gauge_value(count));
             }
         }
-        self.active_vms.set(gauge_value(inventory.active_vms()));
+        self.active_vms.set(gauge_value(counts.active_vms));
         self.ip_pool_available
-            .set(gauge_value(inventory.ip_pool_available()));
-        self.decodo_ports_used
-            .set(gauge_value(inventory.port_leases));
-        self.outbox_depth.set(gauge_value(inventory.outbox_depth));
+            .set(gauge_value(counts.ip_pool_available));
+        self.decodo_ports_used.set(gauge_value(counts.port_leases));
+        self.outbox_depth.set(gauge_value(counts.outbox_depth));
         self.outbox_oldest_age
-            .set(inventory.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
+            .set(counts.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
         self.outbox_dead_letters
-            .set(gauge_value(inventory.dead_letters));
+            .set(gauge_value(counts.dead_letters));
     }
 
     /// Registers every provider/status pair at zero so the series exist before the first prompt.

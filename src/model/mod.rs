@@ -4,6 +4,7 @@
 mod auth_session;
 mod prompt;
 mod records;
+pub mod tables;
 mod user;
 mod vm;
 
@@ -31,6 +32,16 @@ pub enum ModelError {
         value: String,
         expected: String,
     },
+}
+
+impl ModelError {
+    /// The machine-readable code clients see for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ModelError::IllegalTransition { .. } => "illegal_transition",
+            ModelError::UnknownVariant { .. } => "invalid_field",
+        }
+    }
 }
 
 /// A record's timestamp as RFC 3339 (UTC), the form the API and the mirror show.

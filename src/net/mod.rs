@@ -8,7 +8,7 @@ pub mod plan;
 
 pub use guard::TapBinding;
 pub use links::{Netlink, RtNetlink};
-pub use plan::{Subnet, is_tap_name, mac_for, tap_name};
+pub use plan::{BRIDGE_MAC, Subnet, is_tap_name, mac_for, tap_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

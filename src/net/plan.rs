@@ -76,6 +76,10 @@ impl Subnet {
     }
 }
 
+/// The fixed MAC of the guest bridge (locally administered). A bridge without one takes its
+/// lowest port's MAC, which changes as taps come and go, and guests keep sending to the old one.
+pub const BRIDGE_MAC: [u8; 6] = [0x02, 0x6d, 0x63, 0x00, 0x00, 0x01];
+
 /// A locally administered unicast MAC carrying the IP: `06:00:a:b:c:d`.
 pub fn mac_for(ip: Ipv4Addr) -> String {
     let [a, b, c, d] = ip.octets();

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
+use crate::model::tables;
 use crate::model::{Prompt, PromptStatus, Provider};
-use crate::store::{self, StoreError, tables};
-
+use crate::store::{self, StoreError};
 /// Set in `META` once the counters hold every prompt (a store from before the counters is
 /// counted once, at start).
 const COUNTED: &str = "prompt_counts_complete";
@@ -73,7 +73,7 @@ pub fn read(tx: &ReadTransaction) -> Result<BTreeMap<(Provider, PromptStatus), u
 pub async fn ensure(store: &store::Store) -> Result<bool, StoreError> {
     store
         .write(|tx| {
-            let mut meta = tx.open_table(tables::META)?;
+            let mut meta = tx.open_table(crate::store::META)?;
             if meta.get(COUNTED)?.is_some() {
                 return Ok(false);
             }

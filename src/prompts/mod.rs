@@ -13,7 +13,6 @@ mod service;
 
 use std::time::Duration;
 
-use crate::config::WhenBusy;
 use crate::model::{ModelError, PromptStatus};
 use crate::store::StoreError;
 use crate::vms::VmError;
@@ -45,6 +44,15 @@ pub enum PromptError {
 }
 
 crate::lift_redb_errors!(PromptError);
+
+/// What a prompt meets when its VM already runs as many as it may (`MC_PROMPT_WHEN_BUSY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenBusy {
+    /// Wait for a turn.
+    Queue,
+    /// Answer 429 at once.
+    Reject,
+}
 
 /// How prompts run on this host.
 #[derive(Debug, Clone)]

@@ -1,8 +1,10 @@
 //! Prompt records in the store.
 
 use super::PromptError;
+use crate::model::tables;
 use crate::model::{Prompt, User, now_ms};
-use crate::store::{self, Store, tables};
+use crate::store::{self, Store};
+use crate::sync::{put_mirrored, update_mirrored};
 
 pub async fn insert(store: &Store, prompt: Prompt) -> Result<Prompt, PromptError> {
     store
@@ -10,11 +12,9 @@ pub async fn insert(store: &Store, prompt: Prompt) -> Result<Prompt, PromptError
             if store::get::<User, _>(&tx.open_table(tables::USERS)?, &prompt.user_id)?.is_none() {
                 return Err(PromptError::UserNotFound(prompt.user_id));
             }
-            let mut table = tx.open_table(tables::PROMPTS)?;
-            let old: Option<Prompt> = store::get(&table, &prompt.id)?;
-            store::put(&mut table, &prompt.id, &prompt)?;
+            let old: Option<Prompt> = store::get(&tx.open_table(tables::PROMPTS)?, &prompt.id)?;
+            put_mirrored(tx, tables::PROMPTS, &prompt.id, &prompt)?;
             super::counts::change(tx, old.as_ref(), Some(&prompt))?;
-            crate::sync::outbox::record_change(tx, &prompt.id, &prompt)?;
             Ok(prompt)
         })
         .await
@@ -29,16 +29,10 @@ pub async fn update(
     let id = id.to_string();
     store
         .write(move |tx| {
-            let mut table = tx.open_table(tables::PROMPTS)?;
-            let old: Prompt =
-                store::get(&table, &id)?.ok_or_else(|| PromptError::NotFound(id.clone()))?;
-            let mut prompt = old.clone();
-            change(&mut prompt)?;
-            prompt.version += 1;
-            store::put(&mut table, &id, &prompt)?;
-            super::counts::change(tx, Some(&old), Some(&prompt))?;
-            crate::sync::outbox::record_change(tx, &id, &prompt)?;
-            Ok(prompt)
+            let changed = update_mirrored(tx, tables::PROMPTS, &id, change)?
+                .ok_or_else(|| PromptError::NotFound(id.clone()))?;
+            super::counts::change(tx, Some(&changed.old), Some(&changed.new))?;
+            Ok(changed.new)
         })
         .await
 }
@@ -48,15 +42,12 @@ pub async fn count_for_user(store: &Store, user_id: &str) -> Result<(), PromptEr
     let id = user_id.to_string();
     store
         .write(move |tx| {
-            let mut users = tx.open_table(tables::USERS)?;
-            if let Some(mut user) = store::get::<User, _>(&users, &id)? {
+            update_mirrored(tx, tables::USERS, &id, |user: &mut User| {
                 user.prompt_count += 1;
                 user.last_active_at_ms = Some(now_ms());
                 user.updated_at_ms = now_ms();
-                user.version += 1;
-                store::put(&mut users, &id, &user)?;
-                crate::sync::outbox::record_change(tx, &id, &user)?;
-            }
+                Ok::<_, PromptError>(())
+            })?;
             Ok(())
         })
         .await
@@ -96,22 +87,22 @@ pub async fn settle_interrupted(store: &Store) -> Result<usize, PromptError> {
     use crate::model::{PromptStatus, Status};
     store
         .write(|tx| {
-            let mut table = tx.open_table(tables::PROMPTS)?;
-            let stale: Vec<Prompt> = store::all(&table)?
+            let stale: Vec<Prompt> = store::all(&tx.open_table(tables::PROMPTS)?)?
                 .into_iter()
                 .filter(|p: &Prompt| {
                     matches!(p.status, PromptStatus::Pending | PromptStatus::Streaming)
                 })
                 .collect();
-            for old in &stale {
-                let mut prompt = old.clone();
-                prompt.status.transition(PromptStatus::Failed)?;
-                prompt.error = Some("interrupted by a daemon restart".into());
-                prompt.completed_at_ms = Some(now_ms());
-                prompt.version += 1;
-                store::put(&mut table, &prompt.id, &prompt)?;
-                super::counts::change(tx, Some(old), Some(&prompt))?;
-                crate::sync::outbox::record_change(tx, &prompt.id, &prompt)?;
+            for prompt in &stale {
+                let changed = update_mirrored(tx, tables::PROMPTS, &prompt.id, |prompt| {
+                    prompt.status.transition(PromptStatus::Failed)?;
+                    prompt.error = Some("interrupted by a daemon restart".into());
+                    prompt.completed_at_ms = Some(now_ms());
+                    Ok::<_, PromptError>(())
+                })?;
+                if let Some(changed) = changed {
+                    super::counts::change(tx, Some(&changed.old), Some(&changed.new))?;
+                }
             }
             Ok(stale.len())
         })

@@ -11,8 +11,9 @@
 use redb::ReadableTable;
 
 use super::PromptError;
+use crate::model::tables;
 use crate::model::{Prompt, PromptStatus};
-use crate::store::{Store, tables};
+use crate::store::Store;
 use crate::sync::rows::Mirrored;
 
 /// Prompts removed per write transaction, so a long backlog never holds the store's write lock

@@ -14,6 +14,7 @@ use super::lines::{LineSplitter, MAX_LINE_BYTES};
 use super::providers::{self, Invocation, Outcome};
 use super::service::{PromptRequest, PromptRun, PromptService};
 use super::{MAX_RESPONSE_BYTES, PromptError, records};
+use crate::events::{Channel, HubEvent};
 use crate::guest::client::{AgentClient, ExecEvent, GuestError};
 use crate::guest::messages::ExecRequest;
 use crate::metrics::{PromptLabels, ProviderLabels};
@@ -78,10 +79,13 @@ pub(super) async fn run(
     run.log.push(PromptEvent::Connected {
         prompt_id: run.id.clone(),
     });
-    let channel = format!("user:{}", run.user_id);
+    let channel = Channel::user(&run.user_id);
     service.events.publish(
         &channel,
-        json!({"event": "prompt_started", "promptId": run.id, "provider": request.provider}),
+        HubEvent::PromptStarted {
+            prompt_id: run.id.clone(),
+            provider: request.provider,
+        },
     );
     let mut gathered = Gathered::default();
     let ending = async {
@@ -195,19 +199,17 @@ pub(super) async fn run(
     run.log.push(final_event);
     service.events.publish(
         &channel,
-        json!({"event": "prompt_completed", "promptId": run.id, "status": status,
-            "exitCode": gathered.exit_code}),
+        HubEvent::PromptCompleted {
+            prompt_id: run.id.clone(),
+            status,
+            exit_code: gathered.exit_code,
+        },
     );
 }
 
 fn error_code(error: &PromptError) -> &'static str {
     match error {
-        PromptError::Vm(VmError::AgentUnavailable { .. }) => "agent_unavailable",
-        PromptError::Vm(VmError::TooManyVms { .. }) => "vm_limit_reached",
-        PromptError::Vm(VmError::PoolExhausted { .. }) => "ip_pool_exhausted",
-        PromptError::Vm(VmError::NotConfigured(_)) => "vms_not_configured",
-        PromptError::Vm(VmError::CrashLoop { .. }) => "crash_loop",
-        PromptError::Vm(_) => "vm_unavailable",
+        PromptError::Vm(e) => e.code(),
         _ => "internal",
     }
 }

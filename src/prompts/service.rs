@@ -11,10 +11,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::WhenBusy;
 use super::log::{EventLog, Reader};
 use super::{PromptError, PromptSettings, records};
 use crate::auth::AuthService;
-use crate::config::WhenBusy;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::model::{Prompt, PromptStatus, Provider, now_ms};

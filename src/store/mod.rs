@@ -3,18 +3,19 @@
 //! disk.
 
 pub mod codec;
-pub mod tables;
+mod stored;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
 
 pub use codec::Record;
-pub use tables::Stored;
+pub use stored::Stored;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,6 +67,12 @@ macro_rules! lift_redb_errors {
 
 lift_redb_errors!(StoreError);
 
+/// The schema version this binary writes. A file with a higher one is refused at open.
+pub const SCHEMA_VERSION: u64 = 2;
+
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+
 /// A handle on the open database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -76,9 +83,12 @@ pub struct Store {
 impl Store {
     pub const FILE_NAME: &'static str = "state.redb";
 
-    /// Opens (or creates) the state file in `data_dir` and checks its schema version. Blocking:
-    /// after an unclean shutdown redb repairs the file here, which can take a while.
-    pub fn open_blocking(data_dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates) the state file in `data_dir`, checks its schema version, and lets
+    /// `create_tables` create the tables (`model::tables` knows them; `Store::open` is there).
+    pub fn open_blocking_with(
+        data_dir: &Path,
+        create_tables: fn(&WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<Store, StoreError> {
         let path = data_dir.join(Self::FILE_NAME);
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
@@ -93,41 +103,38 @@ impl Store {
             db: Arc::new(db),
             path,
         };
-        store.check_schema()?;
+        store.check_schema(create_tables)?;
         Ok(store)
-    }
-
-    pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let dir = data_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&dir))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn check_schema(&self) -> Result<(), StoreError> {
+    fn check_schema(
+        &self,
+        create_tables: fn(&WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let tx = self.begin_write()?;
         let found = {
-            let mut meta = tx.open_table(tables::META)?;
-            let found = meta.get(tables::META_SCHEMA_VERSION)?.map(|v| v.value());
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get(META_SCHEMA_VERSION)?.map(|v| v.value());
             if found.is_none() {
-                meta.insert(tables::META_SCHEMA_VERSION, tables::SCHEMA_VERSION)?;
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION)?;
             }
             found
         };
         if let Some(found) = found
-            && found > tables::SCHEMA_VERSION
+            && found > SCHEMA_VERSION
         {
             return Err(StoreError::SchemaTooNew {
                 path: self.path.clone(),
                 found,
-                supported: tables::SCHEMA_VERSION,
+                supported: SCHEMA_VERSION,
             });
         }
-        tables::create_all(&tx)?;
+        tx.open_table(META)?;
+        create_tables(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -176,8 +183,8 @@ impl Store {
     /// A cheap read of the meta table, used by the watchdog to prove the store still answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|tx| {
-            let meta = tx.open_table(tables::META)?;
-            meta.get(tables::META_SCHEMA_VERSION)?;
+            let meta = tx.open_table(META)?;
+            meta.get(META_SCHEMA_VERSION)?;
             Ok::<_, StoreError>(())
         })
         .await
@@ -238,20 +245,34 @@ where
 mod tests {
     use super::*;
 
+    const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
+
+    fn create_emails(tx: &WriteTransaction) -> Result<(), StoreError> {
+        tx.open_table(EMAILS)?;
+        Ok(())
+    }
+
+    async fn open(dir: &Path) -> Result<Store, StoreError> {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || Store::open_blocking_with(&dir, create_emails))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
     #[tokio::test]
     async fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = open(dir.path()).await.unwrap();
         store
             .write(|tx| {
-                tx.open_table(tables::META)?
-                    .insert(tables::META_SCHEMA_VERSION, tables::SCHEMA_VERSION + 1)?;
+                tx.open_table(META)?
+                    .insert(META_SCHEMA_VERSION, SCHEMA_VERSION + 1)?;
                 Ok::<_, StoreError>(())
             })
             .await
             .unwrap();
         assert!(store.close(Duration::from_secs(5)).await);
-        let err = Store::open(dir.path()).await.err().expect("must refuse");
+        let err = open(dir.path()).await.err().expect("must refuse");
         assert!(
             matches!(
                 err,
@@ -269,23 +290,16 @@ mod tests {
     #[tokio::test]
     async fn failed_write_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = open(dir.path()).await.unwrap();
         let result: Result<(), StoreError> = store
             .write(|tx| {
-                tx.open_table(tables::USERS_BY_EMAIL)?
-                    .insert("a@b.c", "id")?;
+                tx.open_table(EMAILS)?.insert("a@b.c", "id")?;
                 Err(StoreError::Task("abort".into()))
             })
             .await;
         assert!(result.is_err());
         let found = store
-            .read(|tx| {
-                Ok::<_, StoreError>(
-                    tx.open_table(tables::USERS_BY_EMAIL)?
-                        .get("a@b.c")?
-                        .is_some(),
-                )
-            })
+            .read(|tx| Ok::<_, StoreError>(tx.open_table(EMAILS)?.get("a@b.c")?.is_some()))
             .await
             .unwrap();
         assert!(!found);

@@ -7,10 +7,12 @@ pub mod outbox;
 pub mod rows;
 pub mod sink;
 mod worker;
+pub mod write;
 
 pub use backoff::Backoff;
 pub use sink::{PostgRest, SinkError, SupabaseSink};
 pub use worker::{SyncSettings, SyncWorker};
+pub use write::{Changed, put_mirrored, update_mirrored};
 
 use crate::store::StoreError;
 

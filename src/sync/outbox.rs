@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use super::SyncError;
 use super::rows::{Mirrored, RowOptions};
+use crate::model::tables;
 use crate::model::{AuthSession, Credential, DeadLetter, OutboxEntry, Prompt, User, Vm, now_ms};
-use crate::store::{self, Record, Store, StoreError, tables};
-
+use crate::store::{self, Record, Store, StoreError};
 pub(crate) fn outbox_key(table: &str, record_key: &str) -> String {
     format!("{table}/{record_key}")
 }
@@ -106,7 +106,7 @@ const AGE_INDEXED: &str = "outbox_age_index_complete";
 pub async fn ensure_age_index(store: &Store) -> Result<bool, StoreError> {
     store
         .write(|tx| {
-            let mut meta = tx.open_table(tables::META)?;
+            let mut meta = tx.open_table(crate::store::META)?;
             if meta.get(AGE_INDEXED)?.is_some() {
                 return Ok(false);
             }

@@ -14,6 +14,8 @@ pub trait Mirrored {
     const TABLE: &'static str;
     fn entity_id(&self) -> &str;
     fn entity_version(&self) -> u64;
+    /// Marks the record as one change newer (see `sync::write`).
+    fn bump_version(&mut self);
     fn row(&self, options: &RowOptions) -> Value;
 }
 
@@ -35,6 +37,9 @@ impl Mirrored for User {
     }
     fn entity_version(&self) -> u64 {
         self.version
+    }
+    fn bump_version(&mut self) {
+        self.version += 1;
     }
     fn row(&self, _: &RowOptions) -> Value {
         json!({
@@ -60,6 +65,9 @@ impl Mirrored for Vm {
     }
     fn entity_version(&self) -> u64 {
         self.version
+    }
+    fn bump_version(&mut self) {
+        self.version += 1;
     }
     fn row(&self, _: &RowOptions) -> Value {
         json!({
@@ -91,6 +99,9 @@ impl Mirrored for AuthSession {
     fn entity_version(&self) -> u64 {
         self.version
     }
+    fn bump_version(&mut self) {
+        self.version += 1;
+    }
     fn row(&self, _: &RowOptions) -> Value {
         json!({
             "id": self.id,
@@ -115,6 +126,9 @@ impl Mirrored for Prompt {
     }
     fn entity_version(&self) -> u64 {
         self.version
+    }
+    fn bump_version(&mut self) {
+        self.version += 1;
     }
     fn row(&self, _: &RowOptions) -> Value {
         let usage = self
@@ -151,6 +165,9 @@ impl Mirrored for Credential {
     }
     fn entity_version(&self) -> u64 {
         self.version
+    }
+    fn bump_version(&mut self) {
+        self.version += 1;
     }
     fn row(&self, options: &RowOptions) -> Value {
         use base64::Engine;

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use super::TaskError;
 use crate::model::TaskRun;
-use crate::store::{self, Store, tables};
-
+use crate::model::tables;
+use crate::store::{self, Store};
 /// Reads `name`'s record (a fresh one if it never ran), applies `change`, and writes it back.
 pub async fn update(
     store: &Store,

@@ -7,8 +7,8 @@ use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::TaskError;
 use crate::model::MetricsSample;
-use crate::store::{Store, StoreError, Stored, tables};
-
+use crate::model::tables;
+use crate::store::{Store, StoreError, Stored};
 /// The most samples one read returns.
 pub const MAX_READ: usize = 2016;
 

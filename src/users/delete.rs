@@ -9,8 +9,9 @@ use std::sync::Arc;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{UserError, UserService};
+use crate::model::tables;
 use crate::model::{AuthSession, Credential, Prompt, Provider, User, Vm, VmStatus, credential_key};
-use crate::store::{self, Record, StoreError, Stored, tables};
+use crate::store::{self, Record, StoreError, Stored};
 use crate::sync::outbox::record_delete;
 use crate::vms::{VmFilter, VmManager};
 

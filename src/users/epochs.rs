@@ -14,8 +14,9 @@ use std::sync::RwLock;
 use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::watch;
 
-use crate::store::{Store, StoreError, tables};
+use crate::model::tables;
 
+use crate::store::{Store, StoreError};
 pub struct TokenEpochs {
     epochs: RwLock<HashMap<String, u64>>,
     /// Bumped on every revocation, so open streams look again at their user's epoch.

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use redb::ReadableTable;
 
+use crate::model::tables;
 use crate::model::{ModelError, Plan, Status, User, UserStatus, VmStatus, now_ms};
-use crate::store::{self, Store, StoreError, tables};
+use crate::store::{self, Store, StoreError};
+use crate::sync::{put_mirrored, update_mirrored};
 
 mod delete;
 pub mod epochs;
@@ -136,20 +138,18 @@ impl UserService {
         self.store
             .write(move |tx| {
                 let mut by_email = tx.open_table(tables::USERS_BY_EMAIL)?;
-                let mut users = tx.open_table(tables::USERS)?;
                 let existing_id = by_email
                     .get(user.email.as_str())?
                     .map(|id| id.value().to_string());
                 if let Some(existing_id) = existing_id {
-                    let existing = store::get(&users, &existing_id)?
+                    let existing = store::get(&tx.open_table(tables::USERS)?, &existing_id)?
                         .ok_or_else(|| UserError::NotFound(existing_id.clone()))?;
                     return Err(UserError::DuplicateEmail {
                         existing: Box::new(existing),
                     });
                 }
                 by_email.insert(user.email.as_str(), user.id.as_str())?;
-                store::put(&mut users, &user.id, &user)?;
-                crate::sync::outbox::record_change(tx, &user.id, &user)?;
+                put_mirrored(tx, tables::USERS, &user.id, &user)?;
                 Ok(user)
             })
             .await
@@ -169,22 +169,20 @@ impl UserService {
         let id = id.to_string();
         self.store
             .write(move |tx| {
-                let mut users = tx.open_table(tables::USERS)?;
-                let mut user: User = store::get(&users, &id)?.ok_or(UserError::NotFound(id))?;
-                let before = user.clone();
-                if let Some(status) = patch.status {
-                    user.status.transition(status)?;
-                }
-                if let Some(plan) = patch.plan {
-                    user.plan = plan;
-                }
-                if user != before {
-                    user.updated_at_ms = now_ms();
-                    user.version += 1;
-                    store::put(&mut users, &user.id, &user)?;
-                    crate::sync::outbox::record_change(tx, &user.id, &user)?;
-                }
-                Ok(user)
+                let changed = update_mirrored(tx, tables::USERS, &id, |user: &mut User| {
+                    let before = user.clone();
+                    if let Some(status) = patch.status {
+                        user.status.transition(status)?;
+                    }
+                    if let Some(plan) = patch.plan {
+                        user.plan = plan;
+                    }
+                    if *user != before {
+                        user.updated_at_ms = now_ms();
+                    }
+                    Ok::<_, UserError>(())
+                })?;
+                Ok(changed.ok_or(UserError::NotFound(id))?.new)
             })
             .await
     }

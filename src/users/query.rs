@@ -1,9 +1,9 @@
 //! The admin's user list: filtered by status, plan and email, then paged.
 
 use super::{MAX_PAGE_SIZE, UserError, UserPage, UserService};
+use crate::model::tables;
 use crate::model::{Plan, User, UserStatus};
-use crate::store::{StoreError, tables};
-
+use crate::store::StoreError;
 /// Which users to list; every field set must match.
 #[derive(Debug, Default, Clone)]
 pub struct UserFilter {

@@ -11,7 +11,6 @@ pub mod qemu;
 mod qemu_confine;
 mod qemu_probe;
 mod qmp;
-pub mod select;
 
 use std::path::{Path, PathBuf};
 

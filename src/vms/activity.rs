@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::{VmError, VmFilter, VmManager};
+use crate::events::{Channel, HubEvent};
 use crate::model::{Vm, VmStatus};
 
 pub(super) struct Activity {
@@ -171,8 +171,12 @@ impl VmManager {
         let vm = self.mark_failed(vm_id, &reason).await?;
         self.note_crash(&vm.user_id);
         self.events.publish(
-            &format!("user:{}", vm.user_id),
-            json!({"event": "vm_crashed", "vmId": vm.id, "userId": vm.user_id, "reason": reason}),
+            &Channel::user(&vm.user_id),
+            HubEvent::VmCrashed {
+                vm_id: vm.id.clone(),
+                user_id: vm.user_id.clone(),
+                reason,
+            },
         );
         Ok(Some(vm))
     }

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
-
 use super::host::{Start, Started, agent_token};
 use super::ledger;
 use super::{VmError, VmManager};
+use crate::events::{Channel, HubEvent};
 use crate::model::{Vm, VmOp, VmStatus, VmType, now_ms};
 use crate::net::tap_name;
 
@@ -85,8 +84,13 @@ impl VmManager {
         let vm = reserved.vm;
         self.publish_reclaimed(&reserved.reclaimed);
         self.events.publish(
-            &format!("user:{}", vm.user_id),
-            json!({"event": "vm_status_changed", "vmId": vm.id, "userId": vm.user_id, "status": vm.status}),
+            &Channel::user(&vm.user_id),
+            HubEvent::VmStatusChanged {
+                vm_id: vm.id.clone(),
+                user_id: vm.user_id.clone(),
+                status: vm.status,
+                previous_status: None,
+            },
         );
         crate::failpoint::hit("vm.create.after_reserve");
         match self.bring_up(&vm).await {

@@ -282,7 +282,7 @@ pub async fn build(
     host.netlink
         .ensure_bridge(
             &settings.bridge,
-            crate::daemon::BRIDGE_MAC,
+            crate::net::BRIDGE_MAC,
             subnet.gateway,
             subnet.prefix,
         )

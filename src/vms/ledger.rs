@@ -8,11 +8,11 @@ use std::net::Ipv4Addr;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::VmError;
+use crate::model::tables;
 use crate::model::{IpLease, Vm, VmIntent, VmOp, VmStatus, now_ms};
 use crate::net::egress::{PortRange, ports};
 use crate::net::{Subnet, mac_for};
-use crate::store::{self, tables};
-
+use crate::store;
 /// The bounds a reservation is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -5,18 +5,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::json;
-
 use super::host::{
     Start, Started, agent_info, fresh_snapshot_dir, remove_marker, snapshot_marker, write_marker,
 };
 use super::ledger::{self, Reclaimed};
 use super::{VmError, VmFilter, VmHost, VmSettings};
-use crate::events::EventHub;
+use crate::events::{Channel, EventHub, HubEvent};
 use crate::guest::client::AgentClient;
 use crate::metrics::Metrics;
+use crate::model::tables;
 use crate::model::{Status, Vm, VmOp, VmStatus, now_ms};
-use crate::store::{self, Store, tables};
+use crate::store::{self, Store};
 use crate::vmm::VmHandle;
 
 /// A VM's live parts. `generation` changes whenever the process does, so an exit watch that
@@ -163,14 +162,13 @@ impl VmManager {
             return;
         }
         self.events.publish(
-            &format!("user:{}", vm.user_id),
-            json!({
-                "event": "vm_status_changed",
-                "vmId": vm.id,
-                "userId": vm.user_id,
-                "status": vm.status,
-                "previousStatus": previous,
-            }),
+            &Channel::user(&vm.user_id),
+            HubEvent::VmStatusChanged {
+                vm_id: vm.id.clone(),
+                user_id: vm.user_id.clone(),
+                status: vm.status,
+                previous_status: Some(previous),
+            },
         );
     }
 
@@ -178,8 +176,11 @@ impl VmManager {
         if let Some(r) = reclaimed {
             tracing::info!(vm = %r.vm.id, ip = %r.ip, "reclaimed the address of a hibernated VM");
             self.events.publish(
-                &format!("user:{}", r.vm.user_id),
-                json!({"event": "vm_ip_reclaimed", "vmId": r.vm.id, "ip": r.ip}),
+                &Channel::user(&r.vm.user_id),
+                HubEvent::VmIpReclaimed {
+                    vm_id: r.vm.id.clone(),
+                    ip: r.ip.clone(),
+                },
             );
         }
     }

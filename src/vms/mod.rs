@@ -98,6 +98,28 @@ pub enum VmError {
 crate::lift_redb_errors!(VmError);
 
 impl VmError {
+    /// The machine-readable code clients see for this error, in an API answer and in a prompt's
+    /// `error` event alike.
+    pub fn code(&self) -> &'static str {
+        match self {
+            VmError::NotFound(_) | VmError::NoVm(_) => "vm_not_found",
+            VmError::UserNotFound(_) => "user_not_found",
+            VmError::NotAlive { .. } => "vm_not_alive",
+            VmError::AlreadyHasVm { .. } => "vm_exists",
+            VmError::WrongStatus { .. } => "vm_status_conflict",
+            VmError::Busy { .. } => "vm_busy",
+            VmError::TooManyVms { .. } => "vm_limit_reached",
+            VmError::PoolExhausted { .. } => "ip_pool_exhausted",
+            VmError::NotConfigured(_) => "vms_not_configured",
+            VmError::CrashLoop { .. } => "crash_loop",
+            VmError::AgentUnavailable { .. } => "agent_unavailable",
+            VmError::Host { .. } => "vm_operation_failed",
+            VmError::Egress(e) => e.code(),
+            VmError::Transition(e) => e.code(),
+            VmError::Corrupt(_) | VmError::Store(_) => "internal",
+        }
+    }
+
     pub(crate) fn host(id: &str, op: VmOp, reason: impl std::fmt::Display) -> VmError {
         VmError::Host {
             id: id.to_string(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{VmError, VmFilter, VmManager};
+use crate::events::{Channel, HubEvent};
 use crate::model::{Vm, VmStatus, now_ms};
 
 /// The most console lines one diagnostics request returns.
@@ -58,13 +59,12 @@ impl VmManager {
             match self.destroy(&vm.id).await {
                 Ok(vm) => {
                     self.events.publish(
-                        &format!("user:{}", vm.user_id),
-                        serde_json::json!({
-                            "event": "vm_destroyed_inactive",
-                            "vmId": vm.id,
-                            "userId": vm.user_id,
-                            "inactiveDays": days,
-                        }),
+                        &Channel::user(&vm.user_id),
+                        HubEvent::VmDestroyedInactive {
+                            vm_id: vm.id.clone(),
+                            user_id: vm.user_id.clone(),
+                            inactive_days: days,
+                        },
                     );
                     destroyed.push(vm);
                 }

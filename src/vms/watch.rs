@@ -5,14 +5,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::VmManager;
 use super::host::agent_info;
+use crate::events::{Channel, HubEvent};
 use crate::metrics::ResourceLabels;
+use crate::model::tables;
 use crate::model::{VmStatus, now_ms};
-use crate::store::{self, tables};
+use crate::store;
 use crate::vmm::ExitInfo;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,13 +61,12 @@ impl VmManager {
             Ok(vm) => {
                 self.note_crash(&vm.user_id);
                 self.events.publish(
-                    &format!("user:{}", vm.user_id),
-                    json!({
-                        "event": "vm_crashed",
-                        "vmId": vm.id,
-                        "userId": vm.user_id,
-                        "reason": reason,
-                    }),
+                    &Channel::user(&vm.user_id),
+                    HubEvent::VmCrashed {
+                        vm_id: vm.id.clone(),
+                        user_id: vm.user_id.clone(),
+                        reason,
+                    },
                 );
             }
             Err(e) => tracing::error!(vm = vm_id, error = %e, "cannot record a VM crash"),

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use master_controller::auth::{MasterKey, Vault};
+use master_controller::model::tables;
 use master_controller::model::{Credential, Provider, credential_key};
-use master_controller::store::{self, tables};
+use master_controller::store;
 use master_controller::vms::VmHost;
 use serde_json::{Value, json};
 

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use master_controller::model::tables;
 use master_controller::model::{Credential, Provider, credential_key, now_ms};
-use master_controller::store::{self, StoreError, tables};
+use master_controller::store::{self, StoreError};
 use serde_json::{Value, json};
 
 use crate::support::daemon_proc::{ADMIN_TOKEN, LISTEN, SERVICE_TOKEN};

@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use master_controller::model::tables;
 use master_controller::model::{Credential, Provider, credential_key};
-use master_controller::store::{self, tables};
+use master_controller::store;
 use serde_json::{Value, json};
 
 use crate::support::daemon_proc::{LISTEN, SERVICE_TOKEN};

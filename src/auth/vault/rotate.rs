@@ -13,8 +13,10 @@ use super::{
     Derived, Driver, MasterKey, Vault, VaultError, credential_key_ids, derive, find_key,
     insert_key, random_salt, sealed_by, verify,
 };
+use crate::model::tables;
 use crate::model::{Credential, VaultKey, VaultKeyState};
-use crate::store::{self, Store, tables};
+use crate::store::{self, Store};
+use crate::sync::update_mirrored;
 
 pub const ROTATE_FAILPOINT: &str = "vault.rotate.after_record";
 
@@ -72,35 +74,37 @@ pub(super) fn reseal(
     old: &Vault,
     new: &Vault,
 ) -> Result<bool, VaultError> {
-    let mut table = tx.open_table(tables::CREDENTIALS)?;
-    let Some(mut credential): Option<Credential> = store::get(&table, record_key)? else {
-        return Ok(false);
-    };
-    if credential.key_id == new.key_id() {
-        return Ok(false);
-    }
-    if credential.key_id != old.key_id() {
-        return Err(VaultError::Stranded {
-            record: record_key.to_string(),
-            key_id: credential.key_id,
-        });
-    }
-    let plaintext = old
-        .unseal(&credential.key_id, &credential.ciphertext)
-        .map_err(|e| match e {
-            VaultError::Decrypt => VaultError::Corrupt {
-                record: record_key.to_string(),
-            },
-            other => other,
-        })?;
-    let sealed = new.seal(&plaintext)?;
-    credential.key_id = sealed.key_id;
-    credential.ciphertext = sealed.ciphertext;
-    // A new version, so a mirror that keeps ciphertexts replaces the one sealed by the old key.
-    credential.version += 1;
-    store::put(&mut table, record_key, &credential)?;
-    crate::sync::outbox::record_change(tx, record_key, &credential)?;
-    Ok(true)
+    let changed = update_mirrored(
+        tx,
+        tables::CREDENTIALS,
+        record_key,
+        |credential: &mut Credential| {
+            if credential.key_id == new.key_id() {
+                return Ok(());
+            }
+            if credential.key_id != old.key_id() {
+                return Err(VaultError::Stranded {
+                    record: record_key.to_string(),
+                    key_id: credential.key_id.clone(),
+                });
+            }
+            let plaintext = old
+                .unseal(&credential.key_id, &credential.ciphertext)
+                .map_err(|e| match e {
+                    VaultError::Decrypt => VaultError::Corrupt {
+                        record: record_key.to_string(),
+                    },
+                    other => other,
+                })?;
+            let sealed = new.seal(&plaintext)?;
+            // A new version (`update_mirrored` raises it), so a mirror that keeps ciphertexts
+            // replaces the one sealed by the old key.
+            credential.key_id = sealed.key_id;
+            credential.ciphertext = sealed.ciphertext;
+            Ok(())
+        },
+    )?;
+    Ok(changed.is_some_and(|changed| changed.written()))
 }
 
 /// The last step: the pending key becomes the active one, in one transaction, once no record

@@ -11,9 +11,9 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::*;
 use crate::metrics::egress::EgressRefusalLabels;
+use crate::model::tables;
 use crate::model::{IpLease, Plan, User, UserStatus, Vm, VmStatus, VmType};
-use crate::store::{self, tables};
-
+use crate::store;
 /// What the fake upstream accepts.
 const PASSWORD: &str = "hunter2-upstream-secret";
 const WRONG_PASSWORD: &str = "stale-but-still-secret";

@@ -46,6 +46,18 @@ pub enum EgressError {
 
 crate::lift_redb_errors!(EgressError);
 
+impl EgressError {
+    /// The machine-readable code clients see for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EgressError::PoolExhausted { .. } => "proxy_port_pool_exhausted",
+            EgressError::UserNotFound(_) => "user_not_found",
+            // Binding happens at start-up only; reaching a client would be a bug.
+            EgressError::Bind { .. } | EgressError::Store(_) => "internal",
+        }
+    }
+}
+
 /// The upstream proxy service (Decodo): one host, a port per user, one account. The password is
 /// only ever written into requests to the upstream.
 #[derive(Clone)]

@@ -7,8 +7,10 @@ use std::net::Ipv4Addr;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::{EgressError, PortRange};
+use crate::model::tables;
 use crate::model::{PortHealth, PortLease, User, Vm, VmStatus, now_ms};
-use crate::store::{self, tables};
+use crate::store;
+use crate::sync::update_mirrored;
 
 /// The user's port, leasing the lowest free one in `range` when they have none.
 pub fn ensure_lease(
@@ -16,8 +18,7 @@ pub fn ensure_lease(
     user_id: &str,
     range: PortRange,
 ) -> Result<u16, EgressError> {
-    let mut users = tx.open_table(tables::USERS)?;
-    let mut user: User = store::get(&users, user_id)?
+    let user: User = store::get(&tx.open_table(tables::USERS)?, user_id)?
         .ok_or_else(|| EgressError::UserNotFound(user_id.to_string()))?;
     if let Some(port) = user.decodo_port {
         return Ok(port);
@@ -41,11 +42,11 @@ pub fn ensure_lease(
         health: None,
     };
     leases.insert(port, store::Stored::encode(&lease)?)?;
-    user.decodo_port = Some(port);
-    user.updated_at_ms = now_ms();
-    user.version += 1;
-    store::put(&mut users, &user.id, &user)?;
-    crate::sync::outbox::record_change(tx, &user.id, &user)?;
+    update_mirrored(tx, tables::USERS, user_id, |user: &mut User| {
+        user.decodo_port = Some(port);
+        user.updated_at_ms = now_ms();
+        Ok::<_, EgressError>(())
+    })?;
     Ok(port)
 }
 

@@ -312,7 +312,3 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(std::io::Error::other)?
 }
-
-#[cfg(test)]
-#[path = "jailer_launch_tests.rs"]
-mod jailer_launch_tests;

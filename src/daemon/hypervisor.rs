@@ -1,14 +1,15 @@
-//! Choosing the hypervisor for `MC_HYPERVISOR`: Firecracker in production, QEMU's microvm
+//! Choosing the hypervisor for `MC_HYPERVISOR` (here, not in `vmm`, because it reads the
+//! configuration, which sits above the services): Firecracker in production, QEMU's microvm
 //! where Firecracker cannot run (KVM when a guest really boots under it, else TCG).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::firecracker::{FirecrackerBackend, FirecrackerConfig};
-use super::qemu::{Accel, QemuBackend, QemuConfig, probe_accel};
-use super::{Hypervisor, VmSpec};
 use crate::config::{Config, HypervisorChoice};
+use crate::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
+use crate::vmm::qemu::{Accel, QemuBackend, QemuConfig, probe_accel};
+use crate::vmm::{Hypervisor, VmSpec};
 
 const PROBE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -64,3 +65,7 @@ pub async fn hypervisor(config: &Config, probe: Option<VmSpec>) -> Arc<dyn Hyper
         user: config.qemu_user.clone(),
     }))
 }
+
+#[cfg(test)]
+#[path = "hypervisor_tests.rs"]
+mod tests;

@@ -1,24 +1,16 @@
-//! Every redb table of the daemon, in one place. Values are versioned records (see `codec`);
-//! the value type of each table names the record it holds, so a table cannot be opened with the
-//! wrong record type.
+//! Every redb table of the daemon's records, in one place, beside the records they hold. The
+//! value type of each table names its record (`Stored<R>`), so a table cannot be opened with the
+//! wrong record type. The store's own `META` table is in `store`.
 
-use std::fmt;
-use std::marker::PhantomData;
+use std::path::Path;
 
-use redb::{TableDefinition, TypeName, Value};
+use redb::{TableDefinition, WriteTransaction};
 
-use super::StoreError;
-use super::codec::{self, Record};
-use crate::model::{
+use super::{
     AuthSession, Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry, PortLease, Prompt,
-    User, VaultKey, Vm, VmIntent,
+    TaskRun, User, VaultKey, Vm, VmIntent,
 };
-
-/// The schema version this binary writes. A file with a higher one is refused at open.
-pub const SCHEMA_VERSION: u64 = 2;
-
-pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub const META_SCHEMA_VERSION: &str = "schema_version";
+use crate::store::{Store, StoreError, Stored};
 
 pub const USERS: TableDefinition<&str, Stored<User>> = TableDefinition::new("users");
 /// Lower-cased email to user id; keeps emails unique.
@@ -50,8 +42,7 @@ pub const DEAD_LETTERS: TableDefinition<&str, Stored<DeadLetter>> =
 pub const METRICS_SAMPLES: TableDefinition<(i64, u32), Stored<MetricsSample>> =
     TableDefinition::new("metrics_samples");
 /// The last run of each background job, keyed by the job's name.
-pub const TASK_RUNS: TableDefinition<&str, Stored<crate::model::TaskRun>> =
-    TableDefinition::new("task_runs");
+pub const TASK_RUNS: TableDefinition<&str, Stored<TaskRun>> = TableDefinition::new("task_runs");
 
 /// Each user's token epoch (see `users::epochs`); a row outlives its user.
 pub const TOKEN_EPOCHS: TableDefinition<&str, u64> = TableDefinition::new("token_epochs");
@@ -64,71 +55,8 @@ pub const PROMPT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("prom
 /// prompt while the mirror is down).
 pub const OUTBOX_BY_AGE: TableDefinition<(i64, &str), ()> = TableDefinition::new("outbox_by_age");
 
-/// An encoded record as redb stores it. Decoding is explicit (`decode`) so that a corrupt or
-/// unknown record is an error, not a panic inside redb.
-pub struct Stored<R> {
-    bytes: Vec<u8>,
-    record: PhantomData<R>,
-}
-
-impl<R: Record> Stored<R> {
-    pub fn encode(record: &R) -> Result<Self, StoreError> {
-        Ok(Self {
-            bytes: codec::encode(record)?,
-            record: PhantomData,
-        })
-    }
-
-    pub fn decode(&self) -> Result<R, StoreError> {
-        codec::decode(&self.bytes)
-    }
-}
-
-impl<R> fmt::Debug for Stored<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Stored({} bytes)", self.bytes.len())
-    }
-}
-
-impl<R: Record> Value for Stored<R> {
-    type SelfType<'a>
-        = Stored<R>
-    where
-        Self: 'a;
-    type AsBytes<'a>
-        = &'a [u8]
-    where
-        Self: 'a;
-
-    fn fixed_width() -> Option<usize> {
-        None
-    }
-
-    fn from_bytes<'a>(data: &'a [u8]) -> Stored<R>
-    where
-        Self: 'a,
-    {
-        Stored {
-            bytes: data.to_vec(),
-            record: PhantomData,
-        }
-    }
-
-    fn as_bytes<'a, 'b: 'a>(value: &'a Stored<R>) -> &'a [u8]
-    where
-        Self: 'b,
-    {
-        &value.bytes
-    }
-
-    fn type_name() -> TypeName {
-        TypeName::new(&format!("master_controller::{}", R::KIND))
-    }
-}
-
 /// Creates every table, so that read transactions never meet a missing one.
-pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
-    tx.open_table(META)?;
+pub fn create_all(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(USERS)?;
     tx.open_table(USERS_BY_EMAIL)?;
     tx.open_table(VMS)?;
@@ -148,4 +76,21 @@ pub(super) fn create_all(tx: &redb::WriteTransaction) -> Result<(), StoreError> 
     tx.open_table(PROMPT_COUNTS)?;
     tx.open_table(OUTBOX_BY_AGE)?;
     Ok(())
+}
+
+/// The daemon's store: the state file opened with these tables.
+impl Store {
+    /// Opens (or creates) the state file in `data_dir`, checks its schema version and creates
+    /// any missing table. Blocking: after an unclean shutdown redb repairs the file here, which
+    /// can take a while.
+    pub fn open_blocking(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_blocking_with(data_dir, create_all)
+    }
+
+    pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let dir = data_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || Store::open_blocking(&dir))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
 }
