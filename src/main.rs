@@ -120,9 +120,9 @@ fn golden_snapshot(config: Config) -> anyhow::Result<()> {
 
 fn mint(config: &Config, user: &str, ttl: Option<u64>) -> anyhow::Result<()> {
     anyhow::ensure!(!user.trim().is_empty(), "--user must not be empty");
-    let signer = TokenSigner::load(config.token_signing_key.as_ref(), &config.data_dir)
+    let signer = TokenSigner::load(config.api.token_signing_key.as_ref(), &config.data_dir)
         .context("minting a user token needs the daemon's signing key")?;
-    let ttl = ttl.unwrap_or(config.user_token_ttl_secs);
+    let ttl = ttl.unwrap_or(config.api.limits.user_token_ttl_secs);
     anyhow::ensure!(ttl > 0, "--ttl must be greater than 0");
     // The store is the running daemon's, so the user's token epoch cannot be read here: the
     // token carries epoch 0, and is refused if the user's tokens were ever revoked (mint

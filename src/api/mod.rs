@@ -41,6 +41,27 @@ use auth::Authenticator;
 use rate_limit::{AuthFailures, RateLimiter};
 pub use serve::{ListenerLimits, PeerAddr};
 
+/// The API's listeners, tokens and limits.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub listen: std::net::SocketAddr,
+    /// Where `/metrics` is served without a token; `None` means on `listen`, with one.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub admin_token: Option<secrecy::SecretString>,
+    pub service_token: Option<secrecy::SecretString>,
+    pub token_signing_key: Option<secrecy::SecretString>,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// Failed authentications a source address may make per minute after its burst; 0: no
+    /// limit (e.g. behind a proxy that makes every client one address).
+    pub auth_failures_per_minute: u32,
+    pub auth_failure_burst: u32,
+    /// Events a WebSocket subscriber may fall behind by before it is dropped.
+    pub ws_queue_len: usize,
+    pub limits: ApiLimits,
+    pub listener: ListenerLimits,
+}
+
 /// Bounds the API enforces.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {

@@ -1,6 +1,7 @@
 //! One `Config`: the TOML file, then the environment (`MC_*` and the seed's names), then the
 //! command-line flags, validated once at start.
 
+mod build;
 mod confinement;
 mod egress;
 mod settings;
@@ -12,7 +13,14 @@ use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
-use crate::prompts::WhenBusy;
+use crate::api::ApiSettings;
+use crate::auth::AuthSettings;
+use crate::net::egress::EgressSettings;
+use crate::prompts::{PromptSettings, WhenBusy};
+use crate::sync::MirrorSettings;
+use crate::tasks::TaskSettings;
+use crate::vmm::{HypervisorChoice, HypervisorSettings};
+use crate::vms::VmSettings;
 pub use settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,112 +39,127 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
 }
 
-/// Which hypervisor runs the VMs (`MC_HYPERVISOR`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HypervisorChoice {
-    Firecracker,
-    Qemu,
-    /// Firecracker when its binary is present, else QEMU.
-    Auto,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// The validated configuration. Secrets are wrapped so they never reach `Debug` output.
+/// The validated configuration: each service's settings, built from the layers once. Secrets
+/// are wrapped so they never reach `Debug` output.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
-    /// Where `/metrics` is served without a token; `None` means on `listen`.
-    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
-    pub admin_token: Option<SecretString>,
-    pub service_token: Option<SecretString>,
-    pub token_signing_key: Option<SecretString>,
-    pub user_token_ttl_secs: u64,
-    pub rate_limit_per_second: u32,
-    pub rate_limit_burst: u32,
-    pub max_body_bytes: u64,
-    pub ws_max_connections: usize,
-    pub ws_queue_len: usize,
-    pub ws_max_subscriptions: usize,
-    // Hardening (issue 15): the API listener and failed authentication.
-    /// A connection that has not sent a whole request head this long is closed.
-    pub api_header_read_timeout_secs: u64,
-    /// Connections each listener serves at once (WebSockets, once upgraded, are counted by
-    /// `ws_max_connections` instead).
-    pub api_max_connections: usize,
-    /// Failed authentications a source address may make per minute after its burst; 0: no
-    /// limit (e.g. behind a proxy that makes every client one address).
-    pub auth_failures_per_minute: u32,
-    pub auth_failure_burst: u32,
-    pub max_vms: u32,
     pub shutdown_timeout_secs: u64,
-    pub supabase_url: Option<String>,
-    pub supabase_service_key: Option<SecretString>,
-    /// Mirror credentials' ciphertexts (never their plaintext) to Supabase too.
-    pub supabase_mirror_ciphertexts: bool,
-    /// Other 4xx answers a change may get before it is dead-lettered.
-    pub outbox_max_attempts: u32,
+    pub api: ApiSettings,
+    pub mirror: MirrorSettings,
     pub encryption_master_key: Option<SecretString>,
-    /// The upstream (Decodo) account and port pool, and the gateway proxy in front of it.
-    pub egress: crate::net::egress::EgressSettings,
-    pub firecracker_base: Option<PathBuf>,
+    pub hypervisor: HypervisorSettings,
+    /// A golden snapshot that creates restore from, and its memory file when apart from it.
     pub golden_snapshot: Option<PathBuf>,
     pub golden_memory: Option<PathBuf>,
-    pub golden_kernel: Option<PathBuf>,
-    pub golden_rootfs: Option<PathBuf>,
-    pub hypervisor: HypervisorChoice,
-    pub qemu_binary: String,
+    /// The upstream (Decodo) account and port pool, and the gateway proxy in front of it.
+    pub egress: EgressSettings,
+    pub vms: VmSettings,
+    /// The background jobs' schedules and thresholds.
+    pub tasks: TaskSettings,
+    pub prompts: PromptSettings,
+    pub auth: AuthSettings,
+}
+
+/// Every setting resolved to its value and checked (`validate`), before it is built into the
+/// services' settings (`build`).
+#[derive(Debug, Clone)]
+struct Resolved {
+    listen: SocketAddr,
+    /// Where `/metrics` is served without a token; `None` means on `listen`.
+    metrics_listen: Option<SocketAddr>,
+    data_dir: PathBuf,
+    log_format: LogFormat,
+    admin_token: Option<SecretString>,
+    service_token: Option<SecretString>,
+    token_signing_key: Option<SecretString>,
+    user_token_ttl_secs: u64,
+    rate_limit_per_second: u32,
+    rate_limit_burst: u32,
+    max_body_bytes: u64,
+    ws_max_connections: usize,
+    ws_queue_len: usize,
+    ws_max_subscriptions: usize,
+    // Hardening (issue 15): the API listener and failed authentication.
+    /// A connection that has not sent a whole request head this long is closed.
+    api_header_read_timeout_secs: u64,
+    /// Connections each listener serves at once (WebSockets, once upgraded, are counted by
+    /// `ws_max_connections` instead).
+    api_max_connections: usize,
+    /// Failed authentications a source address may make per minute after its burst; 0: no
+    /// limit (e.g. behind a proxy that makes every client one address).
+    auth_failures_per_minute: u32,
+    auth_failure_burst: u32,
+    max_vms: u32,
+    shutdown_timeout_secs: u64,
+    supabase_url: Option<String>,
+    supabase_service_key: Option<SecretString>,
+    /// Mirror credentials' ciphertexts (never their plaintext) to Supabase too.
+    supabase_mirror_ciphertexts: bool,
+    /// Other 4xx answers a change may get before it is dead-lettered.
+    outbox_max_attempts: u32,
+    encryption_master_key: Option<SecretString>,
+    /// The upstream (Decodo) account and port pool, and the gateway proxy in front of it.
+    egress: EgressSettings,
+    firecracker_base: Option<PathBuf>,
+    golden_snapshot: Option<PathBuf>,
+    golden_memory: Option<PathBuf>,
+    golden_kernel: Option<PathBuf>,
+    golden_rootfs: Option<PathBuf>,
+    hypervisor: HypervisorChoice,
+    qemu_binary: String,
     /// `None`: probe whether guests boot under KVM, else use TCG.
-    pub qemu_accel: Option<crate::vmm::qemu::Accel>,
+    qemu_accel: Option<crate::vmm::qemu::Accel>,
     /// The user QEMU switches to once started (`-runas`); `None`: it stays root.
-    pub qemu_user: Option<String>,
+    qemu_user: Option<String>,
     /// Firecracker runs under its jailer when set.
-    pub jailer: Option<crate::vmm::firecracker::JailerConfig>,
+    jailer: Option<crate::vmm::firecracker::JailerConfig>,
     /// The initramfs used as root (the test image).
-    pub initrd: Option<PathBuf>,
-    pub bridge: String,
+    initrd: Option<PathBuf>,
+    bridge: String,
     /// The bridge's own address and prefix; the VM pool is the rest of that network.
-    pub bridge_subnet: crate::net::Subnet,
-    pub vm_vcpus: u32,
-    pub vm_memory_mib: u32,
-    pub vm_data_disk_mib: u64,
+    bridge_subnet: crate::net::Subnet,
+    vm_vcpus: u32,
+    vm_memory_mib: u32,
+    vm_data_disk_mib: u64,
     /// Hand out at most this many pool addresses (`None`: the whole network).
-    pub ip_pool_limit: Option<u32>,
-    pub vm_agent_timeout_secs: u64,
-    pub vm_health_interval_secs: u64,
+    ip_pool_limit: Option<u32>,
+    vm_agent_timeout_secs: u64,
+    vm_health_interval_secs: u64,
     /// More VM crashes of one user than this within the window refuse their next create.
-    pub vm_crash_limit: u32,
-    pub vm_crash_window_minutes: u64,
+    vm_crash_limit: u32,
+    vm_crash_window_minutes: u64,
     /// A running VM's console log (and Firecracker's log and metrics) is trimmed to its newest
     /// half past this size.
-    pub vm_log_max_bytes: u64,
+    vm_log_max_bytes: u64,
     /// The background jobs' schedules and thresholds.
-    pub tasks: crate::tasks::TaskSettings,
-    pub max_prompt_bytes: u64,
-    pub prompt_timeout_secs: u64,
+    tasks: TaskSettings,
+    max_prompt_bytes: u64,
+    prompt_timeout_secs: u64,
     /// A login waiting on the user this long ends as `timeout`.
-    pub auth_session_timeout_secs: u64,
-    pub prompt_max_timeout_secs: u64,
-    pub prompts_per_vm: u32,
-    pub prompt_when_busy: WhenBusy,
+    auth_session_timeout_secs: u64,
+    prompt_max_timeout_secs: u64,
+    prompts_per_vm: u32,
+    prompt_when_busy: WhenBusy,
     /// A model server for every provider's CLI instead of the vendors' (a gateway; tests).
-    pub model_base_url: Option<String>,
-    pub model_api_key: Option<SecretString>,
+    model_base_url: Option<String>,
+    model_api_key: Option<SecretString>,
     /// HOME of the CLIs in the guest, where their configuration and credentials live.
-    pub cli_home: String,
+    cli_home: String,
     /// Prepended to the CLIs' PATH in the guest.
-    pub cli_path: Option<String>,
+    cli_path: Option<String>,
     /// The tmpfs directory in the guest that holds credentials while a CLI uses them.
-    pub cli_secrets_dir: String,
+    cli_secrets_dir: String,
     /// `HTTP_PROXY`/`HTTPS_PROXY` for the CLIs' egress when there is no gateway proxy (no
     /// DECODO_HOST).
-    pub egress_proxy: Option<String>,
+    egress_proxy: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
@@ -176,6 +199,29 @@ impl Config {
         s: Settings,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        let resolved = Resolved::resolve(s, lookup)?;
+        resolved.validate()?;
+        Ok(resolved.build())
+    }
+
+    /// `serve` cannot run without an admin token: every route needs a token, and admin routes
+    /// need this one.
+    pub fn require_admin_token(&self) -> Result<(), ConfigError> {
+        if self.api.admin_token.is_none() {
+            return Err(ConfigError::Missing {
+                setting: "MC_ADMIN_TOKEN",
+                reason: "serve needs an admin token (MC_ADMIN_TOKEN, MC_ADMIN_TOKEN_FILE, or the systemd credential admin-token)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Resolved {
+    fn resolve(
+        s: Settings,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Resolved, ConfigError> {
         let credentials_dir = lookup("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let tasks = tasks::resolve(&s)?;
         let egress = egress::resolve(&s)?;
@@ -205,7 +251,7 @@ impl Config {
             credentials_dir.as_deref(),
             "encryption-master-key",
         )?;
-        let config = Config {
+        Ok(Resolved {
             listen: s.listen.unwrap_or_else(|| parse_default(DEFAULT_LISTEN)),
             metrics_listen: s.metrics_listen,
             data_dir: s
@@ -312,21 +358,7 @@ impl Config {
                 .cli_secrets_dir
                 .unwrap_or_else(|| DEFAULT_CLI_SECRETS_DIR.into()),
             egress_proxy: s.egress_proxy,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// `serve` cannot run without an admin token: every route needs a token, and admin routes
-    /// need this one.
-    pub fn require_admin_token(&self) -> Result<(), ConfigError> {
-        if self.admin_token.is_none() {
-            return Err(ConfigError::Missing {
-                setting: "MC_ADMIN_TOKEN",
-                reason: "serve needs an admin token (MC_ADMIN_TOKEN, MC_ADMIN_TOKEN_FILE, or the systemd credential admin-token)".into(),
-            });
-        }
-        Ok(())
+        })
     }
 }
 

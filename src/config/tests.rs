@@ -16,17 +16,17 @@ fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
 #[test]
 fn defaults_apply() {
     let config = Config::load(None, &env(&[]), Settings::default()).unwrap();
-    assert_eq!(config.listen.to_string(), "0.0.0.0:4000");
+    assert_eq!(config.api.listen.to_string(), "0.0.0.0:4000");
     assert_eq!(config.data_dir, PathBuf::from("/var/lib/master-controller"));
-    assert_eq!(config.max_vms, 180);
+    assert_eq!(config.vms.limits.max_running, 180);
     assert_eq!(
         (config.egress.ports.start, config.egress.ports.end),
         (10001, 10100)
     );
     assert!(config.require_admin_token().is_err());
-    assert_eq!(config.hypervisor, HypervisorChoice::Auto);
-    assert_eq!(config.bridge, "fcbr0");
-    assert_eq!(config.bridge_subnet.pool_size(), 253);
+    assert_eq!(config.hypervisor.choice, HypervisorChoice::Auto);
+    assert_eq!(config.vms.bridge, "fcbr0");
+    assert_eq!(config.vms.limits.subnet.pool_size(), 253);
 }
 
 #[test]
@@ -39,14 +39,14 @@ fn vm_settings_from_the_environment() {
         ("GOLDEN_KERNEL", "/images/vmlinux"),
     ]);
     let config = Config::load(None, &lookup, Settings::default()).unwrap();
-    assert_eq!(config.hypervisor, HypervisorChoice::Qemu);
-    assert_eq!(config.bridge, "mcbr1");
-    assert_eq!(config.bridge_subnet.pool_size(), 13);
+    assert_eq!(config.hypervisor.choice, HypervisorChoice::Qemu);
+    assert_eq!(config.vms.bridge, "mcbr1");
+    assert_eq!(config.vms.limits.subnet.pool_size(), 13);
     assert_eq!(
-        config.initrd,
+        config.vms.initrd,
         Some(PathBuf::from("/images/initramfs.cpio.gz"))
     );
-    assert_eq!(config.golden_kernel, Some(PathBuf::from("/images/vmlinux")));
+    assert_eq!(config.vms.kernel, Some(PathBuf::from("/images/vmlinux")));
 }
 
 #[test]
@@ -69,8 +69,8 @@ fn file_then_env_then_flags() {
         ..Settings::default()
     };
     let config = Config::load(Some(file.path()), &lookup, flags).unwrap();
-    assert_eq!(config.listen.to_string(), "127.0.0.1:1000");
-    assert_eq!(config.max_vms, 7);
+    assert_eq!(config.api.listen.to_string(), "127.0.0.1:1000");
+    assert_eq!(config.vms.limits.max_running, 7);
     let upstream = config.egress.upstream.as_ref().expect("upstream");
     assert_eq!(upstream.host, "env-host");
     assert_eq!(config.data_dir, PathBuf::from("/srv/flag"));
@@ -84,7 +84,7 @@ fn mc_name_wins_over_seed_name() {
         ("SUPABASE_SERVICE_KEY", "k"),
     ]);
     let config = Config::load(None, &lookup, Settings::default()).unwrap();
-    assert_eq!(config.supabase_url.as_deref(), Some("https://mc.example"));
+    assert_eq!(config.mirror.url.as_deref(), Some("https://mc.example"));
 }
 
 #[test]
@@ -144,11 +144,11 @@ fn secrets_come_from_files_and_credentials() {
     ]);
     let config = Config::load(None, &lookup, Settings::default()).unwrap();
     assert_eq!(
-        config.admin_token.unwrap().expose_secret(),
+        config.api.admin_token.unwrap().expose_secret(),
         "admin-token-from-credential"
     );
     assert_eq!(
-        config.service_token.unwrap().expose_secret(),
+        config.api.service_token.unwrap().expose_secret(),
         "service-token-from-a-file"
     );
 }
@@ -187,10 +187,16 @@ fn the_example_config_loads_with_the_hardening_settings() {
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance/config.example.toml");
     let config = Config::load(Some(&example), &env(&[]), Settings::default()).unwrap();
-    assert_eq!(config.api_header_read_timeout_secs, 30);
-    assert_eq!(config.api_max_connections, 4096);
     assert_eq!(
-        (config.auth_failures_per_minute, config.auth_failure_burst),
+        config.api.listener.header_read_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(config.api.listener.max_connections, 4096);
+    assert_eq!(
+        (
+            config.api.auth_failures_per_minute,
+            config.api.auth_failure_burst
+        ),
         (10, 20)
     );
     assert_eq!(config.tasks.prompt_retention_days, 30);
@@ -201,7 +207,7 @@ fn the_example_config_loads_with_the_hardening_settings() {
         &env(&[("MC_AUTH_FAILURES_PER_MINUTE", "0")]),
         Settings::default(),
     );
-    assert_eq!(off.unwrap().auth_failures_per_minute, 0);
+    assert_eq!(off.unwrap().api.auth_failures_per_minute, 0);
     let bad = Config::load(
         None,
         &env(&[("MC_API_MAX_CONNECTIONS", "0")]),
@@ -213,9 +219,9 @@ fn the_example_config_loads_with_the_hardening_settings() {
 #[test]
 fn qemu_drops_to_an_unprivileged_user_by_default() {
     let config = Config::load(None, &env(&[]), Settings::default()).unwrap();
-    assert_eq!(config.qemu_user.as_deref(), Some("mc-vmm"));
+    assert_eq!(config.hypervisor.qemu_user.as_deref(), Some("mc-vmm"));
     let root = Config::load(None, &env(&[("MC_QEMU_USER", "root")]), Settings::default());
-    assert_eq!(root.unwrap().qemu_user, None);
+    assert_eq!(root.unwrap().hypervisor.qemu_user, None);
     let bad = Config::load(None, &env(&[("MC_QEMU_USER", "a,b")]), Settings::default());
     assert!(bad.is_err());
 }
@@ -225,6 +231,7 @@ fn the_jailer_settings_turn_it_on() {
     assert!(
         Config::load(None, &env(&[]), Settings::default())
             .unwrap()
+            .hypervisor
             .jailer
             .is_none()
     );
@@ -236,6 +243,7 @@ fn the_jailer_settings_turn_it_on() {
     ]);
     let jailer = Config::load(None, &on, Settings::default())
         .unwrap()
+        .hypervisor
         .jailer
         .unwrap();
     assert_eq!(

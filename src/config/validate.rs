@@ -1,10 +1,10 @@
 //! The checks a loaded configuration must pass before anything starts.
 
-use super::{Config, ConfigError, MIN_TOKEN_LEN, MIN_VM_LOG_MAX_BYTES, Settings, invalid};
+use super::{ConfigError, MIN_TOKEN_LEN, MIN_VM_LOG_MAX_BYTES, Resolved, Settings, invalid};
 
-impl Config {
+impl Resolved {
     /// Checks the settings that do not depend on the command being run.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
         use secrecy::ExposeSecret;
         for (field, token) in [
             ("admin_token", &self.admin_token),

@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, HypervisorChoice};
 use crate::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
 use crate::vmm::qemu::{Accel, QemuBackend, QemuConfig, probe_accel};
 use crate::vmm::{Hypervisor, VmSpec};
+use crate::vmm::{HypervisorChoice, HypervisorSettings};
 
 const PROBE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The Firecracker binary: `FIRECRACKER_BASE` (the binary or the directory holding it), else
 /// `firecracker` on the PATH.
-pub fn firecracker_binary(config: &Config) -> Option<PathBuf> {
-    let candidate = match &config.firecracker_base {
+pub fn firecracker_binary(settings: &HypervisorSettings) -> Option<PathBuf> {
+    let candidate = match &settings.firecracker_base {
         Some(base) if base.is_dir() => base.join("firecracker"),
         Some(base) => base.clone(),
         None => {
@@ -31,9 +31,12 @@ pub fn firecracker_binary(config: &Config) -> Option<PathBuf> {
 
 /// Builds the configured backend. `Auto` takes Firecracker when its binary and `/dev/kvm` are
 /// both present.
-pub async fn hypervisor(config: &Config, probe: Option<VmSpec>) -> Arc<dyn Hypervisor> {
-    let firecracker = firecracker_binary(config);
-    let use_firecracker = match config.hypervisor {
+pub async fn hypervisor(
+    settings: &HypervisorSettings,
+    probe: Option<VmSpec>,
+) -> Arc<dyn Hypervisor> {
+    let firecracker = firecracker_binary(settings);
+    let use_firecracker = match settings.choice {
         HypervisorChoice::Firecracker => true,
         HypervisorChoice::Qemu => false,
         HypervisorChoice::Auto => firecracker.is_some() && Path::new("/dev/kvm").exists(),
@@ -41,15 +44,15 @@ pub async fn hypervisor(config: &Config, probe: Option<VmSpec>) -> Arc<dyn Hyper
     if use_firecracker {
         return Arc::new(FirecrackerBackend::new(FirecrackerConfig {
             binary: firecracker.unwrap_or_else(|| PathBuf::from("firecracker")),
-            jailer: config.jailer.clone(),
+            jailer: settings.jailer.clone(),
         }));
     }
-    let accel = match (config.qemu_accel, probe) {
+    let accel = match (settings.qemu_accel, probe) {
         (Some(accel), _) => accel,
         (None, Some(probe)) => {
             probe_accel(
-                &config.qemu_binary,
-                config.qemu_user.clone(),
+                &settings.qemu_binary,
+                settings.qemu_user.clone(),
                 &probe,
                 PROBE_DEADLINE,
             )
@@ -60,9 +63,9 @@ pub async fn hypervisor(config: &Config, probe: Option<VmSpec>) -> Arc<dyn Hyper
     };
     tracing::info!(?accel, "VMs run on QEMU microvm");
     Arc::new(QemuBackend::new(QemuConfig {
-        binary: config.qemu_binary.clone(),
+        binary: settings.qemu_binary.clone(),
         accel,
-        user: config.qemu_user.clone(),
+        user: settings.qemu_user.clone(),
     }))
 }
 

@@ -52,7 +52,7 @@ async fn the_jailer_setting_runs_firecracker_under_the_jailer_with_a_clean_envir
             .map(|(_, v)| v.clone())
     };
     let config = Config::load(None, &lookup, Settings::default()).expect("config");
-    let backend = super::hypervisor(&config, None).await;
+    let backend = super::hypervisor(&config.hypervisor, None).await;
     assert_eq!(backend.name(), "firecracker");
     let spec = VmSpec {
         vm_id: "vmjail".into(),

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::rate_limit::{AuthFailures, RateLimiter};
-use crate::api::{self, ApiContext, ApiLimits, ListenerLimits, auth::Authenticator};
+use crate::api::{self, ApiContext, ListenerLimits, auth::Authenticator};
 use crate::auth::{AuthError, AuthService, VaultError};
 use crate::config::{Config, ConfigError};
 use crate::events::EventHub;
@@ -30,10 +30,7 @@ use crate::watchdog::Watchdog;
 pub mod hypervisor;
 mod services;
 
-use services::{
-    auth_settings, open_vault, prompt_settings, start_egress, start_mirror, start_tasks,
-    vm_settings,
-};
+use services::{open_vault, start_egress, start_mirror, start_tasks};
 
 /// The main loop's period when systemd arms no watchdog.
 const DEFAULT_TICK: Duration = Duration::from_secs(5);
@@ -112,7 +109,7 @@ pub async fn start_with(
     watchdog.extend_timeout(STARTUP_EXTENSION);
     let store = Store::open(&config.data_dir).await?;
     let signer = {
-        let key = config.token_signing_key.clone();
+        let key = config.api.token_signing_key.clone();
         let dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || TokenSigner::load(key.as_ref(), &dir))
             .await
@@ -122,8 +119,8 @@ pub async fn start_with(
     let cancel = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     metrics.seed_prompt_series();
-    let events = EventHub::new(config.ws_queue_len);
-    let mut settings = vm_settings(config);
+    let events = EventHub::new(config.api.ws_queue_len);
+    let mut settings = config.vms.clone();
     let host = match host {
         Some(host) => host,
         None => real_host(config, &settings).await?,
@@ -173,7 +170,7 @@ pub async fn start_with(
         vms.clone(),
         events.clone(),
         metrics.clone(),
-        auth_settings(config),
+        config.auth.clone(),
         vault,
         tracker.clone(),
     );
@@ -189,7 +186,7 @@ pub async fn start_with(
         vms.clone(),
         events.clone(),
         metrics.clone(),
-        prompt_settings(config),
+        config.prompts.clone(),
         auth.clone(),
         tracker.clone(),
     );
@@ -230,38 +227,34 @@ pub async fn start_with(
         events,
         metrics,
         auth: Authenticator::new(
-            config.admin_token.as_ref(),
-            config.service_token.as_ref(),
+            config.api.admin_token.as_ref(),
+            config.api.service_token.as_ref(),
             signer,
             epochs,
         ),
-        limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
-        auth_failures: AuthFailures::new(
-            config.auth_failures_per_minute,
-            config.auth_failure_burst,
+        limiter: RateLimiter::new(
+            config.api.rate_limit_per_second,
+            config.api.rate_limit_burst,
         ),
-        limits: ApiLimits {
-            max_body_bytes: config.max_body_bytes,
-            user_token_ttl_secs: config.user_token_ttl_secs,
-            ws_max_connections: config.ws_max_connections,
-            ws_max_subscriptions: config.ws_max_subscriptions,
-        },
+        auth_failures: AuthFailures::new(
+            config.api.auth_failures_per_minute,
+            config.api.auth_failure_burst,
+        ),
+        limits: config.api.limits.clone(),
         ready: AtomicBool::new(false),
         started: Instant::now(),
         ws_connections: AtomicUsize::new(0),
         shutdown: cancel.clone(),
     });
 
-    let main_listener = bind(config.listen).await?;
-    let addr = local_addr(&main_listener, config.listen)?;
+    let main_listener = bind(config.api.listen).await?;
+    let addr = local_addr(&main_listener, config.api.listen)?;
+    let listener_limits = config.api.listener;
     // Port 0 means "any free port", so two such addresses are two listeners.
-    let listener_limits = ListenerLimits {
-        header_read_timeout: Duration::from_secs(config.api_header_read_timeout_secs),
-        max_connections: config.api_max_connections,
-    };
     let separate_metrics = config
+        .api
         .metrics_listen
-        .filter(|m| *m != config.listen || m.port() == 0);
+        .filter(|m| *m != config.api.listen || m.port() == 0);
     let mut servers = vec![(
         addr,
         spawn_server(
@@ -386,7 +379,7 @@ pub async fn build_golden(config: &Config) -> Result<GoldenMeta, DaemonError> {
     let snapshot = config.golden_snapshot.clone().ok_or_else(|| {
         GoldenError::Config("set GOLDEN_SNAPSHOT to where the snapshot is to be written".into())
     })?;
-    let settings = vm_settings(config);
+    let settings = config.vms.clone();
     if settings.kernel.is_none() {
         return Err(GoldenError::Config("set GOLDEN_KERNEL to the guest kernel".into()).into());
     }
@@ -433,9 +426,9 @@ async fn real_host(config: &Config, settings: &VmSettings) -> Result<VmHost, Dae
             .await?;
     }
     let hypervisor = if settings.kernel.is_some() {
-        hypervisor::hypervisor(config, probe).await
+        hypervisor::hypervisor(&config.hypervisor, probe).await
     } else {
-        hypervisor::hypervisor(config, None).await
+        hypervisor::hypervisor(&config.hypervisor, None).await
     };
     Ok(VmHost {
         hypervisor,

@@ -1,52 +1,22 @@
-//! How `serve` builds each service from the configuration: the VM manager's settings, the
-//! credential vault, the Supabase mirror's worker, the scheduler, and the CLIs' environment.
+//! How `serve` starts the services that need more than their settings: the credential vault,
+//! the Supabase mirror's worker, the scheduler, and the egress gateway.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::DaemonError;
-use crate::auth::{AuthService, AuthSettings, MasterKey, Vault, VaultError};
+use crate::auth::{AuthService, MasterKey, Vault, VaultError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::egress::health::HealthChecker;
 use crate::net::egress::{EgressService, Gateway};
-use crate::prompts::{PromptService, PromptSettings};
+use crate::prompts::PromptService;
 use crate::store::{Store, StoreError};
-use crate::sync::rows::RowOptions;
-use crate::sync::{PostgRest, SyncService, SyncSettings, SyncWorker};
+use crate::sync::{PostgRest, SyncService, SyncWorker};
 use crate::tasks::{Builtins, HostProbe, Scheduler, register_builtins};
-use crate::vms::{CliEnvironment, Limits, VmService, VmSettings};
-
-pub(super) fn vm_settings(config: &Config) -> VmSettings {
-    VmSettings {
-        root: config.data_dir.join("vms"),
-        kernel: config.golden_kernel.clone(),
-        initrd: config.initrd.clone(),
-        rootfs: config.golden_rootfs.clone(),
-        vcpus: config.vm_vcpus,
-        memory_mib: config.vm_memory_mib,
-        data_disk_mib: config.vm_data_disk_mib,
-        bridge: config.bridge.clone(),
-        limits: Limits {
-            max_running: config.max_vms,
-            subnet: config.bridge_subnet,
-            pool_limit: config.ip_pool_limit,
-            ports: config.egress.lease_range(),
-        },
-        agent_timeout: Duration::from_secs(config.vm_agent_timeout_secs),
-        health_interval: Duration::from_secs(config.vm_health_interval_secs),
-        crash_limit: crate::vms::CrashLimit {
-            max: config.vm_crash_limit,
-            window: Duration::from_secs(config.vm_crash_window_minutes * 60),
-        },
-        log_max_bytes: config.vm_log_max_bytes,
-        golden: None,
-    }
-}
+use crate::vms::VmService;
 
 /// The Supabase mirror's worker, when `SUPABASE_URL` is configured; without it the outbox
 /// only accumulates (doctor and STATUS= say so).
@@ -57,19 +27,17 @@ pub(super) fn start_mirror(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<SyncService, DaemonError> {
-    let (Some(url), Some(key)) = (&config.supabase_url, &config.supabase_service_key) else {
+    let (Some(url), Some(key)) = (&config.mirror.url, &config.mirror.service_key) else {
         tracing::warn!("SUPABASE_URL unset: changes accumulate in the local outbox");
         return Ok(SyncService::new(store.clone(), Default::default(), false));
     };
     let sink = PostgRest::new(url, key.clone()).map_err(DaemonError::Mirror)?;
-    let settings = SyncSettings {
-        max_attempts: config.outbox_max_attempts,
-        rows: RowOptions {
-            credential_ciphertexts: config.supabase_mirror_ciphertexts,
-        },
-        ..SyncSettings::default()
-    };
-    let worker = SyncWorker::new(store.clone(), Arc::new(sink), settings, metrics.clone());
+    let worker = SyncWorker::new(
+        store.clone(),
+        Arc::new(sink),
+        config.mirror.worker,
+        metrics.clone(),
+    );
     let service = SyncService::new(store.clone(), worker.waker(), true);
     tracker.spawn(worker.run(cancel.clone()));
     Ok(service)
@@ -147,32 +115,6 @@ pub(super) fn start_tasks(
     Ok(scheduler)
 }
 
-pub(super) fn auth_settings(config: &Config) -> AuthSettings {
-    AuthSettings {
-        cli: cli_environment(config),
-        session_timeout: Duration::from_secs(config.auth_session_timeout_secs),
-        live_check_timeout: Duration::from_secs(60),
-    }
-}
-
-pub(super) fn cli_environment(config: &Config) -> CliEnvironment {
-    CliEnvironment {
-        home: config.cli_home.clone(),
-        path: config.cli_path.clone(),
-        egress_proxy: match config.egress.upstream {
-            Some(_) => Some(format!("http://{}", gateway_addr(config))),
-            None => config.egress_proxy.clone(),
-        },
-        owner: None,
-        secrets_dir: config.cli_secrets_dir.clone(),
-    }
-}
-
-/// The gateway proxy listens on the bridge's own address, the guests' default gateway.
-fn gateway_addr(config: &Config) -> SocketAddr {
-    SocketAddr::from((config.bridge_subnet.gateway, config.egress.gateway_port))
-}
-
 /// The gateway proxy, where an upstream is configured and guests run here, with the health
 /// checker of the upstream ports; and the admin view of both.
 pub(super) async fn start_egress(
@@ -199,7 +141,7 @@ pub(super) async fn start_egress(
         ));
     }
     let gateway = Gateway::bind(
-        gateway_addr(config),
+        config.gateway_addr(),
         upstream,
         settings.bypass.clone(),
         settings.limits,
@@ -208,7 +150,7 @@ pub(super) async fn start_egress(
     )
     .await?;
     let addr = gateway.local_addr().map_err(|source| DaemonError::Bind {
-        addr: gateway_addr(config),
+        addr: config.gateway_addr(),
         source,
     })?;
     tracing::info!(%addr, bypass = %settings.bypass, strict = settings.strict, "gateway proxy listening");
@@ -217,28 +159,4 @@ pub(super) async fn start_egress(
         EgressService::new(store.clone(), settings.clone(), Some(addr)),
         checker,
     ))
-}
-
-pub(super) fn prompt_settings(config: &Config) -> PromptSettings {
-    use secrecy::ExposeSecret;
-    PromptSettings {
-        max_prompt_bytes: config.max_prompt_bytes,
-        default_timeout: Duration::from_secs(config.prompt_timeout_secs),
-        max_timeout: Duration::from_secs(config.prompt_max_timeout_secs),
-        per_vm: config.prompts_per_vm,
-        when_busy: config.prompt_when_busy,
-        endpoint: match (&config.model_base_url, &config.model_api_key) {
-            (Some(base_url), Some(key)) => Some(crate::prompts::providers::Endpoint {
-                base_url: base_url.clone(),
-                api_key: key.expose_secret().to_string(),
-            }),
-            _ => None,
-        },
-        cli: cli_environment(config),
-        log_bounds: crate::prompts::log::LogBounds {
-            max_events: 20_000,
-            max_bytes: 8 << 20,
-        },
-        retained_runs: 256,
-    }
 }

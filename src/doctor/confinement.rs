@@ -3,14 +3,15 @@
 use std::os::unix::fs::MetadataExt;
 
 use super::{Check, Level, check};
-use crate::config::{Config, HypervisorChoice};
+use crate::config::Config;
+use crate::vmm::HypervisorChoice;
 
 pub fn checks(config: &Config) -> Vec<Check> {
     vec![qemu_user(config), jailer(config)]
 }
 
 fn qemu_user(config: &Config) -> Check {
-    let Some(user) = &config.qemu_user else {
+    let Some(user) = &config.hypervisor.qemu_user else {
         return check(
             "QEMU user",
             Level::Warn,
@@ -31,7 +32,7 @@ fn qemu_user(config: &Config) -> Check {
         _ => check(
             "QEMU user",
             // Only QEMU needs it; on a Firecracker host it is a warning.
-            if config.hypervisor == HypervisorChoice::Firecracker {
+            if config.hypervisor.choice == HypervisorChoice::Firecracker {
                 Level::Warn
             } else {
                 Level::Fail
@@ -46,18 +47,18 @@ fn qemu_user(config: &Config) -> Check {
 
 /// Whether `serve` would pick Firecracker (see `daemon::hypervisor`).
 fn firecracker_runs(config: &Config) -> bool {
-    match config.hypervisor {
+    match config.hypervisor.choice {
         HypervisorChoice::Firecracker => true,
         HypervisorChoice::Qemu => false,
         HypervisorChoice::Auto => {
-            crate::daemon::hypervisor::firecracker_binary(config).is_some()
+            crate::daemon::hypervisor::firecracker_binary(&config.hypervisor).is_some()
                 && std::path::Path::new("/dev/kvm").exists()
         }
     }
 }
 
 fn jailer(config: &Config) -> Check {
-    let Some(jailer) = &config.jailer else {
+    let Some(jailer) = &config.hypervisor.jailer else {
         let level = if firecracker_runs(config) {
             Level::Warn
         } else {

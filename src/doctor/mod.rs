@@ -180,7 +180,7 @@ fn state_file(dir: &Path) -> Check {
 }
 
 fn signing_key(config: &Config) -> Check {
-    if config.token_signing_key.is_some() {
+    if config.api.token_signing_key.is_some() {
         return check("token key", Level::Ok, "MC_TOKEN_SIGNING_KEY is configured");
     }
     let path = config.data_dir.join(tokens::KEY_FILE_NAME);
@@ -255,7 +255,7 @@ fn binary(name: &str, label: &'static str, without: &str) -> Check {
 }
 
 fn firecracker(config: &Config) -> Check {
-    match &config.firecracker_base {
+    match &config.hypervisor.firecracker_base {
         Some(base) if base.exists() => check(
             "Firecracker",
             Level::Ok,
@@ -278,7 +278,7 @@ fn firecracker(config: &Config) -> Check {
 }
 
 fn supabase(config: &Config) -> Check {
-    match &config.supabase_url {
+    match &config.mirror.url {
         Some(url) => check("Supabase", Level::Ok, format!("mirroring to {url}")),
         None => check(
             "Supabase",
@@ -326,7 +326,7 @@ fn decodo(config: &Config) -> Check {
 }
 
 fn guest_image(config: &Config) -> Check {
-    let Some(kernel) = &config.golden_kernel else {
+    let Some(kernel) = &config.vms.kernel else {
         return check(
             "guest kernel",
             Level::Warn,
@@ -335,8 +335,8 @@ fn guest_image(config: &Config) -> Check {
     };
     let mut missing: Vec<String> = [
         Some(kernel),
-        config.initrd.as_ref(),
-        config.golden_rootfs.as_ref(),
+        config.vms.initrd.as_ref(),
+        config.vms.rootfs.as_ref(),
     ]
     .into_iter()
     .flatten()

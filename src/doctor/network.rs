@@ -18,7 +18,7 @@ const FIX: &str = "run scripts/setup-network.sh";
 
 /// Missing networking breaks VMs only where VMs are configured.
 fn missing(config: &Config) -> Level {
-    if config.golden_kernel.is_some() {
+    if config.vms.kernel.is_some() {
         Level::Fail
     } else {
         Level::Warn
@@ -121,8 +121,8 @@ fn nat(config: &Config, table: &Result<Value, String>) -> Check {
         Err(e) => return check("guest NAT", missing(config), e.clone()),
     };
     let rules = rules_of(ruleset);
-    let subnet = config.bridge_subnet;
-    let problems = problems(&rules, &config.bridge, &subnet);
+    let subnet = config.vms.limits.subnet;
+    let problems = problems(&rules, &config.vms.bridge, &subnet);
     verdict(
         "guest NAT",
         config,
@@ -130,7 +130,7 @@ fn nat(config: &Config, table: &Result<Value, String>) -> Check {
         format!(
             "{} masqueraded, {} isolated and closed to inbound connections",
             network_of(&subnet),
-            config.bridge
+            config.vms.bridge
         ),
     )
 }
@@ -154,16 +154,16 @@ fn firewall(config: &Config, table: &Result<Value, String>) -> Check {
         Ok(ruleset) => ruleset,
         Err(e) => return check("guest firewall", missing(config), e.clone()),
     };
-    let gateway = config.bridge_subnet.gateway;
+    let gateway = config.vms.limits.subnet.gateway;
     let port = config.egress.gateway_port;
-    let problems = firewall_problems(ruleset, &config.bridge, gateway, port);
+    let problems = firewall_problems(ruleset, &config.vms.bridge, gateway, port);
     verdict(
         "guest firewall",
         config,
         &problems,
         format!(
             "guests on {} reach {gateway}:{port} (the gateway proxy), DNS and nothing else on the host",
-            config.bridge
+            config.vms.bridge
         ),
     )
 }
@@ -172,7 +172,7 @@ fn firewall(config: &Config, table: &Result<Value, String>) -> Check {
 /// gateway proxy, which runs on the host, so none of their traffic may be forwarded out.
 fn strict_egress(config: &Config, table: &Result<Value, String>) -> Check {
     let strict_rules = match table {
-        Ok(ruleset) => guests_leave_only_through_proxy(&rules_of(ruleset), &config.bridge),
+        Ok(ruleset) => guests_leave_only_through_proxy(&rules_of(ruleset), &config.vms.bridge),
         Err(_) => false,
     };
     let no_gateway = config.egress.upstream.is_none();
@@ -196,7 +196,7 @@ fn strict_egress(config: &Config, table: &Result<Value, String>) -> Check {
                 Ok(_) => format!(
                     "MC_EGRESS_STRICT is on but the forward rules let guests on {} leave directly; \
                      {FIX} --strict",
-                    config.bridge
+                    config.vms.bridge
                 ),
             },
         ),

@@ -14,6 +14,15 @@ pub use sink::{PostgRest, SinkError, SupabaseSink};
 pub use worker::{SyncSettings, SyncWorker};
 pub use write::{Changed, put_mirrored, update_mirrored};
 
+/// The Supabase mirror: where it is, and how its worker sends. Without a URL the outbox only
+/// accumulates.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorSettings {
+    pub url: Option<String>,
+    pub service_key: Option<secrecy::SecretString>,
+    pub worker: SyncSettings,
+}
+
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

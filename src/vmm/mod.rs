@@ -19,6 +19,30 @@ use tokio::sync::watch;
 use crate::guest::client::AgentEndpoint;
 pub use process::ExitInfo;
 
+/// Which hypervisor runs the VMs (`MC_HYPERVISOR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HypervisorChoice {
+    Firecracker,
+    Qemu,
+    /// Firecracker when its binary is present, else QEMU.
+    Auto,
+}
+
+/// Which hypervisor runs the VMs and how it is started (`daemon::hypervisor` chooses).
+#[derive(Debug, Clone)]
+pub struct HypervisorSettings {
+    pub choice: HypervisorChoice,
+    /// Firecracker's binary, or the directory holding it (`FIRECRACKER_BASE`).
+    pub firecracker_base: Option<PathBuf>,
+    pub qemu_binary: String,
+    /// `None`: probe whether guests boot under KVM, else use TCG.
+    pub qemu_accel: Option<qemu::Accel>,
+    /// The user QEMU switches to once started (`-runas`); `None`: it stays root.
+    pub qemu_user: Option<String>,
+    /// Firecracker runs under its jailer when set.
+    pub jailer: Option<firecracker::JailerConfig>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     #[error("cannot start {binary}: {source}")]
