@@ -1,7 +1,8 @@
 //! Bring-up on the host: the VM's directory and data disk, its tap (bound to its MAC and
 //! address), its hypervisor process, and the agent's first answer, through which the guest is
 //! given its identity, clock and address. Also what a new VM will run, and the removal of a
-//! tap. Owns no state: every call is a step some other part sequences.
+//! tap. It keeps no state of its own: the lifecycle and reconcile sequence its steps under the
+//! VM's slot.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

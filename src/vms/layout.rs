@@ -113,16 +113,6 @@ impl VmSettings {
             &vm.agent_token,
         )
     }
-
-    /// Refuses operations that need a guest kernel before any intent is written.
-    pub(super) fn require_vms(&self) -> Result<(), VmError> {
-        match self.kernel {
-            Some(_) => Ok(()),
-            None => Err(VmError::NotConfigured(
-                "no guest kernel (set GOLDEN_KERNEL)",
-            )),
-        }
-    }
 }
 
 pub(super) fn snapshot_marker(spec: &VmSpec) -> PathBuf {
@@ -191,7 +181,8 @@ pub(crate) async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
 }
 
-/// Removes a VM's directory; an error is logged, since the orphan sweep removes what is left.
+/// Removes a VM's directory, or one in it. A failure is logged, not returned: whatever is left
+/// goes with the VM's directory at its destroy or in the orphan sweep.
 pub(super) async fn remove_dir(dir: &Path) {
     match tokio::fs::remove_dir_all(dir).await {
         Ok(()) => {}

@@ -165,6 +165,18 @@ pub struct VmSettings {
     pub golden: Option<golden::Golden>,
 }
 
+impl VmSettings {
+    /// Refuses operations that need a guest kernel before any intent is written.
+    fn require_vms(&self) -> Result<(), VmError> {
+        match self.kernel {
+            Some(_) => Ok(()),
+            None => Err(VmError::NotConfigured(
+                "no guest kernel (set GOLDEN_KERNEL)",
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct VmFilter {
     pub status: Option<VmStatus>,
