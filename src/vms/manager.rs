@@ -27,6 +27,8 @@ use crate::metrics::Metrics;
 use crate::model::Vm;
 use crate::store::Store;
 
+/// The VM manager as the API, the services and the daemon see it (see the parts in
+/// [`super`]).
 pub struct VmManager {
     settings: Arc<VmSettings>,
     records: Arc<Records>,
