@@ -1,5 +1,6 @@
-//! Who is using a VM, for the background jobs: the last use by a person (a create, resume,
-//! prompt, login or exec), idle hibernation, and failing VMs whose process or agent is gone.
+//! Who is using a VM: the last use by a person (a create, resume, prompt, login or exec), the
+//! user's VM made running for a use, a command run in it, and the idle hibernation of a VM
+//! nobody uses.
 //!
 //! Uses are kept in memory on tokio's clock. Health checks are not uses (they come from the
 //! daemon itself), which is why neither `updated_at` nor `last_heartbeat` of the record can
@@ -12,28 +13,46 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{VmError, VmFilter, VmManager};
-use crate::events::{Channel, HubEvent};
-use crate::model::{Vm, VmStatus};
+use super::VmError;
+use super::exec::{self, ExecResult};
+use super::lifecycle::Lifecycle;
+use super::records::Records;
+use super::slots::Slots;
+use crate::model::{Vm, VmOp, VmStatus};
 
-pub(super) struct Activity {
+/// How long a caller waits for a VM that another operation is creating or saving.
+const VM_SETTLE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Each VM's last use by a person.
+pub(super) struct Uses {
     since: Instant,
     /// One entry per VM used since start; removed with the VM's slot.
     last: Mutex<HashMap<String, Instant>>,
 }
 
-impl Default for Activity {
+impl Default for Uses {
     fn default() -> Self {
-        Activity {
+        Uses {
             since: Instant::now(),
             last: Mutex::new(HashMap::new()),
         }
     }
 }
 
-impl Activity {
+impl Uses {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a person used the VM now.
+    pub(super) fn touch(&self, vm_id: &str) {
+        self.lock().insert(vm_id.to_string(), Instant::now());
+    }
+
+    /// How long since the VM was last used (since the daemon started, if not since).
+    pub(super) fn idle_for(&self, vm_id: &str) -> Duration {
+        let last = self.lock().get(vm_id).copied().unwrap_or(self.since);
+        last.elapsed()
     }
 
     pub(super) fn forget(&self, vm_id: &str) {
@@ -41,143 +60,130 @@ impl Activity {
     }
 }
 
-/// What one `fail_unhealthy` sweep did.
-#[derive(Debug, Default)]
-pub struct HealthSweep {
-    /// VMs marked failed.
-    pub failed: Vec<Vm>,
-    /// VMs that could not be settled, with why.
-    pub errors: Vec<String>,
+/// What `ensure_running` is doing, for callers that report progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmStep {
+    Resuming,
+    Creating,
 }
 
-impl VmManager {
-    /// Records that a person used the VM now.
-    pub fn touch(&self, vm_id: &str) {
-        self.activity
-            .lock()
-            .insert(vm_id.to_string(), Instant::now());
+pub(super) struct Activity {
+    records: Arc<Records>,
+    slots: Arc<Slots>,
+    uses: Arc<Uses>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl Activity {
+    pub(super) fn new(
+        records: Arc<Records>,
+        slots: Arc<Slots>,
+        uses: Arc<Uses>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Activity {
+        Activity {
+            records,
+            slots,
+            uses,
+            lifecycle,
+        }
     }
 
-    /// How long since the VM was last used (since the daemon started, if not since).
-    pub fn idle_for(&self, vm_id: &str) -> Duration {
-        let last = self
-            .activity
-            .lock()
-            .get(vm_id)
-            .copied()
-            .unwrap_or(self.activity.since);
-        last.elapsed()
+    /// The user's VM, running: resumed if hibernated, created if there is none; waits while
+    /// another operation owns it.
+    pub(super) async fn ensure_running(
+        &self,
+        user_id: &str,
+        progress: impl Fn(VmStep),
+    ) -> Result<Vm, VmError> {
+        let deadline = tokio::time::Instant::now() + VM_SETTLE_DEADLINE;
+        loop {
+            let vm = match self.records.user_vm(user_id).await {
+                Ok(vm) => Some(vm),
+                Err(VmError::NoVm(_)) => None,
+                Err(e) => return Err(e),
+            };
+            match vm {
+                Some(vm) if vm.status == VmStatus::Running => {
+                    // Looked at again under the VM's slot, so that an idle hibernation deciding
+                    // at this moment either sees this use or has finished (then it resumes).
+                    let slot = self.slots.slot(&vm.id);
+                    let _live = slot.lock().await;
+                    if self.records.get(&vm.id).await?.status == VmStatus::Running {
+                        self.uses.touch(&vm.id);
+                        return Ok(vm);
+                    }
+                }
+                Some(vm) if vm.status == VmStatus::Hibernated => {
+                    progress(VmStep::Resuming);
+                    return self.lifecycle.resume(&vm.id).await;
+                }
+                Some(vm) if vm.is_live() => {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(VmError::WrongStatus {
+                            id: vm.id,
+                            op: VmOp::Resume,
+                            status: vm.status,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => {
+                    progress(VmStep::Creating);
+                    match self.lifecycle.create(user_id).await {
+                        // A concurrent caller created it first; wait for that one.
+                        Err(VmError::AlreadyHasVm { .. }) => {}
+                        other => return other,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `argv` in the VM and collects its output, stopping it at `timeout`. It is a use at
+    /// both ends, so the VM's idle period counts from the command's end.
+    pub(super) async fn exec(
+        &self,
+        vm_id: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecResult, VmError> {
+        let agent = self.slots.agent(vm_id).await?;
+        self.uses.touch(vm_id);
+        let result = exec::run(&agent, vm_id, argv, timeout).await?;
+        self.uses.touch(vm_id);
+        Ok(result)
     }
 
     /// Hibernates the VM if it still runs, has been idle for `idle_after`, and `busy` (asked
     /// under the VM's slot) says no prompt or login is using it. A VM in the middle of an
     /// operation is left alone. `None` when it was left running.
-    pub async fn hibernate_if_idle(
-        self: &Arc<Self>,
+    pub(super) async fn hibernate_if_idle(
+        &self,
         vm_id: &str,
         idle_after: Duration,
         busy: impl Fn() -> bool,
     ) -> Result<Option<Vm>, VmError> {
-        let slot = self.slot(vm_id);
+        let slot = self.slots.slot(vm_id);
         // Callers that start using a VM take its slot to look at its status (see
         // `ensure_running`), so holding it here means no use can begin unseen.
         let Ok(mut live) = slot.try_lock() else {
             return Ok(None);
         };
-        if busy() || self.idle_for(vm_id) < idle_after {
+        if busy() || self.uses.idle_for(vm_id) < idle_after {
             return Ok(None);
         }
-        if self.get(vm_id).await?.status != VmStatus::Running {
+        if self.records.get(vm_id).await?.status != VmStatus::Running {
             return Ok(None);
         }
         tracing::info!(
             vm = vm_id,
-            idle_sec = self.idle_for(vm_id).as_secs(),
+            idle_sec = self.uses.idle_for(vm_id).as_secs(),
             "hibernating an idle VM"
         );
-        self.hibernate_locked(vm_id, &mut live).await.map(Some)
-    }
-
-    /// Counts a health check of the VM's current process: answered, or missed.
-    pub(super) fn note_health(&self, vm_id: &str, answered: bool) {
-        // A VM in the middle of an operation is not counted either way.
-        if let Ok(mut live) = self.slot(vm_id).try_lock()
-            && live.handle.is_some()
-        {
-            live.missed_health = if answered {
-                0
-            } else {
-                live.missed_health.saturating_add(1)
-            };
-        }
-    }
-
-    /// Marks failed every running VM whose process has gone, or whose agent has missed
-    /// `missed_limit` health checks in a row (its process is then stopped), and publishes
-    /// `vm_crashed` for each. The exit watch normally sees a process end first; this catches
-    /// what it cannot (a hung guest, an exit it missed).
-    pub async fn fail_unhealthy(
-        self: &Arc<Self>,
-        missed_limit: u32,
-    ) -> Result<HealthSweep, VmError> {
-        let mut sweep = HealthSweep::default();
-        if self.settings.kernel.is_none() {
-            return Ok(sweep);
-        }
-        let running = self
-            .list(VmFilter {
-                status: Some(VmStatus::Running),
-                ..VmFilter::default()
-            })
-            .await?;
-        for vm in running {
-            match self.fail_if_unhealthy(&vm.id, missed_limit).await {
-                Ok(Some(vm)) => sweep.failed.push(vm),
-                Ok(None) => {}
-                Err(e) => sweep.errors.push(format!("VM {}: {e}", vm.id)),
-            }
-        }
-        Ok(sweep)
-    }
-
-    async fn fail_if_unhealthy(
-        self: &Arc<Self>,
-        vm_id: &str,
-        missed_limit: u32,
-    ) -> Result<Option<Vm>, VmError> {
-        let slot = self.slot(vm_id);
-        let Ok(mut live) = slot.try_lock() else {
-            return Ok(None);
-        };
-        let vm = self.get(vm_id).await?;
-        if vm.status != VmStatus::Running {
-            return Ok(None);
-        }
-        let reason = match &live.handle {
-            None => "no hypervisor process runs for it".to_string(),
-            Some(handle) if handle.has_exited() => "its hypervisor process has exited".into(),
-            Some(_) if live.missed_health >= missed_limit => format!(
-                "its agent missed {} health checks in a row",
-                live.missed_health
-            ),
-            Some(_) => return Ok(None),
-        };
-        tracing::warn!(vm = vm_id, %reason, "marking an unhealthy VM failed");
-        live.agent = None;
-        if let Some(mut handle) = live.handle.take() {
-            let _ = self.host.hypervisor.kill(&mut handle).await;
-        }
-        self.remove_tap(vm.tap_device.as_deref()).await;
-        let vm = self.mark_failed(vm_id, &reason).await?;
-        self.note_crash(&vm.user_id);
-        self.events.publish(
-            &Channel::user(&vm.user_id),
-            HubEvent::VmCrashed {
-                vm_id: vm.id.clone(),
-                user_id: vm.user_id.clone(),
-                reason,
-            },
-        );
-        Ok(Some(vm))
+        self.lifecycle
+            .hibernate_locked(vm_id, &mut live)
+            .await
+            .map(Some)
     }
 }

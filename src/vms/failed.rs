@@ -7,11 +7,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{VmError, VmManager, ledger};
-use crate::model::{Vm, VmStatus};
+use super::gauges::Gauges;
+use super::records::Records;
+use super::{VmError, VmSettings, procs};
+use crate::model::Vm;
 
 /// How much of its console log a failed VM keeps.
 pub const FAILED_CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
@@ -61,37 +63,43 @@ impl CrashLog {
     }
 }
 
-impl VmManager {
+/// A VM's failure: the record, what the VM held on the host, and the crash-loop guard.
+pub(super) struct Failures {
+    records: Arc<Records>,
+    gauges: Arc<Gauges>,
+    settings: Arc<VmSettings>,
+    crashes: CrashLog,
+}
+
+impl Failures {
+    pub(super) fn new(
+        records: Arc<Records>,
+        gauges: Arc<Gauges>,
+        settings: Arc<VmSettings>,
+    ) -> Failures {
+        Failures {
+            records,
+            gauges,
+            settings,
+            crashes: CrashLog::default(),
+        }
+    }
+
     /// Marks a VM failed and releases its address, process and files, all but the end of its
     /// console log. The caller removes its tap.
     pub(super) async fn mark_failed(&self, vm_id: &str, reason: &str) -> Result<Vm, VmError> {
-        let id = vm_id.to_string();
-        let reason = reason.to_string();
-        let (vm, previous) = self
-            .store
-            .write(move |tx| {
-                let mut previous = VmStatus::Failed;
-                let vm = ledger::finish(tx, &id, |vm| {
-                    previous = vm.status;
-                    vm.set_status(VmStatus::Failed)?;
-                    ledger::strip(vm);
-                    vm.error = Some(reason);
-                    Ok(())
-                })?;
-                Ok::<_, VmError>((vm, previous))
-            })
-            .await?;
-        self.forget_usage(vm_id);
+        let (vm, previous) = self.records.failed(vm_id, reason).await?;
+        self.gauges.forget(vm_id);
         self.release_failed_files(vm_id).await;
-        self.publish_status(&vm, previous);
+        self.records.publish_status(&vm, previous);
         Ok(vm)
     }
 
     /// Stops whatever still runs from a failed VM's directory and prunes it to its console
     /// tail. An error is logged: the directory goes for good when the VM is destroyed.
     async fn release_failed_files(&self, vm_id: &str) {
-        let dir = self.dir_of(vm_id);
-        super::reconcile::kill_processes_in(&dir).await;
+        let dir = self.settings.dir_of(vm_id);
+        procs::kill_processes_in(&dir).await;
         let pruned = {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || {
@@ -110,6 +118,20 @@ impl VmManager {
     pub(super) fn note_crash(&self, user_id: &str) {
         self.crashes
             .record(user_id, Instant::now(), self.settings.crash_limit);
+    }
+
+    /// Refuses a new VM to a user whose VMs crashed more than the limit within the window.
+    pub(super) fn check_crash_loop(&self, user_id: &str, now: Instant) -> Result<(), VmError> {
+        let limit = self.settings.crash_limit;
+        match self.crashes.refusal(user_id, now, limit) {
+            Some(wait) => Err(VmError::CrashLoop {
+                user_id: user_id.to_string(),
+                max: limit.max,
+                window_minutes: limit.window.as_secs() / 60,
+                retry_after_secs: wait.as_secs().max(1),
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,21 +1,21 @@
-//! The host side of VM operations: each VM's directory, data disk, tap and spec, starting its
-//! process, and giving the guest its identity through the agent.
+//! Bring-up on the host: the VM's directory and data disk, its tap (bound to its MAC and
+//! address), its hypervisor process, and the agent's first answer, through which the guest is
+//! given its identity, clock and address. Also what a new VM will run, and the removal of a
+//! tap. It keeps no state of its own: the lifecycle and reconcile sequence its steps under the
+//! VM's slot.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::guest::client::AgentClient;
 use crate::guest::messages::{HealthReport, NetworkConfig};
-use crate::model::{AgentInfo, GuestImage, Vm, VmOp, now_ms};
-use crate::net::TapBinding;
-use crate::vmm::{DiskSpec, NetSpec, VmHandle, VmSpec, disks};
+use crate::model::{AgentInfo, Vm, VmOp, VmStatus, VmType, now_ms};
+use crate::net::{Netlink, TapBinding, tap_name};
+use crate::vmm::{Hypervisor, VmHandle, VmSpec, disks};
 
-use super::{VmError, VmManager, VmSettings};
+use super::layout::{create_private_dir, data_disk};
+use super::{VmError, VmSettings};
 
-const DATA_DISK: &str = "data.ext4";
-/// Written once a hibernation's files are complete; reconcile trusts nothing else.
-const SNAPSHOT_COMPLETE: &str = "complete";
 const GUEST_INTERFACE: &str = "eth0";
 
 /// How a VM's process starts.
@@ -32,57 +32,6 @@ pub(super) struct Started {
     pub handle: VmHandle,
     pub agent: Arc<AgentClient>,
     pub health: HealthReport,
-}
-
-pub(super) fn snapshot_marker(spec: &VmSpec) -> PathBuf {
-    spec.snapshot_dir().join(SNAPSHOT_COMPLETE)
-}
-
-/// Empties a running VM's snapshot directory before it hibernates, and makes it and the VM's
-/// directory 0700. What is there is stale for a running VM: links to the golden snapshot a
-/// create left, or the image a resume restored, with its marker.
-pub(super) async fn fresh_snapshot_dir(spec: &VmSpec) -> std::io::Result<()> {
-    let (vm_dir, dir) = (spec.dir.clone(), spec.snapshot_dir());
-    tokio::task::spawn_blocking(move || {
-        crate::vmm::private::private_dir(&vm_dir)?;
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        crate::vmm::private::private_dir(&dir)
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-/// Records, durably, that the snapshot directory holds a whole hibernation image.
-pub(super) async fn write_marker(path: &Path) -> std::io::Result<()> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        crate::vmm::private::write_new(&path, b"")?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-/// Durably withdraws the marker: the image is no longer the VM's current state.
-pub(super) async fn remove_marker(spec: &VmSpec) -> std::io::Result<()> {
-    let path = snapshot_marker(spec);
-    tokio::task::spawn_blocking(move || {
-        crate::vmm::private::discard(&path)?;
-        if let Some(dir) = path.parent()
-            && let Ok(dir) = std::fs::File::open(dir)
-        {
-            dir.sync_all()?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }
 
 pub(super) fn agent_info(health: &HealthReport) -> AgentInfo {
@@ -105,112 +54,88 @@ pub(super) fn agent_token() -> Result<String, VmError> {
         .collect())
 }
 
-impl VmSettings {
-    /// The configured image with every link resolved, so that it names one image version (an
-    /// `images/<id>/` directory of `image/build-golden.sh` behind its `current` link) for as
-    /// long as a VM uses it.
-    /// A file that is not there stays as it is named: the hypervisor's start reports it.
-    pub fn image_files(&self) -> Result<GuestImage, String> {
-        let resolve = |path: &Path| match std::fs::canonicalize(path) {
-            Ok(resolved) => Ok(resolved),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),
-            Err(e) => Err(format!("the guest image file {}: {e}", path.display())),
-        };
-        let kernel = self
-            .kernel
-            .as_deref()
-            .ok_or("no guest kernel (set GOLDEN_KERNEL)")?;
-        Ok(GuestImage {
-            kernel: resolve(kernel)?,
-            initrd: self.initrd.as_deref().map(resolve).transpose()?,
-            rootfs: self.rootfs.as_deref().map(resolve).transpose()?,
-        })
-    }
-
-    /// The configured image as it is named, for records from before images were recorded.
-    pub(super) fn configured_image(&self) -> Result<GuestImage, VmError> {
-        Ok(GuestImage {
-            kernel: self.kernel.clone().ok_or(VmError::NotConfigured(
-                "no guest kernel (set GOLDEN_KERNEL)",
-            ))?,
-            initrd: self.initrd.clone(),
-            rootfs: self.rootfs.clone(),
-        })
-    }
-
-    /// The spec of a VM on this host, booting `image`. Golden snapshots are built with it too,
-    /// so that their devices are the ones every VM has.
-    pub fn spec(
-        &self,
-        vm_id: &str,
-        image: &GuestImage,
-        vcpus: u32,
-        memory_mib: u32,
-        net: Option<NetSpec>,
-        agent_token: &str,
-    ) -> Result<VmSpec, VmError> {
-        let dir = self.root.join(vm_id);
-        let mut disks = Vec::new();
-        if let Some(rootfs) = &image.rootfs {
-            disks.push(DiskSpec {
-                id: "rootfs".into(),
-                path: rootfs.clone(),
-                read_only: true,
-                root: true,
-            });
-        }
-        disks.push(DiskSpec {
-            id: "data".into(),
-            path: dir.join(DATA_DISK),
-            read_only: false,
-            root: false,
-        });
-        Ok(VmSpec {
-            vm_id: vm_id.to_string(),
-            dir,
-            vcpus,
-            memory_mib,
-            kernel: image.kernel.clone(),
-            initrd: image.initrd.clone(),
-            boot_args: String::new(),
-            disks,
-            net,
-            agent_token: agent_token.to_string(),
-        })
-    }
+pub(super) struct BringUp {
+    hypervisor: Arc<dyn Hypervisor>,
+    netlink: Arc<dyn Netlink>,
+    settings: Arc<VmSettings>,
 }
 
-impl VmManager {
-    pub(super) fn dir_of(&self, vm_id: &str) -> PathBuf {
-        self.settings.root.join(vm_id)
+impl BringUp {
+    pub(super) fn new(
+        hypervisor: Arc<dyn Hypervisor>,
+        netlink: Arc<dyn Netlink>,
+        settings: Arc<VmSettings>,
+    ) -> BringUp {
+        BringUp {
+            hypervisor,
+            netlink,
+            settings,
+        }
     }
 
-    /// The spec a VM boots or resumes with, from its record and this host's settings.
-    pub(super) fn spec(&self, vm: &Vm) -> Result<VmSpec, VmError> {
-        let net = match (&vm.tap_device, &vm.mac_address) {
-            (Some(tap), Some(mac)) => Some(NetSpec {
-                tap: tap.clone(),
-                mac: mac.clone(),
-            }),
-            _ => None,
+    /// The record of a new VM of `user_id`, in `creating`: what it will run (the golden
+    /// snapshot's image, else the configured one with its links resolved), its size, tap and
+    /// agent token. Its address is leased when it is reserved.
+    pub(super) async fn new_vm(&self, user_id: &str) -> Result<Vm, VmError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = now_ms();
+        let (image, golden) = match &self.settings.golden {
+            Some(golden) => (golden.meta.image.clone(), Some(golden.reference())),
+            None => {
+                // Resolving the links reads the disk: off the async workers.
+                let settings = self.settings.clone();
+                let image = tokio::task::spawn_blocking(move || settings.image_files())
+                    .await
+                    .map_err(|e| VmError::host(&id, VmOp::Create, e))?
+                    .map_err(|e| VmError::host(&id, VmOp::Create, e))?;
+                (Some(image), None)
+            }
         };
-        let image = match &vm.image {
-            Some(image) => image.clone(),
-            None => self.settings.configured_image()?,
-        };
-        self.settings.spec(
-            &vm.id,
-            &image,
-            vm.vcpus,
-            vm.memory_mib,
-            net,
-            &vm.agent_token,
-        )
+        Ok(Vm {
+            tap_device: Some(tap_name(&id)),
+            id,
+            user_id: user_id.to_string(),
+            vm_type: VmType::Cli,
+            status: VmStatus::Creating,
+            ip_address: None,
+            vcpus: self.settings.vcpus,
+            memory_mib: self.settings.memory_mib,
+            created_at_ms: now,
+            updated_at_ms: now,
+            last_heartbeat_ms: None,
+            hibernated_at_ms: None,
+            version: 1,
+            mac_address: None,
+            pid: None,
+            agent_token: agent_token()?,
+            agent: None,
+            needs_readdress: false,
+            error: None,
+            image,
+            golden,
+        })
+    }
+
+    /// The host half of a create: directory and data disk, then a cold boot or a restore of
+    /// the golden snapshot, up to the agent's first answer.
+    pub(super) async fn first_boot(&self, vm: &Vm) -> Result<Started, VmError> {
+        let spec = self.settings.spec_of(vm)?;
+        self.prepare_dir(&spec).await?;
+        match &self.settings.golden {
+            Some(golden) => {
+                golden
+                    .stage(&spec.snapshot_dir())
+                    .await
+                    .map_err(|e| VmError::host(&vm.id, VmOp::Create, e))?;
+                self.start(vm, &spec, Start::Golden, true).await
+            }
+            None => self.start(vm, &spec, Start::Boot, true).await,
+        }
     }
 
     /// Creates the VM's directory and data disk (first boot only): a clone of the golden
     /// snapshot's disk when creates restore from one, else a freshly formatted disk.
-    pub(super) async fn prepare_dir(&self, spec: &VmSpec) -> Result<(), VmError> {
+    async fn prepare_dir(&self, spec: &VmSpec) -> Result<(), VmError> {
         let fail = |e: &dyn std::fmt::Display| VmError::host(&spec.vm_id, VmOp::Create, e);
         match &self.settings.golden {
             Some(golden) => {
@@ -245,8 +170,7 @@ impl VmManager {
         };
         let fail = |e: &dyn std::fmt::Display| VmError::host(&vm.id, op, e);
         if let Some(net) = &spec.net {
-            self.host
-                .netlink
+            self.netlink
                 .create_tap(&net.tap, &self.settings.bridge)
                 .await
                 .map_err(|e| fail(&e))?;
@@ -255,8 +179,8 @@ impl VmManager {
         }
         crate::failpoint::hit(&format!("vm.{op}.after_tap"));
         let mut handle = match start {
-            Start::Boot => self.host.hypervisor.boot(spec).await,
-            Start::Resume | Start::Golden => self.host.hypervisor.resume(spec).await,
+            Start::Boot => self.hypervisor.boot(spec).await,
+            Start::Resume | Start::Golden => self.hypervisor.resume(spec).await,
         }
         .map_err(|e| fail(&e))?;
         match self.greet(vm, &handle, start, address).await {
@@ -266,7 +190,7 @@ impl VmManager {
                 health,
             }),
             Err(e) => {
-                let _ = self.host.hypervisor.kill(&mut handle).await;
+                let _ = self.hypervisor.kill(&mut handle).await;
                 Err(fail(&e))
             }
         }
@@ -347,8 +271,7 @@ impl VmManager {
             ));
         };
         let binding = TapBinding::parse(mac, ip).map_err(|e| e.to_string())?;
-        self.host
-            .netlink
+        self.netlink
             .bind_tap(tap, &binding)
             .await
             .map_err(|e| e.to_string())
@@ -358,22 +281,12 @@ impl VmManager {
     /// The link goes first: a binding never outlives a guest that could still send.
     pub(super) async fn remove_tap(&self, tap: Option<&str>) {
         let Some(tap) = tap else { return };
-        if let Err(e) = self.host.netlink.delete_link(tap).await {
+        if let Err(e) = self.netlink.delete_link(tap).await {
             tracing::warn!(tap, error = %e, "cannot remove tap; the orphan sweep will retry");
             return;
         }
-        if let Err(e) = self.host.netlink.unbind_tap(tap).await {
+        if let Err(e) = self.netlink.unbind_tap(tap).await {
             tracing::warn!(tap, error = %e, "cannot remove the tap's binding; the orphan sweep will retry");
-        }
-    }
-
-    pub(super) async fn remove_dir(&self, dir: &Path) {
-        match tokio::fs::remove_dir_all(dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove VM directory")
-            }
         }
     }
 }
@@ -396,19 +309,4 @@ pub(super) async fn prepare_dir(spec: &VmSpec, data_disk_mib: u64) -> Result<(),
     disks::create_data_disk(&data_disk(spec)?.path, data_disk_mib)
         .await
         .map_err(|e| e.to_string())
-}
-
-fn data_disk(spec: &VmSpec) -> Result<&DiskSpec, &'static str> {
-    spec.disks
-        .iter()
-        .find(|d| !d.read_only)
-        .ok_or("the spec has no data disk")
-}
-
-/// Creates `dir` and its parents, readable by root only; an existing `dir` is tightened to 0700.
-pub(crate) async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::vmm::private::private_dir(&dir))
-        .await
-        .map_err(std::io::Error::other)?
 }

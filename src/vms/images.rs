@@ -6,8 +6,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::model::GuestImage;
+use super::records::Records;
+use super::{VmError, VmFilter, VmSettings};
+use crate::model::{GuestImage, Vm};
 
 /// What marks a directory as one image version.
 const MANIFEST: &str = "image.json";
@@ -40,6 +43,59 @@ pub fn unused(configured: &GuestImage, in_use: &[GuestImage]) -> Vec<PathBuf> {
         .collect();
     unused.sort();
     unused
+}
+
+/// The sweep of image versions nothing uses, after a destroy and at reconcile.
+pub(super) struct ImageSweep {
+    records: Arc<Records>,
+    settings: Arc<VmSettings>,
+}
+
+impl ImageSweep {
+    pub(super) fn new(records: Arc<Records>, settings: Arc<VmSettings>) -> ImageSweep {
+        ImageSweep { records, settings }
+    }
+
+    /// Removes the guest image versions that neither the configuration, the golden snapshot
+    /// nor a live VM uses. Returns what it removed; a failure is logged and left for the next
+    /// sweep.
+    pub(super) async fn sweep(&self) -> Result<Vec<PathBuf>, VmError> {
+        let mut in_use: Vec<_> = self
+            .records
+            .list(VmFilter::default())
+            .await?
+            .into_iter()
+            .filter(Vm::is_live)
+            .filter_map(|vm| vm.image)
+            .collect();
+        in_use.extend(
+            self.settings
+                .golden
+                .as_ref()
+                .and_then(|golden| golden.meta.image.clone()),
+        );
+        // Resolving the configured links and listing the versions read the disk.
+        let settings = self.settings.clone();
+        let unused = tokio::task::spawn_blocking(move || match settings.image_files() {
+            Ok(configured) => unused(&configured, &in_use),
+            Err(_) => Vec::new(),
+        })
+        .await
+        .map_err(|e| VmError::Corrupt(format!("the image sweep panicked: {e}")))?;
+        let mut removed = Vec::new();
+        for dir in unused {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {
+                    tracing::info!(image = %dir.display(), "removed a guest image no VM uses");
+                    removed.push(dir);
+                }
+                Err(e) => {
+                    tracing::warn!(image = %dir.display(), error = %e, "cannot remove an unused guest image")
+                }
+            }
+        }
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]

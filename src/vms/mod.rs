@@ -2,19 +2,45 @@
 //! its own slot (an async mutex over its process handle and agent connection); every
 //! multi-step operation records its intent and reservations in one redb transaction before it
 //! touches the host, and reconcile finishes or rolls back what a crash left half-done.
+//!
+//! # Parts
+//!
+//! [`VmManager`] is a facade over parts, each a struct given exactly the parts and shared
+//! pieces (store, hypervisor, netlink, events, metrics, settings) it uses; a part calls
+//! another's methods and never touches its fields. From the bottom up:
+//!
+//! - `records`: the VM records and the ledger's transactions, and the status events they publish
+//! - `slots`: one slot per VM over its process handle and agent connection
+//! - `activity::Uses`: each VM's last use by a person
+//! - `gauges`: each running VM's resource series
+//! - `host`: bring-up on the host (directory, disk, tap, process, the agent's first answer)
+//! - `images`: the sweep of guest image versions nothing uses
+//! - `failed`: a VM's failure and the crash-loop guard
+//! - `watch`: process exits, agent health, and the sweep of unhealthy VMs
+//! - `lifecycle`: create, hibernate, resume and destroy over the ledger
+//! - `activity`: the user's VM on demand, exec, idle hibernation
+//! - `reconcile`: adoption and the orphan sweep at start
+//! - `upkeep` and `logcap`: console tails, inactive VMs, log caps
+//!
+//! `layout`, `procs`, `ledger` and `exec` hold plain functions the parts share.
 
 mod activity;
 mod cli;
-mod create;
 mod exec;
 mod failed;
+mod gauges;
 pub mod golden;
 mod host;
 pub mod images;
+mod layout;
 pub mod ledger;
+mod lifecycle;
 mod logcap;
 mod manager;
+mod procs;
 mod reconcile;
+mod records;
+mod slots;
 mod upkeep;
 mod watch;
 
@@ -27,15 +53,16 @@ use crate::net::Netlink;
 use crate::store::StoreError;
 use crate::vmm::Hypervisor;
 
-pub use activity::HealthSweep;
-pub use cli::{CliEnvironment, VmStep};
+pub use activity::VmStep;
+pub use cli::CliEnvironment;
 pub use exec::ExecResult;
 pub use failed::CrashLimit;
-pub(crate) use host::create_private_dir;
+pub(crate) use layout::create_private_dir;
 pub use ledger::Limits;
 pub use manager::VmManager;
 pub use reconcile::{OrphanReport, ReconcileReport};
 pub use upkeep::MAX_DIAGNOSTIC_LINES;
+pub use watch::HealthSweep;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -158,6 +185,18 @@ pub struct VmSettings {
     pub log_max_bytes: u64,
     /// Creates restore from this instead of cold-booting.
     pub golden: Option<golden::Golden>,
+}
+
+impl VmSettings {
+    /// Refuses operations that need a guest kernel before any intent is written.
+    fn require_vms(&self) -> Result<(), VmError> {
+        match self.kernel {
+            Some(_) => Ok(()),
+            None => Err(VmError::NotConfigured(
+                "no guest kernel (set GOLDEN_KERNEL)",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]

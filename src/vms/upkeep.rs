@@ -1,12 +1,13 @@
-//! Operator-facing VM work: the console tail for diagnostics, the cleanup of inactive VMs, and
-//! the removal of guest image versions nothing uses any more.
+//! Operator-facing VM work: the console tail for diagnostics and the cleanup of inactive VMs.
 
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{VmError, VmFilter, VmManager};
-use crate::events::{Channel, HubEvent};
+use super::lifecycle::Lifecycle;
+use super::records::Records;
+use super::{VmError, VmFilter, VmSettings};
+use crate::events::{Channel, EventHub, HubEvent};
 use crate::model::{Vm, VmStatus, now_ms};
 
 /// The most console lines one diagnostics request returns.
@@ -15,11 +16,36 @@ pub const MAX_DIAGNOSTIC_LINES: usize = 2000;
 const CONSOLE_TAIL_BYTES: u64 = 256 * 1024;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
-impl VmManager {
+pub(super) struct Upkeep {
+    records: Arc<Records>,
+    lifecycle: Arc<Lifecycle>,
+    events: EventHub,
+    settings: Arc<VmSettings>,
+}
+
+impl Upkeep {
+    pub(super) fn new(
+        records: Arc<Records>,
+        lifecycle: Arc<Lifecycle>,
+        events: EventHub,
+        settings: Arc<VmSettings>,
+    ) -> Upkeep {
+        Upkeep {
+            records,
+            lifecycle,
+            events,
+            settings,
+        }
+    }
+
     /// The last `lines` lines of the VM's console log (empty if it has none yet).
-    pub async fn console_tail(&self, vm_id: &str, lines: usize) -> Result<Vec<String>, VmError> {
+    pub(super) async fn console_tail(
+        &self,
+        vm_id: &str,
+        lines: usize,
+    ) -> Result<Vec<String>, VmError> {
         let lines = lines.min(MAX_DIAGNOSTIC_LINES);
-        let path = self.dir_of(vm_id).join("console.log");
+        let path = self.settings.dir_of(vm_id).join("console.log");
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -45,9 +71,10 @@ impl VmManager {
     }
 
     /// Destroys every VM with no activity (heartbeat, status change) for `days` days.
-    pub async fn destroy_inactive(self: &Arc<Self>, days: u32) -> Result<Vec<Vm>, VmError> {
+    pub(super) async fn destroy_inactive(&self, days: u32) -> Result<Vec<Vm>, VmError> {
         let cutoff = now_ms() - i64::from(days) * DAY_MS;
         let stale: Vec<Vm> = self
+            .records
             .list(VmFilter::default())
             .await?
             .into_iter()
@@ -56,7 +83,7 @@ impl VmManager {
             .collect();
         let mut destroyed = Vec::new();
         for vm in stale {
-            match self.destroy(&vm.id).await {
+            match self.lifecycle.destroy(&vm.id).await {
                 Ok(vm) => {
                     self.events.publish(
                         &Channel::user(&vm.user_id),
@@ -72,45 +99,5 @@ impl VmManager {
             }
         }
         Ok(destroyed)
-    }
-
-    /// Removes the guest image versions that neither the configuration, the golden snapshot nor
-    /// a live VM uses (see [`super::images`]). Returns what it removed; a failure is logged and
-    /// left for the next sweep.
-    pub async fn sweep_images(&self) -> Result<Vec<std::path::PathBuf>, VmError> {
-        let mut in_use: Vec<_> = self
-            .list(VmFilter::default())
-            .await?
-            .into_iter()
-            .filter(Vm::is_live)
-            .filter_map(|vm| vm.image)
-            .collect();
-        in_use.extend(
-            self.settings
-                .golden
-                .as_ref()
-                .and_then(|golden| golden.meta.image.clone()),
-        );
-        // Resolving the configured links and listing the versions read the disk.
-        let settings = self.settings.clone();
-        let unused = tokio::task::spawn_blocking(move || match settings.image_files() {
-            Ok(configured) => super::images::unused(&configured, &in_use),
-            Err(_) => Vec::new(),
-        })
-        .await
-        .map_err(|e| VmError::Corrupt(format!("the image sweep panicked: {e}")))?;
-        let mut removed = Vec::new();
-        for dir in unused {
-            match tokio::fs::remove_dir_all(&dir).await {
-                Ok(()) => {
-                    tracing::info!(image = %dir.display(), "removed a guest image no VM uses");
-                    removed.push(dir);
-                }
-                Err(e) => {
-                    tracing::warn!(image = %dir.display(), error = %e, "cannot remove an unused guest image")
-                }
-            }
-        }
-        Ok(removed)
     }
 }
