@@ -8,6 +8,7 @@ pub mod log;
 pub mod providers;
 mod records;
 pub mod retention;
+mod run;
 mod runner;
 mod service;
 
@@ -19,7 +20,8 @@ use crate::vms::VmError;
 
 pub use records::settle_interrupted;
 pub use retention::prune_before;
-pub use service::{PromptRequest, PromptRun, PromptService};
+pub use run::{PromptRequest, PromptRun};
+pub use service::PromptService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {

@@ -9,17 +9,21 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::PromptSettings;
 use super::events::PromptEvent;
 use super::lines::{LineSplitter, MAX_LINE_BYTES};
 use super::providers::{self, Invocation, Outcome};
-use super::service::{PromptRequest, PromptRun, PromptService};
+use super::run::{PromptRequest, PromptRun};
 use super::{MAX_RESPONSE_BYTES, PromptError, records};
-use crate::events::{Channel, HubEvent};
+use crate::auth::AuthService;
+use crate::events::{Channel, EventHub, HubEvent};
 use crate::guest::client::{AgentClient, ExecEvent, GuestError};
 use crate::guest::messages::ExecRequest;
+use crate::metrics::Metrics;
 use crate::metrics::{PromptLabels, ProviderLabels};
 use crate::model::{PromptStatus, Status, now_ms};
-use crate::vms::{VmError, VmStep};
+use crate::store::Store;
+use crate::vms::{VmError, VmService, VmStep};
 
 /// The most stderr lines passed on as `metadata`; the rest are counted.
 const MAX_STDERR_LINES: usize = 200;
@@ -67,28 +71,64 @@ fn progress(run: &PromptRun, stage: &str) {
         .push(PromptEvent::metadata("progress", json!({ "stage": stage })));
 }
 
-pub(super) async fn run(
-    service: &Arc<PromptService>,
-    run: &Arc<PromptRun>,
-    request: PromptRequest,
-    timeout: Duration,
-    turn: Arc<Semaphore>,
-    permit: Option<OwnedSemaphorePermit>,
-) {
-    let started = Instant::now();
-    run.log.push(PromptEvent::Connected {
-        prompt_id: run.id.clone(),
-    });
-    let channel = Channel::user(&run.user_id);
-    service.events.publish(
-        &channel,
-        HubEvent::PromptStarted {
+fn error_code(error: &PromptError) -> &'static str {
+    match error {
+        PromptError::Vm(e) => e.code(),
+        _ => "internal",
+    }
+}
+
+/// What a run needs, handed over by the service once.
+pub(super) struct Runner {
+    store: Store,
+    vms: VmService,
+    events: EventHub,
+    metrics: Arc<Metrics>,
+    settings: PromptSettings,
+    auth: Arc<AuthService>,
+}
+
+impl Runner {
+    pub(super) fn new(
+        store: Store,
+        vms: VmService,
+        events: EventHub,
+        metrics: Arc<Metrics>,
+        settings: PromptSettings,
+        auth: Arc<AuthService>,
+    ) -> Runner {
+        Runner {
+            store,
+            vms,
+            events,
+            metrics,
+            settings,
+            auth,
+        }
+    }
+
+    pub(super) async fn run(
+        &self,
+        run: &Arc<PromptRun>,
+        request: PromptRequest,
+        timeout: Duration,
+        turn: Arc<Semaphore>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let started = Instant::now();
+        run.log.push(PromptEvent::Connected {
             prompt_id: run.id.clone(),
-            provider: request.provider,
-        },
-    );
-    let mut gathered = Gathered::default();
-    let ending = async {
+        });
+        let channel = Channel::user(&run.user_id);
+        self.events.publish(
+            &channel,
+            HubEvent::PromptStarted {
+                prompt_id: run.id.clone(),
+                provider: request.provider,
+            },
+        );
+        let mut gathered = Gathered::default();
+        let ending = async {
         let _permit = match permit {
             Some(permit) => permit,
             None => {
@@ -101,329 +141,321 @@ pub(super) async fn run(
                 }
             }
         };
-        execute(service, run, &request, timeout, &mut gathered, started).await
+        self.execute(run, &request, timeout, &mut gathered, started).await
     }
     .await;
-    let ending = ending.unwrap_or_else(|e| Ending::Failed {
-        code: error_code(&e).into(),
-        message: e.to_string(),
-    });
-    let duration = started.elapsed();
-    let (status, final_event, error, usage) = match ending {
-        Ending::Completed { usage } => (
-            PromptStatus::Completed,
-            PromptEvent::Done {
+        let ending = ending.unwrap_or_else(|e| Ending::Failed {
+            code: error_code(&e).into(),
+            message: e.to_string(),
+        });
+        let duration = started.elapsed();
+        let (status, final_event, error, usage) = match ending {
+            Ending::Completed { usage } => (
+                PromptStatus::Completed,
+                PromptEvent::Done {
+                    exit_code: gathered.exit_code,
+                    usage: usage.clone(),
+                    duration_ms: duration.as_millis() as u64,
+                },
+                None,
+                usage,
+            ),
+            Ending::Cancelled => (
+                PromptStatus::Cancelled,
+                PromptEvent::Done {
+                    exit_code: gathered.exit_code,
+                    usage: None,
+                    duration_ms: duration.as_millis() as u64,
+                },
+                Some("cancelled".to_string()),
+                None,
+            ),
+            Ending::Failed { code, message } => (
+                PromptStatus::Failed,
+                PromptEvent::Error {
+                    code,
+                    message: message.clone(),
+                },
+                Some(message),
+                None,
+            ),
+        };
+        let record = {
+            let exit_code = gathered.exit_code;
+            let response = std::mem::take(&mut gathered.response);
+            let truncated = gathered.truncated;
+            let first_content = gathered.first_content.map(|d| d.as_millis() as u64);
+            let vm_id = gathered.vm_id.clone();
+            let usage_json = usage.map(|u| u.to_string());
+            records::update(&self.store, &run.id, move |prompt| {
+                prompt.status.transition(status)?;
+                prompt.completed_at_ms = Some(now_ms());
+                prompt.exit_code = exit_code;
+                prompt.error = error;
+                prompt.response_text = response;
+                prompt.response_truncated = truncated;
+                prompt.first_content_ms = first_content;
+                prompt.duration_ms = Some(duration.as_millis() as u64);
+                prompt.usage_json = usage_json;
+                if vm_id.is_some() {
+                    prompt.vm_id = vm_id;
+                }
+                Ok(())
+            })
+            .await
+        };
+        if let Err(e) = record {
+            tracing::error!(prompt = %run.id, error = %e, "cannot record a finished prompt");
+        }
+        if let Err(e) = records::count_for_user(&self.store, &run.user_id).await {
+            tracing::warn!(prompt = %run.id, error = %e, "cannot count a prompt on its user");
+        }
+        let provider = request.provider.to_string();
+        self.metrics
+            .prompts
+            .get_or_create(&PromptLabels {
+                provider: provider.clone(),
+                status: status.to_string(),
+            })
+            .inc();
+        let labels = ProviderLabels { provider };
+        self.metrics
+            .prompt_duration
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+        if let Some(first) = gathered.first_content {
+            self.metrics
+                .prompt_first_content
+                .get_or_create(&labels)
+                .observe(first.as_secs_f64());
+        }
+        if let Some(vm_id) = &gathered.vm_id {
+            // The idle period of the VM starts when its prompt ends, not when it began.
+            self.vms.touch(vm_id);
+        }
+        run.log.push(final_event);
+        self.events.publish(
+            &channel,
+            HubEvent::PromptCompleted {
+                prompt_id: run.id.clone(),
+                status,
                 exit_code: gathered.exit_code,
-                usage: usage.clone(),
-                duration_ms: duration.as_millis() as u64,
             },
-            None,
-            usage,
-        ),
-        Ending::Cancelled => (
-            PromptStatus::Cancelled,
-            PromptEvent::Done {
-                exit_code: gathered.exit_code,
-                usage: None,
-                duration_ms: duration.as_millis() as u64,
-            },
-            Some("cancelled".to_string()),
-            None,
-        ),
-        Ending::Failed { code, message } => (
-            PromptStatus::Failed,
-            PromptEvent::Error {
-                code,
-                message: message.clone(),
-            },
-            Some(message),
-            None,
-        ),
-    };
-    let record = {
-        let exit_code = gathered.exit_code;
-        let response = std::mem::take(&mut gathered.response);
-        let truncated = gathered.truncated;
-        let first_content = gathered.first_content.map(|d| d.as_millis() as u64);
-        let vm_id = gathered.vm_id.clone();
-        let usage_json = usage.map(|u| u.to_string());
-        records::update(&service.store, &run.id, move |prompt| {
-            prompt.status.transition(status)?;
-            prompt.completed_at_ms = Some(now_ms());
-            prompt.exit_code = exit_code;
-            prompt.error = error;
-            prompt.response_text = response;
-            prompt.response_truncated = truncated;
-            prompt.first_content_ms = first_content;
-            prompt.duration_ms = Some(duration.as_millis() as u64);
-            prompt.usage_json = usage_json;
-            if vm_id.is_some() {
-                prompt.vm_id = vm_id;
-            }
+        );
+    }
+
+    async fn execute(
+        &self,
+        run: &Arc<PromptRun>,
+        request: &PromptRequest,
+        timeout: Duration,
+        gathered: &mut Gathered,
+        started: Instant,
+    ) -> Result<Ending, PromptError> {
+        let vm = self
+            .vms
+            .ensure_running(&run.user_id, |step| {
+                progress(
+                    run,
+                    match step {
+                        VmStep::Resuming => "resuming_vm",
+                        VmStep::Creating => "creating_vm",
+                    },
+                )
+            })
+            .await?;
+        if run.cancel.is_cancelled() {
+            return Ok(Ending::Cancelled);
+        }
+        gathered.vm_id = Some(vm.id.clone());
+        progress(run, "vm_ready");
+        let vm_id = vm.id.clone();
+        records::update(&self.store, &run.id, move |prompt| {
+            prompt.status.transition(PromptStatus::Streaming)?;
+            prompt.started_at_ms = Some(now_ms());
+            prompt.vm_id = Some(vm_id);
             Ok(())
         })
-        .await
-    };
-    if let Err(e) = record {
-        tracing::error!(prompt = %run.id, error = %e, "cannot record a finished prompt");
-    }
-    if let Err(e) = records::count_for_user(&service.store, &run.user_id).await {
-        tracing::warn!(prompt = %run.id, error = %e, "cannot count a prompt on its user");
-    }
-    let provider = request.provider.to_string();
-    service
-        .metrics
-        .prompts
-        .get_or_create(&PromptLabels {
-            provider: provider.clone(),
-            status: status.to_string(),
-        })
-        .inc();
-    let labels = ProviderLabels { provider };
-    service
-        .metrics
-        .prompt_duration
-        .get_or_create(&labels)
-        .observe(duration.as_secs_f64());
-    if let Some(first) = gathered.first_content {
-        service
-            .metrics
-            .prompt_first_content
-            .get_or_create(&labels)
-            .observe(first.as_secs_f64());
-    }
-    if let Some(vm_id) = &gathered.vm_id {
-        // The idle period of the VM starts when its prompt ends, not when it began.
-        service.vms.touch(vm_id);
-    }
-    run.log.push(final_event);
-    service.events.publish(
-        &channel,
-        HubEvent::PromptCompleted {
-            prompt_id: run.id.clone(),
-            status,
-            exit_code: gathered.exit_code,
-        },
-    );
-}
-
-fn error_code(error: &PromptError) -> &'static str {
-    match error {
-        PromptError::Vm(e) => e.code(),
-        _ => "internal",
-    }
-}
-
-async fn execute(
-    service: &Arc<PromptService>,
-    run: &Arc<PromptRun>,
-    request: &PromptRequest,
-    timeout: Duration,
-    gathered: &mut Gathered,
-    started: Instant,
-) -> Result<Ending, PromptError> {
-    let vm = service
-        .vms
-        .ensure_running(&run.user_id, |step| {
-            progress(
-                run,
-                match step {
-                    VmStep::Resuming => "resuming_vm",
-                    VmStep::Creating => "creating_vm",
-                },
-            )
-        })
         .await?;
-    if run.cancel.is_cancelled() {
-        return Ok(Ending::Cancelled);
-    }
-    gathered.vm_id = Some(vm.id.clone());
-    progress(run, "vm_ready");
-    let vm_id = vm.id.clone();
-    records::update(&service.store, &run.id, move |prompt| {
-        prompt.status.transition(PromptStatus::Streaming)?;
-        prompt.started_at_ms = Some(now_ms());
-        prompt.vm_id = Some(vm_id);
-        Ok(())
-    })
-    .await?;
-    let agent = service.vms.agent(&vm.id).await?;
-    let unavailable = |e: GuestError| {
-        PromptError::Vm(VmError::AgentUnavailable {
-            id: vm.id.clone(),
-            reason: e.to_string(),
-        })
-    };
-    let settings = &service.settings;
-    let command = providers::command(
-        request.provider,
-        &Invocation {
-            prompt: &request.prompt,
-            model: request.model.as_deref(),
-            home: &settings.cli.home,
-            endpoint: settings.endpoint.as_ref(),
-        },
-    );
-    for file in &command.files {
-        agent
-            .write_file(&file.path, file.contents.as_bytes(), file.mode)
+        let agent = self.vms.agent(&vm.id).await?;
+        let unavailable = |e: GuestError| {
+            PromptError::Vm(VmError::AgentUnavailable {
+                id: vm.id.clone(),
+                reason: e.to_string(),
+            })
+        };
+        let settings = &self.settings;
+        let command = providers::command(
+            request.provider,
+            &Invocation {
+                prompt: &request.prompt,
+                model: request.model.as_deref(),
+                home: &settings.cli.home,
+                endpoint: settings.endpoint.as_ref(),
+            },
+        );
+        for file in &command.files {
+            agent
+                .write_file(&file.path, file.contents.as_bytes(), file.mode)
+                .await
+                .map_err(unavailable)?;
+        }
+        // Without its credential the CLI would fail anyway; the failure says why.
+        let injected = match self
+            .auth
+            .inject(&run.user_id, request.provider, &agent)
             .await
-            .map_err(unavailable)?;
-    }
-    // Without its credential the CLI would fail anyway; the failure says why.
-    let injected = match service
-        .auth
-        .inject(&run.user_id, request.provider, &agent)
-        .await
-    {
-        Ok(injected) => injected,
-        Err(e) => {
+        {
+            Ok(injected) => injected,
+            Err(e) => {
+                return Ok(Ending::Failed {
+                    code: "credential_unavailable".into(),
+                    message: format!("cannot write the {} credential: {e}", request.provider),
+                });
+            }
+        };
+        if injected.is_some() {
+            progress(run, "credential_written");
+        }
+        let streamed = self
+            .stream_cli(
+                run, &agent, request, &command, timeout, gathered, started, &vm.id,
+            )
+            .await;
+        // Whatever the run's end, the refresh is captured and the credential leaves the guest.
+        if let Some(injected) = &injected {
+            match self.auth.release(&run.user_id, injected, &agent).await {
+                Ok(true) => progress(run, "credential_refreshed"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(prompt = %run.id, error = %e, "cannot capture or remove a credential")
+                }
+            }
+        }
+        let (cancelling, timed_out, outcome) = match streamed? {
+            Ok(flags) => flags,
+            Err(ending) => return Ok(ending),
+        };
+        if cancelling {
+            return Ok(Ending::Cancelled);
+        }
+        if timed_out {
             return Ok(Ending::Failed {
-                code: "credential_unavailable".into(),
-                message: format!("cannot write the {} credential: {e}", request.provider),
+                code: "timeout".into(),
+                message: format!("the prompt ran past its {} s timeout", timeout.as_secs()),
             });
         }
-    };
-    if injected.is_some() {
-        progress(run, "credential_written");
+        Ok(match outcome {
+            Outcome::Success { usage } => Ending::Completed { usage },
+            Outcome::Failure { code, message } => Ending::Failed { code, message },
+        })
     }
-    let streamed = stream_cli(
-        service, run, &agent, request, &command, timeout, gathered, started, &vm.id,
-    )
-    .await;
-    // Whatever the run's end, the refresh is captured and the credential leaves the guest.
-    if let Some(injected) = &injected {
-        match service.auth.release(&run.user_id, injected, &agent).await {
-            Ok(true) => progress(run, "credential_refreshed"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(prompt = %run.id, error = %e, "cannot capture or remove a credential")
-            }
-        }
-    }
-    let (cancelling, timed_out, outcome) = match streamed? {
-        Ok(flags) => flags,
-        Err(ending) => return Ok(ending),
-    };
-    if cancelling {
-        return Ok(Ending::Cancelled);
-    }
-    if timed_out {
-        return Ok(Ending::Failed {
-            code: "timeout".into(),
-            message: format!("the prompt ran past its {} s timeout", timeout.as_secs()),
-        });
-    }
-    Ok(match outcome {
-        Outcome::Success { usage } => Ending::Completed { usage },
-        Outcome::Failure { code, message } => Ending::Failed { code, message },
-    })
-}
 
-/// Runs the CLI and streams its output into the run's log; `(cancelled, timed_out, outcome)`
-/// when it ended, or the run's ending when it could not start.
-#[allow(clippy::too_many_arguments)]
-async fn stream_cli(
-    service: &Arc<PromptService>,
-    run: &Arc<PromptRun>,
-    agent: &AgentClient,
-    request: &PromptRequest,
-    command: &providers::CliCommand,
-    timeout: Duration,
-    gathered: &mut Gathered,
-    started: Instant,
-    vm_id: &str,
-) -> Result<Result<(bool, bool, Outcome), Ending>, PromptError> {
-    let settings = &service.settings;
-    let unavailable = |e: GuestError| {
-        PromptError::Vm(VmError::AgentUnavailable {
-            id: vm_id.to_string(),
-            reason: e.to_string(),
-        })
-    };
-    let mut env = settings.cli.env();
-    env.extend(command.env.clone());
-    let exec = agent
-        .exec(ExecRequest {
-            argv: command.argv.clone(),
-            env,
-            cwd: Some(settings.cli.home.clone()),
-            timeout_sec: Some(timeout.as_secs().max(1)),
-            ..ExecRequest::default()
-        })
-        .await;
-    let mut stream = match exec {
-        Ok(stream) => stream,
-        Err(GuestError::Agent(body)) if body.code == "spawn_failed" => {
-            return Ok(Err(Ending::Failed {
-                code: "cli_not_found".into(),
-                message: format!(
-                    "the {} CLI cannot start: {}",
-                    request.provider, body.message
-                ),
-            }));
-        }
-        Err(e) => return Err(unavailable(e)),
-    };
-    let mut translator = providers::translator(request.provider);
-    let mut stdout = LineSplitter::new(MAX_LINE_BYTES);
-    let mut stderr = LineSplitter::new(MAX_LINE_BYTES);
-    let mut stderr_lines = 0usize;
-    let mut cancelling = false;
-    let mut timed_out = false;
-    let emit = |events: Vec<PromptEvent>, gathered: &mut Gathered| {
-        for event in events {
-            gathered.observe(&event, started);
-            run.log.push(event);
-        }
-    };
-    // The guest enforces the timeout; the host stops listening `CANCEL_GRACE` after it, or
-    // after a cancel, even if the guest never answers.
-    let give_up = tokio::time::sleep(timeout + CANCEL_GRACE);
-    tokio::pin!(give_up);
-    loop {
-        let event = tokio::select! {
-            _ = run.cancel.cancelled(), if !cancelling => {
-                cancelling = true;
-                // Not awaited: its answer would queue behind the output nobody reads then.
-                stream.cancel_nowait();
-                give_up.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
-                continue;
-            }
-            _ = &mut give_up => {
-                stream.cancel_nowait();
-                tracing::warn!(prompt = %run.id, "the guest did not end the CLI in time; the host stops listening");
-                timed_out = !cancelling;
-                break;
-            }
-            event = stream.next() => event,
+    /// Runs the CLI and streams its output into the run's log; `(cancelled, timed_out, outcome)`
+    /// when it ended, or the run's ending when it could not start.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_cli(
+        &self,
+        run: &Arc<PromptRun>,
+        agent: &AgentClient,
+        request: &PromptRequest,
+        command: &providers::CliCommand,
+        timeout: Duration,
+        gathered: &mut Gathered,
+        started: Instant,
+        vm_id: &str,
+    ) -> Result<Result<(bool, bool, Outcome), Ending>, PromptError> {
+        let settings = &self.settings;
+        let unavailable = |e: GuestError| {
+            PromptError::Vm(VmError::AgentUnavailable {
+                id: vm_id.to_string(),
+                reason: e.to_string(),
+            })
         };
-        match event {
-            None => break,
-            Some(Ok(ExecEvent::Stdout(chunk))) => {
-                for line in stdout.push(&chunk) {
-                    emit(translator.line(&line), gathered);
-                }
+        let mut env = settings.cli.env();
+        env.extend(command.env.clone());
+        let exec = agent
+            .exec(ExecRequest {
+                argv: command.argv.clone(),
+                env,
+                cwd: Some(settings.cli.home.clone()),
+                timeout_sec: Some(timeout.as_secs().max(1)),
+                ..ExecRequest::default()
+            })
+            .await;
+        let mut stream = match exec {
+            Ok(stream) => stream,
+            Err(GuestError::Agent(body)) if body.code == "spawn_failed" => {
+                return Ok(Err(Ending::Failed {
+                    code: "cli_not_found".into(),
+                    message: format!(
+                        "the {} CLI cannot start: {}",
+                        request.provider, body.message
+                    ),
+                }));
             }
-            Some(Ok(ExecEvent::Stderr(chunk))) => {
-                for line in stderr.push(&chunk) {
-                    stderr_lines += 1;
-                    if stderr_lines <= MAX_STDERR_LINES && !line.trim().is_empty() {
-                        run.log
-                            .push(PromptEvent::metadata("stderr", json!({ "line": line })));
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut translator = providers::translator(request.provider);
+        let mut stdout = LineSplitter::new(MAX_LINE_BYTES);
+        let mut stderr = LineSplitter::new(MAX_LINE_BYTES);
+        let mut stderr_lines = 0usize;
+        let mut cancelling = false;
+        let mut timed_out = false;
+        let emit = |events: Vec<PromptEvent>, gathered: &mut Gathered| {
+            for event in events {
+                gathered.observe(&event, started);
+                run.log.push(event);
+            }
+        };
+        // The guest enforces the timeout; the host stops listening `CANCEL_GRACE` after it, or
+        // after a cancel, even if the guest never answers.
+        let give_up = tokio::time::sleep(timeout + CANCEL_GRACE);
+        tokio::pin!(give_up);
+        loop {
+            let event = tokio::select! {
+                _ = run.cancel.cancelled(), if !cancelling => {
+                    cancelling = true;
+                    // Not awaited: its answer would queue behind the output nobody reads then.
+                    stream.cancel_nowait();
+                    give_up.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
+                    continue;
+                }
+                _ = &mut give_up => {
+                    stream.cancel_nowait();
+                    tracing::warn!(prompt = %run.id, "the guest did not end the CLI in time; the host stops listening");
+                    timed_out = !cancelling;
+                    break;
+                }
+                event = stream.next() => event,
+            };
+            match event {
+                None => break,
+                Some(Ok(ExecEvent::Stdout(chunk))) => {
+                    for line in stdout.push(&chunk) {
+                        emit(translator.line(&line), gathered);
                     }
                 }
+                Some(Ok(ExecEvent::Stderr(chunk))) => {
+                    for line in stderr.push(&chunk) {
+                        stderr_lines += 1;
+                        if stderr_lines <= MAX_STDERR_LINES && !line.trim().is_empty() {
+                            run.log
+                                .push(PromptEvent::metadata("stderr", json!({ "line": line })));
+                        }
+                    }
+                }
+                Some(Ok(ExecEvent::Exit(status))) => {
+                    gathered.exit_code = status.code;
+                    timed_out = status.timed_out;
+                }
+                Some(Err(e)) => return Err(unavailable(e)),
             }
-            Some(Ok(ExecEvent::Exit(status))) => {
-                gathered.exit_code = status.code;
-                timed_out = status.timed_out;
-            }
-            Some(Err(e)) => return Err(unavailable(e)),
         }
+        if let Some(line) = stdout.finish() {
+            emit(translator.line(&line), gathered);
+        }
+        let outcome = translator.finish(gathered.exit_code);
+        Ok(Ok((cancelling, timed_out, outcome)))
     }
-    if let Some(line) = stdout.finish() {
-        emit(translator.line(&line), gathered);
-    }
-    let outcome = translator.finish(gathered.exit_code);
-    Ok(Ok((cancelling, timed_out, outcome)))
 }

@@ -2,70 +2,28 @@
 //! run's event log for streams to read and re-attach to; cancels runs.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::WhenBusy;
-use super::log::{EventLog, Reader};
+use super::log::EventLog;
+use super::run::{PromptRequest, PromptRun};
+use super::runner::Runner;
 use super::{PromptError, PromptSettings, records};
 use crate::auth::AuthService;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
-use crate::model::{Prompt, PromptStatus, Provider, now_ms};
+use crate::model::{Prompt, PromptStatus, now_ms};
 use crate::store::Store;
 use crate::vms::VmService;
 
-/// The body of `POST /api/prompts/execute`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PromptRequest {
-    pub user_id: String,
-    pub provider: Provider,
-    pub prompt: String,
-    pub model: Option<String>,
-    pub timeout_sec: Option<u64>,
-    #[serde(default)]
-    pub cancel_on_disconnect: bool,
-}
-
-/// A prompt being run (or recently run): its events, and the means to stop it.
-pub struct PromptRun {
-    pub id: String,
-    pub user_id: String,
-    pub log: Arc<EventLog>,
-    pub cancel: CancellationToken,
-    pub cancel_on_disconnect: bool,
-    finished: AtomicBool,
-}
-
-impl PromptRun {
-    pub fn is_finished(&self) -> bool {
-        self.finished.load(Ordering::Acquire)
-    }
-
-    pub(super) fn mark_finished(&self) {
-        self.finished.store(true, Ordering::Release);
-    }
-
-    /// A stream of this run's events after `last_event_id`.
-    pub fn reader(&self, last_event_id: u64) -> Reader {
-        self.log.reader(last_event_id)
-    }
-}
-
 pub struct PromptService {
-    pub(super) store: Store,
-    pub(super) vms: VmService,
-    pub(super) events: EventHub,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) settings: PromptSettings,
-    pub(super) auth: Arc<AuthService>,
+    store: Store,
+    settings: PromptSettings,
+    runner: Arc<Runner>,
     runs: Mutex<HashMap<String, Arc<PromptRun>>>,
     /// Finished runs, oldest first, evicted past `retained_runs`.
     finished: Mutex<VecDeque<String>>,
@@ -88,13 +46,18 @@ impl PromptService {
         auth: Arc<AuthService>,
         tracker: TaskTracker,
     ) -> Arc<PromptService> {
-        Arc::new(PromptService {
-            store,
+        let runner = Arc::new(Runner::new(
+            store.clone(),
             vms,
             events,
             metrics,
-            settings,
+            settings.clone(),
             auth,
+        ));
+        Arc::new(PromptService {
+            store,
+            settings,
+            runner,
             runs: Mutex::new(HashMap::new()),
             finished: Mutex::new(VecDeque::new()),
             turns: Mutex::new(HashMap::new()),
@@ -196,19 +159,18 @@ impl PromptService {
             },
         )
         .await?;
-        let run = Arc::new(PromptRun {
-            id: prompt.id.clone(),
-            user_id: prompt.user_id.clone(),
-            log: EventLog::new(self.settings.log_bounds),
-            cancel: CancellationToken::new(),
-            cancel_on_disconnect: request.cancel_on_disconnect,
-            finished: AtomicBool::new(false),
-        });
+        let run = Arc::new(PromptRun::new(
+            prompt.id.clone(),
+            prompt.user_id.clone(),
+            EventLog::new(self.settings.log_bounds),
+            request.cancel_on_disconnect,
+        ));
         lock(&self.runs).insert(run.id.clone(), run.clone());
         let service = self.clone();
         let task_run = run.clone();
         self.tracker.spawn(async move {
-            super::runner::run(&service, &task_run, request, timeout, turn, permit).await;
+            let runner = service.runner.clone();
+            runner.run(&task_run, request, timeout, turn, permit).await;
             task_run.mark_finished();
             service.retire(&task_run.id);
         });
