@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use master_controller::auth::vault::{MasterKey, ROTATE_FAILPOINT, Vault, VaultError};
-use master_controller::model::{Credential, Provider, credential_key};
+use master_controller::model::{Credential, credential_key};
+use master_controller::providers;
 use master_controller::store::{self, Store, StoreError, tables};
 
 const KEY_A: &str = "6b3a55e0261b0304143f805a24924d0c1c44524821305f31d9277843b8a10f4e";
@@ -37,7 +38,7 @@ fn seeded_state() -> tempfile::TempDir {
             Credential {
                 id: format!("cred-{i}"),
                 user_id: format!("user-{i:03}"),
-                provider: Provider::Codex,
+                provider: providers::CODEX,
                 ciphertext: sealed.ciphertext,
                 key_id: sealed.key_id,
                 is_valid: true,

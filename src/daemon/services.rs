@@ -228,7 +228,7 @@ pub(super) fn prompt_settings(config: &Config) -> PromptSettings {
         per_vm: config.prompts_per_vm,
         when_busy: config.prompt_when_busy,
         endpoint: match (&config.model_base_url, &config.model_api_key) {
-            (Some(base_url), Some(key)) => Some(crate::prompts::providers::Endpoint {
+            (Some(base_url), Some(key)) => Some(crate::providers::Endpoint {
                 base_url: base_url.clone(),
                 api_key: key.expose_secret().to_string(),
             }),

@@ -11,13 +11,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::events::PromptEvent;
 use super::lines::{LineSplitter, MAX_LINE_BYTES};
-use super::providers::{self, Invocation, Outcome};
 use super::service::{PromptRequest, PromptRun, PromptService};
 use super::{MAX_RESPONSE_BYTES, PromptError, records};
 use crate::guest::client::{AgentClient, ExecEvent, GuestError};
 use crate::guest::messages::ExecRequest;
 use crate::metrics::{PromptLabels, ProviderLabels};
 use crate::model::{PromptStatus, Status, now_ms};
+use crate::providers::{CliCommand, Invocation, Outcome};
 use crate::vms::{VmError, VmStep};
 
 /// The most stderr lines passed on as `metadata`; the rest are counted.
@@ -253,15 +253,12 @@ async fn execute(
         })
     };
     let settings = &service.settings;
-    let command = providers::command(
-        request.provider,
-        &Invocation {
-            prompt: &request.prompt,
-            model: request.model.as_deref(),
-            home: &settings.cli.home,
-            endpoint: settings.endpoint.as_ref(),
-        },
-    );
+    let command = request.provider.command(&Invocation {
+        prompt: &request.prompt,
+        model: request.model.as_deref(),
+        home: &settings.cli.home,
+        endpoint: settings.endpoint.as_ref(),
+    });
     for file in &command.files {
         agent
             .write_file(&file.path, file.contents.as_bytes(), file.mode)
@@ -326,7 +323,7 @@ async fn stream_cli(
     run: &Arc<PromptRun>,
     agent: &AgentClient,
     request: &PromptRequest,
-    command: &providers::CliCommand,
+    command: &CliCommand,
     timeout: Duration,
     gathered: &mut Gathered,
     started: Instant,
@@ -363,7 +360,7 @@ async fn stream_cli(
         }
         Err(e) => return Err(unavailable(e)),
     };
-    let mut translator = providers::translator(request.provider);
+    let mut translator = request.provider.cli().translator();
     let mut stdout = LineSplitter::new(MAX_LINE_BYTES);
     let mut stderr = LineSplitter::new(MAX_LINE_BYTES);
     let mut stderr_lines = 0usize;
