@@ -4,7 +4,8 @@
 //! about itself, and which hosts it talks to. Nothing outside this module tells the CLIs apart;
 //! the rest of the daemon holds a [`Provider`] and asks it.
 //!
-//! Adding a CLI: one file in `src/providers/` and one line in [`REGISTRY`].
+//! Adding a CLI: one file in `src/providers/` and one line in [`REGISTRY`]. `made_up.rs` (a
+//! made-up CLI, built with the `made-up-cli` feature for `tests/made_up_provider.rs`) is one.
 //!
 //! This module sits just above `store`: it imports none of the daemon's services, so `model`,
 //! `auth`, `prompts` and `net` can all depend on it.
@@ -15,6 +16,8 @@ mod common;
 mod event;
 mod gemini;
 pub mod login;
+#[cfg(feature = "made-up-cli")]
+mod made_up;
 mod prompt;
 mod provider;
 
@@ -29,7 +32,13 @@ pub use provider::{
 
 /// Every CLI the daemon can run. A record stores a provider as its position here, so the list
 /// only ever grows at its end.
-static REGISTRY: &[&dyn Cli] = &[&claude::ClaudeCode, &codex::Codex, &gemini::GeminiCli];
+static REGISTRY: &[&dyn Cli] = &[
+    &claude::ClaudeCode,
+    &codex::Codex,
+    &gemini::GeminiCli,
+    #[cfg(feature = "made-up-cli")]
+    &made_up::MadeUp,
+];
 
 /// One AI coding CLI, as the daemon drives it.
 pub trait Cli: Send + Sync {
