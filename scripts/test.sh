@@ -60,6 +60,8 @@ export MC_REQUIRE_GUESTS=1
 # The tests run as root; they must leave the machine as they found it. Compiling first keeps the
 # build's own writes out of the comparison.
 cargo test --locked --no-run --lib --bins --tests
+# The made-up fourth CLI (src/providers/made_up.rs) is built only with its feature.
+cargo test --locked --no-run --features made-up-cli --test made_up_provider
 state_before=$(mktemp)
 state_after=$(mktemp)
 trap 'rm -f "$state_before" "$state_after"' EXIT
@@ -67,6 +69,7 @@ echo "test.sh: recording the host's files"
 scripts/host-state.sh >"$state_before"
 status=0
 cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}" || status=$?
+cargo test --locked --features made-up-cli --test made_up_provider || status=$?
 echo "test.sh: checking that the tests left the host's files as they were"
 scripts/host-state.sh >"$state_after"
 if ! diff "$state_before" "$state_after" >/dev/null; then

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::model::{AuthSessionStatus, PromptStatus, Provider, VmStatus};
+use crate::model::{AuthSessionStatus, PromptStatus, VmStatus};
+use crate::providers::Provider;
 
 pub const ADMIN_CHANNEL: &str = "admin";
 

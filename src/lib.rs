@@ -68,6 +68,8 @@ pub mod net;
 #[cfg(feature = "daemon")]
 pub mod prompts;
 #[cfg(feature = "daemon")]
+pub mod providers;
+#[cfg(feature = "daemon")]
 pub mod store;
 #[cfg(feature = "daemon")]
 pub mod sync;

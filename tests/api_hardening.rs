@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use master_controller::model::tables;
-use master_controller::model::{OutboxEntry, Prompt, PromptStatus, Provider, now_ms};
+use master_controller::model::{OutboxEntry, Prompt, PromptStatus, now_ms};
+use master_controller::providers;
 use master_controller::store::{self, StoreError, Stored};
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,7 +69,7 @@ fn prompt(id: &str, user_id: &str, status: PromptStatus, ended_ms: i64) -> Promp
         id: id.into(),
         user_id: user_id.into(),
         vm_id: None,
-        provider: Provider::Codex,
+        provider: providers::CODEX,
         status,
         created_at_ms: ended_ms - 1000,
         started_at_ms: Some(ended_ms - 900),

@@ -17,7 +17,7 @@ use master_controller::guest::messages::ExecRequest;
 use master_controller::model::Provider;
 use master_controller::prompts::events::PromptEvent;
 use master_controller::prompts::lines::{LineSplitter, MAX_LINE_BYTES};
-use master_controller::prompts::providers::{self, Endpoint, Invocation, Outcome};
+use master_controller::providers::{self, Endpoint, Invocation, Outcome};
 use support::local_agent::LocalAgent;
 use support::model_server::{Behaviour, ModelServer};
 
@@ -45,15 +45,12 @@ async fn run(
         base_url: server.base_url(),
         api_key: API_KEY.into(),
     };
-    let command = providers::command(
-        provider,
-        &Invocation {
-            prompt,
-            model: None,
-            home: &home_path,
-            endpoint: Some(&endpoint),
-        },
-    );
+    let command = provider.command(&Invocation {
+        prompt,
+        model: None,
+        home: &home_path,
+        endpoint: Some(&endpoint),
+    });
     for file in &command.files {
         client
             .write_file(&file.path, file.contents.as_bytes(), file.mode)
@@ -78,7 +75,7 @@ async fn run(
         })
         .await
         .expect("exec");
-    let mut translator = providers::translator(provider);
+    let mut translator = provider.cli().translator();
     let mut lines = LineSplitter::new(MAX_LINE_BYTES);
     let mut events = Vec::new();
     let mut exit_code = None;
@@ -131,12 +128,15 @@ async fn the_real_clis_through_the_agent() {
     // A prompt that looks like a flag must still reach the model as the prompt.
     let prompt = "-v: say hello";
     for (provider, key_header) in [
-        (Provider::ClaudeCode, ("x-api-key", API_KEY.to_string())),
+        (providers::CLAUDE_CODE, ("x-api-key", API_KEY.to_string())),
         (
-            Provider::Codex,
+            providers::CODEX,
             ("authorization", format!("Bearer {API_KEY}")),
         ),
-        (Provider::GeminiCli, ("x-goog-api-key", API_KEY.to_string())),
+        (
+            providers::GEMINI_CLI,
+            ("x-goog-api-key", API_KEY.to_string()),
+        ),
     ] {
         server.set_behaviour(Behaviour::Stream);
         let (events, outcome, exit) = run(&client, &tools, provider, &server, prompt).await;

@@ -13,10 +13,9 @@ mod support;
 
 use std::time::Duration;
 
-use master_controller::model::{
-    AuthSessionStatus, PromptStatus, Provider, TaskOutcome, VmStatus, now_ms,
-};
+use master_controller::model::{AuthSessionStatus, PromptStatus, TaskOutcome, VmStatus, now_ms};
 use master_controller::prompts::PromptRequest;
+use master_controller::providers;
 use master_controller::tasks::schedule;
 use support::scheduled::{DAY_MS, MASTER_KEY, MIN, eventually, last_run, start, vm_status};
 use tokio::time::{Instant, sleep, sleep_until};
@@ -37,7 +36,7 @@ async fn idle_vms_hibernate_but_not_during_a_prompt_or_a_login() {
         .prompts
         .execute(PromptRequest {
             user_id: prompting.clone(),
-            provider: Provider::ClaudeCode,
+            provider: providers::CLAUDE_CODE,
             prompt: "a long task".into(),
             model: None,
             timeout_sec: None,
@@ -48,7 +47,7 @@ async fn idle_vms_hibernate_but_not_during_a_prompt_or_a_login() {
     let session = d
         .ctx
         .oauth
-        .start(&logging_in, Provider::ClaudeCode, false)
+        .start(&logging_in, providers::CLAUDE_CODE, false)
         .await
         .expect("login starts");
     eventually("the prompt streams", || async {

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use master_controller::model::tables;
 use master_controller::model::{
-    AuthSession, AuthSessionStatus, Credential, Provider, TaskOutcome, credential_key, now_ms,
+    AuthSession, AuthSessionStatus, Credential, TaskOutcome, credential_key, now_ms,
 };
+use master_controller::providers;
 use master_controller::store;
 use master_controller::tasks::schedule::Schedule;
 use master_controller::tasks::{Job, TaskError};
@@ -148,7 +149,7 @@ fn session(user_id: &str, created_at_ms: i64) -> AuthSession {
     AuthSession {
         id: format!("session-{user_id}"),
         user_id: user_id.to_string(),
-        provider: Provider::Codex,
+        provider: providers::CODEX,
         status: AuthSessionStatus::AwaitingUser,
         created_at_ms,
         updated_at_ms: created_at_ms,
@@ -209,7 +210,7 @@ async fn old_auth_sessions_expire_hourly() {
             let active = tx.open_table(tables::ACTIVE_AUTH_SESSIONS)?;
             Ok::<_, store::StoreError>(
                 active
-                    .get(credential_key("stale-user", Provider::Codex).as_str())?
+                    .get(credential_key("stale-user", providers::CODEX).as_str())?
                     .is_none(),
             )
         })
@@ -250,7 +251,7 @@ async fn credentials_are_validated_every_six_hours() {
             Credential {
                 id: format!("cred-{user_id}"),
                 user_id,
-                provider: Provider::ClaudeCode,
+                provider: providers::CLAUDE_CODE,
                 ciphertext: sealed.ciphertext,
                 key_id: sealed.key_id,
                 is_valid: true,

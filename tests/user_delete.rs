@@ -7,9 +7,10 @@ mod support;
 
 use master_controller::model::tables;
 use master_controller::model::{
-    AuthSession, AuthSessionStatus, Credential, OutboxEntry, PortLease, Prompt, PromptStatus,
-    Provider, User, VmIntent, VmOp, credential_key, now_ms,
+    AuthSession, AuthSessionStatus, Credential, OutboxEntry, PortLease, Prompt, PromptStatus, User,
+    VmIntent, VmOp, credential_key, now_ms,
 };
+use master_controller::providers;
 use master_controller::store::{self, StoreError};
 use redb::ReadableTable;
 use support::fake_vmm::daemon_with_fake_vms;
@@ -35,7 +36,7 @@ fn prompt(id: &str, user_id: &str) -> Prompt {
         id: id.to_string(),
         user_id: user_id.to_string(),
         vm_id: None,
-        provider: Provider::Codex,
+        provider: providers::CODEX,
         status: PromptStatus::Completed,
         created_at_ms: now_ms(),
         started_at_ms: None,
@@ -57,7 +58,7 @@ fn session(id: &str, user_id: &str) -> AuthSession {
     AuthSession {
         id: id.to_string(),
         user_id: user_id.to_string(),
-        provider: Provider::ClaudeCode,
+        provider: providers::CLAUDE_CODE,
         status: AuthSessionStatus::AwaitingUser,
         created_at_ms: now_ms(),
         updated_at_ms: now_ms(),
@@ -78,7 +79,7 @@ fn credential(user_id: &str) -> Credential {
     Credential {
         id: format!("cred-{user_id}"),
         user_id: user_id.to_string(),
-        provider: Provider::ClaudeCode,
+        provider: providers::CLAUDE_CODE,
         // Never opened here: the delete removes it without the vault.
         ciphertext: vec![1, 2, 3],
         key_id: "test-key".into(),
@@ -244,7 +245,7 @@ async fn deleting_a_user_destroys_their_vm_and_removes_everything_they_own() {
     assert_eq!(vm_gone.status, 404, "{:?}", vm_gone.json);
 
     // Supabase gets a tombstone for every mirrored record removed.
-    let credential_key = credential_key(&user, Provider::ClaudeCode);
+    let credential_key = credential_key(&user, providers::CLAUDE_CODE);
     for key in [
         format!("users/{user}"),
         format!("vms/{vm}"),

@@ -8,8 +8,10 @@ use std::process::{Command, Output};
 
 use master_controller::auth::vault::{MasterKey, ROTATE_FAILPOINT, Vault, VaultError};
 use master_controller::model::tables;
-use master_controller::model::{Credential, Provider, credential_key};
+use master_controller::model::{Credential, credential_key};
+use master_controller::providers;
 use master_controller::store::{self, Store, StoreError};
+
 const KEY_A: &str = "6b3a55e0261b0304143f805a24924d0c1c44524821305f31d9277843b8a10f4e";
 const KEY_B: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
 const RECORDS: usize = 20;
@@ -37,7 +39,7 @@ fn seeded_state() -> tempfile::TempDir {
             Credential {
                 id: format!("cred-{i}"),
                 user_id: format!("user-{i:03}"),
-                provider: Provider::Codex,
+                provider: providers::CODEX,
                 ciphertext: sealed.ciphertext,
                 key_id: sealed.key_id,
                 is_valid: true,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use master_controller::guest::client::{AgentClient, ExecEvent};
 use master_controller::guest::messages::{ExecRequest, NetworkConfig};
-use master_controller::prompts::providers::{self, Endpoint, Invocation};
+use master_controller::providers::{self, Endpoint, Invocation};
 use master_controller::vmm::qemu::QemuBackend;
 use master_controller::vmm::{DiskSpec, NetSpec, VmSpec};
 
@@ -108,15 +108,12 @@ async fn raw_first_content(agent: &AgentClient, model_url: &str) -> Duration {
         base_url: model_url.to_string(),
         api_key: MODEL_KEY.to_string(),
     };
-    let command = providers::command(
-        master_controller::model::Provider::ClaudeCode,
-        &Invocation {
-            prompt: "hi",
-            model: None,
-            home: "/root",
-            endpoint: Some(&endpoint),
-        },
-    );
+    let command = providers::CLAUDE_CODE.command(&Invocation {
+        prompt: "hi",
+        model: None,
+        home: "/root",
+        endpoint: Some(&endpoint),
+    });
     for file in &command.files {
         agent
             .write_file(&file.path, file.contents.as_bytes(), file.mode)

@@ -1,6 +1,7 @@
 //! The credentials' side of the auth service: sealing a login's file, writing it into guests
 //! before prompts and capturing what the CLIs refreshed afterwards, listing and validating.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,6 +15,7 @@ use crate::guest::client::{AgentClient, DEFAULT_MAX_OUTPUT, ExecOutput, OutputBo
 use crate::guest::messages::ExecRequest;
 use crate::metrics::ProviderLabels;
 use crate::model::{AuthSession, Credential, Provider, now_ms};
+use crate::providers::StatusCommand;
 
 /// A credential as the API shows it: metadata only, never a secret.
 #[derive(Debug, Clone, Serialize)]
@@ -79,8 +81,11 @@ impl AuthService {
         session: &AuthSession,
         plaintext: &[u8],
     ) -> Result<(), AuthError> {
-        let facts =
-            files::inspect(session.provider, plaintext).map_err(AuthError::BadCredential)?;
+        let facts = session
+            .provider
+            .cli()
+            .inspect_credential(plaintext)
+            .map_err(AuthError::BadCredential)?;
         let sealed = self.vault()?.seal(plaintext)?;
         let now = now_ms();
         let credential = Credential {
@@ -144,13 +149,16 @@ impl AuthService {
         injected: &Injected,
         agent: &AgentClient,
     ) -> Result<bool, AuthError> {
-        let path = files::path_in(injected.provider, &self.settings.cli.home);
+        let path = injected.provider.credential_path(&self.settings.cli.home);
         let now_there = Zeroizing::new(agent.read_file(&path, files::MAX_FILE_BYTES).await?);
         if digest(&now_there) == injected.digest {
             return Ok(false);
         }
-        let facts =
-            files::inspect(injected.provider, &now_there).map_err(AuthError::BadCredential)?;
+        let facts = injected
+            .provider
+            .cli()
+            .inspect_credential(&now_there)
+            .map_err(AuthError::BadCredential)?;
         let Some(mut credential) =
             records::get_credential(&self.store, user_id, injected.provider).await?
         else {
@@ -250,20 +258,19 @@ impl AuthService {
 
     /// Runs the CLI's own status command with the credential in place.
     async fn live_check(&self, user_id: &str, provider: Provider) -> Result<LiveCheck, AuthError> {
-        let argv: Vec<String> = match provider {
-            Provider::ClaudeCode => vec!["claude".into(), "auth".into(), "status".into()],
-            Provider::Codex => vec!["codex".into(), "login".into(), "status".into()],
-            Provider::GeminiCli => {
+        let (argv, command_env) = match provider.cli().status_command(&self.settings.cli.home) {
+            StatusCommand::Run { argv, env } => (argv, env),
+            StatusCommand::Unavailable(detail) => {
                 return Ok(LiveCheck {
                     ok: true,
-                    detail: "Gemini CLI has no status command; judged by the file alone".into(),
+                    detail: detail.into(),
                 });
             }
         };
         let vm = self.vms.ensure_running(user_id, |_| {}).await?;
         let agent = self.vms.agent(&vm.id).await?;
         let injected = self.inject(user_id, provider, &agent).await?;
-        let output = self.run_status(provider, argv, &agent).await;
+        let output = self.run_status(argv, command_env, &agent).await;
         if let Some(injected) = &injected
             && let Err(e) = self.release(user_id, injected, &agent).await
         {
@@ -298,15 +305,13 @@ impl AuthService {
 
     async fn run_status(
         &self,
-        provider: Provider,
         argv: Vec<String>,
+        command_env: BTreeMap<String, String>,
         agent: &AgentClient,
     ) -> Result<ExecOutput, AuthError> {
         let cli = &self.settings.cli;
         let mut env = cli.env();
-        if provider == Provider::Codex {
-            env.insert("CODEX_HOME".into(), format!("{}/.codex", cli.home));
-        }
+        env.extend(command_env);
         let timeout = self.settings.live_check_timeout.max(Duration::from_secs(1));
         Ok(agent
             .exec(ExecRequest {

@@ -9,7 +9,6 @@
 
 mod credentials;
 pub mod files;
-pub mod login;
 mod records;
 mod relay;
 pub mod secrets;

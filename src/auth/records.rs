@@ -8,6 +8,7 @@ use crate::model::tables;
 use crate::model::{
     AuthSession, AuthSessionStatus, Credential, Provider, Status, User, credential_key, now_ms,
 };
+use crate::providers;
 use crate::store::{self, Store};
 use crate::sync::{put_mirrored, update_mirrored};
 
@@ -137,8 +138,8 @@ pub async fn credentials_of(store: &Store, user_id: &str) -> Result<Vec<Credenti
             }
             let table = tx.open_table(tables::CREDENTIALS)?;
             let mut found = Vec::new();
-            for provider in Provider::ALL {
-                if let Some(c) = store::get(&table, &credential_key(&user_id, *provider))? {
+            for provider in providers::all() {
+                if let Some(c) = store::get(&table, &credential_key(&user_id, provider))? {
                     found.push(c);
                 }
             }

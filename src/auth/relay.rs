@@ -11,13 +11,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use super::login::{self, LoginScreen, LoginSignal, UserAction};
 use super::service::AuthService;
 use super::{AuthError, files, records};
 use crate::events::HubEvent;
 use crate::guest::client::{AgentClient, ExecEvent, ExecStream, GuestError, OutputBounds};
 use crate::guest::messages::{ExecRequest, FileStamp, PtySize};
 use crate::model::{AuthSession, AuthSessionStatus, Provider, now_ms};
+use crate::providers::{LoginCommand, LoginScreen, LoginSignal, UserAction};
 use crate::vms::VmStep;
 
 /// Wide enough that a full-screen CLI never wraps an authorize URL.
@@ -165,7 +165,7 @@ impl Login {
         let (found_tx, mut found) = mpsc::channel(1);
         let _watcher = AbortOnDrop(tokio::spawn(watch_credentials(
             agent.clone(),
-            files::path_in(self.provider(), &self.home),
+            self.provider().credential_path(&self.home),
             self.provider(),
             found_tx,
         )));
@@ -217,7 +217,7 @@ impl Login {
         &self,
         agent: &AgentClient,
     ) -> Result<Result<ExecStream, Ending>, AuthError> {
-        let command = login::command(self.provider(), &self.home);
+        let command = self.provider().login_command(&self.home);
         self.prepare_home(agent, &command).await?;
         let cli = &self.service.settings.cli;
         let mut env = cli.env();
@@ -304,7 +304,7 @@ impl Login {
     async fn prepare_home(
         &self,
         agent: &AgentClient,
-        command: &login::LoginCommand,
+        command: &LoginCommand,
     ) -> Result<(), AuthError> {
         let owner = self.service.settings.cli.owner;
         super::secrets::prepare(agent, &self.service.settings.cli).await?;
@@ -428,7 +428,7 @@ async fn watch_credentials(
                 let bytes = Zeroizing::new(bytes);
                 since = Some(stamp);
                 // A half-written file is ignored; the next version is awaited.
-                if files::inspect(provider, &bytes).is_ok() {
+                if provider.cli().inspect_credential(&bytes).is_ok() {
                     let _ = found.send(bytes).await;
                     return;
                 }

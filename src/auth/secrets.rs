@@ -69,7 +69,7 @@ fn subdir(provider: Provider) -> String {
 }
 
 fn file_name(provider: Provider) -> &'static str {
-    let relative = super::files::relative_path(provider);
+    let relative = provider.cli().credential_file();
     relative.rsplit('/').next().unwrap_or(relative)
 }
 
@@ -83,16 +83,26 @@ pub fn staged_path(cli: &CliEnvironment, provider: Provider) -> String {
     )
 }
 
+/// Runs the script's `action`; `provider` names the credential that `stage` and `clear` act on
+/// (`login` acts on none, and its arguments are left empty).
 async fn run(
     agent: &AgentClient,
     cli: &CliEnvironment,
     action: &str,
-    provider: Provider,
+    provider: Option<Provider>,
 ) -> Result<(), AuthError> {
     let owner = cli
         .owner
         .map(|(uid, gid)| format!("{uid}:{gid}"))
         .unwrap_or_default();
+    let (sub, name, link) = match provider {
+        Some(provider) => (
+            subdir(provider),
+            file_name(provider),
+            provider.credential_path(&cli.home),
+        ),
+        None => (String::new(), "", String::new()),
+    };
     let argv = [
         "/bin/sh",
         "-c",
@@ -100,9 +110,9 @@ async fn run(
         "mc-secrets",
         action,
         cli.secrets_dir.trim_end_matches('/'),
-        &subdir(provider),
-        file_name(provider),
-        &super::files::path_in(provider, &cli.home),
+        &sub,
+        name,
+        &link,
         &owner,
     ];
     run_quietly(agent, argv.iter().map(|a| a.to_string()).collect()).await
@@ -115,7 +125,7 @@ pub async fn stage(
     provider: Provider,
     plaintext: &[u8],
 ) -> Result<(), AuthError> {
-    run(agent, cli, "stage", provider).await?;
+    run(agent, cli, "stage", Some(provider)).await?;
     // The agent writes a temporary file beside the target and renames it: both on the tmpfs.
     agent
         .write_file_owned(&staged_path(cli, provider), plaintext, 0o600, cli.owner)
@@ -130,12 +140,12 @@ pub async fn clear(
     cli: &CliEnvironment,
     provider: Provider,
 ) -> Result<(), AuthError> {
-    run(agent, cli, "clear", provider).await
+    run(agent, cli, "clear", Some(provider)).await
 }
 
 /// Makes sure the secrets directory is on a tmpfs, for a login's HOME under it.
 pub async fn prepare(agent: &AgentClient, cli: &CliEnvironment) -> Result<(), AuthError> {
-    run(agent, cli, "login", Provider::ClaudeCode).await
+    run(agent, cli, "login", None).await
 }
 
 /// A login's HOME: on the tmpfs, since the CLI writes its new credential there.

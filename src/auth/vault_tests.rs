@@ -1,6 +1,7 @@
 use super::rotate::{pending_key, reseal};
 use super::*;
-use crate::model::{Provider, credential_key};
+use crate::model::credential_key;
+use crate::providers::CLAUDE_CODE;
 
 const KEY_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
@@ -27,11 +28,11 @@ fn seed(store: &Store, vault: &Vault, n: usize) -> Vec<String> {
         .map(|i| {
             let sealed = vault.seal(token(i).as_bytes()).unwrap();
             let user = format!("user-{i:04}");
-            let record_key = credential_key(&user, Provider::ClaudeCode);
+            let record_key = credential_key(&user, CLAUDE_CODE);
             let credential = Credential {
                 id: format!("cred-{i}"),
                 user_id: user,
-                provider: Provider::ClaudeCode,
+                provider: CLAUDE_CODE,
                 ciphertext: sealed.ciphertext,
                 key_id: sealed.key_id,
                 is_valid: true,

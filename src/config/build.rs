@@ -109,7 +109,7 @@ impl Resolved {
                 per_vm: self.prompts_per_vm,
                 when_busy: self.prompt_when_busy,
                 endpoint: match (&self.model_base_url, &self.model_api_key) {
-                    (Some(base_url), Some(key)) => Some(crate::prompts::providers::Endpoint {
+                    (Some(base_url), Some(key)) => Some(crate::providers::Endpoint {
                         base_url: base_url.clone(),
                         api_key: key.expose_secret().to_string(),
                     }),

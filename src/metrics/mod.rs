@@ -14,7 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::model::{PromptStatus, Provider, VmStatus, VmType};
+use crate::model::{PromptStatus, VmStatus, VmType};
+use crate::providers;
 
 pub use egress::EgressMetrics;
 pub use json::text_to_json;
@@ -291,7 +292,7 @@ impl Metrics {
 
     /// Registers every provider/status pair at zero so the series exist before the first prompt.
     pub fn seed_prompt_series(&self) {
-        for provider in Provider::ALL {
+        for provider in providers::all() {
             let _ = self.prompt_duration.get_or_create(&ProviderLabels {
                 provider: provider.to_string(),
             });

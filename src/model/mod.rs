@@ -8,8 +8,9 @@ pub mod tables;
 mod user;
 mod vm;
 
+pub use crate::providers::Provider;
 pub use auth_session::{AuthSession, AuthSessionStatus};
-pub use prompt::{Prompt, PromptStatus, Provider};
+pub use prompt::{Prompt, PromptStatus};
 pub use records::{
     Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry, PortHealth, PortLease, VaultKey,
     VaultKeyState, credential_key,

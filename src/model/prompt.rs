@@ -1,6 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{named_enum, transitions};
+use crate::providers::Provider;
 use crate::store::Record;
 
 named_enum!(PromptStatus, "prompt status" {
@@ -17,12 +18,6 @@ transitions!(PromptStatus, "prompt" {
     Completed => [],
     Failed => [],
     Cancelled => [],
-});
-
-named_enum!(Provider, "provider" {
-    ClaudeCode => "claude_code",
-    Codex => "codex",
-    GeminiCli => "gemini_cli",
 });
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

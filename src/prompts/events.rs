@@ -1,72 +1,10 @@
-//! The normalised event stream every provider's CLI output is translated into. Each event is
-//! one SSE frame: `event: <type>`, `id: <seq>`, `data: {"type": <type>, ...}`.
+//! The prompt stream's frames. Each [`PromptEvent`] (the normalised events every provider's CLI
+//! output is translated into, defined with the providers) is one SSE frame: `event: <type>`,
+//! `id: <seq>`, `data: {"type": <type>, ...}`.
 
-use serde::Serialize;
-use serde_json::Value;
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(
-    tag = "type",
-    rename_all = "snake_case",
-    rename_all_fields = "camelCase"
-)]
-pub enum PromptEvent {
-    Connected {
-        prompt_id: String,
-    },
-    /// An incremental piece of the answer's text.
-    Content {
-        text: String,
-    },
-    /// Progress, tool use, usage, stderr lines: `kind` says which; the rest is the detail.
-    Metadata {
-        kind: String,
-        #[serde(flatten)]
-        detail: serde_json::Map<String, Value>,
-    },
-    Done {
-        exit_code: Option<i32>,
-        usage: Option<Value>,
-        duration_ms: u64,
-    },
-    Error {
-        code: String,
-        message: String,
-    },
-}
+pub use crate::providers::PromptEvent;
 
 impl PromptEvent {
-    pub fn name(&self) -> &'static str {
-        match self {
-            PromptEvent::Connected { .. } => "connected",
-            PromptEvent::Content { .. } => "content",
-            PromptEvent::Metadata { .. } => "metadata",
-            PromptEvent::Done { .. } => "done",
-            PromptEvent::Error { .. } => "error",
-        }
-    }
-
-    pub fn metadata(kind: &str, detail: Value) -> PromptEvent {
-        PromptEvent::Metadata {
-            kind: kind.to_string(),
-            detail: match detail {
-                Value::Object(map) => map,
-                _ => serde_json::Map::new(),
-            },
-        }
-    }
-
-    pub fn content(text: &str) -> PromptEvent {
-        PromptEvent::Content {
-            text: text.to_string(),
-        }
-    }
-
-    /// Whether the stream ends with this event.
-    pub fn is_final(&self) -> bool {
-        matches!(self, PromptEvent::Done { .. } | PromptEvent::Error { .. })
-    }
-
     /// The SSE frame for this event as event number `id` of its prompt.
     pub fn to_sse(&self, id: u64) -> String {
         let data = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
@@ -77,7 +15,7 @@ impl PromptEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn frames_keep_the_seed_shape_and_add_event_and_id() {

@@ -5,7 +5,6 @@ pub mod counts;
 pub mod events;
 pub mod lines;
 pub mod log;
-pub mod providers;
 mod records;
 pub mod retention;
 mod run;
@@ -64,7 +63,7 @@ pub struct PromptSettings {
     pub max_timeout: Duration,
     pub per_vm: u32,
     pub when_busy: WhenBusy,
-    pub endpoint: Option<providers::Endpoint>,
+    pub endpoint: Option<crate::providers::Endpoint>,
     pub cli: crate::vms::CliEnvironment,
     pub log_bounds: log::LogBounds,
     /// Finished prompts whose events stay in memory for re-attach.

@@ -12,7 +12,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::PromptSettings;
 use super::events::PromptEvent;
 use super::lines::{LineSplitter, MAX_LINE_BYTES};
-use super::providers::{self, Invocation, Outcome};
 use super::run::{PromptRequest, PromptRun};
 use super::{MAX_RESPONSE_BYTES, PromptError, records};
 use crate::auth::AuthService;
@@ -22,6 +21,7 @@ use crate::guest::messages::ExecRequest;
 use crate::metrics::Metrics;
 use crate::metrics::{PromptLabels, ProviderLabels};
 use crate::model::{PromptStatus, Status, now_ms};
+use crate::providers::{CliCommand, Invocation, Outcome};
 use crate::store::Store;
 use crate::vms::{VmError, VmService, VmStep};
 
@@ -285,15 +285,12 @@ impl Runner {
             })
         };
         let settings = &self.settings;
-        let command = providers::command(
-            request.provider,
-            &Invocation {
-                prompt: &request.prompt,
-                model: request.model.as_deref(),
-                home: &settings.cli.home,
-                endpoint: settings.endpoint.as_ref(),
-            },
-        );
+        let command = request.provider.command(&Invocation {
+            prompt: &request.prompt,
+            model: request.model.as_deref(),
+            home: &settings.cli.home,
+            endpoint: settings.endpoint.as_ref(),
+        });
         for file in &command.files {
             agent
                 .write_file(&file.path, file.contents.as_bytes(), file.mode)
@@ -359,7 +356,7 @@ impl Runner {
         run: &Arc<PromptRun>,
         agent: &AgentClient,
         request: &PromptRequest,
-        command: &providers::CliCommand,
+        command: &CliCommand,
         timeout: Duration,
         gathered: &mut Gathered,
         started: Instant,
@@ -396,7 +393,7 @@ impl Runner {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        let mut translator = providers::translator(request.provider);
+        let mut translator = request.provider.cli().translator();
         let mut stdout = LineSplitter::new(MAX_LINE_BYTES);
         let mut stderr = LineSplitter::new(MAX_LINE_BYTES);
         let mut stderr_lines = 0usize;

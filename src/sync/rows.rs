@@ -200,6 +200,7 @@ impl Mirrored for Credential {
 /// field the code sends must have a column.
 pub fn samples(options: &RowOptions) -> Vec<(&'static str, Value)> {
     use crate::model::*;
+    use crate::providers;
     let now = now_ms();
     let user = User {
         id: "u-sample".into(),
@@ -244,7 +245,7 @@ pub fn samples(options: &RowOptions) -> Vec<(&'static str, Value)> {
     let session = AuthSession {
         id: "as-sample".into(),
         user_id: user.id.clone(),
-        provider: Provider::ClaudeCode,
+        provider: providers::CLAUDE_CODE,
         status: AuthSessionStatus::Completed,
         created_at_ms: now,
         updated_at_ms: now,
@@ -263,7 +264,7 @@ pub fn samples(options: &RowOptions) -> Vec<(&'static str, Value)> {
         id: "p-sample".into(),
         user_id: user.id.clone(),
         vm_id: Some(vm.id.clone()),
-        provider: Provider::Codex,
+        provider: providers::CODEX,
         status: PromptStatus::Completed,
         created_at_ms: now,
         started_at_ms: Some(now),
@@ -282,7 +283,7 @@ pub fn samples(options: &RowOptions) -> Vec<(&'static str, Value)> {
     let credential = Credential {
         id: "c-sample".into(),
         user_id: user.id.clone(),
-        provider: Provider::GeminiCli,
+        provider: providers::GEMINI_CLI,
         ciphertext: vec![1, 2, 3],
         key_id: "k".into(),
         is_valid: true,

@@ -14,9 +14,10 @@ use super::{
 };
 use crate::auth::{AuthError, AuthService};
 use crate::inventory::Inventory;
-use crate::model::{MetricsSample, PromptStatus, Provider, VmStatus};
+use crate::model::{MetricsSample, PromptStatus, VmStatus};
 use crate::net::egress::health::HealthChecker;
 use crate::prompts::PromptService;
+use crate::providers;
 use crate::store::Store;
 use crate::vms::{VmFilter, VmService};
 
@@ -181,9 +182,8 @@ impl Job for SampleMetrics {
     async fn run(&self, _cancel: &CancellationToken) -> Result<u64, TaskError> {
         let inventory = Inventory::take(&self.store, self.vms.ip_pool_size()).await?;
         let host = self.host.read().await;
-        let prompts_running = Provider::ALL
-            .iter()
-            .flat_map(|p| [(*p, PromptStatus::Pending), (*p, PromptStatus::Streaming)])
+        let prompts_running = providers::all()
+            .flat_map(|p| [(p, PromptStatus::Pending), (p, PromptStatus::Streaming)])
             .filter_map(|key| inventory.prompts_by_provider_status.get(&key))
             .sum();
         let sample = MetricsSample {

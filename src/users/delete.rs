@@ -10,7 +10,8 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::{UserError, UserService};
 use crate::model::tables;
-use crate::model::{AuthSession, Credential, Prompt, Provider, User, Vm, VmStatus, credential_key};
+use crate::model::{AuthSession, Credential, Prompt, User, Vm, VmStatus, credential_key};
+use crate::providers;
 use crate::store::{self, Record, StoreError, Stored};
 use crate::sync::outbox::record_delete;
 use crate::vms::{VmFilter, VmManager};
@@ -110,8 +111,8 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     }
     // The active-login index is keyed like credentials.
     let mut active = tx.open_table(tables::ACTIVE_AUTH_SESSIONS)?;
-    for provider in Provider::ALL {
-        active.remove(credential_key(id, *provider).as_str())?;
+    for provider in providers::all() {
+        active.remove(credential_key(id, provider).as_str())?;
     }
 
     let mut credentials = tx.open_table(tables::CREDENTIALS)?;

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use master_controller::model::Provider;
+use master_controller::providers;
 use serde_json::{Value, json};
 
 use crate::support::ADMIN_TOKEN;
@@ -59,18 +60,19 @@ async fn complete_login(world: &World, user: &str, provider: &str, tag: &str) ->
 /// The access token each scripted login writes for `tag`.
 fn token_for(provider: Provider, tag: &str) -> String {
     match provider {
-        Provider::ClaudeCode => format!("sk-ant-oat01-fake-{tag}"),
-        Provider::Codex => format!("rt_fake_{tag}"),
-        Provider::GeminiCli => format!("ya29.fake-{tag}"),
+        providers::CLAUDE_CODE => format!("sk-ant-oat01-fake-{tag}"),
+        providers::CODEX => format!("rt_fake_{tag}"),
+        providers::GEMINI_CLI => format!("ya29.fake-{tag}"),
+        other => panic!("no scripted login for {other}"),
     }
 }
 
 pub async fn each_provider_completes(world: &mut World) {
     let user = world.user().await;
     for (provider, name) in [
-        (Provider::ClaudeCode, "claude_code"),
-        (Provider::Codex, "codex"),
-        (Provider::GeminiCli, "gemini_cli"),
+        (providers::CLAUDE_CODE, "claude_code"),
+        (providers::CODEX, "codex"),
+        (providers::GEMINI_CLI, "gemini_cli"),
     ] {
         let started = Instant::now();
         let tag = format!("first{}", provider.as_str().len());
@@ -92,9 +94,10 @@ pub async fn each_provider_completes(world: &mut World) {
         );
         // The credential is not left in the CLIs' HOME: prompts stage it for their run.
         let path = world.cli_home.path().join(match provider {
-            Provider::ClaudeCode => ".claude/.credentials.json",
-            Provider::Codex => ".codex/auth.json",
-            Provider::GeminiCli => ".gemini/oauth_creds.json",
+            providers::CLAUDE_CODE => ".claude/.credentials.json",
+            providers::CODEX => ".codex/auth.json",
+            providers::GEMINI_CLI => ".gemini/oauth_creds.json",
+            other => panic!("no credential path known for {other}"),
         });
         assert!(
             std::fs::symlink_metadata(&path).is_err(),
@@ -119,8 +122,12 @@ pub async fn each_provider_completes(world: &mut World) {
     let list = listed.json.as_array().expect("a list");
     assert_eq!(list.len(), 3, "{list:?}");
     let text = listed.json.to_string();
-    for provider in Provider::ALL {
-        assert!(!text.contains(&token_for(*provider, "first")), "{text}");
+    for provider in [
+        providers::CLAUDE_CODE,
+        providers::CODEX,
+        providers::GEMINI_CLI,
+    ] {
+        assert!(!text.contains(&token_for(provider, "first")), "{text}");
     }
     for entry in list {
         assert_eq!(entry["isValid"], true, "{entry:?}");
@@ -351,7 +358,7 @@ pub async fn credentials_validation_and_rotation(world: &mut World) {
         .await;
     assert_eq!(missing.status, 404);
 
-    let (old, old_plaintext) = world.vault_plaintext(&user, Provider::ClaudeCode).await;
+    let (old, old_plaintext) = world.vault_plaintext(&user, providers::CLAUDE_CODE).await;
     let rotate = world
         .call(
             "POST",
@@ -372,7 +379,7 @@ pub async fn credentials_validation_and_rotation(world: &mut World) {
         )
         .await;
     assert_eq!(meanwhile.json["valid"], true);
-    let (_, still) = world.vault_plaintext(&user, Provider::ClaudeCode).await;
+    let (_, still) = world.vault_plaintext(&user, providers::CLAUDE_CODE).await;
     assert_eq!(still, old_plaintext);
     assert_eq!(
         world
@@ -382,7 +389,7 @@ pub async fn credentials_validation_and_rotation(world: &mut World) {
         202
     );
     world.wait_for(&id, "completed").await;
-    let (new, new_plaintext) = world.vault_plaintext(&user, Provider::ClaudeCode).await;
+    let (new, new_plaintext) = world.vault_plaintext(&user, providers::CLAUDE_CODE).await;
     assert_eq!(new.id, old.id, "the same credential, a new version");
     assert!(new.version > old.version);
     assert!(new_plaintext.contains("sk-ant-oat01-fake-new"));

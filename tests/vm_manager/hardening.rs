@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use master_controller::model::tables;
-use master_controller::model::{Credential, Provider, credential_key, now_ms};
+use master_controller::model::{Credential, credential_key, now_ms};
+use master_controller::providers;
 use master_controller::store::{self, StoreError};
 use serde_json::{Value, json};
 
@@ -27,7 +28,7 @@ async fn seed_credential(world: &mut World, user: &str, plaintext: String) {
         let credential = Credential {
             id: uuid::Uuid::now_v7().to_string(),
             user_id: user.clone(),
-            provider: Provider::ClaudeCode,
+            provider: providers::CLAUDE_CODE,
             ciphertext: sealed.ciphertext,
             key_id: sealed.key_id,
             is_valid: true,
@@ -46,7 +47,7 @@ async fn seed_credential(world: &mut World, user: &str, plaintext: String) {
                 let mut table = tx.open_table(tables::CREDENTIALS)?;
                 store::put(
                     &mut table,
-                    &credential_key(&user, Provider::ClaudeCode),
+                    &credential_key(&user, providers::CLAUDE_CODE),
                     &credential,
                 )?;
                 Ok::<_, StoreError>(())

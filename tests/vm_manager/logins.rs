@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use master_controller::model::tables;
-use master_controller::model::{Credential, Provider, credential_key};
+use master_controller::model::{Credential, credential_key};
+use master_controller::providers;
 use master_controller::store;
 use serde_json::{Value, json};
 
@@ -215,7 +216,7 @@ pub async fn a_login_in_a_real_guest(world: &mut World) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        let key = credential_key(&credential_user, Provider::ClaudeCode);
+        let key = credential_key(&credential_user, providers::CLAUDE_CODE);
         let credential: Credential = runtime
             .block_on(store.read(move |tx| {
                 store::get::<Credential, _>(&tx.open_table(tables::CREDENTIALS)?, &key)

@@ -1,30 +1,12 @@
 //! Hosts whose traffic leaves directly instead of through the upstream (some upstreams block
 //! some vendors' endpoints). Entries are host names (`api.example.com`), domain suffixes
 //! (`.example.com`, which also matches `example.com`), IP literals, or a provider's name
-//! (`claude`, `codex`, `gemini`, or the API's `claude_code`, `gemini_cli`) for that CLI's endpoints.
+//! (`claude`, `codex`, `gemini`, or the API's `claude_code`, `gemini_cli`) for that CLI's endpoints,
+//! which each CLI lists in its file in `providers`.
 
 use std::fmt;
 
-use crate::model::Provider;
-
-/// The endpoints each CLI talks to: its model API and its login.
-fn provider_hosts(provider: Provider) -> &'static [&'static str] {
-    match provider {
-        Provider::ClaudeCode => &[
-            ".anthropic.com",
-            ".claude.ai",
-            ".claude.com",
-            "statsig.anthropic.com",
-        ],
-        Provider::Codex => &[".openai.com", ".chatgpt.com"],
-        Provider::GeminiCli => &[
-            "generativelanguage.googleapis.com",
-            "cloudcode-pa.googleapis.com",
-            "oauth2.googleapis.com",
-            "accounts.google.com",
-        ],
-    }
-}
+use crate::providers;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
@@ -49,8 +31,9 @@ impl Bypass {
         let mut bypass = Bypass::default();
         for item in text.split([',', ' ', '\n', '\t']).filter(|s| !s.is_empty()) {
             let item = item.to_ascii_lowercase();
-            if let Some(provider) = provider_named(&item) {
-                for host in provider_hosts(provider) {
+            // A provider's name or short name stands for its CLI's endpoints.
+            if let Some(provider) = providers::named(&item) {
+                for host in provider.cli().endpoints() {
                     bypass.entries.push(entry(host)?);
                 }
             } else {
@@ -86,15 +69,6 @@ impl fmt::Display for Bypass {
     }
 }
 
-/// A provider by its API name (`claude_code`) or its short one (`claude`).
-fn provider_named(item: &str) -> Option<Provider> {
-    match item {
-        "claude" => Some(Provider::ClaudeCode),
-        "gemini" => Some(Provider::GeminiCli),
-        other => other.parse().ok(),
-    }
-}
-
 fn entry(item: &str) -> Result<Entry, String> {
     let (suffix, name) = match item.strip_prefix('.') {
         Some(rest) => (true, rest),
@@ -107,7 +81,8 @@ fn entry(item: &str) -> Result<Entry, String> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':'));
     if !valid {
         return Err(format!(
-            "{item:?} is not a host name, a .domain suffix, an IP address or claude/codex/gemini"
+            "{item:?} is not a host name, a .domain suffix, an IP address or {}",
+            short_names()
         ));
     }
     Ok(if suffix {
@@ -115,6 +90,14 @@ fn entry(item: &str) -> Result<Entry, String> {
     } else {
         Entry::Host(name.to_string())
     })
+}
+
+/// The providers' shortest names, for the error message: `claude/codex/gemini`.
+fn short_names() -> String {
+    providers::all()
+        .map(|p| p.cli().aliases().first().copied().unwrap_or(p.as_str()))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -156,5 +139,14 @@ mod tests {
         for bad in ["http://x.com", "a/b", ".", "x y\u{0}"] {
             assert!(Bypass::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_refusal_names_the_providers_short_names() {
+        let error = Bypass::parse("a/b").unwrap_err();
+        assert!(
+            error.contains("an IP address or claude/codex/gemini"),
+            "{error}"
+        );
     }
 }

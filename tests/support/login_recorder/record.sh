@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Records the real CLIs' login screens (src/auth/login/recorded/) offline: each CLI runs under a
+# Records the real CLIs' login screens (src/providers/recorded/) offline: each CLI runs under a
 # PTY with HTTPS_PROXY pointing at vendor_stub.py, which plays the vendors' OAuth endpoints.
 # Needs the pinned CLIs (scripts/install-cli-tools.sh) and openssl. The recordings hold no real
 # secret: every token comes from the stub.

@@ -1,15 +1,12 @@
-//! Each provider's headless login: the command that starts it, and the rules that read its
-//! screen (the authorize URL or device code, the prompt for the code, the CLI's own verdict).
-//! One module per provider; each is tested on transcripts recorded from the real CLI at the
-//! pinned version (`recorded/`, see `tests/support/login_recorder/`).
-
-mod claude;
-mod codex;
-mod gemini;
+//! The generic half of a headless login: the command that starts it, and a [`LoginScreen`] that
+//! turns the PTY's bytes into lines for a CLI's [`ScreenRules`] (the authorize URL or device
+//! code, the prompt for the code, the CLI's own verdict). Each CLI's rules are in its file and
+//! tested on transcripts recorded from the real CLI at the pinned version (`recorded/`, see
+//! `tests/support/login_recorder/`).
 
 use std::collections::BTreeMap;
 
-use crate::model::Provider;
+use super::Provider;
 
 /// The most of a login's screen kept for the failure message and for parsing a line.
 const MAX_LINE_CHARS: usize = 8 * 1024;
@@ -24,16 +21,6 @@ pub struct LoginCommand {
     pub files: Vec<(String, String)>,
     /// Directories (relative to HOME) the CLI expects to exist.
     pub dirs: Vec<String>,
-}
-
-pub fn command(provider: Provider, home: &str) -> LoginCommand {
-    let mut command = match provider {
-        Provider::ClaudeCode => claude::command(),
-        Provider::Codex => codex::command(home),
-        Provider::GeminiCli => gemini::command(),
-    };
-    command.env.insert("HOME".into(), home.to_string());
-    command
 }
 
 /// What the user must do to finish the login.
@@ -59,7 +46,7 @@ pub enum LoginSignal {
 }
 
 /// Reads one provider's login screen.
-trait ScreenRules: Send {
+pub trait ScreenRules: Send {
     /// A complete line of the screen (ANSI sequences removed, trimmed at the end).
     fn line(&mut self, line: &str) -> Option<LoginSignal>;
     /// The unfinished last line: prompts end without a newline.
@@ -77,13 +64,8 @@ pub struct LoginScreen {
 
 impl LoginScreen {
     pub fn new(provider: Provider) -> LoginScreen {
-        let rules: Box<dyn ScreenRules> = match provider {
-            Provider::ClaudeCode => Box::<claude::Rules>::default(),
-            Provider::Codex => Box::<codex::Rules>::default(),
-            Provider::GeminiCli => Box::<gemini::Rules>::default(),
-        };
         LoginScreen {
-            rules,
+            rules: provider.cli().login_rules(),
             pending: String::new(),
             recent: Default::default(),
         }
@@ -140,13 +122,13 @@ fn truncate(line: &str) -> String {
 /// A login that shows an authorize URL and then waits for a pasted code: it is announced once,
 /// when the prompt appears after the URL.
 #[derive(Default)]
-struct UrlAndCode {
-    url: Option<String>,
+pub struct UrlAndCode {
+    pub url: Option<String>,
     announced: bool,
 }
 
 impl UrlAndCode {
-    fn seen(&mut self, instructions: &str) -> Option<LoginSignal> {
+    pub fn seen(&mut self, instructions: &str) -> Option<LoginSignal> {
         if self.announced {
             return None;
         }
@@ -162,11 +144,27 @@ impl UrlAndCode {
 }
 
 /// The first `https://` URL in a line.
-fn url_in(line: &str) -> Option<String> {
+pub fn url_in(line: &str) -> Option<String> {
     let start = line.find("https://")?;
     let url = line[start..].split_whitespace().next()?;
     Some(url.to_string())
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::providers::CLAUDE_CODE;
+
+    #[test]
+    fn a_huge_line_without_newline_is_bounded() {
+        let mut screen = LoginScreen::new(CLAUDE_CODE);
+        let signals = screen.feed(&vec![b'x'; 3 * MAX_LINE_CHARS]);
+        assert!(signals.is_empty());
+        assert!(screen.pending.len() <= MAX_LINE_CHARS);
+        assert!(
+            screen
+                .last_line()
+                .is_some_and(|l| l.len() <= MAX_LINE_CHARS)
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Claude Code's command, translator, login screen and credential file, on output recorded
+//! from the real CLI (`recorded/`).
+
+use super::*;
+use crate::providers::CLAUDE_CODE;
+use crate::providers::common::replay;
+
+#[test]
+fn a_recorded_answer_streams_its_deltas_once() {
+    let (events, outcome) = replay::run(
+        CLAUDE_CODE,
+        include_str!("recorded/claude-success.jsonl"),
+        Some(0),
+    );
+    assert_eq!(replay::text(&events), "Hello from the fake model.");
+    let contents = events
+        .iter()
+        .filter(|e| matches!(e, PromptEvent::Content { .. }))
+        .count();
+    assert_eq!(contents, 5, "one per delta; the assistant line adds none");
+    assert_eq!(replay::kinds(&events), ["init", "progress", "usage"]);
+    assert!(
+        matches!(outcome, Outcome::Success { usage: Some(_) }),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn a_recorded_server_error_is_a_failure_despite_subtype_success() {
+    let (events, outcome) = replay::run(
+        CLAUDE_CODE,
+        include_str!("recorded/claude-server-error.jsonl"),
+        Some(1),
+    );
+    assert_eq!(
+        replay::text(&events),
+        "",
+        "the synthetic assistant text is not the answer"
+    );
+    match outcome {
+        Outcome::Failure { code, message } => {
+            assert_eq!(code, "model_error");
+            assert!(message.contains("500"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_command_keeps_the_prompt_a_prompt() {
+    let command = ClaudeCode.command(&Invocation {
+        prompt: "--help me",
+        model: Some("claude-sonnet-4-5"),
+        home: "/home/u",
+        endpoint: None,
+    });
+    let n = command.argv.len();
+    assert_eq!(command.argv[n - 2..], ["--", "--help me"]);
+    assert!(
+        command
+            .argv
+            .windows(2)
+            .any(|w| w == ["--model", "claude-sonnet-4-5"])
+    );
+    assert!(!command.env.contains_key("ANTHROPIC_BASE_URL"));
+}
+
+#[test]
+fn claude_login_url_prompt_and_success() {
+    let signals = replay::login(CLAUDE_CODE, include_bytes!("recorded/claude-login-ok.txt"));
+    let action = replay::awaiting(&signals);
+    let url = action.auth_url.as_deref().unwrap();
+    assert!(url.starts_with("https://claude.com/cai/oauth/authorize?code=true&client_id="));
+    assert!(url.contains("&state=") && url.contains("code_challenge="));
+    assert!(!url.contains('\r') && !url.contains('\u{1b}'));
+    assert!(action.expects_code && action.device_code.is_none());
+    assert_eq!(signals.last(), Some(&LoginSignal::Succeeded));
+}
+
+#[test]
+fn claude_login_failures_carry_the_clis_message() {
+    for (transcript, reason) in [
+        (
+            &include_bytes!("recorded/claude-login-bad-code.txt")[..],
+            "Login failed: Request failed with status code 400",
+        ),
+        (
+            &include_bytes!("recorded/claude-login-offline.txt")[..],
+            "Login failed: getaddrinfo ENOTFOUND platform.claude.com",
+        ),
+    ] {
+        let signals = replay::login(CLAUDE_CODE, transcript);
+        replay::awaiting(&signals);
+        assert_eq!(
+            signals.last(),
+            Some(&LoginSignal::Failed(reason.to_string()))
+        );
+    }
+}
+
+#[test]
+fn the_recorded_file_is_complete_with_its_expiry() {
+    let claude = ClaudeCode
+        .inspect_credential(include_bytes!("recorded/claude-credentials.json"))
+        .unwrap();
+    assert_eq!(claude.expires_at_ms, Some(1_795_786_056_788));
+    assert!(claude.refreshable);
+}
+
+#[test]
+fn incomplete_files_do_not_count_as_written() {
+    assert!(
+        ClaudeCode
+            .inspect_credential(b"{\"claudeAiOauth\":{")
+            .is_err()
+    );
+    assert!(
+        ClaudeCode
+            .inspect_credential(b"{\"claudeAiOauth\":{\"accessToken\":\"\"}}")
+            .is_err()
+    );
+    let error = ClaudeCode
+        .inspect_credential(b"{\"claudeAiOauth\":{\"refreshToken\":\"secret-x\"}}")
+        .unwrap_err();
+    assert!(!error.contains("secret-x"));
+}
