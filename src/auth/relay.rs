@@ -11,14 +11,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use super::service::AuthService;
-use super::{AuthError, files, records};
-use crate::events::HubEvent;
-use crate::guest::client::{AgentClient, ExecEvent, ExecStream, GuestError, OutputBounds};
+use super::secrets::run_quietly;
+use super::{AuthError, AuthSettings, files, records};
+use crate::guest::client::{AgentClient, ExecEvent, ExecStream, GuestError};
 use crate::guest::messages::{ExecRequest, FileStamp, PtySize};
 use crate::model::{AuthSession, AuthSessionStatus, Provider, now_ms};
 use crate::providers::{LoginCommand, LoginScreen, LoginSignal, UserAction};
-use crate::vms::VmStep;
+use crate::store::Store;
+use crate::vms::{VmService, VmStep};
 
 /// Wide enough that a full-screen CLI never wraps an authorize URL.
 const PTY: PtySize = PtySize {
@@ -53,15 +53,35 @@ enum Ending {
     Expired,
 }
 
-pub async fn run(
-    service: Arc<AuthService>,
+/// What a login's relay needs from the service that started it. The service implements it, so
+/// the relay does not depend on the service.
+pub(super) trait LoginHost: Send + Sync + 'static {
+    fn store(&self) -> &Store;
+    fn vms(&self) -> &VmService;
+    fn settings(&self) -> &AuthSettings;
+    /// Whether the login was ended for its age (its cancel then means `timeout`).
+    fn was_expired(&self, id: &str) -> bool;
+    /// The login's relay has ended: the service drops its handles.
+    fn forget(&self, id: &str);
+    /// Announces the session's new state.
+    fn progress(&self, session: &AuthSession);
+    /// Seals the credential the login produced and completes the session.
+    fn complete(
+        &self,
+        session: &AuthSession,
+        plaintext: &[u8],
+    ) -> impl Future<Output = Result<(), AuthError>> + Send;
+}
+
+pub(super) async fn run<H: LoginHost>(
+    service: Arc<H>,
     session: AuthSession,
     mut codes: mpsc::Receiver<CodeSubmission>,
     cancel: CancellationToken,
 ) {
     let id = session.id.clone();
     // On the guest's tmpfs: the CLI writes the new credential into its HOME.
-    let home = super::secrets::login_home(&service.settings.cli, &id);
+    let home = super::secrets::login_home(&service.settings().cli, &id);
     let mut login = Login {
         service: service.clone(),
         session,
@@ -83,24 +103,24 @@ pub async fn run(
     while let Ok(late) = codes.try_recv() {
         let _ = late
             .reply
-            .send(records::get_session(&service.store, &id).await);
+            .send(records::get_session(service.store(), &id).await);
     }
     if let Some(vm_id) = &login.session.vm_id {
         // The VM's idle period starts when the login ends.
-        service.vms.touch(vm_id);
+        service.vms().touch(vm_id);
     }
     service.forget(&id);
 }
 
-struct Login {
-    service: Arc<AuthService>,
+struct Login<H> {
+    service: Arc<H>,
     session: AuthSession,
     home: String,
     agent: Option<Arc<AgentClient>>,
     exec_id: Option<u64>,
 }
 
-impl Login {
+impl<H: LoginHost> Login<H> {
     fn provider(&self) -> Provider {
         self.session.provider
     }
@@ -111,7 +131,7 @@ impl Login {
         change: impl FnOnce(&mut AuthSession) + Send + 'static,
     ) -> Result<(), AuthError> {
         let before = self.session.status;
-        self.session = records::update_session(&self.service.store, &self.session.id, move |s| {
+        self.session = records::update_session(self.service.store(), &self.session.id, move |s| {
             change(s);
             s.status = status;
             Ok(())
@@ -125,7 +145,7 @@ impl Login {
 
     /// The moment the session has been idle for its timeout.
     fn idle_deadline(&self) -> tokio::time::Instant {
-        let timeout_ms = self.service.settings.session_timeout.as_millis() as i64;
+        let timeout_ms = self.service.settings().session_timeout.as_millis() as i64;
         let left_ms = self.session.last_activity_ms + timeout_ms - now_ms();
         tokio::time::Instant::now() + Duration::from_millis(left_ms.max(0) as u64)
     }
@@ -141,10 +161,10 @@ impl Login {
             .await?;
         let vm = self
             .service
-            .vms
+            .vms()
             .ensure_running(&self.session.user_id, |_: VmStep| {})
             .await?;
-        let agent = self.service.vms.agent(&vm.id).await?;
+        let agent = self.service.vms().agent(&vm.id).await?;
         self.agent = Some(agent.clone());
         if cancel.is_cancelled() {
             return Ok(Ending::Cancelled);
@@ -219,7 +239,7 @@ impl Login {
     ) -> Result<Result<ExecStream, Ending>, AuthError> {
         let command = self.provider().login_command(&self.home);
         self.prepare_home(agent, &command).await?;
-        let cli = &self.service.settings.cli;
+        let cli = &self.service.settings().cli;
         let mut env = cli.env();
         env.extend(command.env.clone());
         let started = agent
@@ -232,7 +252,7 @@ impl Login {
                 pty: Some(PTY),
                 stdin: true,
                 // A backstop only: the session's own timeout ends it first.
-                timeout_sec: Some(self.service.settings.session_timeout.as_secs() * 2 + 60),
+                timeout_sec: Some(self.service.settings().session_timeout.as_secs() * 2 + 60),
             })
             .await;
         match started {
@@ -306,8 +326,8 @@ impl Login {
         agent: &AgentClient,
         command: &LoginCommand,
     ) -> Result<(), AuthError> {
-        let owner = self.service.settings.cli.owner;
-        super::secrets::prepare(agent, &self.service.settings.cli).await?;
+        let owner = self.service.settings().cli.owner;
+        super::secrets::prepare(agent, &self.service.settings().cli).await?;
         let mut dirs = vec![self.home.clone()];
         dirs.extend(command.dirs.iter().map(|d| format!("{}/{d}", self.home)));
         let mut argv = vec!["mkdir".to_string(), "-p".into(), "-m".into(), "700".into()];
@@ -351,7 +371,7 @@ impl Login {
             Ending::Timeout => {
                 let message = format!(
                     "no answer from the user within {} s",
-                    self.service.settings.session_timeout.as_secs()
+                    self.service.settings().session_timeout.as_secs()
                 );
                 self.end(AuthSessionStatus::Timeout, Some(message)).await
             }
@@ -378,36 +398,11 @@ impl Login {
         status: AuthSessionStatus,
         error: Option<String>,
     ) -> Result<(), AuthError> {
-        let current = records::get_session(&self.service.store, &self.session.id).await?;
+        let current = records::get_session(self.service.store(), &self.session.id).await?;
         if current.status.is_terminal() {
             return Ok(());
         }
         self.set_status(status, move |s| s.error = error).await
-    }
-}
-
-/// The longest a housekeeping command in the guest may take.
-const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs a short command in the guest; a non-zero exit (or none, cut by the host's bounds) is
-/// an error.
-pub(super) async fn run_quietly(agent: &AgentClient, argv: Vec<String>) -> Result<(), AuthError> {
-    let what = argv.first().cloned().unwrap_or_default();
-    let output = agent
-        .exec(ExecRequest {
-            argv,
-            timeout_sec: Some(QUIET_TIMEOUT.as_secs()),
-            ..ExecRequest::default()
-        })
-        .await?
-        .collect_output(OutputBounds::new(QUIET_TIMEOUT))
-        .await?;
-    match output.status {
-        Some(status) if status.code == Some(0) => Ok(()),
-        other => Err(AuthError::Guest(GuestError::Protocol(format!(
-            "{what} in the guest failed ({other:?}): {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))),
     }
 }
 
@@ -447,15 +442,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// The `auth_progress` event for a session.
-pub fn progress_event(session: &AuthSession) -> HubEvent {
-    HubEvent::AuthProgress {
-        session_id: session.id.clone(),
-        provider: session.provider,
-        status: session.status,
-        error: session.error.clone(),
     }
 }

@@ -11,9 +11,11 @@
 //! Everything here runs as root through the agent's exec with `sh`, so it works with any agent
 //! and in both images (busybox and Debian); no secret is ever on its command line.
 
+use std::time::Duration;
+
 use super::AuthError;
-use super::relay::run_quietly;
-use crate::guest::client::AgentClient;
+use crate::guest::client::{AgentClient, GuestError, OutputBounds};
+use crate::guest::messages::ExecRequest;
 use crate::model::Provider;
 use crate::vms::CliEnvironment;
 
@@ -154,4 +156,29 @@ pub fn login_home(cli: &CliEnvironment, session_id: &str) -> String {
         "{}/login-{session_id}",
         cli.secrets_dir.trim_end_matches('/')
     )
+}
+
+/// The longest a housekeeping command in the guest may take.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs a short command in the guest; a non-zero exit (or none, cut by the host's bounds) is
+/// an error.
+pub(super) async fn run_quietly(agent: &AgentClient, argv: Vec<String>) -> Result<(), AuthError> {
+    let what = argv.first().cloned().unwrap_or_default();
+    let output = agent
+        .exec(ExecRequest {
+            argv,
+            timeout_sec: Some(QUIET_TIMEOUT.as_secs()),
+            ..ExecRequest::default()
+        })
+        .await?
+        .collect_output(OutputBounds::new(QUIET_TIMEOUT))
+        .await?;
+    match output.status {
+        Some(status) if status.code == Some(0) => Ok(()),
+        other => Err(AuthError::Guest(GuestError::Protocol(format!(
+            "{what} in the guest failed ({other:?}): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))),
+    }
 }

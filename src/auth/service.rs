@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zeroize::Zeroizing;
 
-use super::relay::{self, CodeSubmission, LoginControl};
+use super::relay::{self, CodeSubmission, LoginControl, LoginHost};
 use super::vault::Vault;
 use super::{AuthError, AuthSettings, records};
-use crate::events::{Channel, EventHub};
+use crate::events::{Channel, EventHub, HubEvent};
 use crate::metrics::{AuthSessionLabels, Metrics};
 use crate::model::tables;
 use crate::model::{AuthSession, AuthSessionStatus, Credential, Provider, now_ms};
@@ -237,7 +237,12 @@ impl AuthService {
     pub(super) fn progress(&self, session: &AuthSession) {
         self.events.publish(
             &Channel::user(&session.user_id),
-            relay::progress_event(session),
+            HubEvent::AuthProgress {
+                session_id: session.id.clone(),
+                provider: session.provider,
+                status: session.status,
+                error: session.error.clone(),
+            },
         );
         if session.status.is_terminal() {
             self.metrics
@@ -342,5 +347,35 @@ impl AuthService {
         for control in self.lock_live().values() {
             control.cancel.cancel();
         }
+    }
+}
+
+impl LoginHost for AuthService {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn vms(&self) -> &VmService {
+        &self.vms
+    }
+
+    fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+
+    fn was_expired(&self, id: &str) -> bool {
+        AuthService::was_expired(self, id)
+    }
+
+    fn forget(&self, id: &str) {
+        AuthService::forget(self, id)
+    }
+
+    fn progress(&self, session: &AuthSession) {
+        AuthService::progress(self, session)
+    }
+
+    async fn complete(&self, session: &AuthSession, plaintext: &[u8]) -> Result<(), AuthError> {
+        AuthService::complete(self, session, plaintext).await
     }
 }
