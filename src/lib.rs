@@ -6,35 +6,36 @@
 //!
 //! # Layout
 //!
-//! Bottom to top. A module may call the modules above it in this list, never one below it
-//! (`tests/layout.rs` reads every `crate::` path and fails on one that points down the list).
+//! Top to bottom, from the API down to the store. A module may call the modules below it in this
+//! list, never one above it (`tests/layout.rs` reads every `crate::` path and fails on one that
+//! points up the list).
 //!
 //! | module | owns | may call |
 //! |---|---|---|
-//! | `guest` | the host↔agent protocol: frames, requests, the agent client | nothing |
-//! | `failpoint` | crash points for the tests of durable intents | nothing |
-//! | `tokens` | user-scoped bearer tokens: minting and checking | nothing |
-//! | `watchdog` | sd-notify | nothing |
-//! | `store` | the redb file, transactions, versioned record encoding | nothing |
-//! | `providers` | everything about each CLI, one file per CLI, and their registry | nothing |
-//! | `model` | the records, their status machines, and the tables that hold them | `store`, `providers` |
-//! | `events` | the typed hub events and their channels | `model`, `providers` |
-//! | `metrics` | every Prometheus metric | `model`, `providers` |
-//! | `sync` | the outbox, the one write path of mirrored records, the Supabase worker | `store`, `model`, `metrics` |
-//! | `net` | the bridge, taps and their bindings, the address plan, the egress gateway and its ports | `store`, `model`, `metrics`, `sync` |
-//! | `vmm` | the hypervisors behind one trait (QEMU, Firecracker) | `guest` |
-//! | `vms` | the VM manager: users' VMs from create to destroy | the above |
-//! | `auth` | logins through the relay, the vault, credentials in guests | the above |
-//! | `prompts` | prompts through the CLIs, their event streams and records | the above |
-//! | `users` | users, their deletion and token epochs | the above |
-//! | `inventory` | counts across the store for metrics and stats | the above |
-//! | `tasks` | the background scheduler and its jobs | the above |
-//! | `api` | the HTTP, SSE and WebSocket surface; thin handlers | the above |
-//! | `config` | the configuration, resolved into each service's settings | the above |
-//! | `daemon` | start-up, hypervisor selection, the main loop, shutdown | the above |
-//! | `doctor` | what the host has and lacks | the above |
-//! | `cli` | the command line | the above |
 //! | `agent` | `vm-agent`, in the guest | `guest` |
+//! | `cli` | the command line | the modules below |
+//! | `doctor` | what the host has and lacks | the modules below |
+//! | `daemon` | start-up, hypervisor selection, the main loop, shutdown | the modules below |
+//! | `config` | the configuration, resolved into each service's settings | the modules below |
+//! | `api` | the HTTP, SSE and WebSocket surface; thin handlers | the modules below |
+//! | `tasks` | the background scheduler and its jobs | the modules below |
+//! | `inventory` | counts across the store for metrics and stats | the modules below |
+//! | `users` | users, their deletion and token epochs | the modules below |
+//! | `prompts` | prompts through the CLIs, their event streams and records | the modules below |
+//! | `auth` | logins through the relay, the vault, credentials in guests | the modules below |
+//! | `vms` | the VM manager: users' VMs from create to destroy | the modules below |
+//! | `vmm` | the hypervisors behind one trait (QEMU, Firecracker) | `guest` |
+//! | `net` | the bridge, taps and their bindings, the address plan, the egress gateway and its ports | `store`, `model`, `metrics`, `sync` |
+//! | `sync` | the outbox, the one write path of mirrored records, the Supabase worker | `store`, `model`, `metrics` |
+//! | `metrics` | every Prometheus metric | `model`, `providers` |
+//! | `events` | the typed hub events and their channels | `model`, `providers` |
+//! | `model` | the records, their status machines, and the tables that hold them | `store`, `providers` |
+//! | `providers` | everything about each CLI, one file per CLI, and their registry | nothing |
+//! | `store` | the redb file, transactions, versioned record encoding | nothing |
+//! | `watchdog` | sd-notify | nothing |
+//! | `tokens` | user-scoped bearer tokens: minting and checking | nothing |
+//! | `failpoint` | crash points for the tests of durable intents | nothing |
+//! | `guest` | the host↔agent protocol: frames, requests, the agent client | nothing |
 
 pub mod guest;
 

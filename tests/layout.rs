@@ -1,10 +1,11 @@
-//! The dependency rule of `src/lib.rs`'s layout map: a top-level module may use only the
-//! modules above it in the map. This reads every `crate::<module>` path in `src/` (outside
-//! comments) and fails on one that points down the list, naming the file and line.
+//! The dependency rule of `src/lib.rs`'s layout map (top to bottom, from the API down to the
+//! store): a top-level module may use only the modules below it in the map. This reads every
+//! `crate::<module>` path in `src/` (outside comments) and fails on one that points up the list,
+//! naming the file and line.
 
 use std::path::{Path, PathBuf};
 
-/// The layout map's module column, bottom to top, as `lib.rs` lists it.
+/// The layout map's module column, top to bottom, as `lib.rs` lists it.
 fn layout() -> Vec<String> {
     let lib = std::fs::read_to_string(root().join("src/lib.rs")).expect("src/lib.rs");
     let modules: Vec<String> = lib
@@ -64,8 +65,8 @@ fn crate_paths(text: &str) -> Vec<(usize, String)> {
     found
 }
 
-/// The offending paths of one file: (line, the module it calls) for each call down the map.
-fn downward(file_module: &str, text: &str, layout: &[String]) -> Vec<(usize, String)> {
+/// The offending paths of one file: (line, the module it calls) for each call up the map.
+fn upward(file_module: &str, text: &str, layout: &[String]) -> Vec<(usize, String)> {
     let rank = |m: &str| layout.iter().position(|x| x == m);
     let Some(own) = rank(file_module) else {
         return Vec::new();
@@ -73,7 +74,7 @@ fn downward(file_module: &str, text: &str, layout: &[String]) -> Vec<(usize, Str
     crate_paths(text)
         .into_iter()
         .filter(|(_, called)| called != file_module)
-        .filter(|(_, called)| rank(called).is_some_and(|r| r > own))
+        .filter(|(_, called)| rank(called).is_some_and(|r| r < own))
         .collect()
 }
 
@@ -97,7 +98,7 @@ fn every_module_of_src_is_in_the_layout_map() {
 }
 
 #[test]
-fn no_module_calls_one_below_it_in_the_layout_map() {
+fn no_module_imports_one_above_it_in_the_layout_map() {
     let layout = layout();
     let src = root().join("src");
     let mut files = Vec::new();
@@ -109,9 +110,9 @@ fn no_module_calls_one_below_it_in_the_layout_map() {
             continue;
         };
         let text = std::fs::read_to_string(file).expect("read");
-        for (line, called) in downward(&module, &text, &layout) {
+        for (line, called) in upward(&module, &text, &layout) {
             violations.push(format!(
-                "{}:{line}: `{module}` calls `{called}`, which is below it in the layout map",
+                "{}:{line}: `{module}` calls `{called}`, which is above it in the layout map",
                 file.strip_prefix(root()).unwrap_or(file).display()
             ));
         }
@@ -120,12 +121,12 @@ fn no_module_calls_one_below_it_in_the_layout_map() {
 }
 
 #[test]
-fn the_check_sees_a_call_down_the_map() {
-    let layout: Vec<String> = ["store", "model", "api"].map(String::from).to_vec();
-    let text = "use crate::model::User;\nuse crate::api::ApiError; // a call down\n// crate::api in a comment\n";
+fn the_check_sees_a_call_up_the_map() {
+    let layout: Vec<String> = ["api", "model", "store"].map(String::from).to_vec();
+    let text = "use crate::model::User;\nuse crate::api::ApiError; // a call up\n// crate::api in a comment\n";
     assert_eq!(
-        downward("store", text, &layout),
+        upward("store", text, &layout),
         vec![(1, "model".to_string()), (2, "api".to_string())]
     );
-    assert!(downward("api", text, &layout).is_empty());
+    assert!(upward("api", text, &layout).is_empty());
 }

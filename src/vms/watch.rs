@@ -119,19 +119,8 @@ impl Watch {
             .ok()
             .and_then(|vm| vm.tap_device);
         self.host.remove_tap(tap.as_deref()).await;
-        match self.failures.mark_failed(vm_id, &reason).await {
-            Ok(vm) => {
-                self.failures.note_crash(&vm.user_id);
-                self.events.publish(
-                    &Channel::user(&vm.user_id),
-                    HubEvent::VmCrashed {
-                        vm_id: vm.id.clone(),
-                        user_id: vm.user_id.clone(),
-                        reason,
-                    },
-                );
-            }
-            Err(e) => tracing::error!(vm = vm_id, error = %e, "cannot record a VM crash"),
+        if let Err(e) = self.record_crash(vm_id, reason).await {
+            tracing::error!(vm = vm_id, error = %e, "cannot record a VM crash");
         }
     }
 
@@ -250,6 +239,11 @@ impl Watch {
             let _ = self.hypervisor.kill(&mut handle).await;
         }
         self.host.remove_tap(vm.tap_device.as_deref()).await;
+        Ok(Some(self.record_crash(vm_id, reason).await?))
+    }
+
+    /// Marks the VM failed for `reason`, counts the crash against its user, and announces it.
+    async fn record_crash(&self, vm_id: &str, reason: String) -> Result<Vm, VmError> {
         let vm = self.failures.mark_failed(vm_id, &reason).await?;
         self.failures.note_crash(&vm.user_id);
         self.events.publish(
@@ -260,6 +254,6 @@ impl Watch {
                 reason,
             },
         );
-        Ok(Some(vm))
+        Ok(vm)
     }
 }
