@@ -33,6 +33,18 @@ pub fn put_mirrored<R: Record + Mirrored>(
     record_change(tx, key, record)
 }
 
+/// [`put_mirrored`] into a table the caller already holds open (the VM ledger scans and writes
+/// its table in one go).
+pub fn put_mirrored_in<R: Record + Mirrored>(
+    tx: &WriteTransaction,
+    table: &mut redb::Table<&'static str, Stored<R>>,
+    key: &str,
+    record: &R,
+) -> Result<(), StoreError> {
+    store::put(table, key, record)?;
+    record_change(tx, key, record)
+}
+
 /// Reads the record under `key`, lets `change` edit it, raises its version by one, stores it and
 /// marks it changed for the mirror. `None` when there is no record under `key`; nothing is
 /// written when `change` fails or leaves the record as it was.

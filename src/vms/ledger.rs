@@ -13,6 +13,7 @@ use crate::model::{IpLease, Vm, VmIntent, VmOp, VmStatus, now_ms};
 use crate::net::egress::{PortRange, ports};
 use crate::net::{Subnet, mac_for};
 use crate::store;
+use crate::sync::put_mirrored_in;
 /// The bounds a reservation is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -90,8 +91,7 @@ pub fn reserve_create(
     let (ip, reclaimed) = lease_address(tx, &mut vms, &vm.id, limits)?;
     vm.ip_address = Some(ip.to_string());
     vm.mac_address = Some(mac_for(ip));
-    store::put(&mut vms, &vm.id, &vm)?;
-    crate::sync::outbox::record_change(tx, &vm.id, &vm)?;
+    put_mirrored_in(tx, &mut vms, &vm.id, &vm)?;
     let intent = write_intent(tx, &vm, VmOp::Create, dir)?;
     Ok(Reserved {
         vm,
@@ -147,8 +147,7 @@ pub fn begin(
             reclaimed = taken;
         }
     }
-    store::put(&mut vms, &vm.id, &vm)?;
-    crate::sync::outbox::record_change(tx, &vm.id, &vm)?;
+    put_mirrored_in(tx, &mut vms, &vm.id, &vm)?;
     let intent = write_intent(tx, &vm, op, dir)?;
     Ok(Reserved {
         vm,
@@ -187,8 +186,7 @@ pub fn finish(
     {
         release_lease(tx, &ip, vm_id)?;
     }
-    store::put(&mut vms, &vm.id, &vm)?;
-    crate::sync::outbox::record_change(tx, &vm.id, &vm)?;
+    put_mirrored_in(tx, &mut vms, &vm.id, &vm)?;
     tx.open_table(tables::VM_INTENTS)?.remove(vm_id)?;
     Ok(vm)
 }
@@ -247,8 +245,7 @@ fn lease_address(
             victim.mac_address = None;
             victim.needs_readdress = true;
             victim.touch();
-            store::put(vms, &victim.id, &victim)?;
-            crate::sync::outbox::record_change(tx, &victim.id, &victim)?;
+            put_mirrored_in(tx, vms, &victim.id, &victim)?;
             (
                 ip,
                 Some(Reclaimed {
