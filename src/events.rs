@@ -14,26 +14,20 @@ use crate::providers::Provider;
 
 pub const ADMIN_CHANNEL: &str = "admin";
 
-/// Where an event goes. Admin subscribers see every event whatever its channel.
+/// Where an event goes: a user's channel, `user:<id>`. Every event is about one user; admin
+/// subscribers (`ADMIN_CHANNEL`) see them all, so nothing is published to `admin` itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Channel {
-    /// `user:<id>`: the user's own events.
-    User(String),
-    Admin,
-}
+pub struct Channel(String);
 
 impl Channel {
     pub fn user(user_id: &str) -> Channel {
-        Channel::User(user_id.to_string())
+        Channel(user_id.to_string())
     }
 }
 
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Channel::User(id) => write!(f, "user:{id}"),
-            Channel::Admin => f.write_str(ADMIN_CHANNEL),
-        }
+        write!(f, "user:{}", self.0)
     }
 }
 
@@ -172,6 +166,5 @@ mod tests {
     #[test]
     fn channels_are_named_as_subscribers_name_them() {
         assert_eq!(Channel::user("abc").to_string(), "user:abc");
-        assert_eq!(Channel::Admin.to_string(), "admin");
     }
 }

@@ -13,14 +13,11 @@ mod support;
 
 use std::io::Write;
 use std::process::{ExitCode, Stdio};
-use std::sync::Arc;
 
 use master_controller::net::egress::Bypass;
 use master_controller::providers::{self, LoginScreen, LoginSignal, Provider};
-use master_controller::vms::VmHost;
 use serde_json::json;
-use support::fake_vmm::FakeNetlink;
-use support::host_agent::{self, HostAgentHypervisor};
+use support::host_agent;
 use support::sse::SseStream;
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon, harness};
 
@@ -163,29 +160,8 @@ fn main() -> ExitCode {
     let runtime = harness::runtime();
     let home = tempfile::tempdir().expect("home");
     let mut world = runtime.block_on(async {
-        let host = VmHost {
-            hypervisor: Arc::new(HostAgentHypervisor::default()),
-            netlink: Arc::new(FakeNetlink::default()),
-        };
-        let cli_home = home.path().display().to_string();
-        // Already on a tmpfs, so the daemon mounts nothing on this host.
-        let secrets = tempfile::Builder::new()
-            .prefix("mc-made-up-secrets-")
-            .tempdir_in("/dev/shm")
-            .expect("secrets dir");
-        let secrets_dir = secrets.path().display().to_string();
-        let daemon = TestDaemon::start_with_host(
-            &[
-                ("GOLDEN_KERNEL", "/host-agent/none"),
-                ("MC_VM_DATA_DISK_MIB", "8"),
-                ("MC_VM_VCPUS", "1"),
-                ("MC_VM_MEMORY_MIB", "256"),
-                ("MC_CLI_HOME", cli_home.as_str()),
-                ("MC_CLI_SECRETS_DIR", secrets_dir.as_str()),
-            ],
-            Some(host),
-        )
-        .await;
+        let (daemon, secrets) =
+            host_agent::start_daemon(home.path(), "mc-made-up-secrets-", &[]).await;
         World {
             daemon,
             http: reqwest::Client::new(),

@@ -10,13 +10,10 @@
 mod support;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use master_controller::vms::VmHost;
 use serde_json::{Value, json};
-use support::fake_vmm::FakeNetlink;
-use support::host_agent::{self, HostAgentHypervisor};
+use support::host_agent;
 use support::model_server::{Behaviour, ModelServer};
 use support::sse::{Frame, SseStream};
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon, harness};
@@ -445,34 +442,18 @@ fn main() -> ExitCode {
     let home = tempfile::tempdir().expect("home");
     let mut world = runtime.block_on(async {
         let server = ModelServer::start(&WORDS, Duration::from_millis(20)).await;
-        let host = VmHost {
-            hypervisor: Arc::new(HostAgentHypervisor::default()),
-            netlink: Arc::new(FakeNetlink::default()),
-        };
         let base_url = server.base_url();
-        let cli_home = home.path().display().to_string();
         let cli_path = format!("{tools}/node_modules/.bin");
-        // Already on a tmpfs, so the daemon mounts nothing on this host.
-        let secrets = tempfile::Builder::new()
-            .prefix("mc-prompt-secrets-")
-            .tempdir_in("/dev/shm")
-            .expect("secrets dir");
-        let secrets_dir = secrets.path().display().to_string();
-        let daemon = TestDaemon::start_with_host(
+        let (daemon, secrets) = host_agent::start_daemon(
+            home.path(),
+            "mc-prompt-secrets-",
             &[
-                ("GOLDEN_KERNEL", "/host-agent/none"),
-                ("MC_VM_DATA_DISK_MIB", "8"),
-                ("MC_VM_VCPUS", "1"),
-                ("MC_VM_MEMORY_MIB", "256"),
                 ("MC_MODEL_BASE_URL", base_url.as_str()),
                 ("MC_MODEL_API_KEY", "test-model-key"),
-                ("MC_CLI_HOME", cli_home.as_str()),
                 ("MC_CLI_PATH", cli_path.as_str()),
-                ("MC_CLI_SECRETS_DIR", secrets_dir.as_str()),
                 ("MC_RATE_LIMIT_PER_SECOND", "1000"),
                 ("MC_RATE_LIMIT_BURST", "1000"),
             ],
-            Some(host),
         )
         .await;
         World {

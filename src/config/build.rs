@@ -9,6 +9,7 @@ use secrecy::ExposeSecret;
 use super::{Config, Resolved};
 use crate::api::{ApiLimits, ApiSettings, ListenerLimits};
 use crate::auth::AuthSettings;
+use crate::net::Subnet;
 use crate::prompts::PromptSettings;
 use crate::sync::rows::RowOptions;
 use crate::sync::{MirrorSettings, SyncSettings};
@@ -18,13 +19,17 @@ use crate::vms::{CliEnvironment, CrashLimit, Limits, VmSettings};
 impl Config {
     /// The gateway proxy listens on the bridge's own address, the guests' default gateway.
     pub fn gateway_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.vms.limits.subnet.gateway, self.egress.gateway_port))
+        gateway_addr(&self.vms.limits.subnet, self.egress.gateway_port)
     }
+}
+
+fn gateway_addr(subnet: &Subnet, port: u16) -> SocketAddr {
+    SocketAddr::from((subnet.gateway, port))
 }
 
 impl Resolved {
     pub(super) fn build(self) -> Config {
-        let gateway = SocketAddr::from((self.bridge_subnet.gateway, self.egress.gateway_port));
+        let gateway = gateway_addr(&self.bridge_subnet, self.egress.gateway_port);
         let cli = CliEnvironment {
             home: self.cli_home.clone(),
             path: self.cli_path.clone(),

@@ -104,15 +104,7 @@ impl Records {
             .await?;
         let vm = reserved.vm;
         self.publish_reclaimed(&reserved.reclaimed);
-        self.events.publish(
-            &Channel::user(&vm.user_id),
-            HubEvent::VmStatusChanged {
-                vm_id: vm.id.clone(),
-                user_id: vm.user_id.clone(),
-                status: vm.status,
-                previous_status: None,
-            },
-        );
+        self.announce_status(&vm, None);
         Ok(vm)
     }
 
@@ -247,16 +239,20 @@ impl Records {
     }
 
     pub(super) fn publish_status(&self, vm: &Vm, previous: VmStatus) {
-        if vm.status == previous {
-            return;
+        if vm.status != previous {
+            self.announce_status(vm, Some(previous));
         }
+    }
+
+    /// `vm_status_changed`; a new VM has no previous status.
+    fn announce_status(&self, vm: &Vm, previous: Option<VmStatus>) {
         self.events.publish(
             &Channel::user(&vm.user_id),
             HubEvent::VmStatusChanged {
                 vm_id: vm.id.clone(),
                 user_id: vm.user_id.clone(),
                 status: vm.status,
-                previous_status: Some(previous),
+                previous_status: previous,
             },
         );
     }

@@ -1,17 +1,14 @@
 //! The daemon with host agents and the scripted login CLI on the CLIs' PATH.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use master_controller::auth::{MasterKey, Vault};
 use master_controller::model::tables;
 use master_controller::model::{Credential, Provider, credential_key};
 use master_controller::store;
-use master_controller::vms::VmHost;
 use serde_json::{Value, json};
 
-use crate::support::fake_vmm::FakeNetlink;
-use crate::support::host_agent::HostAgentHypervisor;
+use crate::support::host_agent;
 use crate::support::{Reply, SERVICE_TOKEN, TestDaemon};
 
 pub const MASTER_KEY: &str = "7f3c9a1e5b2d4f6081a3c5e7092b4d6f8a1c3e5079b2d4f6a8c0e1f3a5b7c9d1";
@@ -32,39 +29,23 @@ impl World {
     pub async fn start() -> World {
         let cli_home = tempfile::tempdir().expect("cli home");
         let cli_bin = tempfile::tempdir().expect("cli bin");
-        // Already on a tmpfs, so the daemon mounts nothing on this host.
-        let secrets = tempfile::Builder::new()
-            .prefix(&secrets_prefix())
-            .tempdir_in("/dev/shm")
-            .expect("secrets dir");
-        let secrets_dir = secrets.path().display().to_string();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake-login-cli");
         for name in ["claude", "codex", "gemini"] {
             std::os::unix::fs::symlink(script, cli_bin.path().join(name)).expect("symlink");
         }
         std::fs::create_dir_all(DEVICE_ANSWERS).expect("device answers dir");
-        let host = VmHost {
-            hypervisor: Arc::new(HostAgentHypervisor::default()),
-            netlink: Arc::new(FakeNetlink::default()),
-        };
-        let home = cli_home.path().display().to_string();
         let path = cli_bin.path().display().to_string();
         let timeout = SESSION_TIMEOUT_SECS.to_string();
-        let daemon = TestDaemon::start_with_host(
+        let (daemon, secrets) = host_agent::start_daemon(
+            cli_home.path(),
+            &secrets_prefix(),
             &[
-                ("GOLDEN_KERNEL", "/host-agent/none"),
-                ("MC_VM_DATA_DISK_MIB", "8"),
-                ("MC_VM_VCPUS", "1"),
-                ("MC_VM_MEMORY_MIB", "256"),
-                ("MC_CLI_HOME", home.as_str()),
                 ("MC_CLI_PATH", path.as_str()),
-                ("MC_CLI_SECRETS_DIR", secrets_dir.as_str()),
                 ("ENCRYPTION_MASTER_KEY", MASTER_KEY),
                 ("MC_AUTH_SESSION_TIMEOUT_SECS", timeout.as_str()),
                 ("MC_RATE_LIMIT_PER_SECOND", "1000"),
                 ("MC_RATE_LIMIT_BURST", "1000"),
             ],
-            Some(host),
         )
         .await;
         World {

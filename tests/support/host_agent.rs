@@ -6,14 +6,19 @@
 //! writes `/etc/resolv.conf` and sets the hostname.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use master_controller::guest::client::AgentEndpoint;
 use master_controller::vmm::{
     ExitInfo, Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError,
 };
+use master_controller::vms::VmHost;
 use tokio::sync::watch;
+
+use super::TestDaemon;
+use super::fake_vmm::FakeNetlink;
 
 #[derive(Default)]
 pub struct HostAgentHypervisor {
@@ -122,6 +127,37 @@ impl Hypervisor for HostAgentHypervisor {
             spec.vm_id
         )))
     }
+}
+
+/// A daemon whose VMs are host agents, with `cli_home` as the CLIs' HOME and their secrets in a
+/// fresh directory on /dev/shm named `secrets_prefix…` (already a tmpfs, so the daemon mounts
+/// nothing on this host). `extra` settings come after the common ones. The directory must be
+/// held as long as the daemon.
+pub async fn start_daemon(
+    cli_home: &Path,
+    secrets_prefix: &str,
+    extra: &[(&str, &str)],
+) -> (TestDaemon, tempfile::TempDir) {
+    let secrets = tempfile::Builder::new()
+        .prefix(secrets_prefix)
+        .tempdir_in("/dev/shm")
+        .expect("secrets dir");
+    let home = cli_home.display().to_string();
+    let secrets_dir = secrets.path().display().to_string();
+    let mut env = vec![
+        ("GOLDEN_KERNEL", "/host-agent/none"),
+        ("MC_VM_DATA_DISK_MIB", "8"),
+        ("MC_VM_VCPUS", "1"),
+        ("MC_VM_MEMORY_MIB", "256"),
+        ("MC_CLI_HOME", home.as_str()),
+        ("MC_CLI_SECRETS_DIR", secrets_dir.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let host = VmHost {
+        hypervisor: Arc::new(HostAgentHypervisor::default()),
+        netlink: Arc::new(FakeNetlink::default()),
+    };
+    (TestDaemon::start_with_host(&env, Some(host)).await, secrets)
 }
 
 /// Moves this process into network, UTS and mount namespaces of its own, with loopback up and
