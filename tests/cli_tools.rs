@@ -49,6 +49,8 @@ async fn run(
         prompt,
         model: None,
         home: &home_path,
+        cwd: &home_path,
+        resume: None,
         endpoint: Some(&endpoint),
     });
     for file in &command.files {
@@ -75,7 +77,7 @@ async fn run(
         })
         .await
         .expect("exec");
-    let mut translator = provider.cli().translator();
+    let mut translator = provider.cli().translator(None);
     let mut lines = LineSplitter::new(MAX_LINE_BYTES);
     let mut events = Vec::new();
     let mut exit_code = None;

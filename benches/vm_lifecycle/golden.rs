@@ -112,6 +112,8 @@ async fn raw_first_content(agent: &AgentClient, model_url: &str) -> Duration {
         prompt: "hi",
         model: None,
         home: "/root",
+        cwd: "/root",
+        resume: None,
         endpoint: Some(&endpoint),
     });
     for file in &command.files {

@@ -289,6 +289,8 @@ impl Runner {
             prompt: &request.prompt,
             model: request.model.as_deref(),
             home: &settings.cli.home,
+            cwd: &settings.cli.home,
+            resume: None,
             endpoint: settings.endpoint.as_ref(),
         });
         for file in &command.files {
@@ -393,7 +395,7 @@ impl Runner {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        let mut translator = request.provider.cli().translator();
+        let mut translator = request.provider.cli().translator(None);
         let mut stdout = LineSplitter::new(MAX_LINE_BYTES);
         let mut stderr = LineSplitter::new(MAX_LINE_BYTES);
         let mut stderr_lines = 0usize;
@@ -435,6 +437,7 @@ impl Runner {
                 }
                 Some(Ok(ExecEvent::Stderr(chunk))) => {
                     for line in stderr.push(&chunk) {
+                        translator.stderr_line(&line);
                         stderr_lines += 1;
                         if stderr_lines <= MAX_STDERR_LINES && !line.trim().is_empty() {
                             run.log
@@ -451,6 +454,9 @@ impl Runner {
         }
         if let Some(line) = stdout.finish() {
             emit(translator.line(&line), gathered);
+        }
+        if let Some(line) = stderr.finish() {
+            translator.stderr_line(&line);
         }
         let outcome = translator.finish(gathered.exit_code);
         Ok(Ok((cancelling, timed_out, outcome)))

@@ -1,8 +1,12 @@
 //! Claude Code.
 //!
-//! - Prompts: `claude -p … --output-format stream-json --verbose --include-partial-messages`.
-//!   Text arrives as `stream_event` lines carrying the model's raw `content_block_delta`s; the
-//!   `assistant` line that follows repeats the whole text and is used only when no delta came.
+//! - Prompts: `claude -p … --output-format stream-json --verbose --include-partial-messages
+//!   [--resume ID]`. Text arrives as `stream_event` lines carrying the model's raw
+//!   `content_block_delta`s; the `assistant` line that follows repeats the whole text and is
+//!   used only when no delta came.
+//! - Sessions: kept under `~/.claude/projects/<cwd>/` by default; every output line carries
+//!   `session_id`, which `--resume` keeps. An unknown id (or one of another cwd) is a lone
+//!   `result` line whose `errors` say `No conversation found with session ID: …`, exit 1.
 //! - Login: `claude auth login` prints an authorize URL whose redirect is the vendor's code
 //!   page, then `Paste code here if prompted >` and reads `code#state`. It ends with
 //!   `Login successful.` or `Login failed: <reason>`.
@@ -10,7 +14,7 @@
 
 use serde_json::{Value, json};
 
-use super::common::{argv, env, has_text, json_file, json_line, no_result};
+use super::common::{Session, argv, env, has_text, json_file, json_line, no_result};
 use super::login::{LoginCommand, LoginSignal, ScreenRules, UrlAndCode, url_in};
 use super::{Cli, CliCommand, Facts, Invocation, Outcome, PromptEvent, StatusCommand, Translator};
 
@@ -43,8 +47,8 @@ impl Cli for ClaudeCode {
                 "stream-json",
                 "--verbose",
                 "--include-partial-messages",
-                "--no-session-persistence",
             ],
+            "--resume",
             invocation,
         );
         let mut env = env(&[
@@ -65,8 +69,12 @@ impl Cli for ClaudeCode {
         }
     }
 
-    fn translator(&self) -> Box<dyn Translator> {
-        Box::<ClaudeTranslator>::default()
+    fn translator(&self, resume: Option<&str>) -> Box<dyn Translator> {
+        Box::new(ClaudeTranslator {
+            streamed_text: false,
+            outcome: None,
+            session: Session::new(resume),
+        })
     }
 
     fn status_command(&self, _home: &str) -> StatusCommand {
@@ -107,10 +115,13 @@ impl Cli for ClaudeCode {
     }
 }
 
-#[derive(Default)]
+/// The start of the error a `--resume` of an unknown session ends with.
+const NO_CONVERSATION: &str = "No conversation found with session ID";
+
 struct ClaudeTranslator {
     streamed_text: bool,
     outcome: Option<Outcome>,
+    session: Session,
 }
 
 impl Translator for ClaudeTranslator {
@@ -118,6 +129,7 @@ impl Translator for ClaudeTranslator {
         let Some(value) = json_line(line) else {
             return Vec::new();
         };
+        self.session.seen(&value["session_id"]);
         match value["type"].as_str().unwrap_or_default() {
             "system" => system(&value),
             "stream_event" => {
@@ -135,13 +147,7 @@ impl Translator for ClaudeTranslator {
             "result" => {
                 let usage = value.get("usage").cloned();
                 self.outcome = Some(if value["is_error"] == true {
-                    Outcome::Failure {
-                        code: "model_error".into(),
-                        message: value["result"]
-                            .as_str()
-                            .unwrap_or("Claude Code reported an error")
-                            .to_string(),
-                    }
+                    self.error(&value)
                 } else {
                     Outcome::Success {
                         usage: usage.clone(),
@@ -155,12 +161,40 @@ impl Translator for ClaudeTranslator {
         }
     }
 
+    fn session_id(&self) -> Option<String> {
+        self.session.id()
+    }
+
     fn finish(&mut self, exit_code: Option<i32>) -> Outcome {
-        self.outcome.take().unwrap_or_else(|| no_result(exit_code))
+        let outcome = self.outcome.take().unwrap_or_else(|| no_result(exit_code));
+        self.session.outcome(outcome)
     }
 }
 
 impl ClaudeTranslator {
+    /// A failed run's `result`: a failed API call says why in `result`; a run that never
+    /// reached the model (an unknown session) has no `result` and says why in `errors`.
+    fn error(&mut self, value: &Value) -> Outcome {
+        let errors: Vec<&str> = value["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let message = value["result"]
+            .as_str()
+            .or(errors.first().copied())
+            .unwrap_or("Claude Code reported an error")
+            .to_string();
+        if let Some(gone) = errors.iter().find(|e| e.starts_with(NO_CONVERSATION)) {
+            self.session.expired(gone.to_string());
+        }
+        Outcome::Failure {
+            code: "model_error".into(),
+            message,
+        }
+    }
+
     fn assistant(&mut self, value: &Value) -> Vec<PromptEvent> {
         // The CLI's own stand-in for a failed call: the `result` line carries the error.
         if value["message"]["model"] == "<synthetic>" {

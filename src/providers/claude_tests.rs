@@ -52,6 +52,8 @@ fn the_command_keeps_the_prompt_a_prompt() {
         prompt: "--help me",
         model: Some("claude-sonnet-4-5"),
         home: "/home/u",
+        cwd: "/home/u",
+        resume: None,
         endpoint: None,
     });
     let n = command.argv.len();
@@ -123,4 +125,91 @@ fn incomplete_files_do_not_count_as_written() {
         .inspect_credential(b"{\"claudeAiOauth\":{\"refreshToken\":\"secret-x\"}}")
         .unwrap_err();
     assert!(!error.contains("secret-x"));
+}
+
+fn invocation<'a>(resume: Option<&'a str>) -> Invocation<'a> {
+    Invocation {
+        prompt: "hi",
+        model: Some("m"),
+        home: "/home/u",
+        cwd: "/work/p",
+        resume,
+        endpoint: None,
+    }
+}
+
+const FIXED: [&str; 6] = [
+    "claude",
+    "-p",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+    "--include-partial-messages",
+];
+
+#[test]
+fn a_new_session_persists_and_a_resumed_one_names_its_id() {
+    let new = ClaudeCode.command(&invocation(None)).argv;
+    let tail = ["--model", "m", "--", "hi"];
+    assert_eq!(new, [&FIXED[..], &tail].concat());
+    let resumed = ClaudeCode.command(&invocation(Some("93024dd7"))).argv;
+    assert_eq!(
+        resumed,
+        [&FIXED[..], &["--resume", "93024dd7"], &tail].concat()
+    );
+}
+
+const RECORDED_ID: &str = "93024dd7-de82-46e1-a3fa-50c502dc2af6";
+
+#[test]
+fn the_session_id_is_the_one_on_its_lines() {
+    let recorded = include_str!("recorded/claude-success.jsonl");
+    assert_eq!(
+        replay::session_id(CLAUDE_CODE, recorded).as_deref(),
+        Some(RECORDED_ID)
+    );
+    // Resuming keeps the id (research §1), and the run succeeds.
+    let (id, outcome) = replay::resumed(CLAUDE_CODE, RECORDED_ID, recorded, "", Some(0));
+    assert_eq!(id.as_deref(), Some(RECORDED_ID));
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+}
+
+/// The one stdout line of `--resume` with an id its cwd has no session of (research §2; the
+/// fields it elides are left out), exit 1.
+const NO_CONVERSATION_LINE: &str = r#"{"type":"result","subtype":"error_during_execution","duration_ms":0,"is_error":true,"num_turns":0,"session_id":"5b0f6a39-0c36-4b55-9d6e-8d1f1a0f6c11","total_cost_usd":0,"errors":["No conversation found with session ID: 5b0f6a39-0c36-4b55-9d6e-8d1f1a0f6c11"]}"#;
+
+#[test]
+fn an_unknown_session_is_an_expired_conversation() {
+    let (id, outcome) = replay::resumed(
+        CLAUDE_CODE,
+        "5b0f6a39-0c36-4b55-9d6e-8d1f1a0f6c11",
+        NO_CONVERSATION_LINE,
+        "No conversation found with session ID: 5b0f6a39-0c36-4b55-9d6e-8d1f1a0f6c11",
+        Some(1),
+    );
+    assert_eq!(id, None, "the session is gone");
+    assert_eq!(
+        outcome,
+        Outcome::Failure {
+            code: crate::providers::CONVERSATION_EXPIRED.into(),
+            message: "No conversation found with session ID: 5b0f6a39-0c36-4b55-9d6e-8d1f1a0f6c11"
+                .into(),
+        }
+    );
+}
+
+#[test]
+fn an_error_without_result_text_says_its_errors() {
+    let (_, outcome) = replay::run(
+        CLAUDE_CODE,
+        r#"{"type":"result","is_error":true,"errors":["Something else broke"]}"#,
+        Some(1),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Failure {
+            code: "model_error".into(),
+            message: "Something else broke".into(),
+        }
+    );
 }

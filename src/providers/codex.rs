@@ -1,7 +1,13 @@
 //! Codex.
 //!
-//! - Prompts: `codex exec --json --skip-git-repo-check --ephemeral …`. It prints whole items,
-//!   not token deltas: each `agent_message` item is one `content` event.
+//! - Prompts: `codex exec --json --skip-git-repo-check -C CWD [resume ID] …`. It prints whole
+//!   items, not token deltas: each `agent_message` item is one `content` event.
+//! - Sessions: rollout files under `CODEX_HOME/sessions/`, found from any cwd. The id is
+//!   `thread.started`'s `thread_id`; `-C` must come before `resume` or clap refuses it. An
+//!   unknown id says `no rollout found for thread id` on stderr only, exit 1; an unknown
+//!   thread *name* silently starts a new thread, so a different `thread_id` fails the run too.
+//!   On a resumed thread `turn.completed`'s usage is the thread's total so far, not the turn's
+//!   (3/5, 6/10, 9/15 over three turns); the turn's own is the difference from the last one.
 //! - Login: `codex login --device-auth` prints the vendor's device page and a one-time code,
 //!   then polls until the user has entered the code there. Nothing is pasted back. It ends with
 //!   `Successfully logged in` or `Error logging in: <reason>`.
@@ -13,7 +19,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::common::{argv, has_text, json_file, json_line, no_result};
+use super::common::{Session, argv, has_text, json_file, json_line, no_result};
 use super::login::{LoginCommand, LoginSignal, ScreenRules, UserAction, url_in};
 use super::{
     Cli, CliCommand, ConfigFile, Facts, Invocation, Outcome, PromptEvent, StatusCommand, Translator,
@@ -45,8 +51,10 @@ impl Cli for Codex {
                 "exec",
                 "--json",
                 "--skip-git-repo-check",
-                "--ephemeral",
+                "-C",
+                invocation.cwd,
             ],
+            "resume",
             invocation,
         );
         let mut env = BTreeMap::from([("CODEX_HOME".to_string(), codex_home.clone())]);
@@ -73,8 +81,12 @@ impl Cli for Codex {
         }
     }
 
-    fn translator(&self) -> Box<dyn Translator> {
-        Box::<CodexTranslator>::default()
+    fn translator(&self, resume: Option<&str>) -> Box<dyn Translator> {
+        Box::new(CodexTranslator {
+            last_error: None,
+            outcome: None,
+            session: Session::new(resume),
+        })
     }
 
     fn status_command(&self, home: &str) -> StatusCommand {
@@ -147,10 +159,13 @@ fn toml_string(text: &str) -> String {
     format!("\"{escaped}\"")
 }
 
-#[derive(Default)]
+/// What its stderr says when `resume` names no thread it has.
+const NO_ROLLOUT: &str = "no rollout found for thread id";
+
 struct CodexTranslator {
     last_error: Option<String>,
     outcome: Option<Outcome>,
+    session: Session,
 }
 
 impl Translator for CodexTranslator {
@@ -158,6 +173,14 @@ impl Translator for CodexTranslator {
         let Some(value) = json_line(line) else {
             return Vec::new();
         };
+        if value["type"] == "thread.started" {
+            self.session.seen(&value["thread_id"]);
+        }
+        // A new thread instead of the asked one answers without the conversation's history:
+        // none of it is shown as the conversation's answer.
+        if self.session.is_expired() {
+            return Vec::new();
+        }
         match value["type"].as_str().unwrap_or_default() {
             "thread.started" => vec![PromptEvent::metadata(
                 "init",
@@ -201,8 +224,19 @@ impl Translator for CodexTranslator {
         }
     }
 
+    fn stderr_line(&mut self, line: &str) {
+        if line.contains(NO_ROLLOUT) {
+            self.session.expired(line.trim().to_string());
+        }
+    }
+
+    fn session_id(&self) -> Option<String> {
+        self.session.id()
+    }
+
     fn finish(&mut self, exit_code: Option<i32>) -> Outcome {
-        self.outcome.take().unwrap_or_else(|| no_result(exit_code))
+        let outcome = self.outcome.take().unwrap_or_else(|| no_result(exit_code));
+        self.session.outcome(outcome)
     }
 }
 

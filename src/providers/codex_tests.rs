@@ -39,6 +39,8 @@ fn a_custom_endpoint_is_a_custom_provider() {
         prompt: "hi",
         model: None,
         home: "/home/u",
+        cwd: "/home/u",
+        resume: None,
         endpoint: Some(&endpoint),
     });
     let config = &command.files[0];
@@ -119,4 +121,95 @@ fn incomplete_files_do_not_count_as_written() {
             .inspect_credential(b"{\"auth_mode\":\"chatgpt\",\"tokens\":{}}")
             .is_err()
     );
+}
+
+fn invocation<'a>(resume: Option<&'a str>) -> Invocation<'a> {
+    Invocation {
+        prompt: "-hi",
+        model: Some("m"),
+        home: "/home/u",
+        cwd: "/work/p",
+        resume,
+        endpoint: None,
+    }
+}
+
+#[test]
+fn the_cwd_comes_before_resume_and_the_prompt_after_dashes() {
+    let fixed = [
+        "codex",
+        "exec",
+        "--json",
+        "--skip-git-repo-check",
+        "-C",
+        "/work/p",
+    ];
+    let tail = ["--model", "m", "--", "-hi"];
+    assert_eq!(
+        Codex.command(&invocation(None)).argv,
+        [&fixed[..], &tail].concat()
+    );
+    assert_eq!(
+        Codex.command(&invocation(Some("01a2"))).argv,
+        [&fixed[..], &["resume", "01a2"], &tail].concat()
+    );
+}
+
+const RECORDED_ID: &str = "01a21b12-9ff0-7512-b417-61e12be1fe52";
+
+#[test]
+fn the_session_id_is_the_thread_id() {
+    let recorded = include_str!("recorded/codex-success.jsonl");
+    assert_eq!(
+        replay::session_id(CODEX, recorded).as_deref(),
+        Some(RECORDED_ID)
+    );
+    let (id, outcome) = replay::resumed(CODEX, RECORDED_ID, recorded, "", Some(0));
+    assert_eq!(id.as_deref(), Some(RECORDED_ID));
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+}
+
+#[test]
+fn an_unknown_thread_is_an_expired_conversation() {
+    // stdout is empty, the error is on stderr only, exit 1 (research §2).
+    let stderr = "Error: thread/resume: thread/resume failed: no rollout found for thread id \
+                  01a24cb1-6eb4-7a12-8144-3d9dd54dc956 (code -32600)\n";
+    let (id, outcome) = replay::resumed(
+        CODEX,
+        "01a24cb1-6eb4-7a12-8144-3d9dd54dc956",
+        "",
+        stderr,
+        Some(1),
+    );
+    assert_eq!(id, None);
+    assert_eq!(
+        outcome,
+        Outcome::Failure {
+            code: crate::providers::CONVERSATION_EXPIRED.into(),
+            message: stderr.trim().into(),
+        }
+    );
+}
+
+#[test]
+fn a_new_thread_instead_of_the_asked_one_is_an_expired_conversation() {
+    // What an unknown thread name gets: a fresh thread, an answer, exit 0.
+    let asked = "01a24cb1-6eb4-7a12-8144-3d9dd54dc956";
+    let mut translator = Codex.translator(Some(asked));
+    let events: Vec<_> = include_str!("recorded/codex-success.jsonl")
+        .lines()
+        .flat_map(|l| translator.line(l))
+        .collect();
+    assert_eq!(events, [], "an answer without the conversation's history");
+    match translator.finish(Some(0)) {
+        Outcome::Failure { code, message } => {
+            assert_eq!(code, crate::providers::CONVERSATION_EXPIRED);
+            assert!(
+                message.contains(asked) && message.contains(RECORDED_ID),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(translator.session_id(), None);
 }

@@ -2,12 +2,16 @@
 
 use serde_json::Value;
 
-use super::prompt::{Invocation, Outcome};
+use super::prompt::{CONVERSATION_EXPIRED, Invocation, Outcome};
 
-/// `fixed`, then `--model` when one is asked for, then the prompt after `--` (so a prompt that
-/// starts with `-` is still the prompt).
-pub fn argv(fixed: &[&str], invocation: &Invocation<'_>) -> Vec<String> {
+/// `fixed`, then `resume` followed by the session id when the invocation resumes one, then
+/// `--model` when one is asked for, then the prompt after `--` (so a prompt that starts with
+/// `-` is still the prompt).
+pub fn argv(fixed: &[&str], resume: &str, invocation: &Invocation<'_>) -> Vec<String> {
     let mut argv: Vec<String> = fixed.iter().map(|a| a.to_string()).collect();
+    if let Some(id) = invocation.resume {
+        argv.extend([resume.to_string(), id.to_string()]);
+    }
     if let Some(model) = invocation.model {
         argv.extend(["--model".into(), model.to_string()]);
     }
@@ -29,6 +33,70 @@ pub fn no_result(exit_code: Option<i32>) -> Outcome {
             Some(code) => format!("the CLI exited with status {code} without a result"),
             None => "the CLI was killed before it printed a result".into(),
         },
+    }
+}
+
+/// What one run says about the CLI's session: the id it reported, and whether the session it
+/// was asked to resume is gone. Every CLI's translator holds one.
+#[derive(Debug, Default)]
+pub struct Session {
+    asked: Option<String>,
+    seen: Option<String>,
+    expired: Option<String>,
+}
+
+impl Session {
+    pub fn new(resume: Option<&str>) -> Session {
+        Session {
+            asked: resume.map(str::to_string),
+            ..Session::default()
+        }
+    }
+
+    /// The session id on an output line. Each CLI keeps the id when it resumes (tested on all
+    /// three), so another id means it started afresh: Codex does that, exit 0, for a thread
+    /// *name* it does not know.
+    pub fn seen(&mut self, id: &Value) {
+        let Some(id) = id.as_str().filter(|id| !id.is_empty()) else {
+            return;
+        };
+        if self.seen.is_some() {
+            return;
+        }
+        self.seen = Some(id.to_string());
+        if let Some(asked) = self.asked.as_deref().filter(|asked| *asked != id) {
+            self.expired(format!(
+                "the CLI did not resume session {asked}: it started a new session {id} instead"
+            ));
+        }
+    }
+
+    /// The CLI said the session to resume does not exist; the first reason is kept.
+    pub fn expired(&mut self, message: String) {
+        self.expired.get_or_insert(message);
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.expired.is_some()
+    }
+
+    pub fn id(&self) -> Option<String> {
+        match self.expired {
+            Some(_) => None,
+            None => self.seen.clone(),
+        }
+    }
+
+    /// `outcome`, unless the session was gone: then the run answered nothing of the
+    /// conversation, whatever else it printed.
+    pub fn outcome(&self, outcome: Outcome) -> Outcome {
+        match &self.expired {
+            Some(message) => Outcome::Failure {
+                code: CONVERSATION_EXPIRED.into(),
+                message: message.clone(),
+            },
+            None => outcome,
+        }
     }
 }
 
@@ -65,9 +133,38 @@ pub(crate) mod replay {
         recorded: &str,
         exit_code: Option<i32>,
     ) -> (Vec<PromptEvent>, Outcome) {
-        let mut translator = provider.cli().translator();
+        let mut translator = provider.cli().translator(None);
         let events = recorded.lines().flat_map(|l| translator.line(l)).collect();
         (events, translator.finish(exit_code))
+    }
+
+    /// What a run asked to resume `resume` ends as: its session id and outcome, from its
+    /// recorded stdout and stderr.
+    pub fn resumed(
+        provider: Provider,
+        resume: &str,
+        stdout: &str,
+        stderr: &str,
+        exit_code: Option<i32>,
+    ) -> (Option<String>, Outcome) {
+        let mut translator = provider.cli().translator(Some(resume));
+        for line in stdout.lines() {
+            translator.line(line);
+        }
+        for line in stderr.lines() {
+            translator.stderr_line(line);
+        }
+        let outcome = translator.finish(exit_code);
+        (translator.session_id(), outcome)
+    }
+
+    /// The session id a new session's run reports.
+    pub fn session_id(provider: Provider, recorded: &str) -> Option<String> {
+        let mut translator = provider.cli().translator(None);
+        for line in recorded.lines() {
+            translator.line(line);
+        }
+        translator.session_id()
     }
 
     pub fn text(events: &[PromptEvent]) -> String {

@@ -1,8 +1,11 @@
 //! Gemini CLI.
 //!
-//! - Prompts: `gemini -m MODEL --output-format stream-json -p …`. Assistant `message` lines
-//!   with `delta: true` are the text; the `result` line's `status` decides success, since the
-//!   CLI can exit 0 with an error result.
+//! - Prompts: `gemini -m MODEL --output-format stream-json [--resume ID] --prompt=…`.
+//!   Assistant `message` lines with `delta: true` are the text; the `result` line's `status`
+//!   decides success, since the CLI can exit 0 with an error result.
+//! - Sessions: always kept, per cwd, under `~/.gemini/tmp/<project>/chats/`; the id is `init`'s
+//!   `session_id`. An unknown id (or one of another cwd) says `Error resuming session: …` on
+//!   stderr only, exit 42. `--resume` also takes `latest` or an index, which are never passed.
 //! - Login: only the interactive screen logs in. With `NO_BROWSER=true` and OAuth selected in
 //!   its settings it prints an authorize URL and `Enter the authorization code:`. A wrong code
 //!   prints `Failed to authenticate with authorization code:<reason>` and starts over with a
@@ -12,7 +15,7 @@
 
 use serde_json::{Value, json};
 
-use super::common::{env, has_text, json_file, json_line, no_result};
+use super::common::{Session, env, has_text, json_file, json_line, no_result};
 use super::login::{LoginCommand, LoginSignal, ScreenRules, UrlAndCode, url_in};
 use super::{
     Cli, CliCommand, ConfigFile, Facts, Invocation, Outcome, PromptEvent, StatusCommand, Translator,
@@ -42,15 +45,18 @@ impl Cli for GeminiCli {
     }
 
     fn command(&self, invocation: &Invocation<'_>) -> CliCommand {
-        let argv = vec![
+        let mut argv = vec![
             "gemini".to_string(),
             "-m".into(),
             invocation.model.unwrap_or(DEFAULT_MODEL).to_string(),
             "--output-format".into(),
             "stream-json".into(),
-            // The `=` form keeps a prompt that starts with `-` the prompt.
-            format!("--prompt={}", invocation.prompt),
         ];
+        if let Some(id) = invocation.resume {
+            argv.extend(["--resume".into(), id.to_string()]);
+        }
+        // The `=` form keeps a prompt that starts with `-` the prompt.
+        argv.push(format!("--prompt={}", invocation.prompt));
         let mut env = env(&[
             ("GEMINI_CLI_TRUST_WORKSPACE", "true"),
             ("GEMINI_CLI_NO_RELAUNCH", "true"),
@@ -84,8 +90,11 @@ impl Cli for GeminiCli {
         }
     }
 
-    fn translator(&self) -> Box<dyn Translator> {
-        Box::<GeminiTranslator>::default()
+    fn translator(&self, resume: Option<&str>) -> Box<dyn Translator> {
+        Box::new(GeminiTranslator {
+            outcome: None,
+            session: Session::new(resume),
+        })
     }
 
     fn status_command(&self, _home: &str) -> StatusCommand {
@@ -131,9 +140,12 @@ impl Cli for GeminiCli {
     }
 }
 
-#[derive(Default)]
+/// What its stderr's first line says when `--resume` finds no such session.
+const RESUME_FAILED: &str = "Error resuming session:";
+
 struct GeminiTranslator {
     outcome: Option<Outcome>,
+    session: Session,
 }
 
 impl Translator for GeminiTranslator {
@@ -142,10 +154,13 @@ impl Translator for GeminiTranslator {
             return Vec::new();
         };
         match value["type"].as_str().unwrap_or_default() {
-            "init" => vec![PromptEvent::metadata(
-                "init",
-                json!({"model": value["model"], "sessionId": value["session_id"]}),
-            )],
+            "init" => {
+                self.session.seen(&value["session_id"]);
+                vec![PromptEvent::metadata(
+                    "init",
+                    json!({"model": value["model"], "sessionId": value["session_id"]}),
+                )]
+            }
             "message" if value["role"] == "assistant" => {
                 vec![PromptEvent::content(
                     value["content"].as_str().unwrap_or_default(),
@@ -182,8 +197,19 @@ impl Translator for GeminiTranslator {
         }
     }
 
+    fn stderr_line(&mut self, line: &str) {
+        if line.contains(RESUME_FAILED) {
+            self.session.expired(line.trim().to_string());
+        }
+    }
+
+    fn session_id(&self) -> Option<String> {
+        self.session.id()
+    }
+
     fn finish(&mut self, exit_code: Option<i32>) -> Outcome {
-        self.outcome.take().unwrap_or_else(|| no_result(exit_code))
+        let outcome = self.outcome.take().unwrap_or_else(|| no_result(exit_code));
+        self.session.outcome(outcome)
     }
 }
 

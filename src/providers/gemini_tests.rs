@@ -100,3 +100,70 @@ fn incomplete_files_do_not_count_as_written() {
             .is_err()
     );
 }
+
+fn invocation<'a>(resume: Option<&'a str>) -> Invocation<'a> {
+    Invocation {
+        prompt: "-hi",
+        model: None,
+        home: "/home/u",
+        cwd: "/work/p",
+        resume,
+        endpoint: None,
+    }
+}
+
+#[test]
+fn a_resumed_session_names_its_id_before_the_prompt() {
+    let fixed = [
+        "gemini",
+        "-m",
+        DEFAULT_MODEL,
+        "--output-format",
+        "stream-json",
+    ];
+    assert_eq!(
+        GeminiCli.command(&invocation(None)).argv,
+        [&fixed[..], &["--prompt=-hi"]].concat()
+    );
+    assert_eq!(
+        GeminiCli.command(&invocation(Some("807c"))).argv,
+        [&fixed[..], &["--resume", "807c", "--prompt=-hi"]].concat()
+    );
+}
+
+const RECORDED_ID: &str = "807c84c7-e650-4efa-ad29-2e16d510b48d";
+
+#[test]
+fn the_session_id_is_inits() {
+    let recorded = include_str!("recorded/gemini-success.jsonl");
+    assert_eq!(
+        replay::session_id(GEMINI_CLI, recorded).as_deref(),
+        Some(RECORDED_ID)
+    );
+    let (id, outcome) = replay::resumed(GEMINI_CLI, RECORDED_ID, recorded, "", Some(0));
+    assert_eq!(id.as_deref(), Some(RECORDED_ID));
+    assert!(matches!(outcome, Outcome::Success { .. }), "{outcome:?}");
+}
+
+#[test]
+fn an_unknown_session_is_an_expired_conversation() {
+    // stdout is empty, the error is on stderr only, exit 42 (research §2).
+    let asked = "0d6c3a52-1b7e-4f0a-9c55-2f1d8e7b6a90";
+    for first in [
+        format!("Error resuming session: Invalid session identifier \"{asked}\"."),
+        "Error resuming session: No previous sessions found for this project.".to_string(),
+    ] {
+        let stderr = format!(
+            "{first}\nSearched for sessions in /home/u/.gemini/tmp/p/chats.\nUse --list-sessions to see the sessions.\n"
+        );
+        let (id, outcome) = replay::resumed(GEMINI_CLI, asked, "", &stderr, Some(42));
+        assert_eq!(id, None);
+        assert_eq!(
+            outcome,
+            Outcome::Failure {
+                code: crate::providers::CONVERSATION_EXPIRED.into(),
+                message: first,
+            }
+        );
+    }
+}

@@ -4,7 +4,10 @@
 //!
 //! - Prompts: it says the words of its config file and how many bytes it was asked, one JSON
 //!   line per word (`{"kind":"word","text":…}`), then `{"kind":"end","ok":…}` with its usage or
-//!   its error. A banner line that is not JSON comes first.
+//!   its error. A banner line that is not JSON comes first, then `{"kind":"session","id":…}`.
+//! - Sessions: one file per session under `.made-up/sessions/`, holding its prompts.
+//!   `--resume ID` before the prompt continues one; an unknown id says `made-up: no session
+//!   ID` on stderr and exits 3.
 //! - Login: it shows a page and a code (`Visit https://… and type the code shown there:`), reads
 //!   the code, and writes its token file, or says `made-up: refused: <reason>`.
 //! - Credential: `.made-up/token.json`, `{"token", "expires_ms", "refresh"}`.
@@ -12,15 +15,30 @@
 
 use serde_json::{Value, json};
 
-use super::common::{env, has_text, json_file, json_line, no_result};
+use super::common::{Session, env, has_text, json_file, json_line, no_result};
 use super::login::{LoginCommand, LoginSignal, ScreenRules, UrlAndCode, url_in};
 use super::{
     Cli, CliCommand, ConfigFile, Facts, Invocation, Outcome, PromptEvent, StatusCommand, Translator,
 };
 
-/// `$1` is the prompt. The words come from the config file the command writes first.
+/// The arguments are `[--resume ID] PROMPT`. The words come from the config file the command
+/// writes first.
 const PROMPT_SCRIPT: &str = r#"set -eu
+sessions="$HOME/.made-up/sessions"
+if [ "$1" = --resume ]; then
+  id=$2
+  shift 2
+  if [ ! -f "$sessions/$id" ]; then
+    echo "made-up: no session $id" >&2
+    exit 3
+  fi
+else
+  mkdir -p "$sessions"
+  id="mu-$(date +%s)-$$"
+fi
+printf '%s\n' "$1" >>"$sessions/$id"
 echo "made-up CLI 0.1 (${MADE_UP_MODEL})"
+printf '{"kind":"session","id":"%s"}\n' "$id"
 n=0
 for word in $(cat "$HOME/.made-up/words"); do
   printf '{"kind":"word","text":"%s "}\n' "$word"
@@ -64,10 +82,15 @@ impl Cli for MadeUp {
 
     fn command(&self, invocation: &Invocation<'_>) -> CliCommand {
         let model = invocation.model.unwrap_or("made-up-1");
+        let mut argv: Vec<String> = ["/bin/sh", "-c", PROMPT_SCRIPT, "made-up"]
+            .map(String::from)
+            .to_vec();
+        if let Some(id) = invocation.resume {
+            argv.extend(["--resume".into(), id.to_string()]);
+        }
+        argv.push(invocation.prompt.to_string());
         CliCommand {
-            argv: ["/bin/sh", "-c", PROMPT_SCRIPT, "made-up", invocation.prompt]
-                .map(String::from)
-                .to_vec(),
+            argv,
             env: env(&[("MADE_UP_MODEL", model)]),
             files: vec![ConfigFile {
                 path: format!("{}/.made-up/words", invocation.home),
@@ -77,8 +100,11 @@ impl Cli for MadeUp {
         }
     }
 
-    fn translator(&self) -> Box<dyn Translator> {
-        Box::<MadeUpTranslator>::default()
+    fn translator(&self, resume: Option<&str>) -> Box<dyn Translator> {
+        Box::new(MadeUpTranslator {
+            outcome: None,
+            session: Session::new(resume),
+        })
     }
 
     fn status_command(&self, home: &str) -> StatusCommand {
@@ -119,9 +145,9 @@ impl Cli for MadeUp {
     }
 }
 
-#[derive(Default)]
 struct MadeUpTranslator {
     outcome: Option<Outcome>,
+    session: Session,
 }
 
 impl Translator for MadeUpTranslator {
@@ -130,6 +156,13 @@ impl Translator for MadeUpTranslator {
             return Vec::new();
         };
         match value["kind"].as_str() {
+            Some("session") => {
+                self.session.seen(&value["id"]);
+                vec![PromptEvent::metadata(
+                    "init",
+                    json!({"sessionId": value["id"]}),
+                )]
+            }
             Some("word") => vec![PromptEvent::content(
                 value["text"].as_str().unwrap_or_default(),
             )],
@@ -156,8 +189,19 @@ impl Translator for MadeUpTranslator {
         }
     }
 
+    fn stderr_line(&mut self, line: &str) {
+        if line.starts_with("made-up: no session") {
+            self.session.expired(line.trim().to_string());
+        }
+    }
+
+    fn session_id(&self) -> Option<String> {
+        self.session.id()
+    }
+
     fn finish(&mut self, exit_code: Option<i32>) -> Outcome {
-        self.outcome.take().unwrap_or_else(|| no_result(exit_code))
+        let outcome = self.outcome.take().unwrap_or_else(|| no_result(exit_code));
+        self.session.outcome(outcome)
     }
 }
 
@@ -187,45 +231,5 @@ impl ScreenRules for LoginRules {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::providers::by_name;
-    use crate::providers::common::replay;
-
-    #[test]
-    fn its_own_lines_become_events() {
-        let provider = by_name("made_up").unwrap();
-        let (events, outcome) = replay::run(
-            provider,
-            "made-up CLI 0.1 (made-up-1)\n{\"kind\":\"word\",\"text\":\"Hi \"}\n\
-             {\"kind\":\"word\",\"text\":\"there.\"}\n{\"kind\":\"end\",\"ok\":true,\"usage\":{\"words\":2}}\n",
-            Some(0),
-        );
-        assert_eq!(replay::text(&events), "Hi there.");
-        assert_eq!(replay::kinds(&events), ["usage"]);
-        assert!(matches!(outcome, Outcome::Success { usage: Some(_) }));
-        let (_, outcome) = replay::run(provider, "{\"kind\":\"end\",\"ok\":false}\n", Some(1));
-        assert!(matches!(outcome, Outcome::Failure { code, .. } if code == "model_error"));
-    }
-
-    #[test]
-    fn its_login_screen_and_file() {
-        let provider = by_name("made_up").unwrap();
-        let signals = replay::login(
-            provider,
-            b"Visit https://login.made-up.example/device and type the code shown there:\r\n\
-              made-up: logged in\r\n",
-        );
-        let action = replay::awaiting(&signals);
-        assert_eq!(
-            action.auth_url.as_deref(),
-            Some("https://login.made-up.example/device")
-        );
-        assert_eq!(signals.last(), Some(&LoginSignal::Succeeded));
-        let facts = MadeUp
-            .inspect_credential(br#"{"token":"t","expires_ms":5,"refresh":"r"}"#)
-            .unwrap();
-        assert_eq!((facts.expires_at_ms, facts.refreshable), (Some(5), true));
-        assert!(MadeUp.inspect_credential(br#"{"token":""}"#).is_err());
-    }
-}
+#[path = "made_up_tests.rs"]
+mod tests;

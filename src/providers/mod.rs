@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 
 pub use event::PromptEvent;
 pub use login::{LoginCommand, LoginScreen, LoginSignal, ScreenRules, UserAction};
-pub use prompt::{CliCommand, ConfigFile, Endpoint, Invocation, Outcome, Translator};
+pub use prompt::{
+    CONVERSATION_EXPIRED, CliCommand, ConfigFile, Endpoint, Invocation, Outcome, Translator,
+};
 pub use provider::{
     CLAUDE_CODE, CODEX, GEMINI_CLI, Provider, UnknownProvider, all, by_name, named,
 };
@@ -55,11 +57,13 @@ pub trait Cli: Send + Sync {
     /// name, or a `.domain` suffix.
     fn endpoints(&self) -> &'static [&'static str];
 
-    /// The non-interactive run of one prompt. `HOME` is added by [`Provider::command`].
+    /// The non-interactive run of one prompt, in a session the CLI keeps (a new one, or
+    /// `invocation.resume`). `HOME` is added by [`Provider::command`].
     fn command(&self, invocation: &Invocation<'_>) -> CliCommand;
 
-    /// A fresh reader of one run's stdout.
-    fn translator(&self) -> Box<dyn Translator>;
+    /// A fresh reader of one run's output, for a run that resumes `resume` (the same id as the
+    /// invocation's): it fails the run as [`CONVERSATION_EXPIRED`] when that session is gone.
+    fn translator(&self, resume: Option<&str>) -> Box<dyn Translator>;
 
     /// The CLI's own check of its credential, run with the credential in place in `home`.
     fn status_command(&self, home: &str) -> StatusCommand;

@@ -30,8 +30,14 @@ impl std::fmt::Debug for Endpoint {
 pub struct Invocation<'a> {
     pub prompt: &'a str,
     pub model: Option<&'a str>,
-    /// The CLI's HOME, where its configuration and credentials live.
+    /// The CLI's HOME, where its configuration, credentials and sessions live.
     pub home: &'a str,
+    /// The directory the CLI works in. The caller runs the process there too: Claude Code and
+    /// Gemini CLI look a session up only among those of their working directory, so every turn
+    /// of a conversation must run in the same one.
+    pub cwd: &'a str,
+    /// The CLI's own id of the session to continue; `None` starts a new one.
+    pub resume: Option<&'a str>,
     pub endpoint: Option<&'a Endpoint>,
 }
 
@@ -51,6 +57,10 @@ pub struct CliCommand {
     pub files: Vec<ConfigFile>,
 }
 
+/// The [`Outcome::Failure`] code for a session the CLI no longer has (or never had): the
+/// conversation cannot go on, a new one has to start.
+pub const CONVERSATION_EXPIRED: &str = "conversation_expired";
+
 /// How the CLI's run ended, by its own account.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -58,10 +68,17 @@ pub enum Outcome {
     Failure { code: String, message: String },
 }
 
-/// Turns a CLI's stdout lines into events, and its end into an outcome.
+/// Turns a CLI's output lines into events, and its end into an outcome. One translator reads
+/// one run; it is made knowing which session the run was asked to resume.
 pub trait Translator: Send {
     /// The events one line of stdout stands for (often none).
     fn line(&mut self, line: &str) -> Vec<PromptEvent>;
+    /// One line of stderr. Some CLIs say only there that the session to resume is gone.
+    fn stderr_line(&mut self, _line: &str) {}
+    /// The CLI's id of the session this run's prompt went into, as its output said; `None`
+    /// before the CLI has said, and when the asked-for session turned out to be gone (a run
+    /// that ends in [`CONVERSATION_EXPIRED`] has no session to continue).
+    fn session_id(&self) -> Option<String>;
     /// The outcome once the process has exited with `exit_code`.
     fn finish(&mut self, exit_code: Option<i32>) -> Outcome;
 }

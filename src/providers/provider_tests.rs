@@ -108,6 +108,8 @@ fn the_command_and_login_run_in_the_given_home() {
         prompt: "hi",
         model: None,
         home: "/home/u",
+        cwd: "/home/u",
+        resume: None,
         endpoint: None,
     };
     for provider in all() {

@@ -29,3 +29,29 @@ fn the_named_constants_are_their_registry_entries() {
         [CLAUDE_CODE, CODEX, GEMINI_CLI]
     );
 }
+
+#[test]
+fn every_cli_keeps_its_sessions_and_resumes_by_id() {
+    for provider in all() {
+        let invocation = |resume| Invocation {
+            prompt: "hi",
+            model: None,
+            home: "/home/u",
+            cwd: "/work/p",
+            resume,
+            endpoint: None,
+        };
+        let new = provider.command(&invocation(None)).argv;
+        for throwaway in ["--no-session-persistence", "--ephemeral"] {
+            assert!(!new.iter().any(|a| a == throwaway), "{provider}: {new:?}");
+        }
+        assert!(!new.iter().any(|a| a == "S-1"), "{provider}: {new:?}");
+        let resumed = provider.command(&invocation(Some("S-1"))).argv;
+        assert!(
+            resumed.iter().any(|a| a == "S-1"),
+            "{provider}: {resumed:?}"
+        );
+        // Nothing said yet: no session.
+        assert_eq!(provider.cli().translator(Some("S-1")).session_id(), None);
+    }
+}
