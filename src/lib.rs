@@ -21,6 +21,7 @@
 //! | `tasks` | the background scheduler and its jobs | the modules below |
 //! | `inventory` | counts across the store for metrics and stats | the modules below |
 //! | `users` | users, their deletion and token epochs | the modules below |
+//! | `workspace` | the files API and exec in a user's workspace, as the CLI user | the modules below |
 //! | `prompts` | prompts through the CLIs, their event streams and records | the modules below |
 //! | `auth` | logins through the relay, the vault, credentials in guests | the modules below |
 //! | `vms` | the VM manager: users' VMs from create to destroy | the modules below |
@@ -86,3 +87,5 @@ pub mod vmm;
 pub mod vms;
 #[cfg(feature = "daemon")]
 pub mod watchdog;
+#[cfg(feature = "daemon")]
+pub mod workspace;

@@ -94,7 +94,7 @@ pub fn endpoint(ctx: Arc<ApiContext>, method: Method, route: &'static str) -> Bo
         .boxed()
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
 
 /// A request body not yet read. Handlers read it after authorising the caller, up to the
 /// configured size cap.
@@ -113,6 +113,12 @@ impl Body {
         Body(Box::pin(stream.map(|chunk| {
             chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining()))
         })))
+    }
+
+    /// The body as it arrives, for a handler that streams it on (an upload) and bounds it
+    /// itself.
+    pub fn into_stream(self) -> ByteStream {
+        self.0
     }
 
     pub async fn bytes(mut self, limit: u64) -> Result<Bytes, ApiError> {

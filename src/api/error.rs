@@ -273,9 +273,59 @@ impl From<crate::prompts::PromptError> for ApiError {
                 message,
                 extra: None,
             },
+            PromptError::ConversationForbidden(_) => ApiError::Forbidden(message),
+            PromptError::ConversationBusy(_) => ApiError::Conflict {
+                code: "conversation_busy",
+                message,
+                extra: None,
+            },
+            PromptError::ConversationExpired(_) => ApiError::Conflict {
+                code: "conversation_expired",
+                message,
+                extra: None,
+            },
+            PromptError::Conversation(e) => e.into(),
             PromptError::Vm(e) => e.into(),
             PromptError::Transition(e) => e.into(),
             PromptError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::workspace::WorkspaceError> for ApiError {
+    fn from(e: crate::workspace::WorkspaceError) -> Self {
+        use crate::guest::workspace::WorkspaceError as Files;
+        use crate::workspace::WorkspaceError;
+        let message = e.to_string();
+        match e {
+            WorkspaceError::Invalid { .. } => ApiError::BadRequest {
+                code: "invalid_field",
+                message,
+            },
+            WorkspaceError::TooLarge { max } => ApiError::PayloadTooLarge { limit: max },
+            WorkspaceError::ExecNotFound(_) => ApiError::NotFound {
+                code: "exec_not_found",
+                message,
+            },
+            WorkspaceError::Busy { .. } => ApiError::Busy {
+                code: "exec_busy",
+                message,
+            },
+            WorkspaceError::Vm(e) => e.into(),
+            WorkspaceError::Files(e) => {
+                let code = e.code();
+                match e {
+                    Files::BadPath(_) | Files::Escapes(_) => ApiError::BadRequest { code, message },
+                    Files::NotFound(_) => ApiError::NotFound { code, message },
+                    Files::TooLarge { max } => ApiError::PayloadTooLarge { limit: max },
+                    Files::NotADirectory(_) | Files::IsADirectory(_) => ApiError::Conflict {
+                        code,
+                        message,
+                        extra: None,
+                    },
+                    Files::Guest(_) | Files::Failed(_) => ApiError::BadGateway { code, message },
+                }
+            }
         }
     }
 }

@@ -10,6 +10,8 @@ mod logins;
 mod outbox;
 mod probes;
 mod prompts;
+mod files;
+mod exec;
 pub mod rate_limit;
 pub mod serve;
 mod tasks;
@@ -32,6 +34,7 @@ use crate::auth::AuthService;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::prompts::PromptService;
+use crate::workspace::WorkspaceService;
 use crate::store::Store;
 use crate::sync::SyncService;
 use crate::users::UserService;
@@ -77,6 +80,7 @@ pub struct ApiContext {
     pub users: UserService,
     pub vms: VmService,
     pub prompts: Arc<PromptService>,
+    pub workspace: Arc<WorkspaceService>,
     pub oauth: Arc<AuthService>,
     pub tasks: Arc<crate::tasks::Scheduler>,
     pub host: Arc<crate::tasks::HostProbe>,
@@ -131,6 +135,10 @@ impl ApiContext {
 pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Response,)> {
     let api = user_vm::routes(ctx)
         .or(prompts::routes(ctx))
+        .unify()
+        .or(files::routes(ctx))
+        .unify()
+        .or(exec::routes(ctx))
         .unify()
         .or(logins::routes(ctx))
         .unify()

@@ -3,12 +3,22 @@
 //! sockets and tasks without end. This loop serves the same warp filter through hyper's HTTP/1
 //! connection with a header read timeout, holds a semaphore permit per connection, and tags each
 //! request with its peer address (for the failed-authentication limit).
+//!
+//! warp 0.4 offers no public way to build a response whose body is a stream of our own (a file
+//! downloaded from a guest), so a handler leaves the stream in the response's extensions
+//! ([`streamed`]) and this loop makes it the body.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryFutureExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -21,6 +31,40 @@ use warp::reply::Response;
 /// The connection's peer, put in every request's extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// A response body to stream, handed from a handler to the accept loop.
+#[derive(Clone)]
+struct StreamedBody(Arc<std::sync::Mutex<Option<BodyStream>>>);
+
+/// The chunks of a streamed body; an error ends the response early (the client sees a short
+/// body, as its Content-Length tells it).
+pub type BodyStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// A response of `status` whose body is `stream`.
+pub fn streamed(mut response: Response, stream: BodyStream) -> Response {
+    response
+        .extensions_mut()
+        .insert(StreamedBody(Arc::new(std::sync::Mutex::new(Some(stream)))));
+    response
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body a handler left in the extensions, or warp's own.
+fn with_streamed_body(response: Response) -> hyper::Response<BoxBody<Bytes, BoxError>> {
+    let (mut parts, body) = response.into_parts();
+    let stream = parts
+        .extensions
+        .remove::<StreamedBody>()
+        .and_then(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).take());
+    let body = match stream {
+        Some(stream) => BoxBody::new(StreamBody::new(
+            stream.map(|chunk| chunk.map(Frame::data).map_err(BoxError::from)),
+        )),
+        None => BoxBody::new(body.map_err(BoxError::from)),
+    };
+    hyper::Response::from_parts(parts, body)
+}
 
 /// What one listener bounds.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +111,7 @@ pub async fn serve(
             request.extensions_mut().insert(PeerAddr(peer));
             // The filtered service is a cheap clone (it holds the boxed filter), and calling
             // it needs `&mut`.
-            filtered.clone().call(request)
+            filtered.clone().call(request).map_ok(with_streamed_body)
         });
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder

@@ -15,6 +15,7 @@ use crate::sync::rows::RowOptions;
 use crate::sync::{MirrorSettings, SyncSettings};
 use crate::vmm::HypervisorSettings;
 use crate::vms::{CliEnvironment, CrashLimit, Limits, VmSettings};
+use crate::workspace::WorkspaceSettings;
 
 impl Config {
     /// The gateway proxy listens on the bridge's own address, the guests' default gateway.
@@ -37,7 +38,8 @@ impl Resolved {
                 Some(_) => Some(format!("http://{gateway}")),
                 None => self.egress_proxy.clone(),
             },
-            owner: None,
+            owner: self.cli_user,
+            workspace: self.workspace_root.trim_end_matches('/').to_string(),
             secrets_dir: self.cli_secrets_dir.clone(),
         };
         Config {
@@ -126,6 +128,13 @@ impl Resolved {
                     max_bytes: 8 << 20,
                 },
                 retained_runs: 256,
+            },
+            workspace: WorkspaceSettings {
+                cli: cli.clone(),
+                max_file_bytes: self.files_max_bytes,
+                exec_default_timeout: Duration::from_secs(self.exec_timeout_secs),
+                exec_max_timeout: Duration::from_secs(self.exec_max_timeout_secs),
+                max_execs: 64,
             },
             auth: AuthSettings {
                 cli,

@@ -21,6 +21,7 @@ use crate::sync::MirrorSettings;
 use crate::tasks::TaskSettings;
 use crate::vmm::{HypervisorChoice, HypervisorSettings};
 use crate::vms::VmSettings;
+use crate::workspace::WorkspaceSettings;
 pub use settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,7 @@ pub struct Config {
     pub tasks: TaskSettings,
     pub prompts: PromptSettings,
     pub auth: AuthSettings,
+    pub workspace: WorkspaceSettings,
 }
 
 /// Every setting resolved to its value and checked (`validate`), before it is built into the
@@ -157,6 +159,14 @@ struct Resolved {
     cli_path: Option<String>,
     /// The tmpfs directory in the guest that holds credentials while a CLI uses them.
     cli_secrets_dir: String,
+    /// The guest user (uid, gid) the CLIs, exec and the files API run as; `None` is root.
+    cli_user: Option<(u32, u32)>,
+    /// The directory in the guest that prompts' `cwd`, exec and the files API are relative to.
+    workspace_root: String,
+    /// The largest file the files API accepts.
+    files_max_bytes: u64,
+    exec_timeout_secs: u64,
+    exec_max_timeout_secs: u64,
     /// `HTTP_PROXY`/`HTTPS_PROXY` for the CLIs' egress when there is no gateway proxy (no
     /// DECODO_HOST).
     egress_proxy: Option<String>,
@@ -166,6 +176,10 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:4000";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/master-controller";
 pub const DEFAULT_BRIDGE: &str = "fcbr0";
 pub const DEFAULT_CLI_SECRETS_DIR: &str = "/run/mc/secrets";
+/// The golden image's unprivileged user `dev` (`image/golden/rootfs.sh`) and its HOME.
+pub const DEFAULT_CLI_USER: &str = "1000:1000";
+pub const DEFAULT_CLI_HOME: &str = "/home/dev";
+pub const DEFAULT_FILES_MAX_BYTES: u64 = 100 << 20;
 pub const DEFAULT_BRIDGE_CIDR: &str = "192.168.100.1/24";
 /// 8 MiB of console: thousands of lines of boot and crash output for diagnostics.
 pub const DEFAULT_VM_LOG_MAX_BYTES: u64 = 8 << 20;
@@ -352,14 +366,46 @@ impl Resolved {
             },
             model_base_url: s.model_base_url,
             model_api_key: s.model_api_key.map(SecretString::from),
-            cli_home: s.cli_home.unwrap_or_else(|| "/root".into()),
+            cli_user: parse_cli_user(s.cli_user.as_deref().unwrap_or(DEFAULT_CLI_USER))?,
+            workspace_root: s.workspace_root.unwrap_or_else(|| {
+                let home = s.cli_home.as_deref().unwrap_or(DEFAULT_CLI_HOME);
+                format!("{}/work", home.trim_end_matches('/'))
+            }),
+            cli_home: s.cli_home.unwrap_or_else(|| DEFAULT_CLI_HOME.into()),
             cli_path: s.cli_path,
             cli_secrets_dir: s
                 .cli_secrets_dir
                 .unwrap_or_else(|| DEFAULT_CLI_SECRETS_DIR.into()),
+            files_max_bytes: s.files_max_bytes.unwrap_or(DEFAULT_FILES_MAX_BYTES),
+            exec_timeout_secs: s.exec_timeout_secs.unwrap_or(600),
+            exec_max_timeout_secs: s.exec_max_timeout_secs.unwrap_or(3600),
             egress_proxy: s.egress_proxy,
         })
     }
+}
+
+/// `uid:gid`, a bare `uid` (its gid the same number), or `root`; root is `None`.
+fn parse_cli_user(text: &str) -> Result<Option<(u32, u32)>, ConfigError> {
+    let bad = || {
+        invalid(
+            "cli_user",
+            format!("{text:?} is not uid:gid, a uid, or root"),
+        )
+    };
+    if text.trim() == "root" {
+        return Ok(None);
+    }
+    let (uid, gid) = match text.trim().split_once(':') {
+        Some((uid, gid)) => (uid, gid),
+        None => (text.trim(), text.trim()),
+    };
+    let uid: u32 = uid.parse().map_err(|_| bad())?;
+    let gid: u32 = gid.parse().map_err(|_| bad())?;
+    Ok(if uid == 0 && gid == 0 {
+        None
+    } else {
+        Some((uid, gid))
+    })
 }
 
 fn invalid(field: &str, reason: String) -> ConfigError {

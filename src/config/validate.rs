@@ -37,7 +37,17 @@ impl Resolved {
                 "must be an absolute directory other than /".into(),
             ));
         }
+        let workspace = self.workspace_root.trim_end_matches('/');
+        if !workspace.starts_with('/') || workspace.is_empty() || workspace.contains("/..") {
+            return Err(invalid(
+                "workspace_root",
+                "must be an absolute directory other than /".into(),
+            ));
+        }
         let positive = [
+            ("files_max_bytes", self.files_max_bytes),
+            ("exec_timeout_secs", self.exec_timeout_secs),
+            ("exec_max_timeout_secs", self.exec_max_timeout_secs),
             ("user_token_ttl_secs", self.user_token_ttl_secs),
             (
                 "rate_limit_per_second",

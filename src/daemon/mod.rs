@@ -19,6 +19,7 @@ use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::net::{NetError, Netlink, RtNetlink};
 use crate::prompts::{PromptError, PromptService};
+use crate::workspace::WorkspaceService;
 use crate::store::{Store, StoreError};
 use crate::sync::SinkError;
 use crate::tokens::{TokenError, TokenSigner};
@@ -190,6 +191,10 @@ pub async fn start_with(
         auth.clone(),
         tracker.clone(),
     );
+    let workspace = Arc::new(WorkspaceService::new(
+        vms.clone(),
+        config.workspace.clone(),
+    ));
     let host = crate::tasks::HostProbe::new(config.data_dir.clone());
     let guests_configured = vms.settings().kernel.is_some();
     let (egress, proxy_health) = start_egress(
@@ -207,6 +212,7 @@ pub async fn start_with(
         &vms,
         &prompts,
         &auth,
+        &workspace,
         &host,
         proxy_health,
         &tracker,
@@ -218,6 +224,7 @@ pub async fn start_with(
         users: UserService::with_token_epochs(store.clone(), epochs.clone()),
         vms,
         prompts,
+        workspace,
         tasks,
         host,
         oauth: auth,

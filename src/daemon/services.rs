@@ -17,6 +17,7 @@ use crate::store::{Store, StoreError};
 use crate::sync::{PostgRest, SyncService, SyncWorker};
 use crate::tasks::{Builtins, HostProbe, Scheduler, register_builtins};
 use crate::vms::VmService;
+use crate::workspace::WorkspaceService;
 
 /// The Supabase mirror's worker, when `SUPABASE_URL` is configured; without it the outbox
 /// only accumulates (doctor and STATUS= say so).
@@ -83,6 +84,7 @@ pub(super) fn start_tasks(
     vms: &VmService,
     prompts: &Arc<PromptService>,
     auth: &Arc<AuthService>,
+    workspace: &Arc<WorkspaceService>,
     host: &Arc<HostProbe>,
     proxy_health: Option<Arc<HealthChecker>>,
     tracker: &TaskTracker,
@@ -102,6 +104,7 @@ pub(super) fn start_tasks(
             vms: vms.clone(),
             prompts: prompts.clone(),
             auth: auth.clone(),
+            workspace: workspace.clone(),
             host: host.clone(),
             proxy_health,
             settings: config.tasks.clone(),

@@ -1,6 +1,8 @@
 //! Prompt execution: the provider CLIs run through the agent in the user's VM, their output
 //! translated into one normalised event stream that SSE clients read, leave and re-attach to.
 
+mod cli_stream;
+mod conversation;
 pub mod counts;
 pub mod events;
 pub mod lines;
@@ -13,6 +15,7 @@ mod service;
 
 use std::time::Duration;
 
+use crate::conversations::ConversationError;
 use crate::model::{ModelError, PromptStatus};
 use crate::store::StoreError;
 use crate::vms::VmError;
@@ -36,6 +39,16 @@ pub enum PromptError {
     Finished { id: String, status: PromptStatus },
     #[error("prompt {0} is no longer streaming; read its status instead")]
     NotStreaming(String),
+    #[error("conversation {0} belongs to another user")]
+    ConversationForbidden(String),
+    #[error("conversation {0} has a turn running; send the next one when it ends")]
+    ConversationBusy(String),
+    #[error(
+        "conversation {0} has expired: its CLI session is gone (its VM was destroyed); start a new one"
+    )]
+    ConversationExpired(String),
+    #[error(transparent)]
+    Conversation(#[from] ConversationError),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]

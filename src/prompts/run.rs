@@ -20,6 +20,11 @@ pub struct PromptRequest {
     pub timeout_sec: Option<u64>,
     #[serde(default)]
     pub cancel_on_disconnect: bool,
+    /// The conversation this prompt continues; a new one when absent.
+    pub conversation_id: Option<String>,
+    /// Where the CLI runs, relative to the workspace root: a new conversation's directory (a
+    /// follow-up runs where its conversation does).
+    pub cwd: Option<String>,
 }
 
 /// A prompt being run (or recently run): its events, and the means to stop it.

@@ -5,66 +5,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::PromptSettings;
+use super::cli_stream::{CliRun, Ended, Ending, Gathered, stream_cli};
 use super::events::PromptEvent;
-use super::lines::{LineSplitter, MAX_LINE_BYTES};
 use super::run::{PromptRequest, PromptRun};
-use super::{MAX_RESPONSE_BYTES, PromptError, records};
+use super::{PromptError, PromptSettings, records};
 use crate::auth::AuthService;
+use crate::conversations::ConversationService;
 use crate::events::{Channel, EventHub, HubEvent};
-use crate::guest::client::{AgentClient, ExecEvent, GuestError};
-use crate::guest::messages::ExecRequest;
+use crate::guest::client::GuestError;
+use crate::guest::workspace::resolve_dir;
 use crate::metrics::Metrics;
 use crate::metrics::{PromptLabels, ProviderLabels};
-use crate::model::{PromptStatus, Status, now_ms};
-use crate::providers::{CliCommand, Invocation, Outcome};
+use crate::model::{Conversation, PromptStatus, Status, now_ms};
+use crate::providers::{CONVERSATION_EXPIRED, Invocation, Outcome};
 use crate::store::Store;
 use crate::vms::{VmError, VmService, VmStep};
-
-/// The most stderr lines passed on as `metadata`; the rest are counted.
-const MAX_STDERR_LINES: usize = 200;
-/// How long the host waits for the guest to end a CLI past its timeout or a cancel.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
-/// How a run ended.
-enum Ending {
-    Completed { usage: Option<serde_json::Value> },
-    Failed { code: String, message: String },
-    Cancelled,
-}
-
-/// What the run gathered for its record.
-#[derive(Default)]
-struct Gathered {
-    response: String,
-    truncated: bool,
-    first_content: Option<Duration>,
-    exit_code: Option<i32>,
-    vm_id: Option<String>,
-}
-
-impl Gathered {
-    fn observe(&mut self, event: &PromptEvent, started: Instant) {
-        if let PromptEvent::Content { text } = event {
-            self.first_content.get_or_insert_with(|| started.elapsed());
-            let room = MAX_RESPONSE_BYTES.saturating_sub(self.response.len());
-            if text.len() > room {
-                self.truncated = true;
-                let mut cut = room;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                self.response.push_str(&text[..cut]);
-            } else {
-                self.response.push_str(text);
-            }
-        }
-    }
-}
 
 fn progress(run: &PromptRun, stage: &str) {
     run.log
@@ -86,6 +44,7 @@ pub(super) struct Runner {
     metrics: Arc<Metrics>,
     settings: PromptSettings,
     auth: Arc<AuthService>,
+    conversations: ConversationService,
 }
 
 impl Runner {
@@ -96,8 +55,10 @@ impl Runner {
         metrics: Arc<Metrics>,
         settings: PromptSettings,
         auth: Arc<AuthService>,
+        conversations: ConversationService,
     ) -> Runner {
         Runner {
+            conversations,
             store,
             vms,
             events,
@@ -111,6 +72,7 @@ impl Runner {
         &self,
         run: &Arc<PromptRun>,
         request: PromptRequest,
+        conversation: Conversation,
         timeout: Duration,
         turn: Arc<Semaphore>,
         permit: Option<OwnedSemaphorePermit>,
@@ -118,6 +80,7 @@ impl Runner {
         let started = Instant::now();
         run.log.push(PromptEvent::Connected {
             prompt_id: run.id.clone(),
+            conversation_id: conversation.id.clone(),
         });
         let channel = Channel::user(&run.user_id);
         self.events.publish(
@@ -141,7 +104,7 @@ impl Runner {
                 }
             }
         };
-        self.execute(run, &request, timeout, &mut gathered, started).await
+        self.execute(run, &request, &conversation, timeout, &mut gathered, started).await
     }
     .await;
         let ending = ending.unwrap_or_else(|e| Ending::Failed {
@@ -207,6 +170,8 @@ impl Runner {
         if let Err(e) = record {
             tracing::error!(prompt = %run.id, error = %e, "cannot record a finished prompt");
         }
+        self.settle_conversation(&conversation, &final_event, &gathered)
+            .await;
         if let Err(e) = records::count_for_user(&self.store, &run.user_id).await {
             tracing::warn!(prompt = %run.id, error = %e, "cannot count a prompt on its user");
         }
@@ -248,6 +213,7 @@ impl Runner {
         &self,
         run: &Arc<PromptRun>,
         request: &PromptRequest,
+        conversation: &Conversation,
         timeout: Duration,
         gathered: &mut Gathered,
         started: Instant,
@@ -268,6 +234,16 @@ impl Runner {
             return Ok(Ending::Cancelled);
         }
         gathered.vm_id = Some(vm.id.clone());
+        // The VM was replaced after the request was checked: the CLI session went with it.
+        if conversation.vm_id.as_ref().is_some_and(|id| *id != vm.id) {
+            return Ok(Ending::Failed {
+                code: CONVERSATION_EXPIRED.into(),
+                message: format!(
+                    "conversation {} has expired: its VM was replaced",
+                    conversation.id
+                ),
+            });
+        }
         progress(run, "vm_ready");
         let vm_id = vm.id.clone();
         records::update(&self.store, &run.id, move |prompt| {
@@ -285,17 +261,32 @@ impl Runner {
             })
         };
         let settings = &self.settings;
+        let workspace = crate::workspace::workspace_of(&settings.cli);
+        let cwd = match resolve_dir(&agent, &workspace, &conversation.cwd, true).await {
+            Ok(cwd) => cwd,
+            Err(e) => {
+                return Ok(Ending::Failed {
+                    code: e.code().into(),
+                    message: format!("the conversation's directory: {e}"),
+                });
+            }
+        };
         let command = request.provider.command(&Invocation {
             prompt: &request.prompt,
             model: request.model.as_deref(),
             home: &settings.cli.home,
-            cwd: &settings.cli.home,
-            resume: None,
+            cwd: &cwd,
+            resume: conversation.cli_session_id.as_deref(),
             endpoint: settings.endpoint.as_ref(),
         });
         for file in &command.files {
             agent
-                .write_file(&file.path, file.contents.as_bytes(), file.mode)
+                .write_file_owned(
+                    &file.path,
+                    file.contents.as_bytes(),
+                    file.mode,
+                    settings.cli.owner,
+                )
                 .await
                 .map_err(unavailable)?;
         }
@@ -316,11 +307,22 @@ impl Runner {
         if injected.is_some() {
             progress(run, "credential_written");
         }
-        let streamed = self
-            .stream_cli(
-                run, &agent, request, &command, timeout, gathered, started, &vm.id,
-            )
-            .await;
+        let streamed = stream_cli(
+            CliRun {
+                run,
+                agent: &agent,
+                provider: request.provider,
+                command: &command,
+                cli: &settings.cli,
+                cwd: &cwd,
+                resume: conversation.cli_session_id.as_deref(),
+                timeout,
+                started,
+                vm_id: &vm.id,
+            },
+            gathered,
+        )
+        .await;
         // Whatever the run's end, the refresh is captured and the credential leaves the guest.
         if let Some(injected) = &injected {
             match self.auth.release(&run.user_id, injected, &agent).await {
@@ -331,11 +333,15 @@ impl Runner {
                 }
             }
         }
-        let (cancelling, timed_out, outcome) = match streamed? {
-            Ok(flags) => flags,
+        let Ended {
+            cancelled,
+            timed_out,
+            outcome,
+        } = match streamed? {
+            Ok(ended) => ended,
             Err(ending) => return Ok(ending),
         };
-        if cancelling {
+        if cancelled {
             return Ok(Ending::Cancelled);
         }
         if timed_out {
@@ -350,115 +356,27 @@ impl Runner {
         })
     }
 
-    /// Runs the CLI and streams its output into the run's log; `(cancelled, timed_out, outcome)`
-    /// when it ended, or the run's ending when it could not start.
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_cli(
+    /// After a turn: the conversation learns its CLI session (and the VM it lives on), or
+    /// learns that it has gone.
+    async fn settle_conversation(
         &self,
-        run: &Arc<PromptRun>,
-        agent: &AgentClient,
-        request: &PromptRequest,
-        command: &CliCommand,
-        timeout: Duration,
-        gathered: &mut Gathered,
-        started: Instant,
-        vm_id: &str,
-    ) -> Result<Result<(bool, bool, Outcome), Ending>, PromptError> {
-        let settings = &self.settings;
-        let unavailable = |e: GuestError| {
-            PromptError::Vm(VmError::AgentUnavailable {
-                id: vm_id.to_string(),
-                reason: e.to_string(),
-            })
-        };
-        let mut env = settings.cli.env();
-        env.extend(command.env.clone());
-        let exec = agent
-            .exec(ExecRequest {
-                argv: command.argv.clone(),
-                env,
-                cwd: Some(settings.cli.home.clone()),
-                timeout_sec: Some(timeout.as_secs().max(1)),
-                ..ExecRequest::default()
-            })
-            .await;
-        let mut stream = match exec {
-            Ok(stream) => stream,
-            Err(GuestError::Agent(body)) if body.code == "spawn_failed" => {
-                return Ok(Err(Ending::Failed {
-                    code: "cli_not_found".into(),
-                    message: format!(
-                        "the {} CLI cannot start: {}",
-                        request.provider, body.message
-                    ),
-                }));
+        conversation: &Conversation,
+        final_event: &PromptEvent,
+        gathered: &Gathered,
+    ) {
+        let result = match (final_event, &gathered.session_id, &gathered.vm_id) {
+            (PromptEvent::Error { code, .. }, _, _) if code == CONVERSATION_EXPIRED => {
+                self.conversations.expire(&conversation.id).await
             }
-            Err(e) => return Err(unavailable(e)),
-        };
-        let mut translator = request.provider.cli().translator(None);
-        let mut stdout = LineSplitter::new(MAX_LINE_BYTES);
-        let mut stderr = LineSplitter::new(MAX_LINE_BYTES);
-        let mut stderr_lines = 0usize;
-        let mut cancelling = false;
-        let mut timed_out = false;
-        let emit = |events: Vec<PromptEvent>, gathered: &mut Gathered| {
-            for event in events {
-                gathered.observe(&event, started);
-                run.log.push(event);
+            (_, Some(session), Some(vm_id)) => {
+                self.conversations
+                    .bind_session(&conversation.id, session, vm_id)
+                    .await
             }
+            _ => Ok(()),
         };
-        // The guest enforces the timeout; the host stops listening `CANCEL_GRACE` after it, or
-        // after a cancel, even if the guest never answers.
-        let give_up = tokio::time::sleep(timeout + CANCEL_GRACE);
-        tokio::pin!(give_up);
-        loop {
-            let event = tokio::select! {
-                _ = run.cancel.cancelled(), if !cancelling => {
-                    cancelling = true;
-                    // Not awaited: its answer would queue behind the output nobody reads then.
-                    stream.cancel_nowait();
-                    give_up.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
-                    continue;
-                }
-                _ = &mut give_up => {
-                    stream.cancel_nowait();
-                    tracing::warn!(prompt = %run.id, "the guest did not end the CLI in time; the host stops listening");
-                    timed_out = !cancelling;
-                    break;
-                }
-                event = stream.next() => event,
-            };
-            match event {
-                None => break,
-                Some(Ok(ExecEvent::Stdout(chunk))) => {
-                    for line in stdout.push(&chunk) {
-                        emit(translator.line(&line), gathered);
-                    }
-                }
-                Some(Ok(ExecEvent::Stderr(chunk))) => {
-                    for line in stderr.push(&chunk) {
-                        translator.stderr_line(&line);
-                        stderr_lines += 1;
-                        if stderr_lines <= MAX_STDERR_LINES && !line.trim().is_empty() {
-                            run.log
-                                .push(PromptEvent::metadata("stderr", json!({ "line": line })));
-                        }
-                    }
-                }
-                Some(Ok(ExecEvent::Exit(status))) => {
-                    gathered.exit_code = status.code;
-                    timed_out = status.timed_out;
-                }
-                Some(Err(e)) => return Err(unavailable(e)),
-            }
+        if let Err(e) = result {
+            tracing::warn!(conversation = %conversation.id, error = %e, "cannot record a conversation's turn");
         }
-        if let Some(line) = stdout.finish() {
-            emit(translator.line(&line), gathered);
-        }
-        if let Some(line) = stderr.finish() {
-            translator.stderr_line(&line);
-        }
-        let outcome = translator.finish(gathered.exit_code);
-        Ok(Ok((cancelling, timed_out, outcome)))
     }
 }

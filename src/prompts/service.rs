@@ -9,11 +9,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::WhenBusy;
+use super::conversation::{self, InFlight};
 use super::log::EventLog;
 use super::run::{PromptRequest, PromptRun};
 use super::runner::Runner;
 use super::{PromptError, PromptSettings, records};
 use crate::auth::AuthService;
+use crate::conversations::ConversationService;
+use crate::guest::workspace::check_relative;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::model::{Prompt, PromptStatus, now_ms};
@@ -22,6 +25,9 @@ use crate::vms::VmService;
 
 pub struct PromptService {
     store: Store,
+    vms: VmService,
+    conversations: ConversationService,
+    in_flight: Arc<InFlight>,
     settings: PromptSettings,
     runner: Arc<Runner>,
     runs: Mutex<HashMap<String, Arc<PromptRun>>>,
@@ -44,18 +50,23 @@ impl PromptService {
         metrics: Arc<Metrics>,
         settings: PromptSettings,
         auth: Arc<AuthService>,
+        conversations: ConversationService,
         tracker: TaskTracker,
     ) -> Arc<PromptService> {
         let runner = Arc::new(Runner::new(
             store.clone(),
-            vms,
+            vms.clone(),
             events,
             metrics,
             settings.clone(),
             auth,
+            conversations.clone(),
         ));
         Arc::new(PromptService {
             store,
+            vms,
+            conversations,
+            in_flight: Arc::default(),
             settings,
             runner,
             runs: Mutex::new(HashMap::new()),
@@ -82,6 +93,9 @@ impl PromptService {
         }
         if request.prompt.contains('\0') {
             return Err(invalid("prompt", "must not contain NUL".into()));
+        }
+        if let Some(cwd) = &request.cwd {
+            check_relative(cwd).map_err(|e| invalid("cwd", e.to_string()))?;
         }
         if let Some(model) = &request.model {
             let plain = !model.is_empty()
@@ -134,6 +148,8 @@ impl PromptService {
             }
             WhenBusy::Queue => None,
         };
+        let (conversation, hold) =
+            conversation::open(&self.conversations, &self.vms, &self.in_flight, &request).await?;
         let now = now_ms();
         let prompt = records::insert(
             &self.store,
@@ -156,9 +172,14 @@ impl PromptService {
                 first_content_ms: None,
                 duration_ms: None,
                 usage_json: None,
+                conversation_id: Some(conversation.id.clone()),
             },
         )
         .await?;
+        let conversation = self
+            .conversations
+            .add_prompt(&conversation.id, &prompt.id)
+            .await?;
         let run = Arc::new(PromptRun::new(
             prompt.id.clone(),
             prompt.user_id.clone(),
@@ -170,7 +191,10 @@ impl PromptService {
         let task_run = run.clone();
         self.tracker.spawn(async move {
             let runner = service.runner.clone();
-            runner.run(&task_run, request, timeout, turn, permit).await;
+            runner
+                .run(&task_run, request, conversation, timeout, turn, permit)
+                .await;
+            drop(hold);
             task_run.mark_finished();
             service.retire(&task_run.id);
         });

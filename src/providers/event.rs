@@ -14,6 +14,8 @@ use serde_json::Value;
 pub enum PromptEvent {
     Connected {
         prompt_id: String,
+        /// The conversation the prompt is a turn of (a new one unless the request named one).
+        conversation_id: String,
     },
     /// An incremental piece of the answer's text.
     Content {

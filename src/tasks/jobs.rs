@@ -20,6 +20,7 @@ use crate::prompts::PromptService;
 use crate::providers;
 use crate::store::Store;
 use crate::vms::{VmFilter, VmService};
+use crate::workspace::WorkspaceService;
 
 /// Health checks a running VM's agent may miss in a row before `vm_health` marks it failed
 /// (with checks every `MC_VM_HEALTH_INTERVAL_SECS`, 30 s by default: 90 s of silence).
@@ -31,6 +32,7 @@ pub struct Builtins {
     pub vms: VmService,
     pub prompts: Arc<PromptService>,
     pub auth: Arc<AuthService>,
+    pub workspace: Arc<WorkspaceService>,
     pub host: Arc<HostProbe>,
     /// Checks the upstream ports; `None` where egress is not configured.
     pub proxy_health: Option<Arc<HealthChecker>>,
@@ -49,6 +51,7 @@ pub fn register_builtins(scheduler: &Arc<Scheduler>, b: Builtins) -> Result<(), 
                 vms: b.vms.clone(),
                 prompts: b.prompts.clone(),
                 auth: b.auth.clone(),
+                workspace: b.workspace.clone(),
                 idle_after: s.idle_hibernate_after,
             }),
         ),
@@ -114,12 +117,14 @@ pub fn register_builtins(scheduler: &Arc<Scheduler>, b: Builtins) -> Result<(), 
     Ok(())
 }
 
-/// Hibernates running VMs nobody has used for `idle_after`: no prompt, login or exec. A VM
-/// whose user has a prompt or login in progress is never hibernated, however long it runs.
+/// Hibernates running VMs nobody has used for `idle_after`: no prompt, login, exec or file
+/// transfer. A VM whose user has one of these in progress is never hibernated, however long
+/// it runs.
 struct HibernateIdle {
     vms: VmService,
     prompts: Arc<PromptService>,
     auth: Arc<AuthService>,
+    workspace: Arc<WorkspaceService>,
     idle_after: Duration,
 }
 
@@ -133,7 +138,11 @@ impl Job for HibernateIdle {
                 break;
             }
             let user = vm.user_id.as_str();
-            let busy = || self.prompts.has_running(user) || self.auth.has_live_login(user);
+            let busy = || {
+                self.prompts.has_running(user)
+                    || self.auth.has_live_login(user)
+                    || self.workspace.has_running(user)
+            };
             match self
                 .vms
                 .hibernate_if_idle(&vm.id, self.idle_after, busy)

@@ -14,8 +14,10 @@ pub struct CliEnvironment {
     pub path: Option<String>,
     /// The proxy the CLIs' traffic leaves through.
     pub egress_proxy: Option<String>,
-    /// The guest user (uid, gid) that owns the CLIs' files; `None` is root.
+    /// The guest user (uid, gid) the CLIs run as and that owns their files; `None` is root.
     pub owner: Option<(u32, u32)>,
+    /// The user's workspace: prompts' `cwd`, exec and the files API are relative to it.
+    pub workspace: String,
     /// A directory on a tmpfs in the guest (mounted there if it is not) where credentials
     /// and login HOMEs live, so none reaches the data disk.
     pub secrets_dir: String,
