@@ -280,6 +280,29 @@ impl From<crate::prompts::PromptError> for ApiError {
     }
 }
 
+impl From<crate::conversations::ConversationError> for ApiError {
+    fn from(e: crate::conversations::ConversationError) -> Self {
+        use crate::conversations::ConversationError;
+        let code = e.code();
+        let message = e.to_string();
+        match e {
+            ConversationError::Invalid { .. } | ConversationError::WrongProvider { .. } => {
+                ApiError::BadRequest { code, message }
+            }
+            ConversationError::UserNotFound(_)
+            | ConversationError::NotFound(_)
+            | ConversationError::PromptNotFound(_) => ApiError::NotFound { code, message },
+            ConversationError::NotOwner { .. } => ApiError::Forbidden(message),
+            ConversationError::PromptTaken { .. } => ApiError::Conflict {
+                code,
+                message,
+                extra: None,
+            },
+            ConversationError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::auth::AuthError> for ApiError {
     fn from(e: crate::auth::AuthError) -> Self {
         use crate::auth::{AuthError, VaultError};

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod auth;
+mod conversations;
 mod egress;
 mod endpoint;
 pub mod error;
@@ -77,6 +78,7 @@ pub struct ApiContext {
     pub users: UserService,
     pub vms: VmService,
     pub prompts: Arc<PromptService>,
+    pub conversations: crate::conversations::ConversationService,
     pub oauth: Arc<AuthService>,
     pub tasks: Arc<crate::tasks::Scheduler>,
     pub host: Arc<crate::tasks::HostProbe>,
@@ -131,6 +133,8 @@ impl ApiContext {
 pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Response,)> {
     let api = user_vm::routes(ctx)
         .or(prompts::routes(ctx))
+        .unify()
+        .or(conversations::routes(ctx))
         .unify()
         .or(logins::routes(ctx))
         .unify()

@@ -218,6 +218,7 @@ pub async fn start_with(
         users: UserService::with_token_epochs(store.clone(), epochs.clone()),
         vms,
         prompts,
+        conversations: crate::conversations::ConversationService::new(store.clone()),
         tasks,
         host,
         oauth: auth,

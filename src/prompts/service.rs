@@ -156,6 +156,7 @@ impl PromptService {
                 first_content_ms: None,
                 duration_ms: None,
                 usage_json: None,
+                conversation_id: None,
             },
         )
         .await?;
