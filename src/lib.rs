@@ -26,6 +26,7 @@
 //! | `auth` | logins through the relay, the vault, credentials in guests | the modules below |
 //! | `vms` | the VM manager: users' VMs from create to destroy | the modules below |
 //! | `vmm` | the hypervisors behind one trait (QEMU, Firecracker) | `guest` |
+//! | `conversations` | conversations with a CLI: their records, the user's list, their turns | `store`, `model`, `providers`, `sync` |
 //! | `net` | the bridge, taps and their bindings, the address plan, the egress gateway and its ports | `store`, `model`, `metrics`, `sync` |
 //! | `sync` | the outbox, the one write path of mirrored records, the Supabase worker | `store`, `model`, `metrics` |
 //! | `metrics` | every Prometheus metric | `model`, `providers` |
@@ -51,6 +52,8 @@ pub mod auth;
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod conversations;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "daemon")]

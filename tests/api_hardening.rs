@@ -84,6 +84,7 @@ fn prompt(id: &str, user_id: &str, status: PromptStatus, ended_ms: i64) -> Promp
         first_content_ms: None,
         duration_ms: None,
         usage_json: None,
+        conversation_id: None,
     }
 }
 

@@ -274,10 +274,97 @@ async fn sigkill_mid_batch_loses_nothing(world: &mut World) {
         .await;
     world.daemon.kill();
     world.stub.set_delay(Duration::ZERO);
+    // A conversation with one turn, written while the daemon is down, as its prompt service
+    // writes one: it reaches Supabase with the rest, and its prompt names it.
+    let (conversation, prompt_id) = seed_conversation(world, &expected[0].0).await;
     world.daemon.start(&[]).await;
     world.wait_landed(&expected, Duration::from_secs(120)).await;
+    let client = world.pg.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let landed = client
+            .query(
+                "select c.version, c.turns, c.cwd, c.title, p.conversation_id \
+                 from conversations c join prompts p on p.conversation_id = c.id \
+                 where c.id = $1 and p.id = $2",
+                &[&conversation, &prompt_id],
+            )
+            .await
+            .expect("query");
+        if let Some(row) = landed.first() {
+            let (version, turns): (i64, i64) = (row.get(0), row.get(1));
+            let (cwd, title): (String, String) = (row.get(2), row.get(3));
+            assert_eq!((version, turns), (3, 1), "the newest version");
+            assert_eq!((cwd.as_str(), title.as_str()), ("src", "mirror me"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the conversation did not land\n{}",
+            world.daemon.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let state = world.outbox().await;
     assert_eq!(state["pending"], 0, "{state:?}");
+}
+
+/// Writes a conversation of `user_id` with one prompt into the stopped daemon's store, through
+/// the conversation service; answers (conversation id, prompt id).
+async fn seed_conversation(world: &World, user_id: &str) -> (String, String) {
+    use master_controller::conversations::ConversationService;
+    use master_controller::model::{Prompt, PromptStatus, now_ms, tables};
+    use master_controller::store::Store;
+    let store = Store::open(&world.daemon.data_dir).await.expect("store");
+    let prompt_id = format!("mirror-prompt-{user_id}");
+    let prompt = Prompt {
+        id: prompt_id.clone(),
+        user_id: user_id.to_string(),
+        vm_id: None,
+        provider: master_controller::providers::CODEX,
+        status: PromptStatus::Completed,
+        created_at_ms: now_ms(),
+        started_at_ms: None,
+        completed_at_ms: None,
+        exit_code: Some(0),
+        error: None,
+        version: 1,
+        model: None,
+        prompt_bytes: 9,
+        response_text: "done".into(),
+        response_truncated: false,
+        first_content_ms: None,
+        duration_ms: None,
+        usage_json: None,
+        conversation_id: None,
+    };
+    store
+        .write(move |tx| {
+            master_controller::sync::put_mirrored(tx, tables::PROMPTS, &prompt.id, &prompt)
+        })
+        .await
+        .expect("prompt");
+    let conversations = ConversationService::new(store.clone());
+    let conversation = conversations
+        .start(
+            user_id,
+            master_controller::providers::CODEX,
+            "mirror me",
+            "src",
+        )
+        .await
+        .expect("conversation");
+    conversations
+        .add_prompt(&conversation.id, &prompt_id)
+        .await
+        .expect("turn");
+    conversations
+        .bind_session(&conversation.id, "session-1", "vm-1")
+        .await
+        .expect("session");
+    drop(conversations);
+    assert!(store.close(Duration::from_secs(10)).await, "store closed");
+    (conversation.id, prompt_id)
 }
 
 fn main() -> ExitCode {

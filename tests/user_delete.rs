@@ -51,6 +51,7 @@ fn prompt(id: &str, user_id: &str) -> Prompt {
         first_content_ms: None,
         duration_ms: None,
         usage_json: None,
+        conversation_id: None,
     }
 }
 
@@ -202,6 +203,19 @@ async fn deleting_a_user_destroys_their_vm_and_removes_everything_they_own() {
     seed_records(&d, &user).await;
     seed_records(&d, &other).await;
     assert_eq!(holdings(&d, &user, &vm).await, [1, 1, 1, 1, 1, 1]);
+    let conversations = &d.ctx.conversations;
+    let mut started = Vec::new();
+    for owner in [&user, &other] {
+        let c = conversations
+            .start(owner, providers::CODEX, "hello", "")
+            .await
+            .expect("conversation");
+        conversations
+            .add_prompt(&c.id, &format!("prompt-{owner}"))
+            .await
+            .expect("turn");
+        started.push(c.id);
+    }
 
     let deleted = d
         .call(
@@ -252,12 +266,17 @@ async fn deleting_a_user_destroys_their_vm_and_removes_everything_they_own() {
         format!("prompts/prompt-{user}"),
         format!("auth_sessions/session-{user}"),
         format!("credentials/{credential_key}"),
+        format!("conversations/{}", started[0]),
     ] {
         let entry = outbox_entry(&d, &key)
             .await
             .unwrap_or_else(|| panic!("no outbox entry {key}"));
         assert_eq!(entry.entity_version, u64::MAX, "{key} is a tombstone");
     }
+    assert!(conversations.get(&started[0]).await.is_err());
+    let (kept, _) = conversations.list(&other, None, 10).await.expect("list");
+    assert_eq!(kept.len(), 1, "another user's conversation stays");
+    assert_eq!(kept[0].turns, 1);
     let user_tombstone = outbox_entry(&d, &format!("users/{user}")).await;
     assert_eq!(user_tombstone.map(|e| e.entity_id), Some(user.clone()));
 

@@ -273,7 +273,6 @@ impl From<crate::prompts::PromptError> for ApiError {
                 message,
                 extra: None,
             },
-            PromptError::ConversationForbidden(_) => ApiError::Forbidden(message),
             PromptError::ConversationBusy(_) => ApiError::Conflict {
                 code: "conversation_busy",
                 message,
@@ -326,6 +325,29 @@ impl From<crate::workspace::WorkspaceError> for ApiError {
                     Files::Guest(_) | Files::Failed(_) => ApiError::BadGateway { code, message },
                 }
             }
+        }
+    }
+}
+
+impl From<crate::conversations::ConversationError> for ApiError {
+    fn from(e: crate::conversations::ConversationError) -> Self {
+        use crate::conversations::ConversationError;
+        let code = e.code();
+        let message = e.to_string();
+        match e {
+            ConversationError::Invalid { .. } | ConversationError::WrongProvider { .. } => {
+                ApiError::BadRequest { code, message }
+            }
+            ConversationError::UserNotFound(_)
+            | ConversationError::NotFound(_)
+            | ConversationError::PromptNotFound(_) => ApiError::NotFound { code, message },
+            ConversationError::NotOwner { .. } => ApiError::Forbidden(message),
+            ConversationError::PromptTaken { .. } => ApiError::Conflict {
+                code,
+                message,
+                extra: None,
+            },
+            ConversationError::Store(e) => e.into(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod auth;
+mod conversations;
 mod egress;
 mod endpoint;
 pub mod error;
@@ -81,6 +82,7 @@ pub struct ApiContext {
     pub vms: VmService,
     pub prompts: Arc<PromptService>,
     pub workspace: Arc<WorkspaceService>,
+    pub conversations: crate::conversations::ConversationService,
     pub oauth: Arc<AuthService>,
     pub tasks: Arc<crate::tasks::Scheduler>,
     pub host: Arc<crate::tasks::HostProbe>,
@@ -139,6 +141,7 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
         .or(files::routes(ctx))
         .unify()
         .or(exec::routes(ctx))
+        .or(conversations::routes(ctx))
         .unify()
         .or(logins::routes(ctx))
         .unify()

@@ -199,6 +199,7 @@ pub struct PromptView {
     pub response_truncated: bool,
     pub error: Option<String>,
     pub usage: Option<serde_json::Value>,
+    pub conversation_id: Option<String>,
     pub version: u64,
 }
 
@@ -224,7 +225,41 @@ impl From<&crate::model::Prompt> for PromptView {
                 .usage_json
                 .as_deref()
                 .and_then(|u| serde_json::from_str(u).ok()),
+            conversation_id: p.conversation_id.clone(),
             version: p.version,
+        }
+    }
+}
+
+/// A conversation; its CLI session id stays inside the appliance.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationView {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub provider: String,
+    pub title: String,
+    pub cwd: String,
+    pub turns: u32,
+    pub expired: bool,
+    pub created_at: String,
+    pub last_activity_at: String,
+    pub version: u64,
+}
+
+impl From<&crate::model::Conversation> for ConversationView {
+    fn from(c: &crate::model::Conversation) -> Self {
+        ConversationView {
+            conversation_id: c.id.clone(),
+            user_id: c.user_id.clone(),
+            provider: c.provider.to_string(),
+            title: c.title.clone(),
+            cwd: c.cwd.clone(),
+            turns: c.turns,
+            expired: c.expired,
+            created_at: rfc3339(c.created_at_ms),
+            last_activity_at: rfc3339(c.last_activity_ms),
+            version: c.version,
         }
     }
 }

@@ -182,6 +182,7 @@ pub async fn start_with(
             "logins left running by the last daemon are marked failed"
         );
     }
+    let conversations = crate::conversations::ConversationService::new(store.clone());
     let prompts = PromptService::new(
         store.clone(),
         vms.clone(),
@@ -189,6 +190,7 @@ pub async fn start_with(
         metrics.clone(),
         config.prompts.clone(),
         auth.clone(),
+        conversations.clone(),
         tracker.clone(),
     );
     let workspace = Arc::new(WorkspaceService::new(
@@ -224,6 +226,7 @@ pub async fn start_with(
         users: UserService::with_token_epochs(store.clone(), epochs.clone()),
         vms,
         prompts,
+        conversations,
         workspace,
         tasks,
         host,

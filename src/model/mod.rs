@@ -2,6 +2,7 @@
 //! [`Status::transition`], so an illegal transition is an error, never a silent write.
 
 mod auth_session;
+mod conversation;
 mod prompt;
 mod records;
 pub mod tables;
@@ -10,6 +11,7 @@ mod vm;
 
 pub use crate::providers::Provider;
 pub use auth_session::{AuthSession, AuthSessionStatus};
+pub use conversation::{Conversation, TITLE_CHARS, title_of};
 pub use prompt::{Prompt, PromptStatus};
 pub use records::{
     Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry, PortHealth, PortLease, VaultKey,

@@ -7,8 +7,8 @@ use std::path::Path;
 use redb::{TableDefinition, WriteTransaction};
 
 use super::{
-    AuthSession, Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry, PortLease, Prompt,
-    TaskRun, User, VaultKey, Vm, VmIntent,
+    AuthSession, Conversation, Credential, DeadLetter, IpLease, MetricsSample, OutboxEntry,
+    PortLease, Prompt, TaskRun, User, VaultKey, Vm, VmIntent,
 };
 use crate::store::{Store, StoreError, Stored};
 
@@ -25,6 +25,16 @@ pub const PORT_LEASES: TableDefinition<u16, Stored<PortLease>> =
 pub const AUTH_SESSIONS: TableDefinition<&str, Stored<AuthSession>> =
     TableDefinition::new("auth_sessions");
 pub const PROMPTS: TableDefinition<&str, Stored<Prompt>> = TableDefinition::new("prompts");
+pub const CONVERSATIONS: TableDefinition<&str, Stored<Conversation>> =
+    TableDefinition::new("conversations");
+/// Each user's conversations by `(user_id, conversation id)`, kept with `CONVERSATIONS`, so a
+/// user's list is one range read (ids are UUIDv7: key order is creation order).
+pub const CONVERSATIONS_BY_USER: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("conversations_by_user");
+/// Each conversation's prompts by `(conversation id, turn)` to the prompt id, kept with
+/// `CONVERSATIONS`, so a conversation's prompts are read without scanning `PROMPTS`.
+pub const CONVERSATION_PROMPTS: TableDefinition<(&str, u32), &str> =
+    TableDefinition::new("conversation_prompts");
 /// Keyed by `credential_key(user_id, provider)`.
 pub const CREDENTIALS: TableDefinition<&str, Stored<Credential>> =
     TableDefinition::new("credentials");
@@ -65,6 +75,9 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(PORT_LEASES)?;
     tx.open_table(AUTH_SESSIONS)?;
     tx.open_table(PROMPTS)?;
+    tx.open_table(CONVERSATIONS)?;
+    tx.open_table(CONVERSATIONS_BY_USER)?;
+    tx.open_table(CONVERSATION_PROMPTS)?;
     tx.open_table(CREDENTIALS)?;
     tx.open_table(VAULT_KEYS)?;
     tx.open_table(ACTIVE_AUTH_SESSIONS)?;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::{PromptError, PromptRequest};
-use crate::conversations::ConversationService;
+use crate::conversations::{ConversationService, normalize_cwd};
 use crate::model::Conversation;
 use crate::vms::{VmError, VmService};
 
@@ -60,20 +60,11 @@ pub(super) async fn open(
         let hold = in_flight.hold(&conversation.id)?;
         return Ok((conversation, hold));
     };
-    let conversation = conversations.get(id).await?;
-    if conversation.user_id != request.user_id {
-        return Err(PromptError::ConversationForbidden(id.clone()));
-    }
-    if conversation.provider != request.provider {
-        return Err(PromptError::Invalid {
-            field: "provider",
-            reason: format!(
-                "conversation {id} is with {}, not {}",
-                conversation.provider, request.provider
-            ),
-        });
-    }
-    if request.cwd.as_ref().is_some_and(|cwd| *cwd != conversation.cwd) {
+    let conversation = conversations
+        .resume(id, &request.user_id, request.provider)
+        .await?;
+    let asked = request.cwd.as_deref().map(normalize_cwd).transpose()?;
+    if asked.is_some_and(|cwd| cwd != conversation.cwd) {
         return Err(PromptError::Invalid {
             field: "cwd",
             reason: format!(

@@ -39,8 +39,6 @@ pub enum PromptError {
     Finished { id: String, status: PromptStatus },
     #[error("prompt {0} is no longer streaming; read its status instead")]
     NotStreaming(String),
-    #[error("conversation {0} belongs to another user")]
-    ConversationForbidden(String),
     #[error("conversation {0} has a turn running; send the next one when it ends")]
     ConversationBusy(String),
     #[error(

@@ -8,7 +8,9 @@ use serde_json::Value;
 use super::SyncError;
 use super::rows::{Mirrored, RowOptions};
 use crate::model::tables;
-use crate::model::{AuthSession, Credential, DeadLetter, OutboxEntry, Prompt, User, Vm, now_ms};
+use crate::model::{
+    AuthSession, Conversation, Credential, DeadLetter, OutboxEntry, Prompt, User, Vm, now_ms,
+};
 use crate::store::{self, Record, Store, StoreError};
 pub(crate) fn outbox_key(table: &str, record_key: &str) -> String {
     format!("{table}/{record_key}")
@@ -184,6 +186,9 @@ pub async fn due(
                         current(tx, tables::AUTH_SESSIONS, &entry.record_key, &options)?
                     }
                     Prompt::TABLE => current(tx, tables::PROMPTS, &entry.record_key, &options)?,
+                    Conversation::TABLE => {
+                        current(tx, tables::CONVERSATIONS, &entry.record_key, &options)?
+                    }
                     Credential::TABLE => {
                         current(tx, tables::CREDENTIALS, &entry.record_key, &options)?
                     }

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::model::{AuthSession, Credential, Prompt, User, Vm, rfc3339};
+use crate::model::{AuthSession, Conversation, Credential, Prompt, User, Vm, rfc3339};
 
 /// A mirrored table and the id of the entity a row stands for.
 pub trait Mirrored {
@@ -153,6 +153,36 @@ impl Mirrored for Prompt {
             "created_at": at(Some(self.created_at_ms)),
             "started_at": at(self.started_at_ms),
             "completed_at": at(self.completed_at_ms),
+            "conversation_id": self.conversation_id,
+            "version": self.version,
+        })
+    }
+}
+
+/// The CLI's session id stays in the appliance: it only means something to the CLI on the VM.
+impl Mirrored for Conversation {
+    const TABLE: &'static str = "conversations";
+    fn entity_id(&self) -> &str {
+        &self.id
+    }
+    fn entity_version(&self) -> u64 {
+        self.version
+    }
+    fn bump_version(&mut self) {
+        self.version += 1;
+    }
+    fn row(&self, _: &RowOptions) -> Value {
+        json!({
+            "id": self.id,
+            "user_id": self.user_id,
+            "provider": self.provider.as_str(),
+            "title": self.title,
+            "cwd": self.cwd,
+            "vm_id": self.vm_id,
+            "turns": self.turns,
+            "expired": self.expired,
+            "created_at": at(Some(self.created_at_ms)),
+            "last_activity_at": at(Some(self.last_activity_ms)),
             "version": self.version,
         })
     }
@@ -279,6 +309,21 @@ pub fn samples(options: &RowOptions) -> Vec<(&'static str, Value)> {
         first_content_ms: Some(1),
         duration_ms: Some(2),
         usage_json: Some(r#"{"input_tokens":1}"#.into()),
+        conversation_id: Some("conv-sample".into()),
+    };
+    let conversation = Conversation {
+        id: "conv-sample".into(),
+        user_id: user.id.clone(),
+        provider: providers::CODEX,
+        cli_session_id: Some("never-mirrored".into()),
+        cwd: "src/app".into(),
+        vm_id: Some(vm.id.clone()),
+        title: "fix the build".into(),
+        turns: 1,
+        created_at_ms: now,
+        last_activity_ms: now,
+        expired: true,
+        version: 1,
     };
     let credential = Credential {
         id: "c-sample".into(),
@@ -299,6 +344,7 @@ pub fn samples(options: &RowOptions) -> Vec<(&'static str, Value)> {
         (Vm::TABLE, vm.row(options)),
         (AuthSession::TABLE, session.row(options)),
         (Prompt::TABLE, prompt.row(options)),
+        (Conversation::TABLE, conversation.row(options)),
         (Credential::TABLE, credential.row(options)),
     ]
 }

@@ -28,13 +28,14 @@ pub struct DeletedUser {
     pub prompts: usize,
     pub auth_sessions: usize,
     pub credentials: usize,
+    pub conversations: usize,
     /// The user's token epoch after the delete: every token minted before is dead.
     pub token_epoch: u64,
 }
 
 impl UserService {
-    /// Destroys the user's VMs, then removes the user and their VMs' records, prompts, logins,
-    /// credentials and upstream port in one transaction.
+    /// Destroys the user's VMs, then removes the user and their VMs' records, prompts,
+    /// conversations, logins, credentials and upstream port in one transaction.
     pub async fn delete(&self, id: &str, vms: &Arc<VmManager>) -> Result<DeletedUser, UserError> {
         // An unknown user is a 404 before any VM is touched.
         self.get(id).await?;
@@ -63,6 +64,7 @@ impl UserService {
             prompts = deleted.prompts,
             auth_sessions = deleted.auth_sessions,
             credentials = deleted.credentials,
+            conversations = deleted.conversations,
             "deleted a user"
         );
         Ok(deleted)
@@ -102,6 +104,8 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
         crate::prompts::counts::change(tx, Some(prompt), None)?;
         record_delete::<Prompt>(tx, key, &prompt.id)?;
     }
+
+    let conversations = crate::conversations::remove_user_conversations(tx, id)?;
 
     let mut sessions = tx.open_table(tables::AUTH_SESSIONS)?;
     let owned_sessions = owned(&sessions, |s: &AuthSession| s.user_id == id)?;
@@ -144,6 +148,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
         prompts: owned_prompts.len(),
         auth_sessions: owned_sessions.len(),
         credentials: owned_credentials.len(),
+        conversations,
         token_epoch,
     })
 }
