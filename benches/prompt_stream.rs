@@ -154,6 +154,7 @@ async fn bench() {
             ("MC_VM_MEMORY_MIB", "256"),
             ("MC_CLI_HOME", cli_home.as_str()),
             ("MC_CLI_PATH", cli_path.as_str()),
+            ("MC_CLI_USER", "root"),
             ("MC_PROMPT_WHEN_BUSY", "queue"),
         ],
         Some(host),

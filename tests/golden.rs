@@ -11,6 +11,10 @@ mod support;
 
 #[path = "golden/cases.rs"]
 mod cases;
+#[path = "golden/conversations.rs"]
+mod conversations;
+#[path = "golden/workspace.rs"]
+mod workspace;
 #[path = "golden/world.rs"]
 mod world;
 
@@ -38,8 +42,25 @@ fn main() -> ExitCode {
             |w| Box::pin(cases::the_root_is_writable_and_lands_on_the_data_disk(w)),
         ),
         (
-            "claude, codex and gemini answer over SSE; hibernate, daemon restart, resume, again",
-            |w| Box::pin(cases::the_real_clis_answer_before_and_after_hibernation(w)),
+            "conversations: claude, codex and gemini resume their own sessions over SSE across \
+             hibernate, a daemon restart and the idle job",
+            |w| Box::pin(conversations::each_cli_resumes_its_own_session(w)),
+        ),
+        (
+            "files: 50 MiB up and down byte-identical, streamed, owned by the CLI user",
+            |w| Box::pin(workspace::files_round_trip_streamed_as_the_cli_user(w)),
+        ),
+        (
+            "files: .., absolute paths and escaping symlinks refused; another user's token 403",
+            |w| Box::pin(workspace::paths_that_leave_the_workspace_are_refused(w)),
+        ),
+        (
+            "workspace: exec and a prompt's CLI run in the cwd as the CLI user and see the file",
+            |w| Box::pin(workspace::exec_and_a_prompt_work_in_the_directory_as_the_cli_user(w)),
+        ),
+        (
+            "conversations: a destroyed VM's conversations answer conversation_expired",
+            |w| Box::pin(conversations::a_destroyed_vm_expires_its_conversations(w)),
         ),
         (
             "two clones of one golden snapshot: own files, e2fsck-clean disks",

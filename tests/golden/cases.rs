@@ -69,51 +69,6 @@ pub async fn the_root_is_writable_and_lands_on_the_data_disk(world: &mut World) 
     world.cli_user = Some(user);
 }
 
-/// Each real CLI answers a prompt from the fake model server; the VM then hibernates, the daemon
-/// restarts, the VM resumes, and each answers again. The user's file survives all of it.
-pub async fn the_real_clis_answer_before_and_after_hibernation(world: &mut World) {
-    let user = world.cli_user.clone().expect("the VM of the previous case");
-    ask_each_cli(world, &user, "first").await;
-    let seen = world.server.seen();
-    for path in ["/v1/messages", "/v1/responses", "/v1beta/models/"] {
-        assert!(
-            seen.iter().any(|r| r.path.starts_with(path)),
-            "no request to {path}: {:?}",
-            seen.iter().map(|r| &r.path).collect::<Vec<_>>()
-        );
-    }
-
-    let hibernated = world.user_vm(&user, "hibernate", "POST").await;
-    assert_eq!(hibernated["status"], "hibernated", "{hibernated}");
-    world.daemon.stop().await;
-    world.start_daemon().await;
-    let started = Instant::now();
-    let resumed = world.user_vm(&user, "resume", "POST").await;
-    assert_eq!(resumed["status"], "running", "{resumed}");
-    eprintln!("    resumed in {:.1} s", started.elapsed().as_secs_f64());
-    let (code, out) = world.exec(&id_of(&resumed), "cat /root/kept.txt").await;
-    assert_eq!((code, out.trim()), (0, "kept"));
-    ask_each_cli(world, &user, "after resume").await;
-    let destroyed = world.user_vm(&user, "", "DELETE").await;
-    assert_eq!(destroyed["status"], "destroyed");
-}
-
-async fn ask_each_cli(world: &World, user: &str, round: &str) {
-    let expected = world.server.text();
-    for provider in PROVIDERS {
-        let started = Instant::now();
-        let frames = world.prompt(user, provider, "say hello").await;
-        eprintln!(
-            "    {round} {provider}: {} frames in {:.1} s",
-            frames.len(),
-            started.elapsed().as_secs_f64()
-        );
-        assert_eq!(content_text(&frames), expected, "{provider}: {frames:?}");
-        let done = frames.last().expect("a last frame");
-        assert_eq!(done.kind(), "done", "{provider}: {done:?}");
-    }
-}
-
 /// Copies a hibernated VM's data disk, replays its journal on the copy as a mount would, and
 /// checks the copy with `e2fsck -fn`; returns the names in `root/upper/root` on it.
 fn check_disk(disk: &Path, scratch: &Path) -> String {

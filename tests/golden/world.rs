@@ -33,6 +33,8 @@ pub struct World {
     pub users: u32,
     /// The user whose VM the CLI cases share.
     pub cli_user: Option<String>,
+    /// That user's conversation with each provider.
+    pub conversations: Vec<String>,
     pub _dir: tempfile::TempDir,
 }
 
@@ -87,6 +89,8 @@ impl World {
             ("MC_MODEL_BASE_URL", model_url.to_string()),
             ("MC_MODEL_API_KEY", MODEL_KEY.into()),
             ("ENCRYPTION_MASTER_KEY", MASTER_KEY.into()),
+            // The idle job hibernates the conversations' VM when the test runs it.
+            ("MC_IDLE_HIBERNATE_AFTER_SECS", "2".into()),
         ]);
         env
     }
@@ -118,6 +122,7 @@ impl World {
             rootfs_sha256,
             users: 0,
             cli_user: None,
+            conversations: Vec::new(),
             _dir: dir,
         }
     }

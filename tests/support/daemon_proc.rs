@@ -165,6 +165,10 @@ impl DaemonProc {
         }
     }
 
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self

@@ -151,6 +151,8 @@ pub async fn start_daemon(
         ("MC_VM_MEMORY_MIB", "256"),
         ("MC_CLI_HOME", home.as_str()),
         ("MC_CLI_SECRETS_DIR", secrets_dir.as_str()),
+        // Host agents run as root, in a HOME that is a temporary directory of root's.
+        ("MC_CLI_USER", "root"),
     ];
     env.extend_from_slice(extra);
     let host = VmHost {

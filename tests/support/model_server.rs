@@ -187,7 +187,10 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
     }
     // With `Stall`, how many events go out before the server falls silent.
     let (events, stall_after) = match api {
-        Api::Anthropic => (anthropic(&words), 3),
+        Api::Anthropic => match read_request(&body) {
+            Some(path) => (anthropic_read_tool(&path), usize::MAX),
+            None => (anthropic(&words), 3),
+        },
         Api::OpenAi => (openai(&words), 0),
         Api::Gemini => (gemini(&words), 1),
     };
@@ -205,6 +208,57 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// A prompt that says `READ-FILE:<absolute path>` gets, as its first answer, a call of Claude
+/// Code's `Read` tool on that path, the way a model asks a CLI to read a file; the CLI's next
+/// request then carries the file's content as the tool's result. Once a tool result is in the
+/// conversation the answer is the usual words.
+pub const READ_FILE_MARKER: &str = "READ-FILE:";
+
+fn read_request(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    if text.contains("\"tool_result\"") {
+        return None;
+    }
+    let at = text.find(READ_FILE_MARKER)? + READ_FILE_MARKER.len();
+    let path: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "/._-".contains(*c))
+        .collect();
+    path.starts_with('/').then_some(path)
+}
+
+fn anthropic_read_tool(path: &str) -> Vec<String> {
+    let input = json!({ "file_path": path }).to_string();
+    vec![
+        sse(
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"id": "msg_fake_tool", "type": "message",
+                "role": "assistant", "model": "fake", "content": [],
+                "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+        ),
+        sse(
+            Some("content_block_start"),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use",
+                "id": "toolu_fake_read", "name": "Read", "input": {}}}),
+        ),
+        sse(
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": input}}),
+        ),
+        sse(
+            Some("content_block_stop"),
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        sse(
+            Some("message_delta"),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                "usage": {"output_tokens": 5}}),
+        ),
+        sse(Some("message_stop"), json!({"type": "message_stop"})),
+    ]
 }
 
 fn sse(event: Option<&str>, data: serde_json::Value) -> String {

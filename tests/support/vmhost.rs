@@ -39,6 +39,9 @@ pub fn guest_daemon_env(bridge: &str, gateway: &str) -> Vec<(&'static str, Strin
         ("MC_VM_MEMORY_MIB", "256".into()),
         ("MC_VM_DATA_DISK_MIB", "64".into()),
         ("MC_VM_AGENT_TIMEOUT_SECS", "120".into()),
+        // The busybox test image has no unprivileged user; its CLIs (scripts) run as root.
+        ("MC_CLI_HOME", "/root".into()),
+        ("MC_CLI_USER", "root".into()),
     ]
 }
 
