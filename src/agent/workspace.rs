@@ -35,8 +35,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::UnlinkatFlags;
 
 use crate::guest::workspace::{
-    Entry, EntryKind, GetHeader, MAX_LISTING, PutReply, WorkspaceError, check_relative,
-    components,
+    Entry, EntryKind, GetHeader, MAX_LISTING, PutReply, WorkspaceError, check_relative, components,
 };
 
 type Result<T> = std::result::Result<T, WorkspaceError>;
@@ -251,9 +250,8 @@ pub fn resolve(root: &str, rel: &str, create: bool) -> Result<PathBuf> {
 
 pub fn put(root: &str, rel: &str, mode: u32, max: u64, input: &mut dyn Read) -> Result<u64> {
     let (parents, name) = split(rel)?;
-    let name = name.ok_or_else(|| {
-        WorkspaceError::IsADirectory("the workspace root is a directory".into())
-    })?;
+    let name = name
+        .ok_or_else(|| WorkspaceError::IsADirectory("the workspace root is a directory".into()))?;
     let root_fd = open_root(root, true)?;
     let dir = open_dir(&root_fd, &parents, true)?;
     match stat_nofollow(&dir, name) {
@@ -449,8 +447,8 @@ pub fn remove(root: &str, rel: &str) -> Result<()> {
 /// directory meanwhile fails the open with ELOOP).
 fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr, rel: &str) -> Result<()> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::openat(parent, name, flags, Mode::empty())
-        .map_err(|e| errno_error(rel, e))?;
+    let fd =
+        nix::fcntl::openat(parent, name, flags, Mode::empty()).map_err(|e| errno_error(rel, e))?;
     let mut dir = Dir::from_fd(fd).map_err(|e| errno_error(rel, e))?;
     for child in names(&mut dir) {
         let child = OsStr::from_bytes(&child);

@@ -89,7 +89,10 @@ fn names_in(dir: &Path) -> Vec<String> {
 fn put_then_get_round_trips() {
     let tree = Tree::new();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    assert_eq!(tree.put("a/b/./c.bin", &data, 1 << 20).expect("put"), 300_000);
+    assert_eq!(
+        tree.put("a/b/./c.bin", &data, 1 << 20).expect("put"),
+        300_000
+    );
     let meta = std::fs::metadata(tree.root.join("a/b/c.bin")).expect("written");
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
     let got = tree.get("a//b/c.bin").expect("get");
@@ -126,17 +129,30 @@ fn wrong_kinds_and_missing_paths() {
     assert_eq!(code(resolve(tree.root(), "f", false)), "not_a_directory");
     assert_eq!(code(resolve(tree.root(), "missing", false)), "not_found");
     assert_eq!(code(remove(tree.root(), "nope")), "not_found");
-    assert_eq!(code(get("/no/such/workspace", "", &mut Vec::new())), "not_found");
+    assert_eq!(
+        code(get("/no/such/workspace", "", &mut Vec::new())),
+        "not_found"
+    );
 }
 
 #[test]
 fn bad_paths_are_refused_before_anything_happens() {
     let tree = Tree::new();
-    for rel in ["..", "../outside/secret", "a/../../outside", "/etc/passwd", "a\0b"] {
+    for rel in [
+        "..",
+        "../outside/secret",
+        "a/../../outside",
+        "/etc/passwd",
+        "a\0b",
+    ] {
         assert_eq!(code(tree.get(rel)), "bad_path", "get {rel:?}");
         assert_eq!(code(tree.put(rel, b"x", 10)), "bad_path", "put {rel:?}");
         assert_eq!(code(remove(tree.root(), rel)), "bad_path", "rm {rel:?}");
-        assert_eq!(code(resolve(tree.root(), rel, true)), "bad_path", "resolve {rel:?}");
+        assert_eq!(
+            code(resolve(tree.root(), rel, true)),
+            "bad_path",
+            "resolve {rel:?}"
+        );
     }
     assert_eq!(code(tree.get(&"a/".repeat(3000))), "bad_path");
     assert_eq!(code(get("relative/root", "", &mut Vec::new())), "bad_path");
@@ -147,22 +163,47 @@ fn bad_paths_are_refused_before_anything_happens() {
 #[test]
 fn symlinks_out_of_the_root_are_refused() {
     let tree = Tree::new().with_links();
-    for rel in ["etc", "etc/hostname", "out", "out/secret", "c1", "c1/secret", "secret-link"] {
+    for rel in [
+        "etc",
+        "etc/hostname",
+        "out",
+        "out/secret",
+        "c1",
+        "c1/secret",
+        "secret-link",
+    ] {
         assert_eq!(code(tree.get(rel)), "path_escapes", "get {rel:?}");
     }
     for rel in ["etc", "etc/ssl", "out", "c1", "c2"] {
-        assert_eq!(code(resolve(tree.root(), rel, false)), "path_escapes", "resolve {rel:?}");
+        assert_eq!(
+            code(resolve(tree.root(), rel, false)),
+            "path_escapes",
+            "resolve {rel:?}"
+        );
     }
     for rel in ["out/new", "c1/new", "c1/deeper/new"] {
-        assert_eq!(code(resolve(tree.root(), rel, true)), "path_escapes", "resolve {rel:?}");
+        assert_eq!(
+            code(resolve(tree.root(), rel, true)),
+            "path_escapes",
+            "resolve {rel:?}"
+        );
         assert_eq!(code(tree.put(rel, b"x", 10)), "path_escapes", "put {rel:?}");
     }
-    assert_eq!(code(tree.put("secret-link", b"clobbered", 100)), "path_escapes");
-    assert_eq!(code(remove(tree.root(), "etc/mc-no-such-file")), "path_escapes");
+    assert_eq!(
+        code(tree.put("secret-link", b"clobbered", 100)),
+        "path_escapes"
+    );
+    assert_eq!(
+        code(remove(tree.root(), "etc/mc-no-such-file")),
+        "path_escapes"
+    );
     assert_eq!(code(remove(tree.root(), "out/secret")), "path_escapes");
     assert_eq!(code(remove(tree.root(), "c1/secret")), "path_escapes");
     assert_eq!(names_in(&tree.outside), ["secret"]);
-    assert_eq!(std::fs::read(tree.outside.join("secret")).expect("secret"), b"outside");
+    assert_eq!(
+        std::fs::read(tree.outside.join("secret")).expect("secret"),
+        b"outside"
+    );
 }
 
 #[test]
@@ -171,10 +212,19 @@ fn symlinks_inside_the_root_are_followed() {
     tree.put("real/file", b"inside", 100).expect("put");
     symlink("real", tree.root.join("alias")).expect("alias");
     symlink("../real", tree.root.join("real/up")).expect("up");
-    assert_eq!(file_body(&tree.get("alias/file").expect("get")).1, b"inside");
-    assert_eq!(file_body(&tree.get("real/up/up/file").expect("get")).1, b"inside");
+    assert_eq!(
+        file_body(&tree.get("alias/file").expect("get")).1,
+        b"inside"
+    );
+    assert_eq!(
+        file_body(&tree.get("real/up/up/file").expect("get")).1,
+        b"inside"
+    );
     let resolved = resolve(tree.root(), "alias/sub", true).expect("resolve");
-    assert_eq!(resolved, tree.root.canonicalize().expect("root").join("real/sub"));
+    assert_eq!(
+        resolved,
+        tree.root.canonicalize().expect("root").join("real/sub")
+    );
     let (entries, _) = listing(&tree, "");
     let alias = entries.iter().find(|e| e.name == "alias").expect("alias");
     assert_eq!(alias.kind, EntryKind::Symlink);
@@ -215,14 +265,20 @@ fn the_cap_keeps_nothing_past_it() {
     let tree = Tree::new();
     tree.put("target", b"original", 100).expect("put");
     let data = vec![7u8; 1000];
-    assert_eq!(tree.put("target", &data, 1000).expect("exactly the cap"), 1000);
+    assert_eq!(
+        tree.put("target", &data, 1000).expect("exactly the cap"),
+        1000
+    );
     tree.put("target", b"original", 100).expect("put");
     assert_eq!(
         code(put(tree.root(), "target", 0o600, 999, &mut &data[..])),
         "too_large"
     );
     assert_eq!(code(tree.put("new/file", &data, 999)), "too_large");
-    assert_eq!(std::fs::read(tree.root.join("target")).expect("target"), b"original");
+    assert_eq!(
+        std::fs::read(tree.root.join("target")).expect("target"),
+        b"original"
+    );
     // Neither temporary file is left; the parent made for the refused file may stay.
     assert_eq!(names_in(&tree.root), ["new", "target"]);
     assert!(names_in(&tree.root.join("new")).is_empty());
@@ -236,8 +292,14 @@ fn resolve_makes_the_root_and_its_parents() {
     assert_eq!(code(resolve(root, "a", false)), "not_found");
     let made = resolve(root, "a/b/c", true).expect("resolve");
     assert!(made.is_dir());
-    assert_eq!(made, tree.root.canonicalize().expect("canon").join("ws/a/b/c"));
-    assert_eq!(resolve(root, "", false).expect("root"), tree.root.canonicalize().expect("c").join("ws"));
+    assert_eq!(
+        made,
+        tree.root.canonicalize().expect("canon").join("ws/a/b/c")
+    );
+    assert_eq!(
+        resolve(root, "", false).expect("root"),
+        tree.root.canonicalize().expect("c").join("ws")
+    );
 }
 
 #[test]
@@ -245,21 +307,40 @@ fn the_command_line() {
     let tree = Tree::new();
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut out = Vec::new();
-    run(&args(&["put", tree.root(), "x/y", "644", "100"]), &mut &b"hello"[..], &mut out)
-        .expect("put");
+    run(
+        &args(&["put", tree.root(), "x/y", "644", "100"]),
+        &mut &b"hello"[..],
+        &mut out,
+    )
+    .expect("put");
     assert_eq!(out, b"{\"size\":5}\n");
-    let mode = std::fs::metadata(tree.root.join("x/y")).expect("meta").permissions().mode();
+    let mode = std::fs::metadata(tree.root.join("x/y"))
+        .expect("meta")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o644);
     let mut out = Vec::new();
-    run(&args(&["resolve", tree.root(), "x", "--create"]), &mut &b""[..], &mut out).expect("resolve");
-    assert!(String::from_utf8(out).expect("utf-8").ends_with("/root/x\n"));
+    run(
+        &args(&["resolve", tree.root(), "x", "--create"]),
+        &mut &b""[..],
+        &mut out,
+    )
+    .expect("resolve");
+    assert!(
+        String::from_utf8(out)
+            .expect("utf-8")
+            .ends_with("/root/x\n")
+    );
     for bad in [
         &["put", tree.root(), "z", "999", "100"][..],
         &["put", tree.root(), "z", "644", "-1"],
         &["get", tree.root()],
         &["format", tree.root(), "x"],
     ] {
-        assert!(run(&args(bad), &mut &b""[..], &mut Vec::new()).is_err(), "{bad:?}");
+        assert!(
+            run(&args(bad), &mut &b""[..], &mut Vec::new()).is_err(),
+            "{bad:?}"
+        );
     }
     assert!(!tree.root.join("z").exists());
 }

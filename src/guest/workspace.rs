@@ -109,8 +109,13 @@ pub struct WireError {
     rename_all_fields = "camelCase"
 )]
 pub enum GetHeader {
-    File { size: u64 },
-    Dir { entries: Vec<Entry>, truncated: bool },
+    File {
+        size: u64,
+    },
+    Dir {
+        entries: Vec<Entry>,
+        truncated: bool,
+    },
 }
 
 /// What `put` prints once the file is in place.
@@ -186,7 +191,16 @@ mod tests {
 
     #[test]
     fn relative_paths_only() {
-        for good in ["", ".", "a", "a/b/c.txt", "./a//b/", "a/.hidden", "a/..b", "b../c"] {
+        for good in [
+            "",
+            ".",
+            "a",
+            "a/b/c.txt",
+            "./a//b/",
+            "a/.hidden",
+            "a/..b",
+            "b../c",
+        ] {
             check_relative(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
         }
         for bad in ["/etc/passwd", "..", "a/../b", "a/..", "../a", "a\0b", "/"] {

@@ -330,7 +330,8 @@ pub async fn download(
                     break searched + at;
                 }
                 if head.len() > MAX_HEADER {
-                    let error = WorkspaceError::Failed("the file helper's header is too long".into());
+                    let error =
+                        WorkspaceError::Failed("the file helper's header is too long".into());
                     return Err(helper.abandon(error).await);
                 }
             }
@@ -342,7 +343,9 @@ pub async fn download(
         .map_err(|e| WorkspaceError::Failed(format!("the file helper's header: {e}")))?;
     match header {
         GetHeader::Dir { entries, truncated } => match helper.next().await? {
-            Step::Exit(status) if succeeded(&status) => Ok(Download::Directory { entries, truncated }),
+            Step::Exit(status) if succeeded(&status) => {
+                Ok(Download::Directory { entries, truncated })
+            }
             Step::Exit(status) => Err(failure(Some(&status), &helper.stderr)),
             Step::Stdout(_) => Err(helper
                 .abandon(WorkspaceError::Failed(
