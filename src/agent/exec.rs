@@ -15,7 +15,7 @@ use tokio::process::Command;
 use tokio::sync::{Notify, mpsc};
 
 use super::AgentError;
-use crate::guest::messages::{ExecRequest, ExitStatus};
+use crate::guest::messages::{AGENT_SELF, ExecRequest, ExitStatus};
 use crate::guest::{Frame, FrameKind};
 
 const CHUNK: usize = 32 * 1024;
@@ -42,7 +42,14 @@ pub async fn run(
     let Some(program) = request.argv.first() else {
         return Err(AgentError::request("bad_request", "argv is empty"));
     };
-    let mut command = Command::new(program);
+    // The agent's own binary: the workspace file helper, as the exec's user like any exec.
+    let mut command = if program == AGENT_SELF {
+        Command::new(std::env::current_exe().map_err(|e| {
+            AgentError::request("spawn_failed", format!("the agent's own binary: {e}"))
+        })?)
+    } else {
+        Command::new(program)
+    };
     command
         .args(&request.argv[1..])
         .env_clear()

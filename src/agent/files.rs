@@ -55,7 +55,7 @@ fn write_atomically(
     let dir = path
         .parent()
         .ok_or_else(|| AgentError::request("bad_request", "path has no parent directory"))?;
-    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    create_parents(dir, request.uid, request.gid).map_err(|e| io_error(dir, e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -83,6 +83,32 @@ fn write_atomically(
     }
     if let Ok(dir) = std::fs::File::open(dir) {
         let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Makes `dir` and its missing parents. With an owner, the directories made here are given to
+/// it (only those: a parent that already existed keeps its owner), so a file written for the
+/// CLI user does not land in a root-owned directory that user cannot write.
+fn create_parents(dir: &Path, uid: Option<u32>, gid: Option<u32>) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|path| std::fs::symlink_metadata(path).is_err())
+        .collect();
+    for path in missing.into_iter().rev() {
+        match std::fs::create_dir(path) {
+            Ok(()) if uid.is_some() || gid.is_some() => std::os::unix::fs::lchown(path, uid, gid)?,
+            Ok(()) => {}
+            // Made meanwhile by someone else: theirs, not ours to give away.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
     }
     Ok(())
 }
@@ -161,3 +187,7 @@ pub async fn read(request: ReadFileRequest) -> Result<Response, AgentError> {
         data_base64: STANDARD.encode(&data),
     })
 }
+
+#[cfg(test)]
+#[path = "files_tests.rs"]
+mod tests;

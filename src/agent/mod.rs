@@ -9,6 +9,7 @@ mod exec;
 mod files;
 mod session;
 mod system;
+pub mod workspace;
 
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! The guest agent. In a guest it reads its token and channel from the kernel command line;
 //! `vm-agent --channel unix:/path --token T` serves a Unix socket instead (for tests on a host).
+//! `vm-agent files ...` is the workspace file helper the agent runs for the host
+//! (`agent::workspace`); it is synchronous, and no runtime is started for it.
 
 use std::process::ExitCode;
 
@@ -36,6 +38,12 @@ fn config_from_args() -> Result<AgentConfig, String> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some((first, rest)) = args.split_first()
+        && first == master_controller::guest::workspace::FILES_SUBCOMMAND
+    {
+        return agent::workspace::main(rest);
+    }
     let config = match config_from_args() {
         Ok(config) => config,
         Err(message) => {

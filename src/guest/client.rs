@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 pub use super::exec_stream::{
-    CANCEL_GRACE, DEFAULT_MAX_OUTPUT, ExecEvent, ExecOutput, ExecStream, OutputBounds,
+    CANCEL_GRACE, DEFAULT_MAX_OUTPUT, ExecEvent, ExecOutput, ExecStdin, ExecStream, OutputBounds,
 };
 use super::messages::{
     ErrorBody, ExecRequest, FileStamp, HealthReport, Hello, HelloOk, NetworkConfig,

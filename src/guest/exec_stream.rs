@@ -106,6 +106,33 @@ impl ExecStream {
             .map_err(|_| GuestError::Disconnected)
     }
 
+    /// A handle that writes this exec's stdin while the stream itself is being read (the two
+    /// cannot both borrow the stream in one `select!`).
+    pub fn stdin(&self) -> ExecStdin {
+        ExecStdin {
+            id: self.id,
+            out: self.out.clone(),
+        }
+    }
+
+    /// [`ExecStream::cancel_nowait`] that is never skipped: with the outbound queue full (a
+    /// stdin upload in flight fills it), a task sends the cancel once there is room. For a
+    /// stream being abandoned (dropped), whose exec would otherwise run to its timeout.
+    pub fn cancel_detached(&self) {
+        let cancel = Request::Cancel {
+            request_id: self.id,
+        };
+        let frame = Frame::json(FrameKind::Request, UNROUTED | self.id, &cancel);
+        if let Err(mpsc::error::TrySendError::Full(frame)) = self.out.try_send(frame)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let out = self.out.clone();
+            runtime.spawn(async move {
+                let _ = out.send(frame).await;
+            });
+        }
+    }
+
     /// Asks the agent to stop this exec without waiting for its answer: waiting would stop
     /// this stream from being drained, and a reader blocked on a full stream never delivers
     /// the answer. Best effort: with the outbound queue full the cancel is skipped, and the
@@ -162,6 +189,24 @@ impl ExecStream {
             }
         }
         Ok(output)
+    }
+}
+
+/// Writes one exec's stdin; see [`ExecStream::stdin`].
+#[derive(Clone)]
+pub struct ExecStdin {
+    id: u64,
+    out: mpsc::Sender<Frame>,
+}
+
+impl ExecStdin {
+    /// Sends a chunk (at most a frame's payload); an empty chunk closes stdin. Waits while the
+    /// connection's outbound queue is full, which is the back-pressure of an upload.
+    pub async fn write(&self, chunk: Bytes) -> Result<(), GuestError> {
+        self.out
+            .send(Frame::new(FrameKind::Stdin, self.id, chunk))
+            .await
+            .map_err(|_| GuestError::Disconnected)
     }
 }
 

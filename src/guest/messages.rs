@@ -11,6 +11,11 @@ pub const CMDLINE_CHANNEL: &str = "mc.agent";
 pub const DEFAULT_SERIAL_PORT_NAME: &str = "agent";
 pub const DEFAULT_VSOCK_PORT: u32 = 1024;
 
+/// An exec whose `argv[0]` is this runs the agent's own binary with the remaining arguments
+/// (under the exec's uid, gid, cwd and env like any other): the workspace file helper
+/// (`vm-agent files ...`, see `guest::workspace`).
+pub const AGENT_SELF: &str = "@vm-agent";
+
 /// Host → agent, first frame of every connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod messages;
+pub mod workspace;
 
 #[cfg(feature = "daemon")]
 pub mod client;
