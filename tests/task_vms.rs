@@ -41,6 +41,8 @@ async fn idle_vms_hibernate_but_not_during_a_prompt_or_a_login() {
             model: None,
             timeout_sec: None,
             cancel_on_disconnect: false,
+            conversation_id: None,
+            cwd: None,
         })
         .await
         .expect("prompt starts");

@@ -316,6 +316,7 @@ impl From<crate::workspace::WorkspaceError> for ApiError {
                 match e {
                     Files::BadPath(_) | Files::Escapes(_) => ApiError::BadRequest { code, message },
                     Files::NotFound(_) => ApiError::NotFound { code, message },
+                    Files::PermissionDenied(_) => ApiError::Forbidden(message),
                     Files::TooLarge { max } => ApiError::PayloadTooLarge { limit: max },
                     Files::NotADirectory(_) | Files::IsADirectory(_) => ApiError::Conflict {
                         code,

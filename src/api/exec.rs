@@ -22,11 +22,19 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let exec = warp::path!("api" / "users" / String / "exec")
-        .and(endpoint(ctx.clone(), Method::POST, "/api/users/:userId/exec"))
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/users/:userId/exec",
+        ))
         .and(body())
         .then(exec);
     let cancel = warp::path!("api" / "exec" / String / "cancel")
-        .and(endpoint(ctx.clone(), Method::POST, "/api/exec/:execId/cancel"))
+        .and(endpoint(
+            ctx.clone(),
+            Method::POST,
+            "/api/exec/:execId/cancel",
+        ))
         .then(cancel);
     exec.or(cancel).unify().boxed()
 }

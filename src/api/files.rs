@@ -84,9 +84,11 @@ async fn download(user_id: String, tail: Tail, call: Call) -> Response {
                 let body = body.map(|chunk| chunk.map_err(std::io::Error::other));
                 super::serve::streamed(response, body.boxed())
             }
-            Download::Directory { entries, truncated } => warp::Reply::into_response(
-                warp::reply::json(&json!({ "path": path, "entries": entries, "truncated": truncated })),
-            ),
+            Download::Directory { entries, truncated } => {
+                warp::Reply::into_response(warp::reply::json(
+                    &json!({ "path": path, "entries": entries, "truncated": truncated }),
+                ))
+            }
         };
         Ok(reply)
     }

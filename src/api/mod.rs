@@ -7,12 +7,12 @@ mod conversations;
 mod egress;
 mod endpoint;
 pub mod error;
+mod exec;
+mod files;
 mod logins;
 mod outbox;
 mod probes;
 mod prompts;
-mod files;
-mod exec;
 pub mod rate_limit;
 pub mod serve;
 mod tasks;
@@ -35,11 +35,11 @@ use crate::auth::AuthService;
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::prompts::PromptService;
-use crate::workspace::WorkspaceService;
 use crate::store::Store;
 use crate::sync::SyncService;
 use crate::users::UserService;
 use crate::vms::VmService;
+use crate::workspace::WorkspaceService;
 
 use auth::Authenticator;
 use rate_limit::{AuthFailures, RateLimiter};
@@ -141,6 +141,7 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
         .or(files::routes(ctx))
         .unify()
         .or(exec::routes(ctx))
+        .unify()
         .or(conversations::routes(ctx))
         .unify()
         .or(logins::routes(ctx))

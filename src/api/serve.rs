@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryFutureExt};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -51,17 +51,17 @@ pub fn streamed(mut response: Response, stream: BodyStream) -> Response {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body a handler left in the extensions, or warp's own.
-fn with_streamed_body(response: Response) -> hyper::Response<BoxBody<Bytes, BoxError>> {
+fn with_streamed_body(response: Response) -> hyper::Response<UnsyncBoxBody<Bytes, BoxError>> {
     let (mut parts, body) = response.into_parts();
     let stream = parts
         .extensions
         .remove::<StreamedBody>()
         .and_then(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).take());
     let body = match stream {
-        Some(stream) => BoxBody::new(StreamBody::new(
+        Some(stream) => UnsyncBoxBody::new(StreamBody::new(
             stream.map(|chunk| chunk.map(Frame::data).map_err(BoxError::from)),
         )),
-        None => BoxBody::new(body.map_err(BoxError::from)),
+        None => UnsyncBoxBody::new(body.map_err(BoxError::from)),
     };
     hyper::Response::from_parts(parts, body)
 }

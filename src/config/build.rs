@@ -39,7 +39,7 @@ impl Resolved {
                 None => self.egress_proxy.clone(),
             },
             owner: self.cli_user,
-            workspace: self.workspace_root.trim_end_matches('/').to_string(),
+            workspace_root: self.workspace_root.trim_end_matches('/').to_string(),
             secrets_dir: self.cli_secrets_dir.clone(),
         };
         Config {

@@ -18,8 +18,7 @@ use crate::config::{Config, ConfigError};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::net::{NetError, Netlink, RtNetlink};
-use crate::prompts::{PromptError, PromptService};
-use crate::workspace::WorkspaceService;
+use crate::prompts::{PromptDeps, PromptError, PromptService};
 use crate::store::{Store, StoreError};
 use crate::sync::SinkError;
 use crate::tokens::{TokenError, TokenSigner};
@@ -27,6 +26,7 @@ use crate::users::{TokenEpochs, UserService};
 use crate::vms::golden::{self, Golden, GoldenError, GoldenMeta};
 use crate::vms::{VmError, VmHost, VmManager, VmSettings};
 use crate::watchdog::Watchdog;
+use crate::workspace::WorkspaceService;
 
 pub mod hypervisor;
 mod services;
@@ -184,19 +184,18 @@ pub async fn start_with(
     }
     let conversations = crate::conversations::ConversationService::new(store.clone());
     let prompts = PromptService::new(
-        store.clone(),
-        vms.clone(),
-        events.clone(),
-        metrics.clone(),
+        PromptDeps {
+            store: store.clone(),
+            vms: vms.clone(),
+            events: events.clone(),
+            metrics: metrics.clone(),
+            auth: auth.clone(),
+            conversations: conversations.clone(),
+        },
         config.prompts.clone(),
-        auth.clone(),
-        conversations.clone(),
         tracker.clone(),
     );
-    let workspace = Arc::new(WorkspaceService::new(
-        vms.clone(),
-        config.workspace.clone(),
-    ));
+    let workspace = Arc::new(WorkspaceService::new(vms.clone(), config.workspace.clone()));
     let host = crate::tasks::HostProbe::new(config.data_dir.clone());
     let guests_configured = vms.settings().kernel.is_some();
     let (egress, proxy_health) = start_egress(

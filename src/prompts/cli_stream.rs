@@ -128,10 +128,7 @@ pub(super) async fn stream_cli(
         Err(GuestError::Agent(body)) if body.code == "spawn_failed" => {
             return Ok(Err(Ending::Failed {
                 code: "cli_not_found".into(),
-                message: format!(
-                    "the {} CLI cannot start: {}",
-                    provider, body.message
-                ),
+                message: format!("the {} CLI cannot start: {}", provider, body.message),
             }));
         }
         Err(e) => return Err(unavailable(e)),

@@ -23,7 +23,7 @@ use crate::vms::VmError;
 pub use records::settle_interrupted;
 pub use retention::prune_before;
 pub use run::{PromptRequest, PromptRun};
-pub use service::PromptService;
+pub use service::{PromptDeps, PromptService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {

@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::cli_stream::{CliRun, Ended, Ending, Gathered, stream_cli};
 use super::events::PromptEvent;
 use super::run::{PromptRequest, PromptRun};
+use super::service::PromptDeps;
 use super::{PromptError, PromptSettings, records};
 use crate::auth::AuthService;
 use crate::conversations::ConversationService;
@@ -48,15 +49,15 @@ pub(super) struct Runner {
 }
 
 impl Runner {
-    pub(super) fn new(
-        store: Store,
-        vms: VmService,
-        events: EventHub,
-        metrics: Arc<Metrics>,
-        settings: PromptSettings,
-        auth: Arc<AuthService>,
-        conversations: ConversationService,
-    ) -> Runner {
+    pub(super) fn new(deps: PromptDeps, settings: PromptSettings) -> Runner {
+        let PromptDeps {
+            store,
+            vms,
+            events,
+            metrics,
+            auth,
+            conversations,
+        } = deps;
         Runner {
             conversations,
             store,
@@ -261,7 +262,7 @@ impl Runner {
             })
         };
         let settings = &self.settings;
-        let workspace = crate::workspace::workspace_of(&settings.cli);
+        let workspace = settings.cli.workspace();
         let cwd = match resolve_dir(&agent, &workspace, &conversation.cwd, true).await {
             Ok(cwd) => cwd,
             Err(e) => {

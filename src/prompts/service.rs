@@ -16,8 +16,8 @@ use super::runner::Runner;
 use super::{PromptError, PromptSettings, records};
 use crate::auth::AuthService;
 use crate::conversations::ConversationService;
-use crate::guest::workspace::check_relative;
 use crate::events::EventHub;
+use crate::guest::workspace::check_relative;
 use crate::metrics::Metrics;
 use crate::model::{Prompt, PromptStatus, now_ms};
 use crate::store::Store;
@@ -42,30 +42,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The services prompts use.
+#[derive(Clone)]
+pub struct PromptDeps {
+    pub store: Store,
+    pub vms: VmService,
+    pub events: EventHub,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<AuthService>,
+    pub conversations: ConversationService,
+}
+
 impl PromptService {
     pub fn new(
-        store: Store,
-        vms: VmService,
-        events: EventHub,
-        metrics: Arc<Metrics>,
+        deps: PromptDeps,
         settings: PromptSettings,
-        auth: Arc<AuthService>,
-        conversations: ConversationService,
         tracker: TaskTracker,
     ) -> Arc<PromptService> {
-        let runner = Arc::new(Runner::new(
-            store.clone(),
-            vms.clone(),
-            events,
-            metrics,
-            settings.clone(),
-            auth,
-            conversations.clone(),
-        ));
+        let runner = Arc::new(Runner::new(deps.clone(), settings.clone()));
         Arc::new(PromptService {
-            store,
-            vms,
-            conversations,
+            store: deps.store,
+            vms: deps.vms,
+            conversations: deps.conversations,
             in_flight: Arc::default(),
             settings,
             runner,

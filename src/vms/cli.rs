@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::guest::workspace::Workspace;
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where and how the CLIs run in the guest.
@@ -17,13 +19,24 @@ pub struct CliEnvironment {
     /// The guest user (uid, gid) the CLIs run as and that owns their files; `None` is root.
     pub owner: Option<(u32, u32)>,
     /// The user's workspace: prompts' `cwd`, exec and the files API are relative to it.
-    pub workspace: String,
+    pub workspace_root: String,
     /// A directory on a tmpfs in the guest (mounted there if it is not) where credentials
     /// and login HOMEs live, so none reaches the data disk.
     pub secrets_dir: String,
 }
 
 impl CliEnvironment {
+    /// The workspace as the guest side sees it: its root and the user that works in it (root
+    /// when the CLIs run as root).
+    pub fn workspace(&self) -> Workspace {
+        let (uid, gid) = self.owner.unwrap_or((0, 0));
+        Workspace {
+            root: self.workspace_root.clone(),
+            uid,
+            gid,
+        }
+    }
+
     /// The environment every CLI process gets, before its provider's own variables.
     pub fn env(&self) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();

@@ -250,7 +250,10 @@ mod tests {
             spec(Some("ls -la"), None).argv().unwrap(),
             ["/bin/sh", "-c", "ls -la"]
         );
-        assert_eq!(spec(None, Some(vec!["ls", "-l"])).argv().unwrap(), ["ls", "-l"]);
+        assert_eq!(
+            spec(None, Some(vec!["ls", "-l"])).argv().unwrap(),
+            ["ls", "-l"]
+        );
         assert!(spec(Some("ls"), Some(vec!["ls"])).argv().is_err());
         assert!(spec(None, None).argv().is_err());
         assert!(spec(Some("  "), None).argv().is_err());

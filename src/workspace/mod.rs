@@ -44,20 +44,3 @@ pub struct WorkspaceSettings {
     /// Commands running at once over all users.
     pub max_execs: usize,
 }
-
-impl WorkspaceSettings {
-    /// The workspace as the guest side sees it: its root and the user that works in it.
-    pub fn target(&self) -> guest_files::Workspace {
-        workspace_of(&self.cli)
-    }
-}
-
-/// The guest's workspace of `cli`; root when the CLIs run as root.
-pub fn workspace_of(cli: &CliEnvironment) -> guest_files::Workspace {
-    let (uid, gid) = cli.owner.unwrap_or((0, 0));
-    guest_files::Workspace {
-        root: cli.workspace.clone(),
-        uid,
-        gid,
-    }
-}

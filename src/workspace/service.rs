@@ -78,12 +78,19 @@ impl WorkspaceService {
         }
         let _use = self.busy.enter(user_id);
         let (vm, agent) = self.agent_for(user_id).await?;
-        let written = guest_files::upload(&agent, &self.settings.target(), path, 0o644, max, body)
-            .await
-            .map_err(|e| match e {
-                guest_files::WorkspaceError::TooLarge { max } => WorkspaceError::TooLarge { max },
-                other => WorkspaceError::Files(other),
-            })?;
+        let written = guest_files::upload(
+            &agent,
+            &self.settings.cli.workspace(),
+            path,
+            0o644,
+            max,
+            body,
+        )
+        .await
+        .map_err(|e| match e {
+            guest_files::WorkspaceError::TooLarge { max } => WorkspaceError::TooLarge { max },
+            other => WorkspaceError::Files(other),
+        })?;
         self.vms.touch(&vm.id);
         Ok(written)
     }
@@ -98,7 +105,7 @@ impl WorkspaceService {
         guest_files::check_relative(path)?;
         let busy = self.busy.enter(user_id);
         let (_, agent) = self.agent_for(user_id).await?;
-        let download = guest_files::download(&agent, &self.settings.target(), path).await?;
+        let download = guest_files::download(&agent, &self.settings.cli.workspace(), path).await?;
         Ok(match download {
             guest_files::Download::File { size, body } => guest_files::Download::File {
                 size,
@@ -117,7 +124,7 @@ impl WorkspaceService {
         guest_files::check_relative(path)?;
         let _use = self.busy.enter(user_id);
         let (_, agent) = self.agent_for(user_id).await?;
-        guest_files::remove(&agent, &self.settings.target(), path).await?;
+        guest_files::remove(&agent, &self.settings.cli.workspace(), path).await?;
         Ok(())
     }
 
@@ -144,7 +151,7 @@ impl WorkspaceService {
         }
         let use_ = self.busy.enter(user_id);
         let (vm, agent) = self.agent_for(user_id).await?;
-        let target = self.settings.target();
+        let target = self.settings.cli.workspace();
         let cwd = guest_files::resolve_dir(&agent, &target, &spec.cwd, true).await?;
         let cli = &self.settings.cli;
         let stream = agent

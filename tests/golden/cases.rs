@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::daemon_proc::{SERVICE_TOKEN, processes_naming};
-use crate::support::sse::content_text;
 use crate::support::vendor_oauth::{CODEX_HOST, USER_CODE, VendorOAuth};
 use crate::world::{GATEWAY, PROVIDERS, World, build_image, id_of, sha256};
 

@@ -120,7 +120,11 @@ pub async fn each_cli_resumes_its_own_session(world: &mut World) {
     continue_each(world, &user, &conversations, 4).await;
     let vm = crate::world::id_of(&world.user_vm(&user, "", "GET").await);
     let (code, out) = world.exec(&vm, "cat /root/kept.txt").await;
-    assert_eq!((code, out.trim()), (0, "kept"), "the root's file survived it all");
+    assert_eq!(
+        (code, out.trim()),
+        (0, "kept"),
+        "the root's file survived it all"
+    );
 
     // The idle job (the VM has been idle longer than MC_IDLE_HIBERNATE_AFTER_SECS).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -135,7 +139,10 @@ pub async fn each_cli_resumes_its_own_session(world: &mut World) {
         .await;
     assert!(ran.status < 300, "{:?}", ran.json);
     let vm = world.user_vm(&user, "", "GET").await;
-    assert_eq!(vm["status"], "hibernated", "the idle job hibernated it: {vm}");
+    assert_eq!(
+        vm["status"], "hibernated",
+        "the idle job hibernated it: {vm}"
+    );
     continue_each(world, &user, &conversations, 5).await;
 
     let listed = world
@@ -164,7 +171,10 @@ pub async fn each_cli_resumes_its_own_session(world: &mut World) {
 /// After the VM is destroyed every conversation of it answers `conversation_expired`, not a
 /// silent fresh start; a prompt without one still works on the new VM.
 pub async fn a_destroyed_vm_expires_its_conversations(world: &mut World) {
-    let user = world.cli_user.clone().expect("the VM of the previous cases");
+    let user = world
+        .cli_user
+        .clone()
+        .expect("the VM of the previous cases");
     let destroyed = world.user_vm(&user, "", "DELETE").await;
     assert_eq!(destroyed["status"], "destroyed");
     let before = world.server.seen().len();

@@ -77,7 +77,13 @@ fn files_url(user: &str, path: &str) -> String {
     format!("http://{LISTEN}/api/users/{user}/files/{path}")
 }
 
-async fn put(world: &World, token: &str, user: &str, path: &str, body: reqwest::Body) -> (u16, Value) {
+async fn put(
+    world: &World,
+    token: &str,
+    user: &str,
+    path: &str,
+    body: reqwest::Body,
+) -> (u16, Value) {
     let response = world
         .daemon
         .http()
@@ -135,7 +141,10 @@ fn exit_code(frames: &[Frame]) -> Option<i64> {
 }
 
 pub async fn files_round_trip_streamed_as_the_cli_user(world: &mut World) {
-    let user = world.cli_user.clone().expect("the VM of the previous cases");
+    let user = world
+        .cli_user
+        .clone()
+        .expect("the VM of the previous cases");
     let vm = id_of(&world.user_vm(&user, "", "GET").await);
     let pid = world.daemon.pid();
     let baseline = rss_kib(pid);
@@ -189,11 +198,17 @@ pub async fn files_round_trip_streamed_as_the_cli_user(world: &mut World) {
     );
 
     let (code, out) = world
-        .exec(&vm, &format!("stat -c '%u %g %a' {ROOT}/proj/big.bin {ROOT}/proj {ROOT}"))
+        .exec(
+            &vm,
+            &format!("stat -c '%u %g %a' {ROOT}/proj/big.bin {ROOT}/proj {ROOT}"),
+        )
         .await;
     assert_eq!(code, 0, "{out}");
     for line in out.lines() {
-        assert!(line.starts_with("1000 1000 "), "owned by the CLI user: {out}");
+        assert!(
+            line.starts_with("1000 1000 "),
+            "owned by the CLI user: {out}"
+        );
     }
     let listing = get(world, SERVICE_TOKEN, &user, "proj").await;
     assert_eq!(listing.status().as_u16(), 200);
@@ -207,7 +222,12 @@ pub async fn files_round_trip_streamed_as_the_cli_user(world: &mut World) {
     );
     let removed = world
         .daemon
-        .call("DELETE", &format!("/api/users/{user}/files/proj/big.bin"), SERVICE_TOKEN, None)
+        .call(
+            "DELETE",
+            &format!("/api/users/{user}/files/proj/big.bin"),
+            SERVICE_TOKEN,
+            None,
+        )
         .await;
     assert_eq!(removed.status, 200, "{:?}", removed.json);
     let gone = get(world, SERVICE_TOKEN, &user, "proj/big.bin").await;
@@ -221,8 +241,17 @@ fn hex(bytes: &[u8]) -> String {
 /// `..`, an absolute path, and a symlink made in the guest that points out of the workspace
 /// are refused for every verb; another user's token gets 403.
 pub async fn paths_that_leave_the_workspace_are_refused(world: &mut World) {
-    let user = world.cli_user.clone().expect("the user of the previous case");
-    let frames = exec(world, &user, "ln -s /etc escape && ln -s /root rootlink && ls -l", "proj").await;
+    let user = world
+        .cli_user
+        .clone()
+        .expect("the user of the previous case");
+    let frames = exec(
+        world,
+        &user,
+        "ln -s /etc escape && ln -s /root rootlink && ls -l",
+        "proj",
+    )
+    .await;
     assert_eq!(exit_code(&frames), Some(0), "{frames:?}");
     for path in [
         "..%2F..%2F..%2Fetc%2Fpasswd",
@@ -246,7 +275,12 @@ pub async fn paths_that_leave_the_workspace_are_refused(world: &mut World) {
         assert_eq!(status, 400, "PUT {path}: {body}");
         let removed = world
             .daemon
-            .call("DELETE", &format!("/api/users/{user}/files/{path}"), SERVICE_TOKEN, None)
+            .call(
+                "DELETE",
+                &format!("/api/users/{user}/files/{path}"),
+                SERVICE_TOKEN,
+                None,
+            )
             .await;
         assert_eq!(removed.status, 400, "DELETE {path}: {:?}", removed.json);
     }
@@ -256,14 +290,24 @@ pub async fn paths_that_leave_the_workspace_are_refused(world: &mut World) {
     // The link itself may go: it is in the workspace.
     let removed = world
         .daemon
-        .call("DELETE", &format!("/api/users/{user}/files/proj/rootlink"), SERVICE_TOKEN, None)
+        .call(
+            "DELETE",
+            &format!("/api/users/{user}/files/proj/rootlink"),
+            SERVICE_TOKEN,
+            None,
+        )
         .await;
     assert_eq!(removed.status, 200, "{:?}", removed.json);
 
     let other = world.new_user().await;
     let minted = world
         .daemon
-        .call("POST", &format!("/api/users/{other}/tokens"), SERVICE_TOKEN, None)
+        .call(
+            "POST",
+            &format!("/api/users/{other}/tokens"),
+            SERVICE_TOKEN,
+            None,
+        )
         .await;
     assert_eq!(minted.status, 201, "{:?}", minted.json);
     let token = minted.json["token"].as_str().expect("token").to_string();
@@ -272,13 +316,20 @@ pub async fn paths_that_leave_the_workspace_are_refused(world: &mut World) {
     let (status, _) = put(world, &token, &user, "proj/x", reqwest::Body::from("x")).await;
     assert_eq!(status, 403);
     let own = get(world, &token, &other, "").await;
-    assert_ne!(own.status().as_u16(), 403, "a user token reaches its own files");
+    assert_ne!(
+        own.status().as_u16(),
+        403,
+        "a user token reaches its own files"
+    );
 }
 
 /// An uploaded file is where exec and a prompt's CLI see it, both running as the CLI user in
 /// the directory asked for.
 pub async fn exec_and_a_prompt_work_in_the_directory_as_the_cli_user(world: &mut World) {
-    let user = world.cli_user.clone().expect("the user of the previous cases");
+    let user = world
+        .cli_user
+        .clone()
+        .expect("the user of the previous cases");
     let secret = "WORKSPACE-CONTENT-5d1c";
     let (status, reply) = put(
         world,
@@ -294,7 +345,10 @@ pub async fn exec_and_a_prompt_work_in_the_directory_as_the_cli_user(world: &mut
     assert_eq!(exit_code(&frames), Some(0), "{frames:?}");
     let out = stdout_of(&frames);
     assert!(out.lines().any(|l| l == "notes.txt"), "{out}");
-    assert!(out.lines().any(|l| l == "1000"), "id -u is the CLI user's: {out}");
+    assert!(
+        out.lines().any(|l| l == "1000"),
+        "id -u is the CLI user's: {out}"
+    );
     assert!(out.contains(&format!("{ROOT}/proj")), "{out}");
     assert!(out.lines().any(|l| l == "dev"), "{out}");
     assert_eq!(frames.first().map(Frame::kind), Some("started"));

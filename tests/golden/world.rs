@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::daemon_proc::{DaemonProc, SERVICE_TOKEN};
 use crate::support::model_server::ModelServer;
-use crate::support::sse::Frame;
 use crate::support::vmhost;
 
 pub const BRIDGE: &str = "mcbr4";
@@ -192,13 +191,6 @@ impl World {
     /// Runs `script` in the VM as root; returns the exit code and stdout.
     pub async fn exec(&self, vm_id: &str, script: &str) -> (i64, String) {
         self.daemon.exec(vm_id, script, 120).await
-    }
-
-    /// One prompt through `POST /api/prompts/execute`, its SSE frames collected.
-    pub async fn prompt(&self, user: &str, provider: &str, prompt: &str) -> Vec<Frame> {
-        self.daemon
-            .execute_prompt(json!({"userId": user, "provider": provider, "prompt": prompt}))
-            .await
     }
 
     /// The VM's data disk on the host.

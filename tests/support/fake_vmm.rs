@@ -5,8 +5,9 @@
 //! back, so "same boot after resume" holds as it does for real guests.
 //!
 //! Execs: `mkdir`, `chown`, `rm`, `true` and the credential script (`mc-secrets`) exit 0 at
-//! once; any other command (a CLI) starts and then runs, silent, until it is cancelled, so
-//! prompts and logins can be held open.
+//! once; the agent's own `files resolve ROOT REL` prints `ROOT/REL` (a prompt's directory);
+//! any other command (a CLI) starts and then runs, silent, until it is cancelled, so prompts
+//! and logins can be held open.
 //! Files are written nowhere. A VM can be muted: its agent then stops answering health
 //! checks, as a hung guest would.
 
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use master_controller::guest::client::AgentEndpoint;
 use master_controller::guest::messages::{
-    ErrorBody, ExitStatus, HealthReport, Hello, HelloOk, Request, Response,
+    AGENT_SELF, ErrorBody, ExitStatus, HealthReport, Hello, HelloOk, Request, Response,
 };
 use master_controller::guest::{Frame, FrameCodec, FrameKind};
 use master_controller::net::{NetError, Netlink, TapBinding};
@@ -266,6 +267,18 @@ fn answer(
                     || exec.argv.get(3).is_some_and(|name| name == "mc-secrets");
                 if housekeeping {
                     return vec![started, exited(id, Some(0), None)];
+                }
+                if let [agent, files, resolve, root, rel, ..] = exec.argv.as_slice()
+                    && agent == AGENT_SELF
+                    && files == "files"
+                    && resolve == "resolve"
+                {
+                    let path = format!("{root}/{rel}\n");
+                    return vec![
+                        started,
+                        Frame::new(FrameKind::Stdout, id, path.into_bytes()),
+                        exited(id, Some(0), None),
+                    ];
                 }
                 held.insert(id);
                 return vec![started];
