@@ -272,3 +272,38 @@ fn the_jailer_settings_turn_it_on() {
         assert!(result.is_err(), "{wrong:?} accepted");
     }
 }
+
+#[test]
+fn the_clis_run_as_the_golden_images_user_in_its_workspace() {
+    let config = Config::load(None, &env(&[]), Settings::default()).unwrap();
+    let cli = &config.prompts.cli;
+    assert_eq!(cli.owner, Some((1000, 1000)));
+    assert_eq!(cli.home, "/home/dev");
+    assert_eq!(cli.workspace_root, "/home/dev/work");
+    assert_eq!(config.workspace.max_file_bytes, 100 << 20);
+
+    let config = Config::load(
+        None,
+        &env(&[("MC_CLI_USER", "root"), ("MC_CLI_HOME", "/root/")]),
+        Settings::default(),
+    )
+    .unwrap();
+    assert_eq!(config.prompts.cli.owner, None);
+    assert_eq!(config.workspace.cli.workspace_root, "/root/work");
+    let single = Config::load(None, &env(&[("MC_CLI_USER", "1500")]), Settings::default());
+    assert_eq!(single.unwrap().auth.cli.owner, Some((1500, 1500)));
+
+    for (name, value) in [
+        ("MC_CLI_USER", "dev"),
+        ("MC_CLI_USER", "1000:"),
+        ("MC_WORKSPACE_ROOT", "work"),
+        ("MC_WORKSPACE_ROOT", "/"),
+        ("MC_WORKSPACE_ROOT", "/home/../etc"),
+        ("MC_FILES_MAX_BYTES", "0"),
+    ] {
+        let error = Config::load(None, &env(&[(name, value)]), Settings::default())
+            .err()
+            .unwrap_or_else(|| panic!("{name}={value} is refused"));
+        assert!(error.to_string().contains(name), "{name}: {error}");
+    }
+}

@@ -18,6 +18,32 @@ use crate::guest::messages::ExecRequest;
 use crate::model::Vm;
 use crate::vms::{VmError, VmService};
 
+/// Chunks of a download read ahead of its client.
+const READ_AHEAD: usize = 16;
+/// How long a download's client may take no data before the download is dropped.
+const CLIENT_STALL: Duration = Duration::from_secs(30);
+
+type FileBody =
+    futures_util::stream::BoxStream<'static, Result<Bytes, guest_files::WorkspaceError>>;
+
+/// The file's chunks through a small queue a task fills from the guest. The guest's frames
+/// share one connection with everything else of that VM (prompt output included), so a client
+/// that stops reading must not hold them up: past `CLIENT_STALL` without taking a chunk it
+/// loses the download, which stops the guest's side. The user stays busy until the end.
+fn decoupled(mut body: FileBody, busy: super::busy::Use) -> FileBody {
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let _busy = busy;
+        while let Some(chunk) = body.next().await {
+            let failed = chunk.is_err();
+            if tx.send_timeout(chunk, CLIENT_STALL).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
 pub struct WorkspaceService {
     vms: VmService,
     settings: WorkspaceSettings,
@@ -109,12 +135,7 @@ impl WorkspaceService {
         Ok(match download {
             guest_files::Download::File { size, body } => guest_files::Download::File {
                 size,
-                body: body
-                    .map(move |chunk| {
-                        let _held = &busy;
-                        chunk
-                    })
-                    .boxed(),
+                body: decoupled(body, busy),
             },
             listing => listing,
         })
