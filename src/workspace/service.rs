@@ -131,7 +131,12 @@ impl WorkspaceService {
         guest_files::check_relative(path)?;
         let busy = self.busy.enter(user_id);
         let (_, agent) = self.agent_for(user_id).await?;
-        let download = guest_files::download(&agent, &self.settings.cli.workspace(), path).await?;
+        let workspace = self.settings.cli.workspace();
+        if guest_files::components(path).is_empty() {
+            // A new VM's workspace is made on first use; its listing is then empty, not 404.
+            guest_files::resolve_dir(&agent, &workspace, "", true).await?;
+        }
+        let download = guest_files::download(&agent, &workspace, path).await?;
         Ok(match download {
             guest_files::Download::File { size, body } => guest_files::Download::File {
                 size,
