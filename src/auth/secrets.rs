@@ -53,7 +53,13 @@ stage)
   chmod 0700 "$dir/$sub"
   # A file left on the disk by an older daemon, or by a CLI that wrote by rename.
   [ -L "$link" ] || scrub "$link"
-  mkdir -p "$(dirname "$link")"
+  # The CLI's own directory (~/.claude) must be the CLI user's: Claude Code writes no session
+  # into one it cannot write, and says nothing.
+  home_dir=$(dirname "$link")
+  if [ ! -d "$home_dir" ]; then
+    mkdir -p "$home_dir"
+    [ -z "$owner" ] || chown "$owner" "$home_dir"
+  fi
   ln -sfn "$staged" "$link"
   ;;
 clear)
@@ -180,5 +186,38 @@ pub(super) async fn run_quietly(agent: &AgentClient, argv: Vec<String>) -> Resul
             "{what} in the guest failed ({other:?}): {}",
             String::from_utf8_lossy(&output.stderr).trim()
         )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::SCRIPT;
+
+    /// Runs the script's `stage` for a CLI user, on /dev/shm (a tmpfs, so nothing is mounted).
+    #[test]
+    fn staging_for_a_cli_user_gives_it_the_clis_directory() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        let secrets = tempfile::tempdir_in("/dev/shm").expect("a directory on /dev/shm");
+        let home = tempfile::tempdir().expect("a HOME");
+        let link = home.path().join(".claude/.credentials.json");
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", SCRIPT, "mc-secrets", "stage"])
+            .arg(secrets.path())
+            .args(["claude_code", ".credentials.json"])
+            .arg(&link)
+            .arg("65534:65534")
+            .status()
+            .expect("sh");
+        assert!(status.success());
+        let dir = std::fs::metadata(home.path().join(".claude")).expect("~/.claude");
+        assert_eq!((dir.uid(), dir.gid()), (65534, 65534));
+        let staged = std::fs::metadata(secrets.path().join("claude_code")).expect("staged dir");
+        assert_eq!(staged.uid(), 65534);
+        assert!(std::fs::symlink_metadata(&link).expect("the link").is_symlink());
     }
 }
