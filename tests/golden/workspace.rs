@@ -315,12 +315,14 @@ pub async fn paths_that_leave_the_workspace_are_refused(world: &mut World) {
     assert_eq!(response.status().as_u16(), 403);
     let (status, _) = put(world, &token, &user, "proj/x", reqwest::Body::from("x")).await;
     assert_eq!(status, 403);
+    // Its own workspace: a VM is made for it, and the root, made on first use, is listed.
     let own = get(world, &token, &other, "").await;
-    assert_ne!(
-        own.status().as_u16(),
-        403,
-        "a user token reaches its own files"
-    );
+    let status = own.status().as_u16();
+    let listing: Value = own.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "a user token reaches its own files: {listing}");
+    assert_eq!(listing["entries"], json!([]), "{listing}");
+    let destroyed = world.user_vm(&other, "", "DELETE").await;
+    assert_eq!(destroyed["status"], "destroyed", "{destroyed}");
 }
 
 /// An uploaded file is where exec and a prompt's CLI see it, both running as the CLI user in
