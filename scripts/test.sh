@@ -28,6 +28,36 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Prometheus and promtool (Debian's prometheus package) for tests/monitoring.rs: the alert rules'
+# unit tests, and a real Prometheus scraping a live daemon. The package enables its service and
+# would start it, and a running Prometheus writes under /var/lib/prometheus through the whole
+# suite: a policy-rc.d keeps it from starting during the install, and the service is disabled
+# after it. The tests run their own Prometheus in a temporary directory.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  echo "test.sh: installing prometheus (its service stays stopped and disabled)"
+  export DEBIAN_FRONTEND=noninteractive
+  policy=/usr/sbin/policy-rc.d
+  added_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# test.sh: no service starts while prometheus is installed.\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    added_policy=1
+  fi
+  apt-get update -qq
+  installed=0
+  apt-get install -y -qq --no-install-recommends prometheus || installed=$?
+  if [ -n "$added_policy" ]; then rm -f "$policy"; fi
+  [ "$installed" -eq 0 ] || exit "$installed"
+  if command -v systemctl >/dev/null; then
+    systemctl disable prometheus.service >/dev/null 2>&1 || true
+    if [ -d /run/systemd/system ]; then systemctl stop prometheus.service || true; fi
+  fi
+fi
+if [ -d /run/systemd/system ] && systemctl is-active --quiet prometheus.service 2>/dev/null; then
+  echo "test.sh: a prometheus service runs here and writes under /var/lib/prometheus during the tests;" \
+    "stop it (systemctl disable --now prometheus) or name its directory in MC_HOST_STATE_PRUNE" >&2
+fi
+
 # Local state (.dev/: the quick start's admin token and signing key) must never be committed.
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -n "$(git ls-files .dev)" ]; then
   echo "test.sh: local state is committed; remove it from git: $(git ls-files .dev | tr '\n' ' ')" >&2

@@ -91,6 +91,7 @@ impl Inventory {
             vms: self.vms_by_status_type.clone(),
             active_vms: self.active_vms(),
             ip_pool_available: self.ip_pool_available(),
+            ip_pool_size: self.ip_pool_size,
             port_leases: self.port_leases,
             outbox_depth: self.outbox_depth,
             outbox_oldest_age_ms: self.outbox_oldest_age_ms,

@@ -227,7 +227,7 @@ async fn system_stats(call: Call) -> Response {
         call.principal()?.require_admin()?;
         let ctx = &call.ctx;
         let inventory = Inventory::take(&ctx.store, ctx.vms.ip_pool_size()).await?;
-        let outbox_sends: BTreeMap<&str, u64> = ["ok", "retry_after", "failed", "dead_letter"]
+        let outbox_sends: BTreeMap<&str, u64> = crate::metrics::OUTBOX_SEND_OUTCOMES
             .into_iter()
             .map(|outcome| {
                 let labels = crate::metrics::OutboxSendLabels {

@@ -106,6 +106,7 @@ fn gate(
 async fn refreshed_text(ctx: &ApiContext) -> Result<String, ApiError> {
     let inventory = Inventory::take(&ctx.store, ctx.vms.ip_pool_size()).await?;
     ctx.metrics.refresh(&inventory.gauges());
+    ctx.metrics.ops.set_host(&ctx.host.read_for_scrape().await);
     ctx.metrics
         .ws_connections
         .set(ctx.ws_connections.load(Ordering::Relaxed) as i64);

@@ -215,6 +215,7 @@ pub async fn start_with(
         &auth,
         &workspace,
         &host,
+        &metrics,
         proxy_health,
         &tracker,
         &cancel,
@@ -320,6 +321,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(addr = %running.addr, metrics = ?running.metrics_addr, "master-controller ready");
     watchdog.ready(&status);
 
+    running.ctx.metrics.ops.watchdog_interval.set(
+        watchdog
+            .ping_interval()
+            .map_or(0.0, |interval| interval.as_secs_f64()),
+    );
     let mut tick = tokio::time::interval(watchdog.ping_interval().unwrap_or(DEFAULT_TICK));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
@@ -337,6 +343,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 );
                 if store_answers {
                     watchdog.ping();
+                    running.ctx.metrics.ops.main_loop_ok();
                     if !healthy {
                         watchdog.status(&status);
                     }

@@ -86,6 +86,7 @@ pub(super) fn start_tasks(
     auth: &Arc<AuthService>,
     workspace: &Arc<WorkspaceService>,
     host: &Arc<HostProbe>,
+    metrics: &Arc<Metrics>,
     proxy_health: Option<Arc<HealthChecker>>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
@@ -96,6 +97,7 @@ pub(super) fn start_tasks(
         config.tasks.enabled,
         cancel.clone(),
         tracker.clone(),
+        metrics.clone(),
     );
     register_builtins(
         &scheduler,
@@ -129,6 +131,11 @@ pub(super) async fn start_egress(
     cancel: &CancellationToken,
 ) -> Result<(EgressService, Option<Arc<HealthChecker>>), DaemonError> {
     let settings = &config.egress;
+    metrics.egress.ports_total.set(
+        settings
+            .lease_range()
+            .map_or(0, |range| i64::from(range.size())),
+    );
     let Some(upstream) = settings.upstream.clone() else {
         return Ok((
             EgressService::new(store.clone(), settings.clone(), None),

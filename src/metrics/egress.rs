@@ -48,6 +48,8 @@ pub struct EgressMetrics {
     pub port_healthy: Family<PortLabels, Gauge>,
     pub port_latency: Family<PortLabels, Gauge<f64, AtomicU64>>,
     pub port_checks: Family<PortCheckLabels, Counter>,
+    /// The upstream ports there are to lease; 0 without an upstream.
+    pub ports_total: Gauge,
 }
 
 impl EgressMetrics {
@@ -86,6 +88,11 @@ impl EgressMetrics {
             "polydev_decodo_port_checks",
             "Health checks of upstream ports by outcome (healthy, unhealthy)",
             self.port_checks.clone(),
+        );
+        registry.register(
+            "polydev_decodo_ports_total",
+            "Upstream proxy ports there are to lease (0 when no upstream is configured)",
+            self.ports_total.clone(),
         );
     }
 

@@ -3,6 +3,7 @@
 
 pub mod egress;
 mod json;
+pub mod ops;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -14,11 +15,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::model::{PromptStatus, VmStatus, VmType};
+use crate::model::{AuthSessionStatus, PromptStatus, VmStatus, VmType};
 use crate::providers;
 
 pub use egress::EgressMetrics;
 pub use json::text_to_json;
+pub use ops::{HostReading, OpsMetrics};
 
 /// The store's counts that the gauges mirror, as `inventory` takes them (the metrics sit below
 /// the services whose records they count).
@@ -28,6 +30,7 @@ pub struct StoreCounts {
     pub vms: std::collections::BTreeMap<(VmStatus, VmType), u64>,
     pub active_vms: u64,
     pub ip_pool_available: u64,
+    pub ip_pool_size: u64,
     pub port_leases: u64,
     pub outbox_depth: u64,
     pub outbox_oldest_age_ms: Option<i64>,
@@ -45,6 +48,9 @@ pub struct PromptLabels {
     pub provider: String,
     pub status: String,
 }
+
+/// The outcomes of `mc_outbox_sends_total`.
+pub const OUTBOX_SEND_OUTCOMES: [&str; 4] = ["ok", "retry_after", "failed", "dead_letter"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutboxSendLabels {
@@ -105,6 +111,7 @@ pub struct Metrics {
     pub prompt_duration: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     pub vm_resource_usage: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     pub ip_pool_available: Gauge,
+    pub ip_pool_size: Gauge,
     pub decodo_ports_used: Gauge,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -120,6 +127,7 @@ pub struct Metrics {
     pub outbox_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub outbox_dead_letters: Gauge,
     pub egress: EgressMetrics,
+    pub ops: OpsMetrics,
 }
 
 impl Metrics {
@@ -133,6 +141,7 @@ impl Metrics {
             prompt_duration: Family::new_with_constructor(prompt_histogram as fn() -> Histogram),
             vm_resource_usage: Family::default(),
             ip_pool_available: Gauge::default(),
+            ip_pool_size: Gauge::default(),
             decodo_ports_used: Gauge::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -150,6 +159,7 @@ impl Metrics {
             outbox_oldest_age: Gauge::default(),
             outbox_dead_letters: Gauge::default(),
             egress: EgressMetrics::default(),
+            ops: OpsMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -187,6 +197,11 @@ impl Metrics {
             "polydev_ip_pool_available",
             "Free addresses in the VM IP pool",
             metrics.ip_pool_available.clone(),
+        );
+        registry.register(
+            "polydev_ip_pool_size",
+            "Addresses in the VM IP pool",
+            metrics.ip_pool_size.clone(),
         );
         registry.register(
             "polydev_decodo_ports_used",
@@ -259,6 +274,7 @@ impl Metrics {
             metrics.outbox_dead_letters.clone(),
         );
         metrics.egress.register(&mut registry);
+        metrics.ops.register(&mut registry);
         Metrics {
             registry,
             ..metrics
@@ -282,6 +298,7 @@ impl Metrics {
         self.active_vms.set(gauge_value(counts.active_vms));
         self.ip_pool_available
             .set(gauge_value(counts.ip_pool_available));
+        self.ip_pool_size.set(gauge_value(counts.ip_pool_size));
         self.decodo_ports_used.set(gauge_value(counts.port_leases));
         self.outbox_depth.set(gauge_value(counts.outbox_depth));
         self.outbox_oldest_age
@@ -290,12 +307,30 @@ impl Metrics {
             .set(gauge_value(counts.dead_letters));
     }
 
-    /// Registers every provider/status pair at zero so the series exist before the first prompt.
+    /// Registers every provider/status pair at zero so the series exist before the first prompt
+    /// (and the first login, credential refresh and outbox send): dashboards and `increase()`
+    /// then see the first event.
     pub fn seed_prompt_series(&self) {
+        for outcome in OUTBOX_SEND_OUTCOMES {
+            let _ = self.outbox_sends.get_or_create(&OutboxSendLabels {
+                outcome: outcome.to_string(),
+            });
+        }
         for provider in providers::all() {
-            let _ = self.prompt_duration.get_or_create(&ProviderLabels {
+            let _ = self.credential_refreshes.get_or_create(&ProviderLabels {
                 provider: provider.to_string(),
             });
+            for status in AuthSessionStatus::ALL.iter().filter(|s| s.is_terminal()) {
+                let _ = self.auth_sessions.get_or_create(&AuthSessionLabels {
+                    provider: provider.to_string(),
+                    status: status.to_string(),
+                });
+            }
+            let labels = ProviderLabels {
+                provider: provider.to_string(),
+            };
+            let _ = self.prompt_duration.get_or_create(&labels);
+            let _ = self.prompt_first_content.get_or_create(&labels);
             for status in PromptStatus::ALL {
                 let _ = self.prompts.get_or_create(&PromptLabels {
                     provider: provider.to_string(),

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use sysinfo::System;
 
+use crate::metrics::HostReading;
+
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStats {
@@ -25,16 +27,22 @@ pub struct HostStats {
 /// each reading covers the time since the one before (ten minutes for the samples).
 pub struct HostProbe {
     system: Mutex<System>,
+    /// The scrapes' own: a scrape reading from `system` would shorten the samples' CPU window.
+    scrape_system: Mutex<System>,
     data_dir: PathBuf,
 }
 
 impl HostProbe {
     pub fn new(data_dir: PathBuf) -> Arc<HostProbe> {
-        let mut system = System::new();
-        // The baseline the first reading's CPU use is measured from.
-        system.refresh_cpu_usage();
+        let baseline = || {
+            let mut system = System::new();
+            // The baseline the first reading's CPU use is measured from.
+            system.refresh_cpu_usage();
+            Mutex::new(system)
+        };
         Arc::new(HostProbe {
-            system: Mutex::new(system),
+            system: baseline(),
+            scrape_system: baseline(),
             data_dir,
         })
     }
@@ -42,13 +50,30 @@ impl HostProbe {
     /// Reads /proc and the filesystem on a blocking thread.
     pub async fn read(self: &Arc<Self>) -> HostStats {
         let probe = self.clone();
-        tokio::task::spawn_blocking(move || probe.read_blocking())
+        tokio::task::spawn_blocking(move || probe.read_blocking(&probe.system))
             .await
             .unwrap_or_default()
     }
 
-    fn read_blocking(&self) -> HostStats {
-        let mut system = self.system.lock().unwrap_or_else(|p| p.into_inner());
+    /// A reading for the metrics scrape, whose CPU use covers the time since the previous scrape.
+    pub async fn read_for_scrape(self: &Arc<Self>) -> HostReading {
+        let probe = self.clone();
+        let stats = tokio::task::spawn_blocking(move || probe.read_blocking(&probe.scrape_system))
+            .await
+            .unwrap_or_default();
+        HostReading {
+            cpu_percent: stats.cpu_percent,
+            cpus: stats.cpus as u64,
+            load1: stats.load1,
+            memory_used_bytes: stats.memory_used_bytes,
+            memory_total_bytes: stats.memory_total_bytes,
+            disk_used_bytes: stats.disk_used_bytes,
+            disk_total_bytes: stats.disk_total_bytes,
+        }
+    }
+
+    fn read_blocking(&self, system: &Mutex<System>) -> HostStats {
+        let mut system = system.lock().unwrap_or_else(|p| p.into_inner());
         system.refresh_cpu_usage();
         system.refresh_memory();
         let mut stats = HostStats {

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::schedule::{Clock, Schedule, jitter};
 use super::{TaskError, runs};
+use crate::metrics::Metrics;
 use crate::model::{TaskOutcome, TaskRun};
 use crate::store::Store;
 
@@ -64,6 +65,7 @@ pub struct Scheduler {
     enabled: bool,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    metrics: Arc<Metrics>,
     /// Registered once at start (and by tests); bounded by what is registered.
     jobs: Mutex<BTreeMap<String, Arc<Entry>>>,
 }
@@ -77,6 +79,7 @@ impl Scheduler {
         enabled: bool,
         cancel: CancellationToken,
         tracker: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Arc<Scheduler> {
         Arc::new(Scheduler {
             store,
@@ -85,6 +88,7 @@ impl Scheduler {
             enabled,
             cancel,
             tracker,
+            metrics,
             jobs: Mutex::new(BTreeMap::new()),
         })
     }
@@ -131,6 +135,7 @@ impl Scheduler {
             }
             jobs.insert(name.to_string(), entry.clone());
         }
+        self.metrics.ops.seed_task(name);
         if self.enabled {
             self.tracker.spawn(self.clone().run_loop(entry));
         }
@@ -200,6 +205,9 @@ impl Scheduler {
             (0, false) => None,
             (next, _) => Some(next),
         };
+        self.metrics
+            .ops
+            .count_task_run(&entry.name, outcome.is_ok());
         match &outcome {
             Ok(items) => tracing::info!(job = %entry.name, items, duration_ms, "task ran"),
             Err(e) => tracing::warn!(job = %entry.name, error = %e, duration_ms, "task failed"),

@@ -116,6 +116,7 @@ impl Failures {
 
     /// Counts a crash of `user_id`'s VM towards the crash-loop limit.
     pub(super) fn note_crash(&self, user_id: &str) {
+        self.gauges.count_crash();
         self.crashes
             .record(user_id, Instant::now(), self.settings.crash_limit);
     }

@@ -23,6 +23,11 @@ impl Gauges {
         Gauges { metrics }
     }
 
+    /// Counts a running VM that failed (`mc_vm_crashes_total`).
+    pub(super) fn count_crash(&self) {
+        self.metrics.ops.vm_crashes.inc();
+    }
+
     pub(super) fn set(&self, vm_id: &str, health: &HealthReport) {
         let usage = [
             (

@@ -249,6 +249,7 @@ pub mod local_agent;
 pub mod model_server;
 pub mod postgres;
 pub mod postgrest;
+pub mod prometheus;
 pub mod scheduled;
 pub mod sse;
 pub mod stats;
