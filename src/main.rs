@@ -193,8 +193,12 @@ fn init_tracing(format: LogFormat) {
                 .parse()
                 .expect("a constant directive parses"),
         );
+    // Colour only on a terminal: journald and log files would keep the escape codes as text.
+    // The log goes to stderr, so stderr is the stream asked.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

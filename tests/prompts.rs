@@ -137,7 +137,15 @@ async fn each_cli_streams_its_answer(world: &mut World) {
             None,
         )
         .await;
-    assert_eq!(history.json["total"], 2);
+    assert_eq!(
+        history.json["prompts"].as_array().map(Vec::len),
+        Some(2),
+        "the limit"
+    );
+    assert_eq!(
+        history.json["total"], 3,
+        "total counts all the user's prompts"
+    );
     assert_eq!(
         history.json["prompts"][0]["provider"], "gemini_cli",
         "newest first"

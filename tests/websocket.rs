@@ -265,3 +265,49 @@ async fn failed_upgrades_do_not_use_up_the_connection_limit() {
     );
     d.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed() {
+    let d = TestDaemon::start_with(&[("MC_WS_PING_INTERVAL_SECS", "1")]).await;
+    let user = d.create_user("quiet@example.com").await;
+    let token = d.user_token(&user).await;
+
+    // A reading client answers pings (tokio-tungstenite queues the pong as it reads and sends
+    // it on the next read or write), so it outlives several intervals.
+    let mut answering = connect(&d, "/ws", Some(&token)).await.expect("upgrade");
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    while let Ok(message) = tokio::time::timeout_at(until, answering.next()).await {
+        match message {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("an answering client was sent {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "pinged every second: {pings}");
+    send(&mut answering, json!({"type":"ping"})).await;
+    assert_eq!(
+        next_json(&mut answering).await["type"],
+        "pong",
+        "still open"
+    );
+
+    // A client that never reads never answers: after one unanswered ping the next tick closes.
+    let mut silent = connect(&d, "/ws", Some(&token)).await.expect("upgrade");
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let mut close = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), silent.next())
+            .await
+            .expect("the server ends the connection")
+        {
+            Some(Ok(Message::Close(frame))) => close = frame,
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    let close = close.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.contains("no pong"), "{}", close.reason);
+    drop(answering);
+    d.shutdown().await;
+}

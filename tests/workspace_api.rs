@@ -28,6 +28,7 @@ async fn start_prompt(d: &TestDaemon, body: Value) -> (SseStream, Frame) {
         .await
         .expect("a first frame in time")
         .expect("a first frame");
+    assert_eq!(stream.retry_ms, Some(3000), "the stream opens with retry:");
     (stream, first)
 }
 

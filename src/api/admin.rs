@@ -14,9 +14,10 @@ use warp::reply::Response;
 use super::ApiContext;
 use super::endpoint::{Body, Call, body, endpoint};
 use super::error::ApiError;
+use super::paging::page;
 use super::views::{UserView, VmView};
 use crate::inventory::Inventory;
-use crate::users::{MAX_PAGE_SIZE, UserFilter};
+use crate::users::{MAX_PAGE_SIZE, PageStart, UserFilter};
 
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let users = warp::path!("api" / "admin" / "users")
@@ -197,26 +198,36 @@ fn page_param(
 async fn list_users(call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
-        const PARAMETERS: [&str; 5] = ["page", "limit", "status", "plan", "email"];
-        if let Some(unknown) = query.keys().find(|k| !PARAMETERS.contains(&k.as_str())) {
-            return Err(ApiError::BadRequest {
-                code: "unknown_query_parameter",
-                message: format!(
-                    "unknown query parameter {unknown:?}; expected one of {}",
-                    PARAMETERS.join(", ")
-                ),
-            });
-        }
-        let page = page_param(&query, "page", 1, usize::MAX)?;
-        let limit = page_param(&query, "limit", 50, MAX_PAGE_SIZE)?;
+        let paged = page(&query, &["page", "status", "plan", "email"])?;
+        // `page=` is the older style, still answered; it and `cursor` do not mix.
+        let start = match (query.get("page"), paged.cursor) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid_field(
+                    "page",
+                    "use cursor or page, not both",
+                ));
+            }
+            (Some(_), None) => PageStart::Number(page_param(&query, "page", 1, usize::MAX)?),
+            (None, cursor) => PageStart::After(cursor),
+        };
+        let limit = paged.limit.min(MAX_PAGE_SIZE);
         let filter = UserFilter {
             status: query.get("status").map(|s| s.parse()).transpose()?,
             plan: query.get("plan").map(|s| s.parse()).transpose()?,
             email: query.get("email").filter(|e| !e.is_empty()).cloned(),
         };
-        let listed = call.ctx.users.list_filtered(filter, page, limit).await?;
+        let listed = call.ctx.users.list_filtered(filter, start, limit).await?;
         let users: Vec<UserView> = listed.users.iter().map(UserView::from).collect();
-        Ok(json!({ "users": users, "total": listed.total, "page": page, "limit": limit }))
+        let mut body = json!({
+            "users": users,
+            "total": listed.total,
+            "limit": limit,
+            "nextCursor": listed.next_cursor,
+        });
+        if let Some(page) = query.get("page") {
+            body["page"] = json!(page.parse::<usize>().unwrap_or(1));
+        }
+        Ok(body)
     }
     .await;
     call.respond(StatusCode::OK, result)

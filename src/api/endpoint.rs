@@ -56,7 +56,10 @@ impl Call {
         self.finish(response)
     }
 
-    fn finish(self, response: Response) -> Response {
+    fn finish(self, mut response: Response) -> Response {
+        response
+            .extensions_mut()
+            .insert(super::access::RouteTemplate(self.route));
         self.ctx.metrics.observe_http(
             self.method,
             self.route,
@@ -68,7 +71,7 @@ impl Call {
 }
 
 /// Matches `method` and builds the [`Call`] for the route template `route` (used as the
-/// metrics label).
+/// metrics label and in the access log, and recorded for the `Allow` header of a 405).
 pub fn endpoint(ctx: Arc<ApiContext>, method: Method, route: &'static str) -> BoxedFilter<(Call,)> {
     let (method_name, method_filter): (&'static str, BoxedFilter<()>) = match method {
         Method::POST => ("POST", warp::post().boxed()),
@@ -77,6 +80,7 @@ pub fn endpoint(ctx: Arc<ApiContext>, method: Method, route: &'static str) -> Bo
         Method::DELETE => ("DELETE", warp::delete().boxed()),
         _ => ("GET", warp::get().boxed()),
     };
+    ctx.routes.record(method_name, route);
     method_filter
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::ext::optional::<super::PeerAddr>())
@@ -92,6 +96,16 @@ pub fn endpoint(ctx: Arc<ApiContext>, method: Method, route: &'static str) -> Bo
             }
         })
         .boxed()
+}
+
+/// How long an SSE client waits before reconnecting after a dropped stream, sent as the
+/// stream's first frame. A prompt stream is re-attached with `Last-Event-ID` and loses
+/// nothing; 3 s is long enough not to hammer a daemon that is restarting.
+pub const SSE_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The frame that opens every SSE stream: only `retry:`.
+pub fn sse_retry() -> warp::sse::Event {
+    warp::sse::Event::default().retry(SSE_RETRY)
 }
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;

@@ -14,7 +14,7 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::ApiContext;
-use super::endpoint::{Body, Call, body, endpoint};
+use super::endpoint::{Body, Call, body, endpoint, sse_retry};
 use super::error::IntoResponseInner;
 use crate::workspace::ExecSpec;
 
@@ -60,6 +60,7 @@ async fn exec(user_id: String, call: Call, body: Body) -> Response {
             ctx.auth.revoked(&principal).await;
             cancel.cancel();
         });
+        let frames = futures_util::stream::once(async { Ok(sse_retry()) }).chain(frames);
         let reply = warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(frames));
         Ok(warp::reply::with_header(reply, "x-accel-buffering", "no").into_response_inner())
     }

@@ -1,7 +1,9 @@
 //! The HTTP surface on warp: REST routes, the WebSocket hub, probes and metrics. Handlers are
 //! thin: parse, authorise, make one service call, map the result.
 
+pub mod access;
 mod admin;
+pub mod allow;
 pub mod auth;
 mod conversations;
 mod egress;
@@ -11,6 +13,7 @@ mod exec;
 mod files;
 mod logins;
 mod outbox;
+mod paging;
 mod probes;
 mod prompts;
 pub mod rate_limit;
@@ -73,6 +76,9 @@ pub struct ApiLimits {
     pub user_token_ttl_secs: u64,
     pub ws_max_connections: usize,
     pub ws_max_subscriptions: usize,
+    /// How often the hub pings a WebSocket; one that has not answered by the next ping is
+    /// closed.
+    pub ws_ping_interval: std::time::Duration,
 }
 
 /// What the handlers reach: the services, and the shared request machinery.
@@ -101,6 +107,8 @@ pub struct ApiContext {
     pub ws_connections: AtomicUsize,
     /// Cancelled when shutdown begins; long-lived connections end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The methods of every route built from this context, for `Allow` on a 405.
+    pub routes: allow::RouteTable,
 }
 
 impl ApiContext {
@@ -180,25 +188,41 @@ pub fn metrics_routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     )
 }
 
+/// Turns warp's rejections into our error body. The request's path is taken first, so a 405
+/// can name the methods its path takes in `Allow`.
 fn with_recovery(
     ctx: &Arc<ApiContext>,
     routes: BoxedFilter<(Response,)>,
 ) -> BoxedFilter<(Response,)> {
-    let metrics = ctx.metrics.clone();
-    routes
-        .recover(move |rejection: warp::Rejection| {
-            let metrics = metrics.clone();
-            async move {
-                let response = error::from_rejection(&rejection).into_response();
-                metrics.observe_http(
+    let ctx = ctx.clone();
+    let caught = routes
+        .map(Ok::<Response, warp::Rejection>)
+        .or_else(|rejection| async move { Ok::<_, Infallible>((Err(rejection),)) });
+    warp::path::full()
+        .and(caught)
+        .map(
+            move |path: warp::path::FullPath, result: Result<Response, warp::Rejection>| {
+                let rejection = match result {
+                    Ok(response) => return response,
+                    Err(rejection) => rejection,
+                };
+                let mut response = error::from_rejection(&rejection).into_response();
+                if response.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED {
+                    let allowed = ctx.routes.allowed(path.as_str()).join(", ");
+                    if let Ok(value) = warp::http::HeaderValue::from_str(&allowed) {
+                        response
+                            .headers_mut()
+                            .insert(warp::http::header::ALLOW, value);
+                    }
+                }
+                ctx.metrics.observe_http(
                     "ANY",
                     "unmatched",
                     response.status().as_u16(),
                     Default::default(),
                 );
-                Ok::<_, Infallible>(response)
-            }
-        })
-        .unify()
+                response
+            },
+        )
         .boxed()
 }

@@ -17,6 +17,8 @@ use super::error::ApiError;
 use crate::inventory::Inventory;
 
 pub fn health(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
+    ctx.routes.record("GET", "/health");
+    ctx.routes.record("GET", "/ready");
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| warp::Reply::into_response(warp::reply::json(&json!({ "status": "ok" }))));
@@ -98,6 +100,7 @@ fn gate(
             })
             .boxed()
     } else {
+        ctx.routes.record("GET", route);
         let ctx = ctx.clone();
         warp::get().map(move || Ok(ctx.clone())).boxed()
     }

@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use super::ApiContext;
 use super::auth::Principal;
-use super::endpoint::{Body, Call, body, endpoint};
+use super::endpoint::{Body, Call, body, endpoint, sse_retry};
 use super::error::{ApiError, IntoResponseInner};
 use super::views::PromptView;
 use crate::prompts::log::{Next, Reader};
@@ -113,6 +113,7 @@ fn sse(call: &Call, principal: &Principal, run: Arc<PromptRun>, after: u64) -> R
     });
     let (ctx, principal) = (call.ctx.clone(), principal.clone());
     let events = events.take_until(async move { ctx.auth.revoked(&principal).await });
+    let events = futures_util::stream::once(async { Ok(sse_retry()) }).chain(events);
     let reply = warp::sse::reply(warp::sse::keep_alive().interval(KEEP_ALIVE).stream(events));
     warp::reply::with_header(reply, "x-accel-buffering", "no").into_response_inner()
 }
@@ -193,9 +194,10 @@ async fn history(user_id: String, call: Call, query: HashMap<String, String>) ->
                     ApiError::invalid_field("limit", format!("must be from 1 to {MAX_HISTORY}"))
                 })?,
         };
-        let prompts = call.ctx.prompts.history(&user_id, limit).await?;
+        let (prompts, total) = call.ctx.prompts.history(&user_id, limit).await?;
         let views: Vec<PromptView> = prompts.iter().map(PromptView::from).collect();
-        Ok(json!({ "prompts": views, "total": views.len() }))
+        // `total` counts all the user's prompts, as in every list, not this page.
+        Ok(json!({ "prompts": views, "total": total }))
     }
     .await;
     call.respond(StatusCode::OK, result)

@@ -2,7 +2,8 @@
 //! connections, so a client that opens connections and never finishes its headers could hold
 //! sockets and tasks without end. This loop serves the same warp filter through hyper's HTTP/1
 //! connection with a header read timeout, holds a semaphore permit per connection, and tags each
-//! request with its peer address (for the failed-authentication limit).
+//! request with its peer address (for the failed-authentication limit) and its id, and writes
+//! its access line ([`super::access`]).
 //!
 //! warp 0.4 offers no public way to build a response whose body is a stream of our own (a file
 //! downloaded from a guest), so a handler leaves the stream in the response's extensions
@@ -25,8 +26,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
+use tracing::Instrument;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
+
+use super::access::Access;
 
 /// The connection's peer, put in every request's extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -109,9 +113,15 @@ pub async fn serve(
         let filtered = warp::service(routes.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(PeerAddr(peer));
+            let (access, span) = Access::begin(&mut request, peer);
             // The filtered service is a cheap clone (it holds the boxed filter), and calling
-            // it needs `&mut`.
-            filtered.clone().call(request).map_ok(with_streamed_body)
+            // it needs `&mut`. The access line is written outside the span: it names the id
+            // itself.
+            filtered
+                .clone()
+                .call(request)
+                .instrument(span)
+                .map_ok(move |response| with_streamed_body(access.finish(response)))
         });
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder

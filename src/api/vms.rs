@@ -1,4 +1,5 @@
-//! `/api/vms` routes (read-only, plus heartbeat).
+//! `/api/vms` routes (read-only, plus heartbeat). The list is paged by VM id (`cursor` is the
+//! last id of the previous page) and hides destroyed VMs unless asked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use warp::reply::Response;
 use super::ApiContext;
 use super::endpoint::{Call, endpoint};
 use super::error::ApiError;
+use super::paging::page;
 use super::views::VmView;
 use crate::inventory::Inventory;
 use crate::model::{VmStatus, VmType};
@@ -48,10 +50,19 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// The list's filters. Destroyed VMs are left out unless `include=destroyed` or
+/// `status=destroyed` asks for them.
 fn parse_filter(query: &HashMap<String, String>) -> Result<VmFilter, ApiError> {
-    let mut filter = VmFilter::default();
+    let mut filter = VmFilter {
+        hide_destroyed: true,
+        ..VmFilter::default()
+    };
     for (key, value) in query {
         match key.as_str() {
+            "include" => match value.as_str() {
+                "destroyed" => filter.hide_destroyed = false,
+                _ => return Err(ApiError::invalid_field("include", "must be destroyed")),
+            },
             "status" => {
                 filter.status = Some(
                     value
@@ -67,14 +78,8 @@ fn parse_filter(query: &HashMap<String, String>) -> Result<VmFilter, ApiError> {
                 )
             }
             "userId" => filter.user_id = Some(value.clone()),
-            other => {
-                return Err(ApiError::BadRequest {
-                    code: "unknown_query_parameter",
-                    message: format!(
-                        "unknown query parameter {other:?}; expected status, type or userId"
-                    ),
-                });
-            }
+            // Checked by `paging::page`.
+            _ => {}
         }
     }
     Ok(filter)
@@ -83,6 +88,7 @@ fn parse_filter(query: &HashMap<String, String>) -> Result<VmFilter, ApiError> {
 async fn list_vms(call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         let principal = call.principal()?;
+        let page = page(&query, &["status", "type", "userId", "include"])?;
         let mut filter = parse_filter(&query)?;
         if let Some(asked) = &filter.user_id {
             principal.require_user(asked)?;
@@ -90,9 +96,13 @@ async fn list_vms(call: Call, query: HashMap<String, String>) -> Response {
         if let Some(own) = principal.user_scope() {
             filter.user_id = Some(own.to_string());
         }
-        let vms = call.ctx.vms.list(filter).await?;
-        let views: Vec<VmView> = vms.iter().map(VmView::from).collect();
-        Ok(json!({ "vms": views, "total": views.len() }))
+        let listed = call
+            .ctx
+            .vms
+            .list_page(filter, page.cursor, page.limit)
+            .await?;
+        let views: Vec<VmView> = listed.vms.iter().map(VmView::from).collect();
+        Ok(json!({ "vms": views, "total": listed.total, "nextCursor": listed.next_cursor }))
     }
     .await;
     call.respond(StatusCode::OK, result)

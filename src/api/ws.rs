@@ -1,7 +1,8 @@
 //! The WebSocket hub, on `/` and `/ws`. Clients subscribe to the channels their token may see
 //! and receive `{"type":"event","channel":...,"data":{...}}`. Each connection reads from the
 //! bounded event broadcast; a client that falls behind it, or stops reading, is closed with a
-//! reason.
+//! reason. The hub pings every connection each `ws_ping_interval_secs` and closes one that has
+//! not answered the previous ping by the next.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use tracing::Instrument;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::filters::ws::{Message, WebSocket, Ws};
@@ -31,6 +33,8 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
+    ctx.routes.record("GET", "/");
+    ctx.routes.record("GET", "/ws");
     let ctx = ctx.clone();
     warp::path::end()
         .or(warp::path!("ws"))
@@ -73,12 +77,19 @@ fn upgrade(
         }
         .into_response();
     };
-    warp::Reply::into_response(ws.max_message_size(MAX_MESSAGE_BYTES).on_upgrade(
-        move |socket| async move {
-            serve_connection(&ctx, socket, principal).await;
-            drop(slot);
-        },
-    ))
+    // The connection outlives the upgrade request; it keeps the request's span (its id), so
+    // the connection's log lines can be told apart.
+    let span = tracing::Span::current();
+    warp::Reply::into_response(
+        ws.max_message_size(MAX_MESSAGE_BYTES)
+            .on_upgrade(move |socket| {
+                async move {
+                    serve_connection(&ctx, socket, principal).await;
+                    drop(slot);
+                }
+                .instrument(span)
+            }),
+    )
 }
 
 /// One counted hub connection. It is taken before the upgrade and moved into the upgrade
@@ -124,12 +135,32 @@ async fn serve_connection(ctx: &ApiContext, socket: WebSocket, principal: Princi
     let mut channels: HashSet<String> = HashSet::new();
     let revoked = ctx.auth.revoked(&principal);
     tokio::pin!(revoked);
+    // A peer that vanished without a FIN (a laptop lid shut, a NAT that forgot the flow) would
+    // hold its slot and its broadcast receiver for ever: each tick pings, and a tick that finds
+    // the previous ping unanswered closes. The first tick is one interval in.
+    let interval = ctx.limits.ws_ping_interval;
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut awaiting_pong = false;
     loop {
         let outcome = tokio::select! {
             () = ctx.shutdown.cancelled() => Outcome::Close(CLOSE_GOING_AWAY, "server shutting down".into()),
             () = &mut revoked => Outcome::Close(CLOSE_POLICY, "token revoked".into()),
+            _ = pings.tick() => if awaiting_pong {
+                Outcome::Close(
+                    CLOSE_POLICY,
+                    format!("no pong within {} s", interval.as_secs()),
+                )
+            } else {
+                awaiting_pong = true;
+                send_message(&mut sink, Message::ping(Vec::new())).await
+            },
             message = incoming.next() => match message {
                 Some(Ok(message)) if message.is_close() => break,
+                Some(Ok(message)) if message.is_pong() => {
+                    awaiting_pong = false;
+                    Outcome::Continue
+                }
                 Some(Ok(message)) => match reply_to(ctx, &principal, &mut channels, &message) {
                     Some(reply) => send(&mut sink, reply).await,
                     None => Outcome::Continue,
@@ -167,7 +198,14 @@ async fn send(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     value: Value,
 ) -> Outcome {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::text(value.to_string()))).await {
+    send_message(sink, Message::text(value.to_string())).await
+}
+
+async fn send_message(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: Message,
+) -> Outcome {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
         Ok(Ok(())) => Outcome::Continue,
         Ok(Err(_)) => Outcome::Close(CLOSE_POLICY, "send failed".into()),
         Err(_) => Outcome::Close(CLOSE_TRY_AGAIN, "slow consumer: not reading".into()),

@@ -59,6 +59,7 @@ impl Resolved {
                     user_token_ttl_secs: self.user_token_ttl_secs,
                     ws_max_connections: self.ws_max_connections,
                     ws_max_subscriptions: self.ws_max_subscriptions,
+                    ws_ping_interval: Duration::from_secs(self.ws_ping_interval_secs),
                 },
                 listener: ListenerLimits {
                     header_read_timeout: Duration::from_secs(self.api_header_read_timeout_secs),

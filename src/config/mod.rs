@@ -89,6 +89,9 @@ struct Resolved {
     ws_max_connections: usize,
     ws_queue_len: usize,
     ws_max_subscriptions: usize,
+    /// The hub pings each WebSocket this often and closes one that has not answered the
+    /// previous ping by the next.
+    ws_ping_interval_secs: u64,
     // Hardening (issue 15): the API listener and failed authentication.
     /// A connection that has not sent a whole request head this long is closed.
     api_header_read_timeout_secs: u64,
@@ -291,6 +294,7 @@ impl Resolved {
             ws_max_connections: s.ws_max_connections.unwrap_or(1024),
             ws_queue_len: s.ws_queue_len.unwrap_or(256),
             ws_max_subscriptions: s.ws_max_subscriptions.unwrap_or(64),
+            ws_ping_interval_secs: s.ws_ping_interval_secs.unwrap_or(30),
             api_header_read_timeout_secs: s.api_header_read_timeout_secs.unwrap_or(30),
             api_max_connections: s.api_max_connections.unwrap_or(4096),
             auth_failures_per_minute: s.auth_failures_per_minute.unwrap_or(10),

@@ -62,6 +62,7 @@ settings! {
     ws_max_connections: usize = ["MC_WS_MAX_CONNECTIONS"],
     ws_queue_len: usize = ["MC_WS_QUEUE_LEN"],
     ws_max_subscriptions: usize = ["MC_WS_MAX_SUBSCRIPTIONS"],
+    ws_ping_interval_secs: u64 = ["MC_WS_PING_INTERVAL_SECS"],
     max_vms: u32 = ["MC_MAX_VMS"],
     shutdown_timeout_secs: u64 = ["MC_SHUTDOWN_TIMEOUT_SECS"],
     supabase_url: String = ["MC_SUPABASE_URL", "SUPABASE_URL"],

@@ -58,6 +58,7 @@ impl Resolved {
             ("ws_max_connections", self.ws_max_connections as u64),
             ("ws_queue_len", self.ws_queue_len as u64),
             ("ws_max_subscriptions", self.ws_max_subscriptions as u64),
+            ("ws_ping_interval_secs", self.ws_ping_interval_secs),
             (
                 "api_header_read_timeout_secs",
                 self.api_header_read_timeout_secs,

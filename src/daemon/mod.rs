@@ -255,6 +255,7 @@ pub async fn start_with(
         started: Instant::now(),
         ws_connections: AtomicUsize::new(0),
         shutdown: cancel.clone(),
+        routes: Default::default(),
     });
 
     let main_listener = bind(config.api.listen).await?;

@@ -67,7 +67,7 @@ pub async fn for_user(
     store: &Store,
     user_id: &str,
     limit: usize,
-) -> Result<Vec<Prompt>, PromptError> {
+) -> Result<(Vec<Prompt>, u64), PromptError> {
     let id = user_id.to_string();
     store
         .read(move |tx| {
@@ -76,8 +76,9 @@ pub async fn for_user(
                 .filter(|p: &Prompt| p.user_id == id)
                 .collect();
             prompts.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
+            let total = prompts.len() as u64;
             prompts.truncate(limit);
-            Ok(prompts)
+            Ok((prompts, total))
         })
         .await
 }

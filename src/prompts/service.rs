@@ -246,7 +246,12 @@ impl PromptService {
         records::get(&self.store, id).await
     }
 
-    pub async fn history(&self, user_id: &str, limit: usize) -> Result<Vec<Prompt>, PromptError> {
+    /// The user's newest `limit` prompts, and how many the user has in all.
+    pub async fn history(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<(Vec<Prompt>, u64), PromptError> {
         records::for_user(&self.store, user_id, limit).await
     }
 

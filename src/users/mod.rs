@@ -15,7 +15,7 @@ mod query;
 
 pub use delete::DeletedUser;
 pub use epochs::TokenEpochs;
-pub use query::UserFilter;
+pub use query::{PageStart, UserFilter};
 
 const MAX_EMAIL_LEN: usize = 254;
 const MAX_AUTH_ID_LEN: usize = 128;
@@ -61,7 +61,10 @@ pub struct UserPatch {
 
 pub struct UserPage {
     pub users: Vec<User>,
+    /// Every match, on every page.
     pub total: u64,
+    /// The cursor of the next page (the last user's id), when there is one.
+    pub next_cursor: Option<String>,
 }
 
 /// What a user has used, by status.
@@ -201,7 +204,14 @@ impl UserService {
                     .take(page_size)
                     .map(|entry| entry.map_err(StoreError::from)?.1.value().decode())
                     .collect::<Result<Vec<User>, StoreError>>()?;
-                Ok(UserPage { users: page, total })
+                let next_cursor = (skip.saturating_add(page.len()) < total as usize)
+                    .then(|| page.last().map(|u: &User| u.id.clone()))
+                    .flatten();
+                Ok(UserPage {
+                    users: page,
+                    total,
+                    next_cursor,
+                })
             })
             .await
     }

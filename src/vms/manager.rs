@@ -20,7 +20,7 @@ use super::records::Records;
 use super::slots::Slots;
 use super::upkeep::Upkeep;
 use super::watch::{HealthSweep, Watch, WatchDeps};
-use super::{VmError, VmFilter, VmHost, VmSettings};
+use super::{VmError, VmFilter, VmHost, VmPage, VmSettings};
 use crate::events::EventHub;
 use crate::guest::client::AgentClient;
 use crate::metrics::Metrics;
@@ -139,6 +139,16 @@ impl VmManager {
 
     pub async fn list(&self, filter: VmFilter) -> Result<Vec<Vm>, VmError> {
         self.records.list(filter).await
+    }
+
+    /// A page of the VMs that match `filter`, in id order, after the VM id `cursor`.
+    pub async fn list_page(
+        &self,
+        filter: VmFilter,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<VmPage, VmError> {
+        self.records.list_page(filter, cursor, limit).await
     }
 
     pub async fn get(&self, id: &str) -> Result<Vm, VmError> {

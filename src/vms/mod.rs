@@ -205,11 +205,27 @@ pub struct VmFilter {
     pub vm_type: Option<VmType>,
     /// Set for user-scoped callers, who see only their own VMs.
     pub user_id: Option<String>,
+    /// Leaves out destroyed VMs unless `status` asks for them (the API's default; the
+    /// daemon's own sweeps see every record).
+    pub hide_destroyed: bool,
+}
+
+/// One page of a VM list.
+#[derive(Debug, Default)]
+pub struct VmPage {
+    pub vms: Vec<Vm>,
+    /// Every match of the filter, on every page.
+    pub total: u64,
+    /// The `cursor` of the next page; `None` on the last.
+    pub next_cursor: Option<String>,
 }
 
 impl VmFilter {
     fn matches(&self, vm: &Vm) -> bool {
-        self.status.is_none_or(|s| vm.status == s)
+        let hidden =
+            self.hide_destroyed && self.status.is_none() && vm.status == VmStatus::Destroyed;
+        !hidden
+            && self.status.is_none_or(|s| vm.status == s)
             && self.vm_type.is_none_or(|t| vm.vm_type == t)
             && self.user_id.as_ref().is_none_or(|u| &vm.user_id == u)
     }

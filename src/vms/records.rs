@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::ledger::{self, Reclaimed};
-use super::{VmError, VmFilter, VmSettings};
+use super::{VmError, VmFilter, VmPage, VmSettings};
 use crate::events::{Channel, EventHub, HubEvent};
 use crate::model::tables;
 use crate::model::{AgentInfo, Status, Vm, VmIntent, VmOp, VmStatus, now_ms};
@@ -33,6 +33,44 @@ impl Records {
             .read(move |tx| {
                 let vms = store::all(&tx.open_table(tables::VMS)?)?;
                 Ok(vms.into_iter().filter(|vm| filter.matches(vm)).collect())
+            })
+            .await
+    }
+
+    /// Up to `limit` matches of `filter` after the VM id `cursor`, in id order; the number of
+    /// all matches; and the cursor of the next page, if there is one. Counting every match
+    /// reads the whole table, which on one node is a few thousand records at most.
+    pub(super) async fn list_page(
+        &self,
+        filter: VmFilter,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<VmPage, VmError> {
+        self.store
+            .read(move |tx| {
+                let table = tx.open_table(tables::VMS)?;
+                let mut page = VmPage::default();
+                let mut more = false;
+                for entry in redb::ReadableTable::iter(&table)? {
+                    let (key, value) = entry.map_err(store::StoreError::from)?;
+                    let vm: Vm = value.value().decode()?;
+                    if !filter.matches(&vm) {
+                        continue;
+                    }
+                    page.total += 1;
+                    if cursor.as_deref().is_some_and(|c| key.value() <= c) {
+                        continue;
+                    }
+                    if page.vms.len() < limit {
+                        page.vms.push(vm);
+                    } else {
+                        more = true;
+                    }
+                }
+                if more {
+                    page.next_cursor = page.vms.last().map(|vm| vm.id.clone());
+                }
+                Ok(page)
             })
             .await
     }

@@ -32,6 +32,8 @@ pub struct SseStream {
     pub content_type: String,
     /// Comment frames (keep-alives) seen so far.
     pub comments: usize,
+    /// The last `retry:` the stream sent, in milliseconds.
+    pub retry_ms: Option<u64>,
 }
 
 impl SseStream {
@@ -49,6 +51,7 @@ impl SseStream {
             status,
             content_type,
             comments: 0,
+            retry_ms: None,
         }
     }
 
@@ -68,6 +71,8 @@ impl SseStream {
                         frame.event = Some(v.trim().to_string());
                     } else if let Some(v) = line.strip_prefix("id:") {
                         frame.id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("retry:") {
+                        self.retry_ms = v.trim().parse().ok();
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.trim_start());
                     }

@@ -103,10 +103,22 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "request failed");
-        }
         let (code, message) = self.code_and_message();
+        // Every 5xx is logged with its cause: a 500's detail is logged only (the body hides
+        // it), a 502's is the host's failure, a 503's says what is missing or full. They run
+        // inside the request's span, so the line carries the request id.
+        match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(status = status.as_u16(), code, %detail, "request failed")
+            }
+            ApiError::BadGateway { .. } => {
+                tracing::error!(status = status.as_u16(), code, reason = %message, "request failed")
+            }
+            ApiError::Unavailable { .. } => {
+                tracing::warn!(status = status.as_u16(), code, reason = %message, "request refused")
+            }
+            _ => {}
+        }
         let mut body = json!({ "error": { "code": code, "message": message } });
         if let ApiError::Conflict {
             extra: Some((key, value)),
