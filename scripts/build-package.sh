@@ -7,7 +7,9 @@
 #   scripts/build-package.sh [--deb-version VERSION] [--output DIR] [--fast]
 #
 # DIR defaults to target/debian. --fast compresses less (a larger .deb, built in seconds rather
-# than half a minute): for packages that are only tested, never shipped.
+# than half a minute): for packages that are only tested, never shipped. Every cargo-deb run, to
+# any DIR, deletes the earlier master-controller .debs in target/debian (its own clean-up), so copy
+# a package out of there to keep it.
 #
 # cargo-deb is taken from PATH, else installed once (pinned) into ~/.cache/master-controller/
 # cargo-deb (MC_CARGO_DEB_ROOT) from crates.io.
