@@ -17,6 +17,7 @@
 # new, with an empty dpkg database, so dependencies are not installed there (--force-depends).
 #
 # Both versions come from one release build (scripts/build-package.sh: cargo deb --no-build).
+# The maintainer scripts' systemd branch is tested apart, by scripts/package-scripts-test.sh.
 set -eu
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
@@ -163,4 +164,6 @@ dpkg_root --purge master-controller >"$work/out" 2>&1 || { cat "$work/out" >&2; 
 [ "$(cat "$root/var/lib/master-controller/state.redb")" = state ] || fail "purge removed the state"
 [ "$(cat "$root/etc/master-controller/credentials/encryption-master-key")" = key ] || fail "purge removed the credentials"
 say "  config.toml is gone; the state and the credentials remain (the package never deletes them)"
+# The same scripts on a system that systemd runs, which a temporary root cannot show.
+scripts/package-scripts-test.sh
 say "ok in $(($(date +%s) - started)) s"
