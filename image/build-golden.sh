@@ -9,6 +9,8 @@
 #                      layer is on the VM's own data disk, then starts systemd
 #
 # Usage: sudo image/build-golden.sh [OUT_DIR]        (default image/out/golden)
+#    or: sudo /usr/share/master-controller/image/build-golden.sh [OUT_DIR]   (from the package;
+#        default /var/lib/master-controller/images)
 #
 # Each image is a version, named by a hash of its inputs, in OUT_DIR/images/<id>/ (with an
 # image.json), and OUT_DIR/current links to the newest. Point the daemon at
@@ -26,7 +28,12 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT_DIR=${1:-$REPO/image/out/golden}
+# From a checkout the default is inside it; from the Debian package, the appliance's image store.
+if [ -f "$REPO/Cargo.toml" ]; then
+  OUT_DIR=${1:-$REPO/image/out/golden}
+else
+  OUT_DIR=${1:-/var/lib/master-controller/images}
+fi
 CACHE_DIR=${MC_GOLDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/master-controller/golden}
 BUILD_NAME=build-golden
 SUITE=trixie

@@ -82,11 +82,18 @@ resolve_kernel() {
   kernel_deb=$CACHE_DIR/${kernel_pkg}_${kernel_version//:/%3a}_amd64.deb
 }
 
-# Sets agent_bin: MC_VM_AGENT_BIN, or a static vm-agent built from this repository.
+# Sets agent_bin: MC_VM_AGENT_BIN, the installed package's, or a static vm-agent built from this
+# repository.
 build_agent() {
   agent_bin=${MC_VM_AGENT_BIN:-}
   if [ -n "$agent_bin" ]; then
     [ -f "$agent_bin" ] || die "MC_VM_AGENT_BIN=$agent_bin is not a file"
+    return 0
+  fi
+  # Run from the Debian package (/usr/share/master-controller/image, no sources beside it): the
+  # package's own static agent, the one that matches its daemon.
+  if [ ! -f "$REPO/Cargo.toml" ] && [ -x /usr/lib/master-controller/vm-agent ]; then
+    agent_bin=/usr/lib/master-controller/vm-agent
     return 0
   fi
   command -v cargo >/dev/null || die "cargo is not on PATH; build vm-agent or set MC_VM_AGENT_BIN"

@@ -15,8 +15,9 @@ fi
 # postgresql-15 (Supabase's major version) holds the mirror's schema in the Supabase tests, which
 # start clusters of their own (the package's default cluster is neither used nor in their way:
 # theirs listen on no TCP port); tinyproxy-bin (the binary alone, no service) is the real upstream
-# proxy, with basic auth, that the egress tests put behind the gateway proxy.
-packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables postgresql-15 tinyproxy-bin)
+# proxy, with basic auth, that the egress tests put behind the gateway proxy. dpkg-dev gives
+# dpkg-shlibdeps to cargo-deb, which builds the Debian package that scripts/package-test.sh installs.
+packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables postgresql-15 tinyproxy-bin dpkg-dev)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -100,6 +101,8 @@ scripts/host-state.sh >"$state_before"
 status=0
 cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads="${MC_TEST_THREADS:-2}" || status=$?
 cargo test --locked --features made-up-cli --test made_up_provider || status=$?
+# The Debian package installed, upgraded and removed by the real dpkg in a temporary root.
+scripts/package-test.sh || status=$?
 echo "test.sh: checking that the tests left the host's files as they were"
 scripts/host-state.sh >"$state_after"
 if ! diff "$state_before" "$state_after" >/dev/null; then
