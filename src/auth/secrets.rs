@@ -218,6 +218,10 @@ mod tests {
         assert_eq!((dir.uid(), dir.gid()), (65534, 65534));
         let staged = std::fs::metadata(secrets.path().join("claude_code")).expect("staged dir");
         assert_eq!(staged.uid(), 65534);
-        assert!(std::fs::symlink_metadata(&link).expect("the link").is_symlink());
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("the link")
+                .is_symlink()
+        );
     }
 }
