@@ -71,15 +71,23 @@ sed -i -e "s/^jailer_uid = 990$/jailer_uid = $(id -u mc-vmm)/" \
   -e "s/^jailer_gid = 990$/jailer_gid = $(id -g mc-vmm)/" "$conf"
 [ -f /etc/master-controller/env ] || install -m 0600 appliance/env.example /etc/master-controller/env
 
+# Every secret is a systemd credential (see the unit): a file here, mode 0600 in a 0700
+# directory. The two the daemon needs are generated; the optional ones (service-token,
+# token-signing-key, supabase-service-key, model-api-key, decodo-user, decodo-password) are the
+# operator's to add, and the unit starts without them.
 umask 077
+install -d -m 0700 /etc/master-controller/credentials
 for name in admin-token encryption-master-key; do
   path=/etc/master-controller/credentials/$name
   if [ ! -s "$path" ]; then
     echo "install.sh: generating $path"
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$path"
   fi
+  chmod 0600 "$path"
 done
 
-master-controller doctor --config /etc/master-controller/config.toml || true
-echo "install.sh: done. Edit /etc/master-controller/env, then:"
+# With no flags, doctor reads what the unit gives the service: config.toml, env, credentials/.
+master-controller doctor || true
+echo "install.sh: done. Edit /etc/master-controller/env (settings) and add the secrets you use"
+echo "  to /etc/master-controller/credentials/ (one file each, mode 0600), then:"
 echo "  systemctl enable --now master-controller-network master-controller"

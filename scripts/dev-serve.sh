@@ -19,7 +19,7 @@ case "${1:-}" in
   *) echo "usage: scripts/dev-serve.sh [--golden]" >&2; exit 2 ;;
 esac
 
-command -v cargo >/dev/null || { echo "dev-serve.sh: needs a Rust toolchain (1.85 or newer) on PATH" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "dev-serve.sh: needs a Rust toolchain (1.90 or newer) on PATH" >&2; exit 1; }
 mkdir -p .dev
 chmod 700 .dev
 if [ ! -s .dev/admin-token ]; then

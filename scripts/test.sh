@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null; then
-  echo "test.sh: needs a Rust toolchain (1.85 or newer) on PATH; Debian's packaged cargo is too old" >&2
+  echo "test.sh: needs a Rust toolchain (1.90 or newer) on PATH; Debian's packaged cargo is too old" >&2
   exit 1
 fi
 

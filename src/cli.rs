@@ -3,14 +3,23 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+pub use clap_complete::Shell;
 
 use crate::config::Settings;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "master-controller",
-    about = "A private microVM per user, running the AI coding CLIs"
+    version,
+    about = "A private microVM per user, running the AI coding CLIs",
+    long_about = "A private microVM per user, running the AI coding CLIs.\n\n\
+        Run as root without --config, the operator commands (doctor, token, vault rotate-key, \
+        golden-snapshot) read what the installed service reads: /etc/master-controller/config.toml, \
+        the environment file /etc/master-controller/env and the credentials in \
+        /etc/master-controller/credentials/. Flags and the process environment win over them."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -26,13 +35,40 @@ pub enum Command {
     /// Mint a user-scoped API token.
     Token(TokenArgs),
     /// Report what this host has and lacks.
-    Doctor(CommonArgs),
+    Doctor(DoctorArgs),
     /// Boot one VM as configured, wait for its agent, and save it as the golden snapshot at
     /// GOLDEN_SNAPSHOT (and GOLDEN_MEMORY).
     GoldenSnapshot(CommonArgs),
     /// Manage the credential vault.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Print a shell completion script (e.g. to /usr/share/bash-completion/completions/).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff), e.g. `master-controller man > master-controller.1`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print the checks as one JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Writes `shell`'s completion script for the whole command line.
+pub fn completions(shell: Shell, out: &mut dyn Write) {
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "master-controller", out);
+}
+
+/// Writes the man page in roff.
+pub fn man(out: &mut dyn Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(Cli::command()).render(out)
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,7 +94,8 @@ pub struct RotateKeyArgs {
 
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// TOML configuration file.
+    /// TOML configuration file [default for the operator commands: the installed
+    /// /etc/master-controller/config.toml, when there is one].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// State directory [default: /var/lib/master-controller].
@@ -107,4 +144,32 @@ pub struct TokenArgs {
     /// Lifetime in seconds [default: MC_USER_TOKEN_TTL_SECS, 86400].
     #[arg(long, value_name = "SECS")]
     pub ttl: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_the_man_page_generate() {
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let mut out = Vec::new();
+            completions(shell, &mut out);
+            let text = String::from_utf8(out).expect("utf-8");
+            assert!(
+                text.contains("doctor") && text.contains("rotate-key"),
+                "{shell}"
+            );
+        }
+        let mut out = Vec::new();
+        man(&mut out).expect("man page");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{text}");
+        assert!(text.contains("golden\\-snapshot") || text.contains("golden-snapshot"));
+    }
 }

@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use master_controller::auth::vault::{self, MasterKey};
-use master_controller::cli::{Cli, Command, NEW_KEY_ENV, VaultCommand};
-use master_controller::config::{Config, LogFormat};
+use master_controller::cli::{self, Cli, Command, CommonArgs, NEW_KEY_ENV, VaultCommand};
+use master_controller::config::{Config, LogFormat, Sources};
 use master_controller::daemon::{self, DaemonError};
 use master_controller::doctor::{self, Level};
 use master_controller::model::now_ms;
@@ -31,41 +31,67 @@ fn main() -> ExitCode {
             report(serve(config))
         }
         Command::Token(args) => {
-            let config = match load(args.common.config.as_deref(), args.common.flags()) {
-                Ok(config) => config,
+            let config = match load_operator(&args.common) {
+                Ok((config, _)) => config,
                 Err(code) => return code,
             };
             report(mint(&config, &args.user, args.ttl))
         }
         Command::GoldenSnapshot(args) => {
-            let config = match load(args.config.as_deref(), args.flags()) {
-                Ok(config) => config,
+            let config = match load_operator(&args) {
+                Ok((config, _)) => config,
                 Err(code) => return code,
             };
             init_tracing(config.log_format);
             report(golden_snapshot(config))
         }
         Command::Vault(VaultCommand::RotateKey(args)) => {
-            let config = match load(args.common.config.as_deref(), args.common.flags()) {
-                Ok(config) => config,
+            let config = match load_operator(&args.common) {
+                Ok((config, _)) => config,
                 Err(code) => return code,
             };
             report(rotate_key(&config, args.new_key_file.as_deref()))
         }
         Command::Doctor(args) => {
-            let config = match load(args.config.as_deref(), args.flags()) {
-                Ok(config) => config,
+            let (config, sources) = match load_operator(&args.common) {
+                Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            let checks = doctor::run(&config);
-            print!("{}", doctor::render(&checks));
+            let mut checks = vec![doctor::sources(&sources)];
+            checks.extend(doctor::run(&config));
+            if args.json {
+                println!("{}", doctor::render_json(&checks));
+            } else {
+                print!("{}", doctor::render(&checks));
+            }
             if checks.iter().any(|c| c.level == Level::Fail) {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
             }
         }
+        Command::Completions { shell } => {
+            cli::completions(shell, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            report(cli::man(&mut std::io::stdout().lock()).context("cannot write the man page"))
+        }
     }
+}
+
+/// The configuration an operator command sees: the service's installed files under the flags
+/// and the environment (`Config::for_operator`).
+fn load_operator(args: &CommonArgs) -> Result<(Config, Sources), ExitCode> {
+    Config::for_operator(
+        args.config.as_deref(),
+        &|name| std::env::var(name).ok(),
+        args.flags(),
+    )
+    .map_err(|e| {
+        eprintln!("master-controller: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
 
 /// Loads and validates the configuration; a bad setting is one line on stderr.

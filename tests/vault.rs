@@ -87,6 +87,8 @@ fn rotate_key(dir: &Path, old_key: &str, failpoint: Option<&str>) -> Output {
         .arg("--new-key-file")
         .arg(&new_key_file)
         .env_clear()
+        // Not the host's installation, if it has one (its config, env and credentials).
+        .env("MC_INSTALL_ROOT", dir)
         .env("ENCRYPTION_MASTER_KEY", old_key);
     if let Some(failpoint) = failpoint {
         command.env("MC_FAILPOINT", failpoint);

@@ -129,6 +129,8 @@ fn cli_token_is_accepted_by_the_daemon_key() {
         .args(["token", "--user", "user-42", "--ttl", "60", "--data-dir"])
         .arg(dir.path())
         .env_clear()
+        // Not the host's installation, if it has one (its config, env and credentials).
+        .env("MC_INSTALL_ROOT", dir.path())
         .output()
         .expect("run");
     assert!(

@@ -183,13 +183,13 @@ impl Agent {
         if !same_token(&hello.token, &expected) {
             return Err(ErrorBody::new("unauthenticated", "wrong token"));
         }
-        if let Some(ms) = hello.host_time_ms {
-            if let Err(e) = system::set_clock(ms) {
-                eprintln!(
-                    "vm-agent: cannot set the clock from the host: {}",
-                    e.body().message
-                );
-            }
+        if let Some(ms) = hello.host_time_ms
+            && let Err(e) = system::set_clock(ms)
+        {
+            eprintln!(
+                "vm-agent: cannot set the clock from the host: {}",
+                e.body().message
+            );
         }
         let interrupted =
             std::mem::take(&mut *self.interrupted.lock().unwrap_or_else(|p| p.into_inner()));

@@ -4,6 +4,8 @@
 mod build;
 mod confinement;
 mod egress;
+mod installed;
+mod secrets;
 mod settings;
 mod tasks;
 mod validate;
@@ -22,6 +24,8 @@ use crate::tasks::TaskSettings;
 use crate::vmm::{HypervisorChoice, HypervisorSettings};
 use crate::vms::VmSettings;
 use crate::workspace::WorkspaceSettings;
+pub use installed::{INSTALL_ROOT_ENV, Sources};
+pub use secrets::{SECRETS, Secret};
 pub use settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
@@ -236,37 +240,17 @@ impl Config {
 
 impl Resolved {
     fn resolve(
-        s: Settings,
+        mut s: Settings,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Resolved, ConfigError> {
         let credentials_dir = lookup("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        secrets::fill(&mut s, credentials_dir.as_deref())?;
         let tasks = tasks::resolve(&s)?;
         let egress = egress::resolve(&s)?;
         let qemu_user = confinement::qemu_user(&s)?;
         let jailer = confinement::jailer(
             &s,
             s.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR)),
-        )?;
-        let admin_token = secret_setting(
-            "admin_token",
-            s.admin_token,
-            s.admin_token_file.as_deref(),
-            credentials_dir.as_deref(),
-            "admin-token",
-        )?;
-        let service_token = secret_setting(
-            "service_token",
-            s.service_token,
-            s.service_token_file.as_deref(),
-            credentials_dir.as_deref(),
-            "service-token",
-        )?;
-        let encryption_master_key = secret_setting(
-            "encryption_master_key",
-            s.encryption_master_key,
-            None,
-            credentials_dir.as_deref(),
-            "encryption-master-key",
         )?;
         Ok(Resolved {
             listen: s.listen.unwrap_or_else(|| parse_default(DEFAULT_LISTEN)),
@@ -284,8 +268,8 @@ impl Resolved {
                     ));
                 }
             },
-            admin_token,
-            service_token,
+            admin_token: s.admin_token.map(SecretString::from),
+            service_token: s.service_token.map(SecretString::from),
             token_signing_key: s.token_signing_key.map(SecretString::from),
             user_token_ttl_secs: s.user_token_ttl_secs.unwrap_or(24 * 3600),
             rate_limit_per_second: s.rate_limit_per_second.unwrap_or(50),
@@ -305,7 +289,7 @@ impl Resolved {
             supabase_service_key: s.supabase_service_key.map(SecretString::from),
             supabase_mirror_ciphertexts: s.supabase_mirror_ciphertexts.unwrap_or(false),
             outbox_max_attempts: s.outbox_max_attempts.unwrap_or(8),
-            encryption_master_key,
+            encryption_master_key: s.encryption_master_key.map(SecretString::from),
             egress,
             firecracker_base: s.firecracker_base,
             golden_snapshot: s.golden_snapshot,
@@ -435,28 +419,6 @@ fn read_file(path: &Path) -> Result<Settings, ConfigError> {
         path: path.to_path_buf(),
         reason: e.message().to_string(),
     })
-}
-
-/// A secret comes from its own setting, else from the file named by `<setting>_file`, else from
-/// the systemd credential of that name.
-fn secret_setting(
-    field: &'static str,
-    value: Option<String>,
-    file: Option<&Path>,
-    credentials_dir: Option<&Path>,
-    credential_name: &str,
-) -> Result<Option<SecretString>, ConfigError> {
-    if let Some(value) = value {
-        return Ok(Some(SecretString::from(value)));
-    }
-    let path = match (file, credentials_dir) {
-        (Some(file), _) => file.to_path_buf(),
-        (None, Some(dir)) if dir.join(credential_name).exists() => dir.join(credential_name),
-        _ => return Ok(None),
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
-    Ok(Some(SecretString::from(text.trim().to_string())))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod confinement;
 mod network;
+mod operator;
 
 use std::fmt;
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::path::Path;
 use crate::config::Config;
 use crate::store::{Store, StoreError};
 use crate::tokens;
+pub use operator::{render_json, sources};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -48,6 +50,7 @@ pub fn run(config: &Config) -> Vec<Check> {
     let mut checks = vec![
         admin_token(config),
         data_dir(&config.data_dir),
+        operator::hibernation_room(config),
         log_trim(&config.data_dir),
         state_file(&config.data_dir),
         signing_key(config),

@@ -138,6 +138,8 @@ impl World {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.daemon.env)
             .env("GOLDEN_SNAPSHOT", self.golden_snapshot())
+            // Not the host's installation, if it has one: only the daemon's settings.
+            .env("MC_INSTALL_ROOT", &self.daemon.data_dir)
             .output()
             .expect("run master-controller golden-snapshot");
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();

@@ -69,14 +69,14 @@ impl FakeSink {
         if let Some(error) = lock(&self.script).pop_front() {
             return Err(error);
         }
-        if let Some(poison) = lock(&self.poison).as_deref() {
-            if rows.iter().any(|r| r.to_string().contains(poison)) {
-                return Err(SinkError::Status {
-                    status: 400,
-                    retry_after: None,
-                    body: r#"{"code":"23514","message":"violates check constraint"}"#.into(),
-                });
-            }
+        if let Some(poison) = lock(&self.poison).as_deref()
+            && rows.iter().any(|r| r.to_string().contains(poison))
+        {
+            return Err(SinkError::Status {
+                status: 400,
+                retry_after: None,
+                body: r#"{"code":"23514","message":"violates check constraint"}"#.into(),
+            });
         }
         Ok(())
     }
