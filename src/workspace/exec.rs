@@ -91,7 +91,6 @@ impl ExecFrame {
 /// A running exec, as its route holds it: its frames, and its cancel.
 pub struct ExecRun {
     pub id: String,
-    pub user_id: String,
     pub frames: mpsc::Receiver<ExecFrame>,
     pub cancel: CancellationToken,
 }

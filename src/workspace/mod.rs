@@ -14,7 +14,7 @@ use crate::guest::workspace as guest_files;
 use crate::vms::{CliEnvironment, VmError};
 
 pub use exec::{ExecFrame, ExecRun, ExecSpec};
-pub use guest_files::{Download, Entry};
+pub use guest_files::Download;
 pub use service::WorkspaceService;
 
 #[derive(Debug, thiserror::Error)]

@@ -68,10 +68,6 @@ impl WorkspaceService {
         }
     }
 
-    pub fn settings(&self) -> &WorkspaceSettings {
-        &self.settings
-    }
-
     /// Whether a transfer or a command of the user's is running.
     pub fn has_running(&self, user_id: &str) -> bool {
         self.busy.has(user_id)
@@ -215,12 +211,7 @@ impl WorkspaceService {
             vms.touch(&vm_id);
             lock(&execs).remove(&run_id);
         });
-        Ok(ExecRun {
-            id,
-            user_id: user_id.to_string(),
-            frames,
-            cancel,
-        })
+        Ok(ExecRun { id, frames, cancel })
     }
 
     /// The user a running command belongs to, for the cancel route's check.
