@@ -49,6 +49,12 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `master-controller man > master-controller.1`.
     Man,
+    /// Write the API's OpenAPI 3.1 document (what `/openapi.json` serves).
+    Openapi {
+        /// Write it to this file instead of standard output (e.g. appliance/openapi.json).
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -77,6 +77,15 @@ fn main() -> ExitCode {
         Command::Man => {
             report(cli::man(&mut std::io::stdout().lock()).context("cannot write the man page"))
         }
+        Command::Openapi { output } => {
+            let document = master_controller::api::openapi::document_json() + "\n";
+            report(match output {
+                Some(path) => std::fs::write(&path, document)
+                    .with_context(|| format!("cannot write {}", path.display())),
+                None => std::io::Write::write_all(&mut std::io::stdout().lock(), document.as_bytes())
+                    .context("cannot write the document"),
+            })
+        }
     }
 }
 

@@ -19,6 +19,14 @@ use super::views::{UserView, VmView};
 use crate::inventory::Inventory;
 use crate::users::{MAX_PAGE_SIZE, PageStart, UserFilter};
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let users = warp::path!("api" / "admin" / "users")
         .and(endpoint(ctx.clone(), Method::GET, "/api/admin/users"))

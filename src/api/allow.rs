@@ -19,6 +19,12 @@ impl RouteTable {
             .insert((template, method));
     }
 
+    /// Every `(template, method)` pair recorded, sorted.
+    pub fn entries(&self) -> Vec<(&'static str, &'static str)> {
+        let table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        table.iter().copied().collect()
+    }
+
     /// The methods the routes matching `path` take, sorted and deduplicated; empty when no
     /// route matches it. A `:name` segment of a template matches any one segment, as warp's
     /// `String` path parameters do.

@@ -15,6 +15,14 @@ use super::error::ApiError;
 use super::paging::page;
 use super::views::{ConversationView, PromptView};
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let list = warp::path!("api" / "users" / String / "conversations")
         .and(endpoint(

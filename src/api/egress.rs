@@ -14,6 +14,14 @@ use super::endpoint::{Call, endpoint};
 use super::views::rfc3339;
 use crate::model::{PortHealth, PortLease};
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     warp::path!("api" / "admin" / "proxy-ports")
         .and(endpoint(ctx.clone(), Method::GET, "/api/admin/proxy-ports"))

@@ -20,6 +20,14 @@ use crate::workspace::ExecSpec;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let exec = warp::path!("api" / "users" / String / "exec")
         .and(endpoint(

@@ -20,6 +20,14 @@ use crate::workspace::Download;
 
 const ROUTE: &str = "/api/users/:userId/files/*path";
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let files = || warp::path!("api" / "users" / String / "files" / ..).and(warp::path::tail());
     let upload = files()

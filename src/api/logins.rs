@@ -28,6 +28,14 @@ struct CodeRequest {
     code: String,
 }
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let start = warp::path!("api" / "auth" / "start")
         .and(endpoint(ctx.clone(), Method::POST, "/api/auth/start"))

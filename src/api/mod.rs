@@ -12,6 +12,7 @@ pub mod error;
 mod exec;
 mod files;
 mod logins;
+pub mod openapi;
 mod outbox;
 mod paging;
 mod probes;
@@ -163,6 +164,8 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
         .or(vms::routes(ctx))
         .unify()
         .or(admin::routes(ctx))
+        .unify()
+        .or(openapi::routes(ctx))
         .unify()
         .or(probes::health(ctx))
         .unify()

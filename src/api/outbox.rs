@@ -20,6 +20,14 @@ use crate::model::DeadLetter;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let state = warp::path!("api" / "admin" / "outbox")
         .and(endpoint(ctx.clone(), Method::GET, "/api/admin/outbox"))

@@ -16,6 +16,14 @@ use super::endpoint::{Call, endpoint};
 use super::error::ApiError;
 use crate::inventory::Inventory;
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn health(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     ctx.routes.record("GET", "/health");
     ctx.routes.record("GET", "/ready");

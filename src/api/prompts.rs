@@ -24,6 +24,14 @@ use crate::prompts::{PromptRequest, PromptRun};
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const MAX_HISTORY: usize = 500;
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let execute = warp::path!("api" / "prompts" / "execute")
         .and(endpoint(ctx.clone(), Method::POST, "/api/prompts/execute"))

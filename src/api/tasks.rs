@@ -19,6 +19,14 @@ use crate::model::{MetricsSample, TaskRun};
 use crate::tasks::schedule::ScheduleView;
 use crate::tasks::{JobStatus, samples};
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let list = warp::path!("api" / "admin" / "tasks")
         .and(endpoint(ctx.clone(), Method::GET, "/api/admin/tasks"))

@@ -16,6 +16,14 @@ use super::error::ApiError;
 use super::views::VmView;
 use crate::vms::MAX_DIAGNOSTIC_LINES;
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let get = warp::path!("api" / "users" / String / "vm")
         .and(endpoint(ctx.clone(), Method::GET, "/api/users/:userId/vm"))

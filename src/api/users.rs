@@ -20,6 +20,14 @@ use crate::users::{NewUser, UserPatch};
 /// The longest-lived user token the API mints.
 const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths(get_user, create_user, patch_user, delete_user, user_stats, mint_token))]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let get = warp::path!("api" / "users" / String)
         .and(endpoint(ctx.clone(), Method::GET, "/api/users/:userId"))
@@ -63,6 +71,13 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/users/{userId}",
+    tag = "users",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user", body = UserView))
+)]
 async fn get_user(id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&id)?;
@@ -72,6 +87,13 @@ async fn get_user(id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/users",
+    tag = "users",
+    request_body = CreateUserBody,
+    responses((status = 201, description = "The user, created", body = UserView))
+)]
 async fn create_user(call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_service()?;
@@ -90,6 +112,14 @@ async fn create_user(call: Call, body: Body) -> Response {
     call.respond(StatusCode::CREATED, result)
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/users/{userId}",
+    tag = "users",
+    params(("userId" = String, Path)),
+    request_body = PatchUserBody,
+    responses((status = 200, description = "The user, updated", body = UserView))
+)]
 async fn patch_user(id: String, call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_service()?;
@@ -118,6 +148,13 @@ async fn patch_user(id: String, call: Call, body: Body) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/users/{userId}",
+    tag = "users",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user, deleted with everything they owned", body = DeletedUserView))
+)]
 /// Deletes the user and everything they own; their VM is destroyed first.
 async fn delete_user(id: String, call: Call) -> Response {
     let result = async {
@@ -129,6 +166,13 @@ async fn delete_user(id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/users/{userId}/stats",
+    tag = "users",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user's statistics", body = UserStatsView))
+)]
 async fn user_stats(id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&id)?;
@@ -138,6 +182,14 @@ async fn user_stats(id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/users/{userId}/tokens",
+    tag = "users",
+    params(("userId" = String, Path)),
+    request_body(content = Option<MintTokenBody>, description = "Optional: the token's lifetime; an empty body takes the default"),
+    responses((status = 201, description = "A token scoped to the user", body = MintedToken))
+)]
 async fn mint_token(id: String, call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_service()?;

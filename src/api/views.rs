@@ -9,7 +9,7 @@ use crate::users::{DeletedUser, UserStats};
 
 pub use crate::model::rfc3339;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub user_id: String,
@@ -44,7 +44,7 @@ impl From<&User> for UserView {
 }
 
 /// The answer to `DELETE /api/users/:userId`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeletedUserView {
     pub user_id: String,
@@ -64,7 +64,7 @@ impl From<&DeletedUser> for DeletedUserView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VmView {
     pub vm_id: String,
@@ -86,7 +86,7 @@ pub struct VmView {
 }
 
 /// The agent's answer at the last health check.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentView {
     pub boot_id: String,
@@ -121,7 +121,7 @@ impl From<&Vm> for VmView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserStatsView {
     pub user_id: String,
@@ -151,7 +151,7 @@ impl From<&UserStats> for UserStatsView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUserBody {
     pub email: String,
@@ -159,20 +159,20 @@ pub struct CreateUserBody {
 }
 
 /// Enum fields arrive as strings so a bad value is reported with its field name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchUserBody {
     pub plan: Option<String>,
     pub status: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MintTokenBody {
     pub ttl_sec: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MintedToken {
     pub token: String,
@@ -180,7 +180,7 @@ pub struct MintedToken {
     pub expires_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromptView {
     pub prompt_id: String,
@@ -232,7 +232,7 @@ impl From<&crate::model::Prompt> for PromptView {
 }
 
 /// A conversation; its CLI session id stays inside the appliance.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationView {
     pub conversation_id: String,

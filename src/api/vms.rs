@@ -19,6 +19,14 @@ use crate::inventory::Inventory;
 use crate::model::{VmStatus, VmType};
 use crate::vms::VmFilter;
 
+/// The document entries of these routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(utoipa::OpenApi)]
+    #[openapi(paths())]
+    struct Doc;
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let list = warp::path!("api" / "vms")
         .and(endpoint(ctx.clone(), Method::GET, "/api/vms"))

@@ -77,7 +77,7 @@ pub struct UserStats {
 }
 
 /// One provider's prompts of a user: counts by status and the durations of finished ones.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderStats {
     pub by_status: BTreeMap<String, u64>,
