@@ -18,6 +18,20 @@ pub struct Page {
     pub cursor: Option<String>,
 }
 
+/// The document's form of `limit` and `cursor`, for a paged route's `params(PageParams)`; the
+/// route itself reads them with [`page`].
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // never built: only its `IntoParams` impl is used
+pub struct PageParams {
+    /// How many items the page holds (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+    /// The previous page's `nextCursor`; absent for the first page.
+    #[param(min_length = 1)]
+    pub cursor: Option<String>,
+}
+
 /// Reads `limit` and `cursor` from `query`; any parameter other than those and `others` is
 /// refused, so a misspelt filter is an error rather than a silently unfiltered list.
 pub fn page(query: &HashMap<String, String>, others: &[&str]) -> Result<Page, ApiError> {
