@@ -31,11 +31,12 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// The route template `/api/vms/:vmId` in OpenAPI's style, `/api/vms/{vmId}`.
+/// The route template `/api/vms/:vmId` in OpenAPI's style, `/api/vms/{vmId}`; a tail
+/// (`/files/*path`) is a parameter too, its `/` percent-encoded.
 fn openapi_path(template: &str) -> String {
     template
         .split('/')
-        .map(|segment| match segment.strip_prefix(':') {
+        .map(|segment| match segment.strip_prefix([':', '*']) {
             Some(name) => format!("{{{name}}}"),
             None => segment.to_string(),
         })

@@ -108,6 +108,41 @@ pub fn sse_retry() -> warp::sse::Event {
     warp::sse::Event::default().retry(SSE_RETRY)
 }
 
+/// The document's schema of one event of an SSE stream as a client parses it: `event`, one of
+/// `names`; `data`, one line of JSON of the schema `data` (a reference); and `id`, where the
+/// stream numbers its events. The opening `retry:` frame and the keep-alive comments carry no
+/// data, so they are no events.
+pub fn sse_event_schema(
+    names: &[&str],
+    data: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .description(Some("One event of the stream"))
+        .property(
+            "event",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(names.iter().copied())),
+        )
+        .required("event")
+        .property(
+            "data",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/json")
+                .content_schema(Some(data)),
+        )
+        .required("data")
+        .property(
+            "id",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]+$")),
+        )
+        .into()
+}
+
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
 
 /// A request body not yet read. Handlers read it after authorising the caller, up to the

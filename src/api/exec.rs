@@ -7,23 +7,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::json;
+use serde::Serialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::ApiContext;
-use super::endpoint::{Body, Call, body, endpoint, sse_retry};
+use super::endpoint::{Body, Call, body, endpoint, sse_event_schema, sse_retry};
 use super::error::IntoResponseInner;
-use crate::workspace::ExecSpec;
+use crate::workspace::{ExecFrame, ExecSpec};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(exec, cancel))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -47,6 +47,59 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     exec.or(cancel).unify().boxed()
 }
 
+/// The document's schema of an event of an exec's stream.
+struct ExecStreamEvent;
+
+impl utoipa::PartialSchema for ExecStreamEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        sse_event_schema(
+            &["started", "stdout", "stderr", "exit", "error"],
+            utoipa::openapi::Ref::from_schema_name(<ExecFrame as utoipa::ToSchema>::name()).into(),
+        )
+    }
+}
+
+impl utoipa::ToSchema for ExecStreamEvent {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            <ExecFrame as utoipa::ToSchema>::name().into(),
+            <ExecFrame as utoipa::PartialSchema>::schema(),
+        ));
+        <ExecFrame as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+/// The answer to `POST /api/exec/:execId/cancel`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct CancelledExecView {
+    exec_id: String,
+    cancelled: bool,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/users/{userId}/exec",
+    tag = "workspace",
+    operation_id = "exec_command",
+    params(("userId" = String, Path)),
+    request_body = ExecSpec,
+    responses((status = 200, content_type = "text/event-stream", body = ExecStreamEvent,
+        description = "Server-sent events. The first frame carries only `retry:`. Each event \
+            has an `id:` (1, 2, ...), an `event:` name and one JSON `data:` line whose `type` \
+            is that name: `started` (`{\"type\":\"started\",\"execId\",\"cwd\"}`; the \
+            id is for `POST /api/exec/{execId}/cancel`), then `stdout` and `stderr` chunks \
+            (`{\"type\":\"stdout\",\"text\"}`), then one final `exit` \
+            (`{\"type\":\"exit\",\"exitCode\",\"signal\",\"timedOut\",\"cancelled\",\
+            \"durationMs\"}`) or `error` (`{\"type\":\"error\",\"code\",\"message\"}`). \
+            Comments keep the stream alive every 15 s. The command is cancelled when the \
+            client goes away or the token is revoked."))
+)]
 async fn exec(user_id: String, call: Call, body: Body) -> Response {
     let result = async {
         let principal = call.principal()?.clone();
@@ -82,13 +135,24 @@ fn tokio_stream_of<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/exec/{execId}/cancel",
+    tag = "workspace",
+    operation_id = "cancel_exec",
+    params(("execId" = String, Path)),
+    responses((status = 200, description = "The command, cancelled; its stream ends with `exit`", body = CancelledExecView))
+)]
 async fn cancel(exec_id: String, call: Call) -> Response {
     let result = async {
         let principal = call.principal()?;
         let owner = call.ctx.workspace.exec_owner(&exec_id)?;
         principal.require_user(&owner)?;
         call.ctx.workspace.cancel_exec(&exec_id)?;
-        Ok(json!({ "execId": exec_id, "cancelled": true }))
+        Ok(CancelledExecView {
+            exec_id,
+            cancelled: true,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use serde_json::json;
+use serde::Serialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{Method, StatusCode, header};
@@ -16,14 +16,19 @@ use warp::reply::Response;
 use super::ApiContext;
 use super::endpoint::{Body, Call, body, endpoint};
 use super::error::ApiError;
+use crate::guest::workspace::Entry;
 use crate::workspace::Download;
 
 const ROUTE: &str = "/api/users/:userId/files/*path";
 
+/// The document's `path` parameter: the rest of the URL path.
+const PATH_PARAM: &str = "The path under the workspace root, percent-encoded: the rest of \
+    the URL path, so it may hold `/` (literally or as `%2F`); relative, without `..`";
+
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(upload, download, remove))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -55,6 +60,60 @@ fn workspace_path(tail: &Tail) -> Result<String, ApiError> {
         })
 }
 
+/// A file's raw bytes, for the document.
+struct FileBytes;
+
+impl utoipa::PartialSchema for FileBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_media_type("application/octet-stream")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FileBytes {}
+
+/// The answer to an upload.
+#[derive(Serialize, utoipa::ToSchema)]
+struct UploadedFileView {
+    /// The file's path under the workspace root.
+    path: String,
+    /// The bytes written.
+    size: u64,
+}
+
+/// A directory's listing.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DirectoryListingView {
+    /// The directory's path under the workspace root (empty for the root).
+    path: String,
+    entries: Vec<Entry>,
+    /// Whether the listing stopped short of the directory's entries at the agent's bound.
+    truncated: bool,
+}
+
+/// The answer to a removal.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeletedFileView {
+    path: String,
+    deleted: bool,
+}
+
+#[utoipa::path(
+    put,
+    path = "/api/users/{userId}/files/{path}",
+    tag = "workspace",
+    operation_id = "upload_workspace_file",
+    params(
+        ("userId" = String, Path),
+        ("path" = String, Path, description = PATH_PARAM),
+    ),
+    request_body(content = inline(FileBytes), content_type = "application/octet-stream",
+        description = "The file's bytes; it replaces any file at the path, and missing \
+            parent directories are made"),
+    responses((status = 200, description = "The file, written", body = UploadedFileView))
+)]
 async fn upload(
     user_id: String,
     tail: Tail,
@@ -70,12 +129,30 @@ async fn upload(
             .workspace
             .upload(&user_id, &path, declared, body.into_stream())
             .await?;
-        Ok(json!({ "path": path, "size": written }))
+        Ok(UploadedFileView {
+            path,
+            size: written,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/users/{userId}/files/{path}",
+    tag = "workspace",
+    operation_id = "download_workspace_file",
+    params(
+        ("userId" = String, Path),
+        ("path" = String, Path, description = PATH_PARAM),
+    ),
+    responses((status = 200, description = "A file's bytes, streamed, or a directory's listing as JSON",
+        content(
+            (inline(FileBytes) = "application/octet-stream"),
+            (DirectoryListingView = "application/json"),
+        )))
+)]
 async fn download(user_id: String, tail: Tail, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
@@ -93,9 +170,11 @@ async fn download(user_id: String, tail: Tail, call: Call) -> Response {
                 super::serve::streamed(response, body.boxed())
             }
             Download::Directory { entries, truncated } => {
-                warp::Reply::into_response(warp::reply::json(
-                    &json!({ "path": path, "entries": entries, "truncated": truncated }),
-                ))
+                warp::Reply::into_response(warp::reply::json(&DirectoryListingView {
+                    path,
+                    entries,
+                    truncated,
+                }))
             }
         };
         Ok(reply)
@@ -104,12 +183,26 @@ async fn download(user_id: String, tail: Tail, call: Call) -> Response {
     call.respond_with(result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/users/{userId}/files/{path}",
+    tag = "workspace",
+    operation_id = "delete_workspace_file",
+    params(
+        ("userId" = String, Path),
+        ("path" = String, Path, description = PATH_PARAM),
+    ),
+    responses((status = 200, description = "The file or directory, removed with what it held", body = DeletedFileView))
+)]
 async fn remove(user_id: String, tail: Tail, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
         let path = workspace_path(&tail)?;
         call.ctx.workspace.remove(&user_id, &path).await?;
-        Ok(json!({ "path": path, "deleted": true }))
+        Ok(DeletedFileView {
+            path,
+            deleted: true,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use serde::Serialize;
 use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -15,19 +16,21 @@ use warp::reply::Response;
 
 use super::ApiContext;
 use super::auth::Principal;
-use super::endpoint::{Body, Call, body, endpoint, sse_retry};
+use super::endpoint::{Body, Call, body, endpoint, sse_event_schema, sse_retry};
 use super::error::{ApiError, IntoResponseInner};
 use super::views::PromptView;
 use crate::prompts::log::{Next, Reader};
 use crate::prompts::{PromptRequest, PromptRun};
+use crate::providers::PromptEvent;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// The most `GET /api/users/:userId/prompts` answers with; its document entry repeats it.
 const MAX_HISTORY: usize = 500;
 
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(execute, reattach, cancel, status, history))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -126,6 +129,54 @@ fn sse(call: &Call, principal: &Principal, run: Arc<PromptRun>, after: u64) -> R
     warp::reply::with_header(reply, "x-accel-buffering", "no").into_response_inner()
 }
 
+/// The document's schema of an event of a prompt stream.
+struct PromptStreamEvent;
+
+impl utoipa::PartialSchema for PromptStreamEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        sse_event_schema(
+            &["connected", "content", "metadata", "done", "error"],
+            utoipa::openapi::Ref::from_schema_name(<PromptEvent as utoipa::ToSchema>::name())
+                .into(),
+        )
+    }
+}
+
+impl utoipa::ToSchema for PromptStreamEvent {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            <PromptEvent as utoipa::ToSchema>::name().into(),
+            <PromptEvent as utoipa::PartialSchema>::schema(),
+        ));
+        <PromptEvent as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+/// The events of a prompt stream, for the document.
+const PROMPT_STREAM: &str = "Server-sent events. The first frame carries only `retry:`. \
+    Each event has an `id:` (its sequence number, for `Last-Event-ID`), an `event:` name and \
+    one JSON `data:` line whose `type` is that name: `connected` \
+    (`{\"type\":\"connected\",\"promptId\",\"conversationId\"}`), `content` \
+    (`{\"type\":\"content\",\"text\"}`, a piece of the answer), `metadata` \
+    (`{\"type\":\"metadata\",\"kind\",...}`: progress, tool use, usage, stderr; \
+    `kind: missed` with `from`/`to` when events were dropped from the bounded log), then one \
+    final `done` (`{\"type\":\"done\",\"exitCode\",\"usage\",\"durationMs\"}`) or \
+    `error` (`{\"type\":\"error\",\"code\",\"message\"}`). Comments keep the stream \
+    alive every 15 s. The stream ends after the final event, or when the token is revoked.";
+
+#[utoipa::path(
+    post,
+    path = "/api/prompts/execute",
+    tag = "prompts",
+    operation_id = "execute_prompt",
+    request_body = PromptRequest,
+    responses((status = 200, description = PROMPT_STREAM, content_type = "text/event-stream", body = PromptStreamEvent))
+)]
 async fn execute(call: Call, body: Body) -> Response {
     let result = async {
         let principal = call.principal()?;
@@ -138,6 +189,19 @@ async fn execute(call: Call, body: Body) -> Response {
     call.respond_with(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/prompts/{promptId}/stream",
+    tag = "prompts",
+    operation_id = "reattach_prompt_stream",
+    params(
+        ("promptId" = String, Path),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{1,19}$",
+            description = "The id of the last event received; the stream resumes after it \
+                (from the start when absent)"),
+    ),
+    responses((status = 200, description = PROMPT_STREAM, content_type = "text/event-stream", body = PromptStreamEvent))
+)]
 async fn reattach(id: String, call: Call, last_event_id: Option<String>) -> Response {
     let result = async {
         let principal = call.principal()?;
@@ -161,6 +225,14 @@ async fn reattach(id: String, call: Call, last_event_id: Option<String>) -> Resp
     call.respond_with(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/prompts/{promptId}/cancel",
+    tag = "prompts",
+    operation_id = "cancel_prompt",
+    params(("promptId" = String, Path)),
+    responses((status = 200, description = "The prompt, cancelled (or as it ended, if it already had)", body = PromptView))
+)]
 async fn cancel(id: String, call: Call) -> Response {
     let result = async {
         let principal = call.principal()?;
@@ -172,6 +244,14 @@ async fn cancel(id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/prompts/{promptId}/status",
+    tag = "prompts",
+    operation_id = "get_prompt",
+    params(("promptId" = String, Path)),
+    responses((status = 200, description = "The prompt", body = PromptView))
+)]
 async fn status(id: String, call: Call) -> Response {
     let result = async {
         let principal = call.principal()?;
@@ -183,6 +263,27 @@ async fn status(id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+/// The answer to `GET /api/users/:userId/prompts`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct PromptHistoryView {
+    /// The newest prompts, newest first.
+    prompts: Vec<PromptView>,
+    /// All the user's prompts, not only those of this answer.
+    total: u64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/users/{userId}/prompts",
+    tag = "prompts",
+    operation_id = "list_user_prompts",
+    params(
+        ("userId" = String, Path),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500,
+            description = "How many of the newest prompts to answer with (default 50)"),
+    ),
+    responses((status = 200, description = "The user's newest prompts", body = PromptHistoryView))
+)]
 async fn history(user_id: String, call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
@@ -205,7 +306,10 @@ async fn history(user_id: String, call: Call, query: HashMap<String, String>) ->
         let (prompts, total) = call.ctx.prompts.history(&user_id, limit).await?;
         let views: Vec<PromptView> = prompts.iter().map(PromptView::from).collect();
         // `total` counts all the user's prompts, as in every list, not this page.
-        Ok(json!({ "prompts": views, "total": total }))
+        Ok(PromptHistoryView {
+            prompts: views,
+            total,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::json;
+use serde::Serialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{Method, StatusCode};
@@ -19,7 +19,7 @@ use crate::vms::MAX_DIAGNOSTIC_LINES;
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(get_vm, create_vm, hibernate_vm, resume_vm, destroy_vm, diagnostics))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -73,6 +73,28 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+// The document's bound on `lines` is a literal.
+const _: () = assert!(MAX_DIAGNOSTIC_LINES == 2000);
+
+/// The answer to `GET /api/vms/:vmId/diagnostics`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct VmDiagnosticsView {
+    vm: VmView,
+    /// The last lines of the VM's serial console, oldest first.
+    console_log: Vec<String>,
+    /// The number of lines asked for (fewer when the console has fewer).
+    lines: usize,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/users/{userId}/vm",
+    tag = "vms",
+    operation_id = "get_user_vm",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user's VM", body = VmView))
+)]
 async fn get_vm(user_id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
@@ -82,6 +104,14 @@ async fn get_vm(user_id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/users/{userId}/vm",
+    tag = "vms",
+    operation_id = "create_user_vm",
+    params(("userId" = String, Path)),
+    responses((status = 201, description = "The user's VM, created and booted", body = VmView))
+)]
 async fn create_vm(user_id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
@@ -91,6 +121,14 @@ async fn create_vm(user_id: String, call: Call) -> Response {
     call.respond(StatusCode::CREATED, result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/users/{userId}/vm/hibernate",
+    tag = "vms",
+    operation_id = "hibernate_user_vm",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user's VM, hibernated", body = VmView))
+)]
 async fn hibernate_vm(user_id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
@@ -101,6 +139,14 @@ async fn hibernate_vm(user_id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/users/{userId}/vm/resume",
+    tag = "vms",
+    operation_id = "resume_user_vm",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user's VM, resumed", body = VmView))
+)]
 async fn resume_vm(user_id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
@@ -111,6 +157,14 @@ async fn resume_vm(user_id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/users/{userId}/vm",
+    tag = "vms",
+    operation_id = "destroy_user_vm",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user's VM, destroyed", body = VmView))
+)]
 async fn destroy_vm(user_id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
@@ -121,6 +175,18 @@ async fn destroy_vm(user_id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/vms/{vmId}/diagnostics",
+    tag = "vms",
+    operation_id = "get_vm_diagnostics",
+    params(
+        ("vmId" = String, Path),
+        ("lines" = Option<u32>, Query, minimum = 1, maximum = 2000,
+            description = "How many lines of the console to answer with (default 100)"),
+    ),
+    responses((status = 200, description = "The VM and the tail of its serial console", body = VmDiagnosticsView))
+)]
 async fn diagnostics(vm_id: String, call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         let principal = call.principal()?;
@@ -140,11 +206,11 @@ async fn diagnostics(vm_id: String, call: Call, query: HashMap<String, String>) 
                 })?,
         };
         let console = call.ctx.vms.console_tail(&vm_id, lines).await?;
-        Ok(json!({
-            "vm": VmView::from(&vm),
-            "consoleLog": console,
-            "lines": lines,
-        }))
+        Ok(VmDiagnosticsView {
+            vm: VmView::from(&vm),
+            console_log: console,
+            lines,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)

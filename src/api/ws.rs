@@ -35,7 +35,7 @@ const CLOSE_TRY_AGAIN: u16 = 1013;
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(websocket_root, websocket))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -44,9 +44,19 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     ctx.routes.record("GET", "/");
     ctx.routes.record("GET", "/ws");
     let ctx = ctx.clone();
-    warp::path::end()
-        .or(warp::path!("ws"))
-        .unify()
+    let hub = || warp::path::end().or(warp::path!("ws")).unify();
+    // A GET that is not a WebSocket upgrade (no `Connection: Upgrade`, no key): warp's
+    // rejection would name a header; this says what the route wants.
+    let not_an_upgrade = hub().and(warp::get()).map(|| {
+        ApiError::BadRequest {
+            code: "websocket_upgrade_required",
+            message: "this route takes only WebSocket upgrades (GET with Connection: Upgrade, \
+                Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)"
+                .into(),
+        }
+        .into_response()
+    });
+    hub()
         .and(warp::ws())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::query::<HashMap<String, String>>())
@@ -56,8 +66,49 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
                 upgrade(ctx.clone(), ws, authorization, query, peer)
             },
         )
+        .or(not_an_upgrade)
+        .unify()
         .boxed()
 }
+
+/// What the document says of both routes.
+const HUB: &str = "Switching Protocols: the connection is a WebSocket. The client sends JSON \
+    text messages `{\"type\":\"subscribe\",\"payload\":{\"channel\":\"...\"}}`, \
+    `{\"type\":\"unsubscribe\",\"payload\":{\"channel\":\"...\"}}` and \
+    `{\"type\":\"ping\"}`; the hub answers `subscribed`/`unsubscribed` (with the channel in \
+    `payload`), `pong`, or `{\"type\":\"error\",\"payload\":{\"code\",\"message\",\
+    \"channel\"}}`, and sends each event of a subscribed channel as \
+    `{\"type\":\"event\",\"channel\":\"...\",\"data\":{...}}`. A user token may \
+    subscribe to `user:{userId}` of its user, the service token to any `user:...`, the admin \
+    token to any channel (`admin` included). The hub pings each connection and \
+    closes it with 1008 when a ping goes unanswered or the token is revoked, with 1013 when the \
+    client falls behind, and with 1001 at shutdown. A GET that is not an upgrade answers 400.";
+
+/// The WebSocket hub on `/`.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "websocket",
+    operation_id = "websocket_root",
+    params(("token" = Option<String>, Query,
+        description = "The token, for clients that cannot set `Authorization` (which wins when both are given)")),
+    responses((status = 101, description = HUB))
+)]
+#[allow(dead_code)] // the document's entry; `routes` serves it
+fn websocket_root() {}
+
+/// The WebSocket hub on `/ws`.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "websocket",
+    operation_id = "websocket",
+    params(("token" = Option<String>, Query,
+        description = "The token, for clients that cannot set `Authorization` (which wins when both are given)")),
+    responses((status = 101, description = HUB))
+)]
+#[allow(dead_code)] // the document's entry; `routes` serves it
+fn websocket() {}
 
 fn upgrade(
     ctx: Arc<ApiContext>,

@@ -124,7 +124,9 @@ pub struct PutReply {
     pub size: u64,
 }
 
+/// An entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "daemon", derive(utoipa::ToSchema), schema(as = WorkspaceEntry))]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
     /// Lossy where the name is not UTF-8.
@@ -137,6 +139,7 @@ pub struct Entry {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "daemon", derive(utoipa::ToSchema), schema(as = WorkspaceEntryKind))]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     File,

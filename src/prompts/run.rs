@@ -10,14 +10,21 @@ use super::log::{EventLog, Reader};
 use crate::model::Provider;
 
 /// The body of `POST /api/prompts/execute`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PromptRequest {
     pub user_id: String,
+    #[schema(schema_with = provider_schema)]
     pub provider: Provider,
     pub prompt: String,
+    /// The CLI's model; its default when absent.
+    #[schema(pattern = "^[A-Za-z0-9._:/@-]{1,100}$")]
     pub model: Option<String>,
+    /// The run's time limit in seconds, up to the configured maximum; the configured default
+    /// when absent.
+    #[schema(minimum = 1)]
     pub timeout_sec: Option<u64>,
+    /// Whether the run is cancelled when the client that started it goes away.
     #[serde(default)]
     pub cancel_on_disconnect: bool,
     /// The conversation this prompt continues; a new one when absent.
@@ -25,6 +32,15 @@ pub struct PromptRequest {
     /// Where the CLI runs, relative to the workspace root: a new conversation's directory (a
     /// follow-up runs where its conversation does).
     pub cwd: Option<String>,
+}
+
+/// A provider's API name, for the API document.
+fn provider_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(crate::providers::all().map(|p| p.as_str())))
+        .description(Some("The CLI"))
+        .build()
 }
 
 /// A prompt being run (or recently run): its events, and the means to stop it.

@@ -5,13 +5,15 @@
 use serde::Serialize;
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One event of a prompt's stream: the `data` of its SSE frame, whose `event` is its `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(
     tag = "type",
     rename_all = "snake_case",
     rename_all_fields = "camelCase"
 )]
 pub enum PromptEvent {
+    #[schema(rename_all = "camelCase")] // as serde's rename_all_fields
     Connected {
         prompt_id: String,
         /// The conversation the prompt is a turn of (a new one unless the request named one).
@@ -27,6 +29,7 @@ pub enum PromptEvent {
         #[serde(flatten)]
         detail: serde_json::Map<String, Value>,
     },
+    #[schema(rename_all = "camelCase")] // as serde's rename_all_fields
     Done {
         exit_code: Option<i32>,
         usage: Option<Value>,

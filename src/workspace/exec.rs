@@ -19,15 +19,21 @@ pub(super) const FRAME_QUEUE: usize = 32;
 /// How long the host keeps listening after a cancel or the timeout for the guest's exit.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
-/// The body of `POST /api/users/:userId/exec`: a shell command line, or an argv.
-#[derive(Debug, Clone, Deserialize)]
+/// The body of `POST /api/users/:userId/exec`: a shell command line, or an argv (exactly one of
+/// them).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecSpec {
+    /// A command line, run by `/bin/sh -c`.
     pub command: Option<String>,
+    /// A program and its arguments, run as they are.
     pub argv: Option<Vec<String>>,
     /// Relative to the workspace root; the root when absent.
     #[serde(default)]
     pub cwd: String,
+    /// The command's time limit in seconds, capped at the configured maximum; the configured
+    /// default when absent.
+    #[schema(minimum = 1)]
     pub timeout_sec: Option<u64>,
 }
 
@@ -45,14 +51,15 @@ impl ExecSpec {
     }
 }
 
-/// One SSE frame of an exec.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One SSE frame of an exec: its `data`, whose `type` is the frame's `event`.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(
     tag = "type",
     rename_all = "snake_case",
     rename_all_fields = "camelCase"
 )]
 pub enum ExecFrame {
+    #[schema(rename_all = "camelCase")] // as serde's rename_all_fields
     Started {
         exec_id: String,
         cwd: String,
@@ -63,6 +70,7 @@ pub enum ExecFrame {
     Stderr {
         text: String,
     },
+    #[schema(rename_all = "camelCase")] // as serde's rename_all_fields
     Exit {
         exit_code: Option<i32>,
         signal: Option<i32>,
