@@ -84,6 +84,11 @@ echo "test.sh: installing the pinned CLIs (cached)"
 MC_TEST_CLI_TOOLS=$(scripts/install-cli-tools.sh)
 export MC_TEST_CLI_TOOLS
 
+# schemathesis (PyPI, pinned) fuzzes a live daemon against the OpenAPI document in tests/openapi.rs.
+echo "test.sh: installing schemathesis (cached)"
+MC_SCHEMATHESIS=$(scripts/install-schemathesis.sh)
+export MC_SCHEMATHESIS
+
 echo "test.sh: building and running the tests"
 # The real-guest and real-CLI tests must not skip here: every prerequisite was just installed.
 export MC_REQUIRE_GUESTS=1
