@@ -178,3 +178,11 @@ fn the_document_validates_as_openapi_3_1() {
     );
     println!("OpenAPI 3.1 schema: {}", stdout.trim());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_nonconforming_response() {
+    let Some(st) = fuzz::schemathesis() else {
+        return;
+    };
+    fuzz::fuzz_a_live_daemon(&st).await;
+}
