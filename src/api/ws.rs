@@ -45,17 +45,35 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     ctx.routes.record("GET", "/ws");
     let ctx = ctx.clone();
     let hub = || warp::path::end().or(warp::path!("ws")).unify();
-    // A GET that is not a WebSocket upgrade (no `Connection: Upgrade`, no key): warp's
-    // rejection would name a header; this says what the route wants.
-    let not_an_upgrade = hub().and(warp::get()).map(|| {
-        ApiError::BadRequest {
-            code: "websocket_upgrade_required",
-            message: "this route takes only WebSocket upgrades (GET with Connection: Upgrade, \
-                Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)"
-                .into(),
-        }
-        .into_response()
-    });
+    // A GET that is not a WebSocket upgrade (no `Connection: Upgrade`, no key): its token is
+    // checked as an upgrade's would be, then it is refused with what the route wants (warp's
+    // rejection would name a header).
+    let plain_ctx = ctx.clone();
+    let not_an_upgrade = hub()
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::ext::optional::<super::PeerAddr>())
+        .map(
+            move |authorization: Option<String>, query: HashMap<String, String>, peer| {
+                let principal = plain_ctx.authorize(
+                    peer,
+                    authorization.as_deref(),
+                    query.get("token").map(String::as_str),
+                );
+                let error = match principal {
+                    Err(e) => e,
+                    Ok(_) => ApiError::BadRequest {
+                        code: "websocket_upgrade_required",
+                        message: "this route takes only WebSocket upgrades (GET with \
+                            Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 \
+                            and a Sec-WebSocket-Key)"
+                            .into(),
+                    },
+                };
+                error.into_response()
+            },
+        );
     hub()
         .and(warp::ws())
         .and(warp::header::optional::<String>("authorization"))
@@ -82,7 +100,8 @@ const HUB: &str = "Switching Protocols: the connection is a WebSocket. The clien
     subscribe to `user:{userId}` of its user, the service token to any `user:...`, the admin \
     token to any channel (`admin` included). The hub pings each connection and \
     closes it with 1008 when a ping goes unanswered or the token is revoked, with 1013 when the \
-    client falls behind, and with 1001 at shutdown. A GET that is not an upgrade answers 400.";
+    client falls behind, and with 1001 at shutdown. A GET that is not an upgrade answers 400 \
+    (`websocket_upgrade_required`) once its token is accepted.";
 
 /// The WebSocket hub on `/`.
 #[utoipa::path(

@@ -152,6 +152,10 @@ pub enum EntryKind {
 /// side: relative, no `..` component, no NUL, at most [`MAX_REL_BYTES`]. Empty and `.`
 /// components are fine (the empty path is the root itself). Symlinks are the guest's business:
 /// only resolution beneath the root can judge them.
+/// [`check_relative`]'s rules but the length as a JSON Schema (ECMA-262) pattern, for the API
+/// document.
+pub const RELATIVE_PATTERN: &str = r"^(?:(?:\.|[^./\x00][^/\x00]*|\.[^./\x00][^/\x00]*|\.\.[^/\x00]+)(?:/(?:\.|[^./\x00][^/\x00]*|\.[^./\x00][^/\x00]*|\.\.[^/\x00]+)?)*)?$";
+
 pub fn check_relative(rel: &str) -> Result<(), WorkspaceError> {
     if rel.len() > MAX_REL_BYTES {
         return Err(WorkspaceError::BadPath(format!(

@@ -16,13 +16,17 @@ pub struct PromptRequest {
     pub user_id: String,
     #[schema(schema_with = provider_schema)]
     pub provider: Provider,
+    /// Not blank, without NUL, at most the configured size (`MC_MAX_PROMPT_BYTES`).
+    #[schema(
+        pattern = r"^[^\x00]*[^\x00\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00]*$"
+    )]
     pub prompt: String,
     /// The CLI's model; its default when absent.
     #[schema(pattern = "^[A-Za-z0-9._:/@-]{1,100}$")]
     pub model: Option<String>,
-    /// The run's time limit in seconds, up to the configured maximum; the configured default
-    /// when absent.
-    #[schema(minimum = 1)]
+    /// The run's time limit in seconds, up to the configured maximum
+    /// (`MC_PROMPT_MAX_TIMEOUT_SECS`, 3600 unless set); the configured default when absent.
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_sec: Option<u64>,
     /// Whether the run is cancelled when the client that started it goes away.
     #[serde(default)]
@@ -30,7 +34,10 @@ pub struct PromptRequest {
     /// The conversation this prompt continues; a new one when absent.
     pub conversation_id: Option<String>,
     /// Where the CLI runs, relative to the workspace root: a new conversation's directory (a
-    /// follow-up runs where its conversation does).
+    /// follow-up runs where its conversation does). Relative, without a `..` component or NUL.
+    #[schema(
+        pattern = r"^(?:(?:\.|[^./\x00][^/\x00]*|\.[^./\x00][^/\x00]*|\.\.[^/\x00]+)(?:/(?:\.|[^./\x00][^/\x00]*|\.[^./\x00][^/\x00]*|\.\.[^/\x00]+)?)*)?$"
+    )]
     pub cwd: Option<String>,
 }
 

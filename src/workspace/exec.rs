@@ -21,7 +21,7 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// The body of `POST /api/users/:userId/exec`: a shell command line, or an argv (exactly one of
 /// them).
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecSpec {
     /// A command line, run by `/bin/sh -c`.
@@ -33,9 +33,84 @@ pub struct ExecSpec {
     pub cwd: String,
     /// The command's time limit in seconds, capped at the configured maximum; the configured
     /// default when absent.
-    #[schema(minimum = 1)]
     pub timeout_sec: Option<u64>,
 }
+
+// By hand: exactly one of `command` (not blank) and `argv` (its program named) is given.
+impl utoipa::PartialSchema for ExecSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, AllOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder,
+            OneOfBuilder, SchemaFormat, SchemaType, Type,
+        };
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
+        let fields = ObjectBuilder::new()
+            .property(
+                "command",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
+                    .description(Some("A command line, run by `/bin/sh -c`")),
+            )
+            .property(
+                "argv",
+                ArrayBuilder::new()
+                    .schema_type(SchemaType::Array(vec![Type::Array, Type::Null]))
+                    .items(string())
+                    .description(Some("A program and its arguments, run as they are")),
+            )
+            .property(
+                "cwd",
+                string()
+                    .pattern(Some(crate::guest::workspace::RELATIVE_PATTERN))
+                    .description(Some(
+                        "Relative to the workspace root, without a `..` component; the root \
+                         when absent",
+                    )),
+            )
+            .property(
+                "timeoutSec",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null]))
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(1))
+                    .description(Some(
+                        "The time limit in seconds, capped at the configured maximum; the \
+                         configured default when absent",
+                    )),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let command_line = ObjectBuilder::new()
+            .property(
+                "command",
+                string().pattern(Some(
+                    r"[^\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]",
+                )),
+            )
+            .property("argv", null())
+            .required("command");
+        let program = ObjectBuilder::new()
+            .property(
+                "argv",
+                ArrayBuilder::new()
+                    .schema_type(Type::Array)
+                    .min_items(Some(1))
+                    .prefix_items([string().min_length(Some(1))])
+                    .items(string()),
+            )
+            .property("command", null())
+            .required("argv");
+        AllOfBuilder::new()
+            .item(fields)
+            .item(OneOfBuilder::new().item(command_line).item(program))
+            .description(Some(
+                "A command in the workspace: a shell command line, or an argv (exactly one)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ExecSpec {}
 
 impl ExecSpec {
     /// The argv to run: `command` through `/bin/sh -c`, or `argv` itself; exactly one is given.
