@@ -17,7 +17,8 @@ fi
 # theirs listen on no TCP port); tinyproxy-bin (the binary alone, no service) is the real upstream
 # proxy, with basic auth, that the egress tests put behind the gateway proxy. dpkg-dev gives
 # dpkg-shlibdeps to cargo-deb, which builds the Debian package that scripts/package-test.sh installs.
-packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables postgresql-15 tinyproxy-bin dpkg-dev)
+# python3-venv holds schemathesis (from PyPI) in a virtual environment of its own.
+packages=(ca-certificates qemu-system-x86 e2fsprogs iproute2 procps nftables postgresql-15 tinyproxy-bin dpkg-dev python3-venv)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -83,6 +84,11 @@ fi
 echo "test.sh: installing the pinned CLIs (cached)"
 MC_TEST_CLI_TOOLS=$(scripts/install-cli-tools.sh)
 export MC_TEST_CLI_TOOLS
+
+# schemathesis (PyPI, pinned) fuzzes a live daemon against the OpenAPI document in tests/openapi.rs.
+echo "test.sh: installing schemathesis (cached)"
+MC_SCHEMATHESIS=$(scripts/install-schemathesis.sh)
+export MC_SCHEMATHESIS
 
 echo "test.sh: building and running the tests"
 # The real-guest and real-CLI tests must not skip here: every prerequisite was just installed.

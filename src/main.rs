@@ -82,8 +82,10 @@ fn main() -> ExitCode {
             report(match output {
                 Some(path) => std::fs::write(&path, document)
                     .with_context(|| format!("cannot write {}", path.display())),
-                None => std::io::Write::write_all(&mut std::io::stdout().lock(), document.as_bytes())
-                    .context("cannot write the document"),
+                None => {
+                    std::io::Write::write_all(&mut std::io::stdout().lock(), document.as_bytes())
+                        .context("cannot write the document")
+                }
             })
         }
     }

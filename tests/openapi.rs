@@ -63,7 +63,11 @@ async fn every_route_has_a_document_entry_and_every_entry_a_route() {
         "routes without a document entry: {undocumented:#?}\n\
          document entries without a route: {unrouted:#?}"
     );
-    assert!(built.len() > 50, "only {} routes were recorded", built.len());
+    assert!(
+        built.len() > 50,
+        "only {} routes were recorded",
+        built.len()
+    );
     println!("{} operations, each routed and documented", built.len());
 
     // Operation ids name operations for clients' generated code: unique, and present.
@@ -82,9 +86,17 @@ async fn openapi_json_is_served_to_the_admin_and_service_tokens_only() {
     let d = TestDaemon::start().await;
     let user = d.create_user("openapi@example.com").await;
     let minted = d
-        .call("POST", &format!("/api/users/{user}/tokens"), Some(ADMIN_TOKEN), Some("{}"))
+        .call(
+            "POST",
+            &format!("/api/users/{user}/tokens"),
+            Some(ADMIN_TOKEN),
+            Some("{}"),
+        )
         .await;
-    let user_token = minted.json["token"].as_str().expect("a user token").to_string();
+    let user_token = minted.json["token"]
+        .as_str()
+        .expect("a user token")
+        .to_string();
     for (token, status) in [
         (None, 401),
         (Some(user_token.as_str()), 403),
@@ -164,4 +176,12 @@ fn the_document_validates_as_openapi_3_1() {
         String::from_utf8_lossy(&output.stderr)
     );
     println!("OpenAPI 3.1 schema: {}", stdout.trim());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_nonconforming_response() {
+    let Some(st) = fuzz::schemathesis() else {
+        return;
+    };
+    fuzz::fuzz_a_live_daemon(&st).await;
 }

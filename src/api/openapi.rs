@@ -24,16 +24,28 @@ use super::endpoint::{Call, endpoint};
 /// rate limit, a body too large, a store failure, the host below failing), each with the
 /// error body. A route lists its own successes.
 const ERROR_STATUSES: [(&str, &str); 10] = [
-    ("400", "The request is malformed: its body, a field, or a query parameter"),
+    (
+        "400",
+        "The request is malformed: its body, a field, or a query parameter",
+    ),
     ("401", "No token, or one that is not valid"),
     ("403", "The token may not do this"),
     ("404", "No such resource"),
     ("409", "The resource is not in a state that allows this"),
     ("413", "The body is larger than the configured limit"),
-    ("429", "Too many requests from this token or address; see Retry-After"),
-    ("500", "The daemon failed; the cause is in its log under the request id"),
+    (
+        "429",
+        "Too many requests from this token or address; see Retry-After",
+    ),
+    (
+        "500",
+        "The daemon failed; the cause is in its log under the request id",
+    ),
     ("502", "The hypervisor or the guest failed the operation"),
-    ("503", "A limit is reached or something the operation needs is missing"),
+    (
+        "503",
+        "A limit is reached or something the operation needs is missing",
+    ),
 ];
 
 #[derive(OpenApi)]

@@ -136,11 +136,9 @@ async fn patch_user(id: String, call: Call, body: Body) -> Response {
                 .transpose()
                 .map_err(|e| ApiError::invalid_field("status", e))?,
         };
+        // An empty patch changes nothing and answers the user as it is.
         if patch.plan.is_none() && patch.status.is_none() {
-            return Err(ApiError::BadRequest {
-                code: "empty_patch",
-                message: "nothing to update: give plan and/or status".into(),
-            });
+            return Ok(UserView::from(&call.ctx.users.get(&id).await?));
         }
         Ok(UserView::from(&call.ctx.users.update(&id, patch).await?))
     }
@@ -187,7 +185,7 @@ async fn user_stats(id: String, call: Call) -> Response {
     path = "/api/users/{userId}/tokens",
     tag = "users",
     params(("userId" = String, Path)),
-    request_body(content = Option<MintTokenBody>, description = "Optional: the token's lifetime; an empty body takes the default"),
+    request_body(content = MintTokenBody, description = "The token's lifetime; an empty body takes the default"),
     responses((status = 201, description = "A token scoped to the user", body = MintedToken))
 )]
 async fn mint_token(id: String, call: Call, body: Body) -> Response {

@@ -15,7 +15,9 @@ pub struct UserView {
     pub user_id: String,
     pub email: String,
     pub supabase_auth_id: Option<String>,
+    #[schema(value_type = crate::model::Plan)]
     pub plan: String,
+    #[schema(value_type = crate::model::UserStatus)]
     pub status: String,
     pub decodo_port: Option<u16>,
     pub prompt_count: u64,
@@ -156,7 +158,11 @@ impl From<&UserStats> for UserStatsView {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateUserBody {
+    /// Its domain has a dot; kept lowercased.
+    #[schema(format = Email, max_length = 254, pattern = r"\.")]
     pub email: String,
+    /// Not only white space.
+    #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
     pub supabase_auth_id: Option<String>,
 }
 
@@ -164,13 +170,18 @@ pub struct CreateUserBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchUserBody {
+    #[schema(value_type = Option<crate::model::Plan>)]
     pub plan: Option<String>,
+    #[schema(value_type = Option<crate::model::UserStatus>)]
     pub status: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MintTokenBody {
+    /// Seconds, at most 30 days.
+    #[schema(minimum = 1, maximum = 2_592_000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub ttl_sec: Option<u64>,
 }
 
@@ -264,4 +275,31 @@ impl From<&crate::model::Conversation> for ConversationView {
             version: c.version,
         }
     }
+}
+
+/// An optional integer field that also takes an integral float (`30.0`): JSON Schema's
+/// `integer`, which the OpenAPI document promises, is any number with no fractional part.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|n| T::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "invalid value: {number}, expected a whole number in range"
+            ))
+        })
 }

@@ -116,7 +116,7 @@ impl UserService {
     pub async fn create(&self, new: NewUser) -> Result<User, UserError> {
         let email = normalise_email(&new.email)?;
         let supabase_auth_id = match new.supabase_auth_id {
-            Some(id) if id.trim().is_empty() || id.len() > MAX_AUTH_ID_LEN => {
+            Some(id) if id.trim().is_empty() || id.chars().count() > MAX_AUTH_ID_LEN => {
                 return Err(UserError::Invalid {
                     field: "supabaseAuthId",
                     reason: format!("must be 1 to {MAX_AUTH_ID_LEN} characters"),
@@ -272,7 +272,7 @@ impl UserService {
 
 fn normalise_email(email: &str) -> Result<String, UserError> {
     let email = email.trim().to_lowercase();
-    if email.len() > MAX_EMAIL_LEN
+    if email.chars().count() > MAX_EMAIL_LEN
         || !email_address::EmailAddress::is_valid(&email)
         || !email.contains('.')
     {
