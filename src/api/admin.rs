@@ -19,7 +19,7 @@ use super::paging::page;
 use super::views::{UserView, VmView};
 use super::vms::{VmSummaryView, enum_schema, page_params, query_param};
 use crate::inventory::Inventory;
-use crate::model::{Plan, UserStatus};
+use crate::model::{Plan, UserStatus, VmStatus};
 use crate::tasks::{HostStats, TasksSummary};
 use crate::users::{MAX_PAGE_SIZE, PageStart, UserFilter};
 use crate::vms::{ExecResult, OrphanReport};
@@ -188,11 +188,15 @@ async fn force_destroy_vm(user_id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
+/// The most days `olderThanDays` may name (the document's bound is this literal).
+const MAX_INACTIVE_DAYS: u32 = 36500;
+
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CleanupInactiveBody {
     /// Destroy VMs with no activity for this many days; 14 when absent.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 36500)]
+    #[serde(default, deserialize_with = "super::views::whole_number")]
     older_than_days: Option<u32>,
 }
 
@@ -220,10 +224,10 @@ async fn cleanup_inactive(call: Call, body: Body) -> Response {
         let body: CleanupInactiveBody =
             body.json_or_default(call.ctx.limits.max_body_bytes).await?;
         let days = body.older_than_days.unwrap_or(14);
-        if days == 0 {
+        if !(1..=MAX_INACTIVE_DAYS).contains(&days) {
             return Err(ApiError::invalid_field(
                 "olderThanDays",
-                "must be at least 1",
+                format!("must be from 1 to {MAX_INACTIVE_DAYS}"),
             ));
         }
         let destroyed = call.ctx.vms.destroy_inactive(days).await?;
@@ -266,6 +270,7 @@ struct ExecBody {
     argv: Vec<String>,
     /// 30 when absent.
     #[schema(minimum = 1, maximum = 600)]
+    #[serde(default, deserialize_with = "super::views::whole_number")]
     timeout_sec: Option<u64>,
 }
 
@@ -276,7 +281,7 @@ struct ExecBody {
     operation_id = "admin_exec_in_vm",
     params(("vmId" = String, Path)),
     request_body = ExecBody,
-    responses((status = 200, description = "The command's outcome, its output bounded", body = ExecResult))
+    responses((status = 200, description = "The command's outcome, its output bounded; 409 when the VM is not running", body = ExecResult))
 )]
 /// Runs a command in the VM through its agent, as root, and collects its output.
 async fn exec_in_vm(vm_id: String, call: Call, body: Body) -> Response {
@@ -292,6 +297,16 @@ async fn exec_in_vm(vm_id: String, call: Call, body: Body) -> Response {
                 "timeoutSec",
                 format!("must be from 1 to {MAX_EXEC_TIMEOUT_SECS}"),
             ));
+        }
+        // A VM that is not running has no agent to ask: a state the caller can see, not a
+        // failure of the daemon.
+        let vm = call.ctx.vms.get(&vm_id).await?;
+        if vm.status != VmStatus::Running {
+            return Err(ApiError::Conflict {
+                code: "vm_not_running",
+                message: format!("VM {vm_id} is {}; exec needs it running", vm.status),
+                extra: None,
+            });
         }
         let outcome = call
             .ctx
@@ -333,7 +348,8 @@ struct UserListView {
     limit: usize,
     /// The `cursor` of the next page; `null` on the last.
     next_cursor: Option<String>,
-    /// The page asked for with `page=`; absent otherwise.
+    /// Only with the older paging style, `page=` (the page's number, from 1; not with
+    /// `cursor`), which is still answered but left out of the document.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, nullable = false)]
     page: Option<usize>,
@@ -346,13 +362,6 @@ impl utoipa::IntoParams for ListUsersQuery {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         let mut params = page_params("The last user id of the previous page (its `nextCursor`)");
         params.extend([
-            query_param(
-                "page",
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .minimum(Some(1)),
-                "The older paging style: the page's number, from 1; not with `cursor`",
-            ),
             query_param(
                 "status",
                 enum_schema(UserStatus::ALL.iter().map(|s| s.as_str())),

@@ -30,14 +30,22 @@ struct StartRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeRequest {
-    /// What the provider's page showed after the user signed in: 1 to 2048 bytes.
-    #[schema(min_length = 1, max_length = 2048)]
+    /// What the provider's page showed after the user signed in: white space around it is
+    /// dropped; what is left is 1 to 2048 characters with no control character.
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]([^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     code: String,
 }
 
 /// The provider in the path and `live` in the query of `GET
 /// /api/auth/validate/:userId/:provider`, for the document.
 struct ValidateParams;
+
+// The document's bound on a code is a literal.
+const _: () = assert!(crate::auth::MAX_CODE_CHARS == 2048);
 
 impl utoipa::IntoParams for ValidateParams {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {

@@ -22,7 +22,7 @@ use crate::store::{self, Store};
 use crate::vms::VmService;
 
 /// The longest code accepted; real ones are well under 200 characters.
-const MAX_CODE_BYTES: usize = 2048;
+pub const MAX_CODE_CHARS: usize = 2048;
 
 /// A session as the API shows it. Times are Unix milliseconds.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -188,9 +188,9 @@ impl AuthService {
     /// Writes the user's code to the login; answers once it has been written.
     pub async fn submit_code(&self, id: &str, code: &str) -> Result<AuthSession, AuthError> {
         let code = code.trim();
-        if code.is_empty() || code.len() > MAX_CODE_BYTES {
+        if code.is_empty() || code.chars().count() > MAX_CODE_CHARS {
             return Err(AuthError::BadCode(format!(
-                "a code is 1 to {MAX_CODE_BYTES} bytes"
+                "a code is 1 to {MAX_CODE_CHARS} characters"
             )));
         }
         // A line break would end the code early and feed the rest to the CLI as more input.
