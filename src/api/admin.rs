@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{Method, StatusCode};
@@ -16,15 +17,58 @@ use super::endpoint::{Body, Call, body, endpoint};
 use super::error::ApiError;
 use super::paging::page;
 use super::views::{UserView, VmView};
+use super::vms::{VmSummaryView, enum_schema, page_params, query_param};
 use crate::inventory::Inventory;
+use crate::model::{Plan, UserStatus, VmStatus};
+use crate::tasks::{HostStats, TasksSummary};
 use crate::users::{MAX_PAGE_SIZE, PageStart, UserFilter};
+use crate::vms::{ExecResult, OrphanReport};
 
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(
+        list_users,
+        system_stats,
+        force_destroy_vm,
+        revoke_tokens,
+        cleanup_inactive,
+        cleanup_orphans,
+        exec_in_vm
+    ))]
     struct Doc;
-    <Doc as utoipa::OpenApi>::openapi()
+    let mut doc = <Doc as utoipa::OpenApi>::openapi();
+    drop_null_bodies(&mut doc);
+    doc
+}
+
+/// utoipa makes an `Option<T>` body `T` or `null`; but an optional body is one that may be
+/// empty (which means the defaults), and `null` is refused. Leaves `T`, not required.
+fn drop_null_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{Schema, SchemaType};
+    let is_null = |schema: &RefOr<Schema>| matches!(schema, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    let bodies = doc
+        .paths
+        .paths
+        .values_mut()
+        .filter_map(|item| item.post.as_mut())
+        .filter_map(|op| match op.request_body.as_mut() {
+            Some(RefOr::T(body)) => Some(body),
+            _ => None,
+        });
+    for body in bodies {
+        for content in body.content.values_mut() {
+            let RefOr::T(content) = content else { continue };
+            let Some(RefOr::T(Schema::OneOf(one_of))) = &mut content.schema else {
+                continue;
+            };
+            one_of.items.retain(|s| !is_null(s));
+            if one_of.items.len() == 1 {
+                content.schema = one_of.items.pop();
+            }
+        }
+    }
 }
 
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
@@ -94,17 +138,46 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// The answer to `POST /api/admin/users/:userId/revoke-tokens`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct RevokedTokensView {
+    user_id: String,
+    /// The user's token epoch now; tokens minted before it are refused.
+    token_epoch: u64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/{userId}/revoke-tokens",
+    tag = "admin",
+    operation_id = "revoke_user_tokens",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "Every token of the user minted so far is revoked", body = RevokedTokensView))
+)]
 /// Revokes every user token of the user minted so far; their open streams end.
 async fn revoke_tokens(user_id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let epoch = call.ctx.users.revoke_tokens(&user_id).await?;
-        Ok(json!({ "userId": user_id, "tokenEpoch": epoch }))
+        Ok(RevokedTokensView {
+            user_id,
+            token_epoch: epoch,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/{userId}/force-destroy-vm",
+    tag = "admin",
+    operation_id = "force_destroy_user_vm",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user's VM, destroyed", body = VmView))
+)]
+/// Destroys the user's VM whatever it is doing.
 async fn force_destroy_vm(user_id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
@@ -115,32 +188,68 @@ async fn force_destroy_vm(user_id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The most days `olderThanDays` may name (the document's bound is this literal).
+const MAX_INACTIVE_DAYS: u32 = 36500;
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CleanupInactiveBody {
+    /// Destroy VMs with no activity for this many days; 14 when absent.
+    #[schema(minimum = 1, maximum = 36500)]
+    #[serde(default, deserialize_with = "super::views::whole_number")]
     older_than_days: Option<u32>,
 }
 
+/// The answer to `POST /api/admin/cleanup/inactive-vms`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct CleanupInactiveView {
+    older_than_days: u32,
+    destroyed: Vec<VmView>,
+    count: usize,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/admin/cleanup/inactive-vms",
+    tag = "admin",
+    operation_id = "cleanup_inactive_vms",
+    request_body(content = Option<CleanupInactiveBody>, description = "Optional: an empty body destroys VMs inactive for 14 days"),
+    responses((status = 200, description = "The VMs destroyed", body = CleanupInactiveView))
+)]
+/// Destroys every VM with no activity (heartbeat, status change) for `olderThanDays` days.
 async fn cleanup_inactive(call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let body: CleanupInactiveBody =
             body.json_or_default(call.ctx.limits.max_body_bytes).await?;
         let days = body.older_than_days.unwrap_or(14);
-        if days == 0 {
+        if !(1..=MAX_INACTIVE_DAYS).contains(&days) {
             return Err(ApiError::invalid_field(
                 "olderThanDays",
-                "must be at least 1",
+                format!("must be from 1 to {MAX_INACTIVE_DAYS}"),
             ));
         }
         let destroyed = call.ctx.vms.destroy_inactive(days).await?;
         let views: Vec<VmView> = destroyed.iter().map(VmView::from).collect();
-        Ok(json!({ "olderThanDays": days, "destroyed": views, "count": views.len() }))
+        Ok(CleanupInactiveView {
+            older_than_days: days,
+            count: views.len(),
+            destroyed: views,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/admin/cleanup/orphaned-resources",
+    tag = "admin",
+    operation_id = "cleanup_orphaned_resources",
+    responses((status = 200, description = "What the sweep removed", body = OrphanReport))
+)]
+/// Removes the taps, directories, processes and leases no live VM owns.
 async fn cleanup_orphans(call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
@@ -153,13 +262,28 @@ async fn cleanup_orphans(call: Call) -> Response {
 /// The longest a command run through the admin exec may take.
 const MAX_EXEC_TIMEOUT_SECS: u64 = 600;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ExecBody {
+    /// The program and its arguments.
+    #[schema(min_items = 1)]
     argv: Vec<String>,
+    /// 30 when absent.
+    #[schema(minimum = 1, maximum = 600)]
+    #[serde(default, deserialize_with = "super::views::whole_number")]
     timeout_sec: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/admin/vms/{vmId}/exec",
+    tag = "admin",
+    operation_id = "admin_exec_in_vm",
+    params(("vmId" = String, Path)),
+    request_body = ExecBody,
+    responses((status = 200, description = "The command's outcome, its output bounded; 409 when the VM is not running", body = ExecResult))
+)]
+/// Runs a command in the VM through its agent, as root, and collects its output.
 async fn exec_in_vm(vm_id: String, call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
@@ -173,6 +297,16 @@ async fn exec_in_vm(vm_id: String, call: Call, body: Body) -> Response {
                 "timeoutSec",
                 format!("must be from 1 to {MAX_EXEC_TIMEOUT_SECS}"),
             ));
+        }
+        // A VM that is not running has no agent to ask: a state the caller can see, not a
+        // failure of the daemon.
+        let vm = call.ctx.vms.get(&vm_id).await?;
+        if vm.status != VmStatus::Running {
+            return Err(ApiError::Conflict {
+                code: "vm_not_running",
+                message: format!("VM {vm_id} is {}; exec needs it running", vm.status),
+                extra: None,
+            });
         }
         let outcome = call
             .ctx
@@ -203,6 +337,59 @@ fn page_param(
     }
 }
 
+/// A page of users.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct UserListView {
+    users: Vec<UserView>,
+    /// Every match of the filters, on every page.
+    total: u64,
+    /// The page's size.
+    limit: usize,
+    /// The `cursor` of the next page; `null` on the last.
+    next_cursor: Option<String>,
+    /// Only with the older paging style, `page=` (the page's number, from 1; not with
+    /// `cursor`), which is still answered but left out of the document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, nullable = false)]
+    page: Option<usize>,
+}
+
+/// The query of `GET /api/admin/users`, for the document.
+struct ListUsersQuery;
+
+impl utoipa::IntoParams for ListUsersQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut params = page_params("The last user id of the previous page (its `nextCursor`)");
+        params.extend([
+            query_param(
+                "status",
+                enum_schema(UserStatus::ALL.iter().map(|s| s.as_str())),
+                "Only users with this status",
+            ),
+            query_param(
+                "plan",
+                enum_schema(Plan::ALL.iter().map(|p| p.as_str())),
+                "Only users on this plan",
+            ),
+            query_param(
+                "email",
+                ObjectBuilder::new().schema_type(Type::String),
+                "Only the user with this email; empty means no filter",
+            ),
+        ]);
+        params
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/admin/users",
+    tag = "admin",
+    operation_id = "list_users",
+    params(ListUsersQuery),
+    responses((status = 200, description = "A page of users, by id", body = UserListView))
+)]
 async fn list_users(call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
@@ -226,42 +413,116 @@ async fn list_users(call: Call, query: HashMap<String, String>) -> Response {
         };
         let listed = call.ctx.users.list_filtered(filter, start, limit).await?;
         let users: Vec<UserView> = listed.users.iter().map(UserView::from).collect();
-        let mut body = json!({
-            "users": users,
-            "total": listed.total,
-            "limit": limit,
-            "nextCursor": listed.next_cursor,
-        });
-        if let Some(page) = query.get("page") {
-            body["page"] = json!(page.parse::<usize>().unwrap_or(1));
-        }
-        Ok(body)
+        Ok(UserListView {
+            users,
+            total: listed.total,
+            limit,
+            next_cursor: listed.next_cursor,
+            page: query.get("page").map(|p| p.parse::<usize>().unwrap_or(1)),
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)
 }
 
+/// The answer to `GET /api/admin/system/stats`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SystemStatsView {
+    /// The daemon's version.
+    version: String,
+    uptime_sec: u64,
+    users: UsersStats,
+    vms: VmSummaryView,
+    prompts: PromptsStats,
+    host: HostStats,
+    ip_pool: IpPoolStats,
+    decodo_ports_used: u64,
+    tasks: TasksSummary,
+    /// The Supabase mirror's figures.
+    outbox: OutboxStats,
+    websocket: WebsocketStats,
+    store: StoreStats,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct UsersStats {
+    total: u64,
+    /// The statuses users have, counted (absent statuses are left out).
+    by_status: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct PromptsStats {
+    /// `provider:status` → how many prompts.
+    by_provider_status: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct IpPoolStats {
+    size: u64,
+    leased: u64,
+    available: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct OutboxStats {
+    /// Whether a Supabase mirror is configured.
+    configured: bool,
+    /// Changes waiting to be sent.
+    depth: u64,
+    /// How long the oldest pending change has waited; `null` when none is.
+    oldest_age_ms: Option<i64>,
+    dead_letters: u64,
+    /// Send outcome → how many sends.
+    sends: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct WebsocketStats {
+    connections: usize,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct StoreStats {
+    /// The store file's size; 0 when it cannot be read.
+    size_bytes: u64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/admin/system/stats",
+    tag = "admin",
+    operation_id = "system_stats",
+    responses((status = 200, description = "The appliance in figures", body = SystemStatsView))
+)]
 async fn system_stats(call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let ctx = &call.ctx;
         let inventory = Inventory::take(&ctx.store, ctx.vms.ip_pool_size()).await?;
-        let outbox_sends: BTreeMap<&str, u64> = crate::metrics::OUTBOX_SEND_OUTCOMES
+        let outbox_sends: BTreeMap<String, u64> = crate::metrics::OUTBOX_SEND_OUTCOMES
             .into_iter()
             .map(|outcome| {
                 let labels = crate::metrics::OutboxSendLabels {
                     outcome: outcome.to_string(),
                 };
                 (
-                    outcome,
+                    outcome.to_string(),
                     ctx.metrics.outbox_sends.get_or_create(&labels).get(),
                 )
             })
             .collect();
-        let users_by_status: BTreeMap<&str, u64> = inventory
+        let users_by_status: BTreeMap<String, u64> = inventory
             .users_by_status
             .iter()
-            .map(|(s, n)| (s.as_str(), *n))
+            .map(|(s, n)| (s.as_str().to_string(), *n))
             .collect();
         let prompts_by_status: BTreeMap<String, u64> = inventory
             .prompts_by_provider_status
@@ -274,31 +535,39 @@ async fn system_stats(call: Call) -> Response {
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        Ok(json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptimeSec": ctx.started.elapsed().as_secs(),
-            "users": { "total": inventory.total_users(), "byStatus": users_by_status },
-            "vms": super::vms::summary_json(&inventory),
-            "prompts": { "byProviderStatus": prompts_by_status },
-            "host": host,
-            "ipPool": {
-                "size": inventory.ip_pool_size,
-                "leased": inventory.ip_leases,
-                "available": inventory.ip_pool_available(),
+        Ok(SystemStatsView {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_sec: ctx.started.elapsed().as_secs(),
+            users: UsersStats {
+                total: inventory.total_users(),
+                by_status: users_by_status,
             },
-            "decodoPortsUsed": inventory.port_leases,
-            "tasks": tasks,
-            // The Supabase mirror's figures live here.
-            "outbox": {
-                "configured": ctx.sync.is_configured(),
-                "depth": inventory.outbox_depth,
-                "oldestAgeMs": inventory.outbox_oldest_age_ms,
-                "deadLetters": inventory.dead_letters,
-                "sends": outbox_sends,
+            vms: VmSummaryView::new(&inventory),
+            prompts: PromptsStats {
+                by_provider_status: prompts_by_status,
             },
-            "websocket": { "connections": ctx.ws_connections.load(Ordering::Relaxed) },
-            "store": { "sizeBytes": store_bytes },
-        }))
+            host,
+            ip_pool: IpPoolStats {
+                size: inventory.ip_pool_size,
+                leased: inventory.ip_leases,
+                available: inventory.ip_pool_available(),
+            },
+            decodo_ports_used: inventory.port_leases,
+            tasks,
+            outbox: OutboxStats {
+                configured: ctx.sync.is_configured(),
+                depth: inventory.outbox_depth,
+                oldest_age_ms: inventory.outbox_oldest_age_ms,
+                dead_letters: inventory.dead_letters,
+                sends: outbox_sends,
+            },
+            websocket: WebsocketStats {
+                connections: ctx.ws_connections.load(Ordering::Relaxed),
+            },
+            store: StoreStats {
+                size_bytes: store_bytes,
+            },
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)

@@ -17,7 +17,7 @@ use crate::model::{PortHealth, PortLease};
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(proxy_ports))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -29,7 +29,8 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-#[derive(Serialize)]
+/// A port's last health check.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct HealthView {
     healthy: bool,
@@ -39,7 +40,8 @@ struct HealthView {
     error: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A leased port.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PortView {
     port: u16,
@@ -66,23 +68,62 @@ impl From<PortLease> for PortView {
     }
 }
 
+/// The answer to `GET /api/admin/proxy-ports`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ProxyPortsView {
+    /// Whether an upstream proxy is configured.
+    configured: bool,
+    upstream_host: Option<String>,
+    /// Where the gateway proxy listens, when it runs.
+    gateway: Option<String>,
+    strict: bool,
+    echo_url: String,
+    range: PortRangeView,
+    /// How many ports the range holds.
+    size: u32,
+    used: usize,
+    free: usize,
+    /// Leased ports whose last check failed.
+    unhealthy: usize,
+    ports: Vec<PortView>,
+}
+
+/// The port range, both ends included.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct PortRangeView {
+    start: u16,
+    end: u16,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/admin/proxy-ports",
+    tag = "egress",
+    operation_id = "list_proxy_ports",
+    responses((status = 200, description = "The port pool, its leases and their health", body = ProxyPortsView))
+)]
 async fn proxy_ports(call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let report = call.ctx.egress.ports().await?;
-        Ok(serde_json::json!({
-            "configured": report.upstream_host.is_some(),
-            "upstreamHost": report.upstream_host,
-            "gateway": report.gateway.map(|a| a.to_string()),
-            "strict": report.strict,
-            "echoUrl": report.echo_url,
-            "range": {"start": report.range.start, "end": report.range.end},
-            "size": report.range.size(),
-            "used": report.leases.len(),
-            "free": report.free(),
-            "unhealthy": report.unhealthy(),
-            "ports": report.leases.into_iter().map(PortView::from).collect::<Vec<_>>(),
-        }))
+        Ok(ProxyPortsView {
+            configured: report.upstream_host.is_some(),
+            gateway: report.gateway.map(|a| a.to_string()),
+            strict: report.strict,
+            range: PortRangeView {
+                start: report.range.start,
+                end: report.range.end,
+            },
+            size: report.range.size(),
+            used: report.leases.len(),
+            free: report.free(),
+            unhealthy: report.unhealthy(),
+            upstream_host: report.upstream_host,
+            echo_url: report.echo_url,
+            ports: report.leases.into_iter().map(PortView::from).collect(),
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)

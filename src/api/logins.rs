@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{Required, Schema};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{Method, StatusCode};
@@ -13,25 +16,74 @@ use warp::reply::Response;
 use super::ApiContext;
 use super::endpoint::{Body, Call, body, endpoint};
 use super::error::ApiError;
+use crate::auth::{CredentialView, SessionView, Validation, provider_schema};
 use crate::model::Provider;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct StartRequest {
     user_id: String,
+    #[schema(schema_with = provider_schema)]
     provider: Provider,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeRequest {
+    /// What the provider's page showed after the user signed in: white space around it is
+    /// dropped; what is left is 1 to 2048 characters with no control character.
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]([^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     code: String,
+}
+
+/// The provider in the path and `live` in the query of `GET
+/// /api/auth/validate/:userId/:provider`, for the document.
+struct ValidateParams;
+
+// The document's bound on a code is a literal.
+const _: () = assert!(crate::auth::MAX_CODE_CHARS == 2048);
+
+impl utoipa::IntoParams for ValidateParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name("provider")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(Schema::Object(provider_schema())))
+                .build(),
+            ParameterBuilder::new()
+                .name("live")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(
+                    "`true` also asks the CLI in the user's VM whether it accepts the \
+                     credential (starting the VM if need be); `false` when absent",
+                ))
+                .schema(Some(Schema::Object(
+                    ObjectBuilder::new().schema_type(Type::Boolean).build(),
+                )))
+                .build(),
+        ]
+    }
 }
 
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(
+        start_login,
+        rotate_login,
+        get_session,
+        submit_code,
+        cancel_session,
+        list_credentials,
+        validate_credential
+    ))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -40,18 +92,18 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     let start = warp::path!("api" / "auth" / "start")
         .and(endpoint(ctx.clone(), Method::POST, "/api/auth/start"))
         .and(body())
-        .then(|call, body| begin(call, body, false));
+        .then(start_login);
     let rotate = warp::path!("api" / "auth" / "rotate")
         .and(endpoint(ctx.clone(), Method::POST, "/api/auth/rotate"))
         .and(body())
-        .then(|call, body| begin(call, body, true));
+        .then(rotate_login);
     let session = warp::path!("api" / "auth" / "session" / String)
         .and(endpoint(
             ctx.clone(),
             Method::GET,
             "/api/auth/session/:sessionId",
         ))
-        .then(session);
+        .then(get_session);
     let code = warp::path!("api" / "auth" / "session" / String / "code")
         .and(endpoint(
             ctx.clone(),
@@ -59,21 +111,21 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
             "/api/auth/session/:sessionId/code",
         ))
         .and(body())
-        .then(code);
+        .then(submit_code);
     let cancel = warp::path!("api" / "auth" / "session" / String / "cancel")
         .and(endpoint(
             ctx.clone(),
             Method::POST,
             "/api/auth/session/:sessionId/cancel",
         ))
-        .then(cancel);
+        .then(cancel_session);
     let credentials = warp::path!("api" / "auth" / "credentials" / String)
         .and(endpoint(
             ctx.clone(),
             Method::GET,
             "/api/auth/credentials/:userId",
         ))
-        .then(credentials);
+        .then(list_credentials);
     let validate = warp::path!("api" / "auth" / "validate" / String / Provider)
         .and(endpoint(
             ctx.clone(),
@@ -81,7 +133,7 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
             "/api/auth/validate/:userId/:provider",
         ))
         .and(warp::query::<HashMap<String, String>>())
-        .then(validate);
+        .then(validate_credential);
     start
         .or(rotate)
         .unify()
@@ -96,6 +148,32 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .or(validate)
         .unify()
         .boxed()
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/auth/start",
+    tag = "logins",
+    operation_id = "start_login",
+    request_body = StartRequest,
+    responses((status = 202, description = "The login is under way: follow its session", body = SessionView))
+)]
+/// Starts a login of the CLI in the user's VM, relayed to the user.
+async fn start_login(call: Call, body: Body) -> Response {
+    begin(call, body, false).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/auth/rotate",
+    tag = "logins",
+    operation_id = "rotate_login",
+    request_body = StartRequest,
+    responses((status = 202, description = "The login is under way: follow its session", body = SessionView))
+)]
+/// Starts a new login that replaces the stored credential when it completes.
+async fn rotate_login(call: Call, body: Body) -> Response {
+    begin(call, body, true).await
 }
 
 async fn begin(call: Call, body: Body, rotation: bool) -> Response {
@@ -114,7 +192,15 @@ async fn begin(call: Call, body: Body, rotation: bool) -> Response {
     call.respond(StatusCode::ACCEPTED, result)
 }
 
-async fn session(id: String, call: Call) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/auth/session/{sessionId}",
+    tag = "logins",
+    operation_id = "get_login_session",
+    params(("sessionId" = String, Path)),
+    responses((status = 200, description = "The login session", body = SessionView))
+)]
+async fn get_session(id: String, call: Call) -> Response {
     let result = async {
         let principal = call.principal()?;
         let session = call.ctx.oauth.session(&id).await?;
@@ -125,7 +211,16 @@ async fn session(id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
-async fn code(id: String, call: Call, body: Body) -> Response {
+#[utoipa::path(
+    post,
+    path = "/api/auth/session/{sessionId}/code",
+    tag = "logins",
+    operation_id = "submit_login_code",
+    params(("sessionId" = String, Path)),
+    request_body = CodeRequest,
+    responses((status = 202, description = "The code is passed to the CLI; the session goes on verifying", body = SessionView))
+)]
+async fn submit_code(id: String, call: Call, body: Body) -> Response {
     let result = async {
         let principal = call.principal()?;
         let session = call.ctx.oauth.session(&id).await?;
@@ -139,7 +234,15 @@ async fn code(id: String, call: Call, body: Body) -> Response {
     call.respond(StatusCode::ACCEPTED, result)
 }
 
-async fn cancel(id: String, call: Call) -> Response {
+#[utoipa::path(
+    post,
+    path = "/api/auth/session/{sessionId}/cancel",
+    tag = "logins",
+    operation_id = "cancel_login_session",
+    params(("sessionId" = String, Path)),
+    responses((status = 200, description = "The session, cancelled", body = SessionView))
+)]
+async fn cancel_session(id: String, call: Call) -> Response {
     let result = async {
         let principal = call.principal()?;
         let session = call.ctx.oauth.session(&id).await?;
@@ -150,7 +253,15 @@ async fn cancel(id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
-async fn credentials(user_id: String, call: Call) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/auth/credentials/{userId}",
+    tag = "logins",
+    operation_id = "list_credentials",
+    params(("userId" = String, Path)),
+    responses((status = 200, description = "The user's stored credentials: metadata, never a secret", body = Vec<CredentialView>))
+)]
+async fn list_credentials(user_id: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_user(&user_id)?;
         Ok(call.ctx.oauth.credentials(&user_id).await?)
@@ -159,7 +270,15 @@ async fn credentials(user_id: String, call: Call) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
-async fn validate(
+#[utoipa::path(
+    get,
+    path = "/api/auth/validate/{userId}/{provider}",
+    tag = "logins",
+    operation_id = "validate_credential",
+    params(("userId" = String, Path), ValidateParams),
+    responses((status = 200, description = "The stored credential, judged", body = Validation))
+)]
+async fn validate_credential(
     user_id: String,
     provider: Provider,
     call: Call,

@@ -23,7 +23,7 @@ const MAX_LIMIT: usize = 1000;
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(state, dead_letters, retry))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -51,13 +51,16 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
     state.or(letters).unify().or(retry).unify().boxed()
 }
 
-#[derive(Serialize)]
+/// A change Supabase refused for good.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct DeadLetterView {
+    /// What `POST /api/admin/outbox/dead-letters/retry` takes.
     key: String,
     table: String,
     entity_id: String,
     entity_version: u64,
+    /// Supabase's HTTP status, when it answered.
     status: Option<u16>,
     error: String,
     attempts: u32,
@@ -81,21 +84,49 @@ impl DeadLetterView {
     }
 }
 
+/// The answer to `GET /api/admin/outbox`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct OutboxView {
+    /// Whether a Supabase mirror is configured.
+    configured: bool,
+    /// Changes waiting to be sent.
+    pending: u64,
+    /// How long the oldest pending change has waited; `null` when none is.
+    oldest_age_ms: Option<i64>,
+    dead_letters: u64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/admin/outbox",
+    tag = "outbox",
+    operation_id = "outbox_state",
+    responses((status = 200, description = "The outbox in figures", body = OutboxView))
+)]
 async fn state(call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let inventory = Inventory::take(&call.ctx.store, call.ctx.vms.ip_pool_size()).await?;
-        Ok(serde_json::json!({
-            "configured": call.ctx.sync.is_configured(),
-            "pending": inventory.outbox_depth,
-            "oldestAgeMs": inventory.outbox_oldest_age_ms,
-            "deadLetters": inventory.dead_letters,
-        }))
+        Ok(OutboxView {
+            configured: call.ctx.sync.is_configured(),
+            pending: inventory.outbox_depth,
+            oldest_age_ms: inventory.outbox_oldest_age_ms,
+            dead_letters: inventory.dead_letters,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/admin/outbox/dead-letters",
+    tag = "outbox",
+    operation_id = "list_dead_letters",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "How many dead letters at most; 100 when absent")),
+    responses((status = 200, description = "The dead letters", body = Vec<DeadLetterView>))
+)]
 async fn dead_letters(call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
@@ -120,13 +151,29 @@ async fn dead_letters(call: Call, query: HashMap<String, String>) -> Response {
     call.respond(StatusCode::OK, result)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RetryRequest {
     /// One dead letter's key, or every dead letter when absent.
     key: Option<String>,
 }
 
+/// The answer to `POST /api/admin/outbox/dead-letters/retry`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct RetriedView {
+    /// How many dead letters were put back in the outbox.
+    retried: usize,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/admin/outbox/dead-letters/retry",
+    tag = "outbox",
+    operation_id = "retry_dead_letters",
+    request_body(content = RetryRequest, description = "`{}` retries every dead letter"),
+    responses((status = 202, description = "The dead letters are back in the outbox, to be sent again", body = RetriedView))
+)]
 async fn retry(call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
@@ -145,7 +192,9 @@ async fn retry(call: Call, body: Body) -> Response {
         for key in &keys {
             call.ctx.sync.retry(key).await?;
         }
-        Ok(serde_json::json!({ "retried": keys.len() }))
+        Ok(RetriedView {
+            retried: keys.len(),
+        })
     }
     .await;
     call.respond(StatusCode::ACCEPTED, result)

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::json;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{Method, StatusCode};
@@ -22,7 +21,7 @@ use crate::tasks::{JobStatus, samples};
 /// The document entries of these routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
-    #[openapi(paths())]
+    #[openapi(paths(list_tasks, run_task, recent_metrics))]
     struct Doc;
     <Doc as utoipa::OpenApi>::openapi()
 }
@@ -50,7 +49,7 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
 }
 
 /// A job's last run as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct RunView {
     last_started_at: Option<String>,
@@ -80,7 +79,7 @@ impl From<&TaskRun> for RunView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TaskView {
     name: String,
@@ -104,29 +103,79 @@ fn task_view(job: &JobStatus, ctx: &ApiContext) -> TaskView {
     }
 }
 
+/// The answer to `GET /api/admin/tasks`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct TaskListView {
+    /// Whether the scheduler runs jobs on their schedules (a job may still be run by hand).
+    enabled: bool,
+    tasks: Vec<TaskView>,
+}
+
+/// The answer to `POST /api/admin/tasks/:name/run`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct TaskRunView {
+    name: String,
+    run: RunView,
+}
+
+// The document's bound on `limit` is a literal.
+const _: () = assert!(samples::MAX_READ == 2016);
+
+/// The answer to `GET /api/admin/metrics/recent`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct SamplesView {
+    count: usize,
+    /// Newest first.
+    samples: Vec<SampleView>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/admin/tasks",
+    tag = "tasks",
+    operation_id = "list_tasks",
+    responses((status = 200, description = "Every background job, its schedule and its last run", body = TaskListView))
+)]
 async fn list_tasks(call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let jobs = call.ctx.tasks.list().await?;
         let views: Vec<TaskView> = jobs.iter().map(|j| task_view(j, &call.ctx)).collect();
-        Ok(json!({ "enabled": call.ctx.tasks.enabled(), "tasks": views }))
+        Ok(TaskListView {
+            enabled: call.ctx.tasks.enabled(),
+            tasks: views,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/admin/tasks/{name}/run",
+    tag = "tasks",
+    operation_id = "run_task",
+    params(("name" = String, Path, description = "The job's name, as `GET /api/admin/tasks` lists it")),
+    responses((status = 200, description = "The job, run now to its end", body = TaskRunView))
+)]
 async fn run_task(name: String, call: Call) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let run = call.ctx.tasks.run_now(&name).await?;
-        Ok(json!({ "name": run.name, "run": RunView::from(&run) }))
+        Ok(TaskRunView {
+            run: RunView::from(&run),
+            name: run.name,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)
 }
 
 /// One sample of the metrics ring as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SampleView {
     at: String,
@@ -160,6 +209,14 @@ impl From<MetricsSample> for SampleView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/admin/metrics/recent",
+    tag = "tasks",
+    operation_id = "recent_metrics_samples",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 2016, description = "How many of the latest samples (one per sampling period); 144 when absent")),
+    responses((status = 200, description = "The latest samples of the metrics ring", body = SamplesView))
+)]
 async fn recent_metrics(call: Call, query: HashMap<String, String>) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
@@ -183,7 +240,10 @@ async fn recent_metrics(call: Call, query: HashMap<String, String>) -> Response 
         };
         let samples = samples::recent(&call.ctx.store, limit).await?;
         let views: Vec<SampleView> = samples.into_iter().map(SampleView::from).collect();
-        Ok(json!({ "count": views.len(), "samples": views }))
+        Ok(SamplesView {
+            count: views.len(),
+            samples: views,
+        })
     }
     .await;
     call.respond(StatusCode::OK, result)

@@ -71,7 +71,9 @@ impl From<&DeletedUser> for DeletedUserView {
 pub struct VmView {
     pub vm_id: String,
     pub user_id: String,
+    #[schema(schema_with = super::vms::vm_type_schema)]
     pub r#type: String,
+    #[schema(schema_with = super::vms::vm_status_schema)]
     pub status: String,
     pub ip_address: Option<String>,
     pub tap_device: Option<String>,

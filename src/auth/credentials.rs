@@ -17,11 +17,13 @@ use crate::metrics::ProviderLabels;
 use crate::model::{AuthSession, Credential, Provider, now_ms};
 use crate::providers::StatusCommand;
 
-/// A credential as the API shows it: metadata only, never a secret.
-#[derive(Debug, Clone, Serialize)]
+/// A credential as the API shows it: metadata only, never a secret. Times are Unix
+/// milliseconds.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialView {
     pub credential_id: String,
+    #[schema(schema_with = super::service::provider_schema)]
     pub provider: Provider,
     pub is_valid: bool,
     pub reason: Option<String>,
@@ -44,7 +46,8 @@ impl From<&Credential> for CredentialView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A stored credential judged. Times are Unix milliseconds.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Validation {
     pub valid: bool,
@@ -55,7 +58,7 @@ pub struct Validation {
     pub live: Option<LiveCheck>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LiveCheck {
     pub ok: bool,

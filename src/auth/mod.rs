@@ -23,7 +23,7 @@ use crate::store::StoreError;
 use crate::vms::{CliEnvironment, VmError};
 
 pub use credentials::{CredentialView, Injected, LiveCheck, Validation};
-pub use service::{AuthService, SessionView};
+pub use service::{AuthService, MAX_CODE_CHARS, SessionView, provider_schema};
 pub use vault::{MasterKey, Vault, VaultError};
 
 #[derive(Debug, thiserror::Error)]

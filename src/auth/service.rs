@@ -22,15 +22,17 @@ use crate::store::{self, Store};
 use crate::vms::VmService;
 
 /// The longest code accepted; real ones are well under 200 characters.
-const MAX_CODE_BYTES: usize = 2048;
+pub const MAX_CODE_CHARS: usize = 2048;
 
-/// A session as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+/// A session as the API shows it. Times are Unix milliseconds.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
     pub session_id: String,
     pub user_id: String,
+    #[schema(schema_with = provider_schema)]
     pub provider: Provider,
+    #[schema(schema_with = session_status_schema)]
     pub status: AuthSessionStatus,
     pub auth_url: Option<String>,
     pub device_code: Option<String>,
@@ -42,6 +44,22 @@ pub struct SessionView {
     pub updated_at: i64,
     pub completed_at: Option<i64>,
     pub expires_at: i64,
+}
+
+/// A provider's API name, for the API document.
+pub fn provider_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(crate::providers::all().map(|p| p.as_str())))
+        .description(Some("The CLI"))
+        .build()
+}
+
+fn session_status_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(AuthSessionStatus::ALL.iter().map(|s| s.as_str())))
+        .build()
 }
 
 pub struct AuthService {
@@ -170,9 +188,9 @@ impl AuthService {
     /// Writes the user's code to the login; answers once it has been written.
     pub async fn submit_code(&self, id: &str, code: &str) -> Result<AuthSession, AuthError> {
         let code = code.trim();
-        if code.is_empty() || code.len() > MAX_CODE_BYTES {
+        if code.is_empty() || code.chars().count() > MAX_CODE_CHARS {
             return Err(AuthError::BadCode(format!(
-                "a code is 1 to {MAX_CODE_BYTES} bytes"
+                "a code is 1 to {MAX_CODE_CHARS} characters"
             )));
         }
         // A line break would end the code early and feed the rest to the CLI as more input.

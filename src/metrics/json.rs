@@ -1,37 +1,79 @@
 //! `/metrics/json`: the same figures as the text exposition, parsed from it so the two can
 //! never disagree.
 
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 
-/// Turns Prometheus text into `{"metrics": [{"name", "type", "help", "samples": [{"name",
-/// "labels", "value"}]}]}`.
-pub fn text_to_json(text: &str) -> Value {
-    let mut families: Vec<Map<String, Value>> = Vec::new();
+use serde::Serialize;
+use serde_json::Value;
+
+/// `{"metrics": [{"name", "type", "help", "samples": [{"name", "labels", "value"}]}]}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MetricsJson {
+    pub metrics: Vec<MetricFamily>,
+}
+
+/// A metric: its `# HELP` and `# TYPE` lines and its samples.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MetricFamily {
+    pub name: String,
+    pub help: String,
+    /// `counter`, `gauge`, `histogram`, ...; absent when the text has no `# TYPE` line.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub kind: Option<String>,
+    pub samples: Vec<MetricSample>,
+}
+
+/// One sample line.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MetricSample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: SampleValue,
+}
+
+/// A number, or `+Inf`, `-Inf` or `NaN`, which JSON numbers cannot hold.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum SampleValue {
+    Number(f64),
+    #[schema(value_type = String)]
+    Special(&'static str),
+}
+
+/// Parses Prometheus text into [`MetricsJson`]. A sample before any `# HELP` line is left out.
+pub fn parse_text(text: &str) -> MetricsJson {
+    let mut families: Vec<MetricFamily> = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            let mut family = Map::new();
-            family.insert("name".into(), json!(name));
-            family.insert("help".into(), json!(help));
-            family.insert("samples".into(), json!([]));
-            families.push(family);
+            families.push(MetricFamily {
+                name: name.to_string(),
+                help: help.to_string(),
+                kind: None,
+                samples: Vec::new(),
+            });
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             if let (Some(family), Some((_, kind))) = (families.last_mut(), rest.split_once(' ')) {
-                family.insert("type".into(), json!(kind));
+                family.kind = Some(kind.to_string());
             }
         } else if !line.starts_with('#')
             && !line.trim().is_empty()
             && let Some(sample) = parse_sample(line)
-            && let Some(Value::Array(samples)) =
-                families.last_mut().and_then(|f| f.get_mut("samples"))
+            && let Some(family) = families.last_mut()
         {
-            samples.push(sample);
+            family.samples.push(sample);
         }
     }
-    json!({ "metrics": families })
+    MetricsJson { metrics: families }
 }
 
-fn parse_sample(line: &str) -> Option<Value> {
+/// [`parse_text`] as a JSON value.
+pub fn text_to_json(text: &str) -> Value {
+    serde_json::to_value(parse_text(text)).unwrap_or(Value::Null)
+}
+
+fn parse_sample(line: &str) -> Option<MetricSample> {
     let (name, labels, rest) = match line.find('{') {
         Some(open) => {
             let (labels, after) = parse_labels(&line[open + 1..])?;
@@ -39,22 +81,31 @@ fn parse_sample(line: &str) -> Option<Value> {
         }
         None => {
             let (name, rest) = line.split_once(' ')?;
-            (name, Map::new(), rest)
+            (name, BTreeMap::new(), rest)
         }
     };
     let value_text = rest.split_whitespace().next()?;
     let value = match value_text {
-        "+Inf" => json!("+Inf"),
-        "-Inf" => json!("-Inf"),
-        "NaN" => json!("NaN"),
-        number => json!(number.parse::<f64>().ok()?),
+        "+Inf" => SampleValue::Special("+Inf"),
+        "-Inf" => SampleValue::Special("-Inf"),
+        "NaN" => SampleValue::Special("NaN"),
+        number => match number.parse::<f64>().ok()? {
+            n if n.is_finite() => SampleValue::Number(n),
+            n if n.is_nan() => SampleValue::Special("NaN"),
+            n if n > 0.0 => SampleValue::Special("+Inf"),
+            _ => SampleValue::Special("-Inf"),
+        },
     };
-    Some(json!({ "name": name, "labels": labels, "value": value }))
+    Some(MetricSample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
 }
 
 /// Parses `k="v",k2="v2"}` and returns the labels and the text after the closing brace.
-fn parse_labels(text: &str) -> Option<(Map<String, Value>, &str)> {
-    let mut labels = Map::new();
+fn parse_labels(text: &str) -> Option<(BTreeMap<String, String>, &str)> {
+    let mut labels = BTreeMap::new();
     let mut rest = text;
     loop {
         rest = rest.trim_start_matches(',');
@@ -75,7 +126,7 @@ fn parse_labels(text: &str) -> Option<(Map<String, Value>, &str)> {
                 other => value.push(other),
             }
         };
-        labels.insert(key.to_string(), Value::String(value));
+        labels.insert(key.to_string(), value);
         rest = &after_key[end + 1..];
     }
 }

@@ -19,7 +19,7 @@ use crate::model::{AuthSessionStatus, PromptStatus, VmStatus, VmType};
 use crate::providers;
 
 pub use egress::EgressMetrics;
-pub use json::text_to_json;
+pub use json::{MetricFamily, MetricSample, MetricsJson, SampleValue, parse_text, text_to_json};
 pub use ops::{HostReading, OpsMetrics};
 
 /// The store's counts that the gauges mirror, as `inventory` takes them (the metrics sit below

@@ -8,7 +8,7 @@ use sysinfo::System;
 
 use crate::metrics::HostReading;
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStats {
     /// CPU use of all cores since the previous reading, in percent.
@@ -77,7 +77,10 @@ impl HostProbe {
         system.refresh_cpu_usage();
         system.refresh_memory();
         let mut stats = HostStats {
-            cpu_percent: f64::from(system.global_cpu_usage()),
+            // A reading with no time elapsed since the last may not be a number; JSON has none.
+            cpu_percent: Some(f64::from(system.global_cpu_usage()))
+                .filter(|c| c.is_finite())
+                .unwrap_or(0.0),
             cpus: system.cpus().len(),
             load1: System::load_average().one,
             memory_used_bytes: system.used_memory(),

@@ -48,7 +48,7 @@ pub struct JobStatus {
 }
 
 /// The scheduler's state in a few figures, for the system stats.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TasksSummary {
     pub enabled: bool,

@@ -13,7 +13,7 @@ use crate::guest::messages::ExecRequest;
 /// cancelled and `truncated` set).
 pub const MAX_EXEC_OUTPUT: usize = 1 << 20;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecResult {
     pub exit_code: Option<i32>,

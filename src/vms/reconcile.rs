@@ -27,7 +27,7 @@ use crate::vmm::Hypervisor;
 const ADOPT_AGENT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What the orphan sweep removed.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrphanReport {
     pub taps: Vec<String>,
