@@ -34,9 +34,10 @@ pub struct PromptRequest {
     /// The conversation this prompt continues; a new one when absent.
     pub conversation_id: Option<String>,
     /// Where the CLI runs, relative to the workspace root: a new conversation's directory (a
-    /// follow-up runs where its conversation does). Relative, without a `..` component or NUL.
+    /// follow-up runs where its conversation does). Relative, without a `..` component or
+    /// control characters, at most 1024 bytes.
     #[schema(
-        pattern = r"^(?:(?:\.|[^./\x00][^/\x00]*|\.[^./\x00][^/\x00]*|\.\.[^/\x00]+)(?:/(?:\.|[^./\x00][^/\x00]*|\.[^./\x00][^/\x00]*|\.\.[^/\x00]+)?)*)?$"
+        pattern = r"^(?:(?:\.|[^./\x00-\x1F\x7F-\x9F][^/\x00-\x1F\x7F-\x9F]*|\.[^./\x00-\x1F\x7F-\x9F][^/\x00-\x1F\x7F-\x9F]*|\.\.[^/\x00-\x1F\x7F-\x9F]+)(?:/(?:\.|[^./\x00-\x1F\x7F-\x9F][^/\x00-\x1F\x7F-\x9F]*|\.[^./\x00-\x1F\x7F-\x9F][^/\x00-\x1F\x7F-\x9F]*|\.\.[^/\x00-\x1F\x7F-\x9F]+)?)*)?$"
     )]
     pub cwd: Option<String>,
 }
