@@ -42,6 +42,46 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// A JSON body that must be an object: serde would also read a struct from an array of its
+/// fields (`["ls"]` as `{"argv": ...}`), which the document does not allow.
+pub(super) async fn object_body<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: u64,
+) -> Result<T, ApiError> {
+    from_object(body.json::<serde_json::Value>(limit).await?)
+}
+
+/// [`object_body`], where an empty body means `T::default()` (but `null` is refused).
+pub(super) async fn object_body_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: Body,
+    limit: u64,
+) -> Result<T, ApiError> {
+    match body.json_or_default::<Given>(limit).await? {
+        Given(None) => Ok(T::default()),
+        Given(Some(value)) => from_object(value),
+    }
+}
+
+/// A body as JSON, `None` when it was empty (`null` is `Some`).
+#[derive(Default)]
+struct Given(Option<serde_json::Value>);
+
+impl<'de> Deserialize<'de> for Given {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Given, D::Error> {
+        serde_json::Value::deserialize(deserializer).map(|value| Given(Some(value)))
+    }
+}
+
+fn from_object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::BadRequest {
+            code: "invalid_json",
+            message: "the body must be a JSON object".into(),
+        });
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
 /// utoipa makes an `Option<T>` body `T` or `null`; but an optional body is one that may be
 /// empty (which means the defaults), and `null` is refused. Leaves `T`, not required.
 fn drop_null_bodies(doc: &mut utoipa::openapi::OpenApi) {
@@ -222,7 +262,7 @@ async fn cleanup_inactive(call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let body: CleanupInactiveBody =
-            body.json_or_default(call.ctx.limits.max_body_bytes).await?;
+            object_body_or_default(body, call.ctx.limits.max_body_bytes).await?;
         let days = body.older_than_days.unwrap_or(14);
         if !(1..=MAX_INACTIVE_DAYS).contains(&days) {
             return Err(ApiError::invalid_field(
@@ -287,7 +327,7 @@ struct ExecBody {
 async fn exec_in_vm(vm_id: String, call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
-        let body: ExecBody = body.json(call.ctx.limits.max_body_bytes).await?;
+        let body: ExecBody = object_body(body, call.ctx.limits.max_body_bytes).await?;
         if body.argv.is_empty() {
             return Err(ApiError::invalid_field("argv", "must name a program"));
         }
