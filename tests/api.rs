@@ -287,7 +287,17 @@ async fn bad_input_is_400_and_names_the_problem() {
             Some("{}"),
         )
         .await;
-    assert_eq!(empty.status, 400);
+    // An empty patch changes nothing and answers the user as it was.
+    assert_eq!(empty.status, 200, "{:?}", empty.json);
+    let before = d
+        .call(
+            "GET",
+            &format!("/api/users/{id}"),
+            Some(SERVICE_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(empty.json, before.json, "an empty patch wrote nothing");
     let bad_filter = d
         .call("GET", "/api/vms?status=sleeping", Some(SERVICE_TOKEN), None)
         .await;

@@ -208,3 +208,50 @@ async fn admin_users_page_by_cursor_and_still_by_page_number() {
     assert_eq!(both.status, 400);
     d.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused_where_serde_would_take_it() {
+    let d = TestDaemon::start().await;
+    let user = d.create_user("bodies@example.com").await;
+    // serde reads a struct from an array of its fields, and an optional body from `null`.
+    let routes = [
+        ("PATCH", format!("/api/users/{user}"), ADMIN_TOKEN),
+        ("POST", format!("/api/users/{user}/tokens"), ADMIN_TOKEN),
+        (
+            "POST",
+            "/api/admin/cleanup/inactive-vms".to_string(),
+            ADMIN_TOKEN,
+        ),
+        (
+            "POST",
+            "/api/admin/outbox/dead-letters/retry".to_string(),
+            ADMIN_TOKEN,
+        ),
+    ];
+    for (method, path, token) in &routes {
+        for body in ["[null, null]", "[]", "null", "3", "\"text\""] {
+            let refused = d.call(method, path, Some(token), Some(body)).await;
+            assert_eq!(
+                refused.status, 400,
+                "{method} {path} {body}: {:?}",
+                refused.json
+            );
+            assert_eq!(
+                refused.error_code(),
+                "invalid_json",
+                "{method} {path} {body}"
+            );
+        }
+    }
+    // An empty body still means the defaults where the body is optional.
+    let minted = d
+        .call(
+            "POST",
+            &format!("/api/users/{user}/tokens"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(minted.status, 201, "{:?}", minted.json);
+    d.shutdown().await;
+}

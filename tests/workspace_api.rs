@@ -74,9 +74,19 @@ async fn a_follow_up_must_be_the_same_users_and_providers_and_wait_its_turn() {
         busy.json
     );
     let other_provider = execute(&d, SERVICE_TOKEN, follow_up(json!({"provider": "codex"}))).await;
-    assert_eq!(other_provider.status, 400, "{:?}", other_provider.json);
+    assert_eq!(
+        (other_provider.status, other_provider.error_code()),
+        (409, "conversation_provider_mismatch"),
+        "{:?}",
+        other_provider.json
+    );
     let other_cwd = execute(&d, SERVICE_TOKEN, follow_up(json!({"cwd": "elsewhere"}))).await;
-    assert_eq!(other_cwd.status, 400, "{:?}", other_cwd.json);
+    assert_eq!(
+        (other_cwd.status, other_cwd.error_code()),
+        (409, "conversation_cwd_mismatch"),
+        "{:?}",
+        other_cwd.json
+    );
     let bobs = execute(&d, SERVICE_TOKEN, follow_up(json!({"userId": bob}))).await;
     assert_eq!(bobs.status, 403, "{:?}", bobs.json);
     let bob_token = d.user_token(&bob).await;

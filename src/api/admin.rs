@@ -1,8 +1,7 @@
 //! `/api/admin` routes: admin token only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::path::{Parameter, ParameterIn};
@@ -17,10 +16,8 @@ use super::endpoint::{Body, Call, body, endpoint};
 use super::error::ApiError;
 use super::paging::page;
 use super::views::{UserView, VmView};
-use super::vms::{VmSummaryView, enum_schema, page_params, query_param};
-use crate::inventory::Inventory;
+use super::vms::{enum_schema, page_params, query_param};
 use crate::model::{Plan, UserStatus, VmStatus};
-use crate::tasks::{HostStats, TasksSummary};
 use crate::users::{MAX_PAGE_SIZE, PageStart, UserFilter};
 use crate::vms::{ExecResult, OrphanReport};
 
@@ -29,7 +26,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     #[derive(utoipa::OpenApi)]
     #[openapi(paths(
         list_users,
-        system_stats,
         force_destroy_vm,
         revoke_tokens,
         cleanup_inactive,
@@ -37,78 +33,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         exec_in_vm
     ))]
     struct Doc;
-    let mut doc = <Doc as utoipa::OpenApi>::openapi();
-    drop_null_bodies(&mut doc);
-    doc
-}
-
-/// A JSON body that must be an object: serde would also read a struct from an array of its
-/// fields (`["ls"]` as `{"argv": ...}`), which the document does not allow.
-pub(super) async fn object_body<T: serde::de::DeserializeOwned>(
-    body: Body,
-    limit: u64,
-) -> Result<T, ApiError> {
-    from_object(body.json::<serde_json::Value>(limit).await?)
-}
-
-/// [`object_body`], where an empty body means `T::default()` (but `null` is refused).
-pub(super) async fn object_body_or_default<T: serde::de::DeserializeOwned + Default>(
-    body: Body,
-    limit: u64,
-) -> Result<T, ApiError> {
-    match body.json_or_default::<Given>(limit).await? {
-        Given(None) => Ok(T::default()),
-        Given(Some(value)) => from_object(value),
-    }
-}
-
-/// A body as JSON, `None` when it was empty (`null` is `Some`).
-#[derive(Default)]
-struct Given(Option<serde_json::Value>);
-
-impl<'de> Deserialize<'de> for Given {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Given, D::Error> {
-        serde_json::Value::deserialize(deserializer).map(|value| Given(Some(value)))
-    }
-}
-
-fn from_object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    if !value.is_object() {
-        return Err(ApiError::BadRequest {
-            code: "invalid_json",
-            message: "the body must be a JSON object".into(),
-        });
-    }
-    Ok(serde_json::from_value(value)?)
-}
-
-/// utoipa makes an `Option<T>` body `T` or `null`; but an optional body is one that may be
-/// empty (which means the defaults), and `null` is refused. Leaves `T`, not required.
-fn drop_null_bodies(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::RefOr;
-    use utoipa::openapi::schema::{Schema, SchemaType};
-    let is_null = |schema: &RefOr<Schema>| matches!(schema, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
-    let bodies = doc
-        .paths
-        .paths
-        .values_mut()
-        .filter_map(|item| item.post.as_mut())
-        .filter_map(|op| match op.request_body.as_mut() {
-            Some(RefOr::T(body)) => Some(body),
-            _ => None,
-        });
-    for body in bodies {
-        for content in body.content.values_mut() {
-            let RefOr::T(content) = content else { continue };
-            let Some(RefOr::T(Schema::OneOf(one_of))) = &mut content.schema else {
-                continue;
-            };
-            one_of.items.retain(|s| !is_null(s));
-            if one_of.items.len() == 1 {
-                content.schema = one_of.items.pop();
-            }
-        }
-    }
+    <Doc as utoipa::OpenApi>::openapi()
 }
 
 pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
@@ -116,13 +41,6 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .and(endpoint(ctx.clone(), Method::GET, "/api/admin/users"))
         .and(warp::query::<HashMap<String, String>>())
         .then(list_users);
-    let stats = warp::path!("api" / "admin" / "system" / "stats")
-        .and(endpoint(
-            ctx.clone(),
-            Method::GET,
-            "/api/admin/system/stats",
-        ))
-        .then(system_stats);
     let force_destroy = warp::path!("api" / "admin" / "users" / String / "force-destroy-vm")
         .and(endpoint(
             ctx.clone(),
@@ -161,8 +79,6 @@ pub fn routes(ctx: &Arc<ApiContext>) -> BoxedFilter<(Response,)> {
         .and(body())
         .then(exec_in_vm);
     users
-        .or(stats)
-        .unify()
         .or(force_destroy)
         .unify()
         .or(revoke)
@@ -236,7 +152,7 @@ const MAX_INACTIVE_DAYS: u32 = 36500;
 struct CleanupInactiveBody {
     /// Destroy VMs with no activity for this many days; 14 when absent.
     #[schema(minimum = 1, maximum = 36500)]
-    #[serde(default, deserialize_with = "super::views::whole_number")]
+    #[serde(default, deserialize_with = "crate::model::whole_number")]
     older_than_days: Option<u32>,
 }
 
@@ -262,7 +178,7 @@ async fn cleanup_inactive(call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
         let body: CleanupInactiveBody =
-            object_body_or_default(body, call.ctx.limits.max_body_bytes).await?;
+            body.json_or_default(call.ctx.limits.max_body_bytes).await?;
         let days = body.older_than_days.unwrap_or(14);
         if !(1..=MAX_INACTIVE_DAYS).contains(&days) {
             return Err(ApiError::invalid_field(
@@ -310,7 +226,7 @@ struct ExecBody {
     argv: Vec<String>,
     /// 30 when absent.
     #[schema(minimum = 1, maximum = 600)]
-    #[serde(default, deserialize_with = "super::views::whole_number")]
+    #[serde(default, deserialize_with = "crate::model::whole_number")]
     timeout_sec: Option<u64>,
 }
 
@@ -327,7 +243,7 @@ struct ExecBody {
 async fn exec_in_vm(vm_id: String, call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
-        let body: ExecBody = object_body(body, call.ctx.limits.max_body_bytes).await?;
+        let body: ExecBody = body.json(call.ctx.limits.max_body_bytes).await?;
         if body.argv.is_empty() {
             return Err(ApiError::invalid_field("argv", "must name a program"));
         }
@@ -459,154 +375,6 @@ async fn list_users(call: Call, query: HashMap<String, String>) -> Response {
             limit,
             next_cursor: listed.next_cursor,
             page: query.get("page").map(|p| p.parse::<usize>().unwrap_or(1)),
-        })
-    }
-    .await;
-    call.respond(StatusCode::OK, result)
-}
-
-/// The answer to `GET /api/admin/system/stats`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct SystemStatsView {
-    /// The daemon's version.
-    version: String,
-    uptime_sec: u64,
-    users: UsersStats,
-    vms: VmSummaryView,
-    prompts: PromptsStats,
-    host: HostStats,
-    ip_pool: IpPoolStats,
-    decodo_ports_used: u64,
-    tasks: TasksSummary,
-    /// The Supabase mirror's figures.
-    outbox: OutboxStats,
-    websocket: WebsocketStats,
-    store: StoreStats,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct UsersStats {
-    total: u64,
-    /// The statuses users have, counted (absent statuses are left out).
-    by_status: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct PromptsStats {
-    /// `provider:status` → how many prompts.
-    by_provider_status: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct IpPoolStats {
-    size: u64,
-    leased: u64,
-    available: u64,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct OutboxStats {
-    /// Whether a Supabase mirror is configured.
-    configured: bool,
-    /// Changes waiting to be sent.
-    depth: u64,
-    /// How long the oldest pending change has waited; `null` when none is.
-    oldest_age_ms: Option<i64>,
-    dead_letters: u64,
-    /// Send outcome → how many sends.
-    sends: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct WebsocketStats {
-    connections: usize,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-struct StoreStats {
-    /// The store file's size; 0 when it cannot be read.
-    size_bytes: u64,
-}
-
-#[utoipa::path(
-    get,
-    path = "/api/admin/system/stats",
-    tag = "admin",
-    operation_id = "system_stats",
-    responses((status = 200, description = "The appliance in figures", body = SystemStatsView))
-)]
-async fn system_stats(call: Call) -> Response {
-    let result = async {
-        call.principal()?.require_admin()?;
-        let ctx = &call.ctx;
-        let inventory = Inventory::take(&ctx.store, ctx.vms.ip_pool_size()).await?;
-        let outbox_sends: BTreeMap<String, u64> = crate::metrics::OUTBOX_SEND_OUTCOMES
-            .into_iter()
-            .map(|outcome| {
-                let labels = crate::metrics::OutboxSendLabels {
-                    outcome: outcome.to_string(),
-                };
-                (
-                    outcome.to_string(),
-                    ctx.metrics.outbox_sends.get_or_create(&labels).get(),
-                )
-            })
-            .collect();
-        let users_by_status: BTreeMap<String, u64> = inventory
-            .users_by_status
-            .iter()
-            .map(|(s, n)| (s.as_str().to_string(), *n))
-            .collect();
-        let prompts_by_status: BTreeMap<String, u64> = inventory
-            .prompts_by_provider_status
-            .iter()
-            .map(|((provider, status), n)| (format!("{provider}:{status}"), *n))
-            .collect();
-        let host = ctx.host.read().await;
-        let tasks = ctx.tasks.summary().await?;
-        let store_bytes = tokio::fs::metadata(ctx.store.path())
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        Ok(SystemStatsView {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_sec: ctx.started.elapsed().as_secs(),
-            users: UsersStats {
-                total: inventory.total_users(),
-                by_status: users_by_status,
-            },
-            vms: VmSummaryView::new(&inventory),
-            prompts: PromptsStats {
-                by_provider_status: prompts_by_status,
-            },
-            host,
-            ip_pool: IpPoolStats {
-                size: inventory.ip_pool_size,
-                leased: inventory.ip_leases,
-                available: inventory.ip_pool_available(),
-            },
-            decodo_ports_used: inventory.port_leases,
-            tasks,
-            outbox: OutboxStats {
-                configured: ctx.sync.is_configured(),
-                depth: inventory.outbox_depth,
-                oldest_age_ms: inventory.outbox_oldest_age_ms,
-                dead_letters: inventory.dead_letters,
-                sends: outbox_sends,
-            },
-            websocket: WebsocketStats {
-                connections: ctx.ws_connections.load(Ordering::Relaxed),
-            },
-            store: StoreStats {
-                size_bytes: store_bytes,
-            },
         })
     }
     .await;

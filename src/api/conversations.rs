@@ -12,7 +12,7 @@ use warp::reply::Response;
 use super::ApiContext;
 use super::endpoint::{Call, endpoint};
 use super::error::ApiError;
-use super::paging::{PageParams, page};
+use super::paging::{NumberedPageParams, PageParams, page};
 use super::views::{ConversationView, PromptView};
 
 /// The document entries of these routes.
@@ -115,7 +115,7 @@ async fn list(user_id: String, call: Call, query: HashMap<String, String>) -> Re
     path = "/api/conversations/{conversationId}",
     tag = "conversations",
     operation_id = "get_conversation",
-    params(("conversationId" = String, Path), PageParams),
+    params(("conversationId" = String, Path), NumberedPageParams),
     responses((status = 200, description = "The conversation and a page of its prompts in turn order; \
         the cursor is a turn number", body = ConversationDetailView))
 )]
@@ -127,9 +127,11 @@ async fn get(id: String, call: Call, query: HashMap<String, String>) -> Response
         let page = page(&query, &[])?;
         let from_turn = match page.cursor {
             None => 0,
-            Some(raw) => raw
-                .parse::<u32>()
-                .map_err(|_| ApiError::invalid_field("cursor", "must be a turn number"))?,
+            // Digits only: `parse` would also take a sign.
+            Some(raw) => Some(raw)
+                .filter(|r| r.len() <= 9 && r.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|r| r.parse::<u32>().ok())
+                .ok_or_else(|| ApiError::invalid_field("cursor", "must be a turn number"))?,
         };
         let (prompts, next) = call
             .ctx

@@ -204,10 +204,19 @@ impl Body {
         empty: Option<T>,
     ) -> Result<T, ApiError> {
         let bytes = self.bytes(limit).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
             return empty.ok_or_else(|| ApiError::BadRequest {
                 code: "invalid_json",
                 message: "request body is empty; expected a JSON object".into(),
+            });
+        };
+        // Every body is an object: serde would also read a struct from an array of its fields
+        // (`["ls"]` as `{"argv": ...}`), and `null` as "no body", which the document allows
+        // neither of.
+        if *first != b'{' {
+            return Err(ApiError::BadRequest {
+                code: "invalid_json",
+                message: "the body must be a JSON object".into(),
             });
         }
         Ok(serde_json::from_slice(&bytes)?)

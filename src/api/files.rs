@@ -109,8 +109,8 @@ struct DeletedFileView {
         ("userId" = String, Path),
         ("path" = String, Path, description = PATH_PARAM),
     ),
-    request_body(content = inline(FileBytes), content_type = "application/octet-stream",
-        description = "The file's bytes; it replaces any file at the path, and missing \
+    request_body(content = inline(Option<FileBytes>), content_type = "application/octet-stream",
+        description = "The file's bytes (none: an empty file); it replaces any file at the path, and missing \
             parent directories are made"),
     responses((status = 200, description = "The file, written", body = UploadedFileView))
 )]

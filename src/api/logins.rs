@@ -179,8 +179,7 @@ async fn rotate_login(call: Call, body: Body) -> Response {
 async fn begin(call: Call, body: Body, rotation: bool) -> Response {
     let result = async {
         let principal = call.principal()?;
-        let request: StartRequest =
-            super::admin::object_body(body, call.ctx.limits.max_body_bytes).await?;
+        let request: StartRequest = body.json(call.ctx.limits.max_body_bytes).await?;
         principal.require_user(&request.user_id)?;
         let session = call
             .ctx
@@ -226,8 +225,7 @@ async fn submit_code(id: String, call: Call, body: Body) -> Response {
         let principal = call.principal()?;
         let session = call.ctx.oauth.session(&id).await?;
         principal.require_user(&session.user_id)?;
-        let request: CodeRequest =
-            super::admin::object_body(body, call.ctx.limits.max_body_bytes).await?;
+        let request: CodeRequest = body.json(call.ctx.limits.max_body_bytes).await?;
         let code = zeroize::Zeroizing::new(request.code);
         let session = call.ctx.oauth.submit_code(&id, &code).await?;
         Ok(call.ctx.oauth.view(&session))

@@ -19,6 +19,7 @@ mod probes;
 mod prompts;
 pub mod rate_limit;
 pub mod serve;
+mod system_stats;
 mod tasks;
 mod user_vm;
 mod users;
@@ -164,6 +165,8 @@ pub fn routes(ctx: &Arc<ApiContext>, with_metrics: bool) -> BoxedFilter<(Respons
         .or(vms::routes(ctx))
         .unify()
         .or(admin::routes(ctx))
+        .unify()
+        .or(system_stats::routes(ctx))
         .unify()
         .or(openapi::routes(ctx))
         .unify()

@@ -10,7 +10,7 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, Ref, RefOr, ResponseBuilder, Schema as SchemaObject,
-    schema::{ObjectBuilder, Type},
+    schema::{ObjectBuilder, SchemaType, Type},
 };
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -92,6 +92,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::outbox::openapi(),
         super::tasks::openapi(),
         super::admin::openapi(),
+        super::system_stats::openapi(),
         super::probes::openapi(),
         super::ws::openapi(),
     ] {
@@ -119,6 +120,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     for item in doc.paths.paths.values_mut() {
         for operation in operations(item) {
             add_error_responses(operation);
+            drop_null_body(operation);
         }
     }
     doc
@@ -145,6 +147,26 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
     ]
     .into_iter()
     .flatten()
+}
+
+/// utoipa makes an `Option<T>` body "`T` or `null`"; but an optional body is one that may be
+/// empty (which means the defaults), and a `null` body is refused like any other non-object.
+/// Leaves `T`, not required.
+fn drop_null_body(operation: &mut Operation) {
+    let Some(RefOr::T(body)) = operation.request_body.as_mut() else {
+        return;
+    };
+    let is_null = |schema: &RefOr<SchemaObject>| matches!(schema, RefOr::T(SchemaObject::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    for content in body.content.values_mut() {
+        let RefOr::T(content) = content else { continue };
+        let Some(RefOr::T(SchemaObject::OneOf(one_of))) = &mut content.schema else {
+            continue;
+        };
+        one_of.items.retain(|s| !is_null(s));
+        if one_of.items.len() == 1 {
+            content.schema = one_of.items.pop();
+        }
+    }
 }
 
 /// The name of the shared response for an error `status` in `components.responses`.

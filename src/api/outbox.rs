@@ -177,8 +177,7 @@ struct RetriedView {
 async fn retry(call: Call, body: Body) -> Response {
     let result = async {
         call.principal()?.require_admin()?;
-        let request: RetryRequest =
-            super::admin::object_body(body, call.ctx.limits.max_body_bytes).await?;
+        let request: RetryRequest = body.json(call.ctx.limits.max_body_bytes).await?;
         let keys = match request.key {
             Some(key) => vec![key],
             None => call

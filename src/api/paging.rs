@@ -32,6 +32,19 @@ pub struct PageParams {
     pub cursor: Option<String>,
 }
 
+/// [`PageParams`] for a list whose cursor is a number (a conversation's turns).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // never built: only its `IntoParams` impl is used
+pub struct NumberedPageParams {
+    /// How many items the page holds (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+    /// The previous page's `nextCursor`, digits only; absent for the first page.
+    #[param(pattern = r"^[0-9]{1,9}$")]
+    pub cursor: Option<String>,
+}
+
 /// Reads `limit` and `cursor` from `query`; any parameter other than those and `others` is
 /// refused, so a misspelt filter is an error rather than a silently unfiltered list.
 pub fn page(query: &HashMap<String, String>, others: &[&str]) -> Result<Page, ApiError> {

@@ -185,7 +185,7 @@ async fn user_stats(id: String, call: Call) -> Response {
     path = "/api/users/{userId}/tokens",
     tag = "users",
     params(("userId" = String, Path)),
-    request_body(content = MintTokenBody, description = "The token's lifetime; an empty body takes the default"),
+    request_body(content = Option<MintTokenBody>, description = "The token's lifetime; an empty body takes the default"),
     responses((status = 201, description = "A token scoped to the user", body = MintedToken))
 )]
 async fn mint_token(id: String, call: Call, body: Body) -> Response {

@@ -37,6 +37,8 @@ pub enum ConversationError {
         expected: Provider,
         requested: Provider,
     },
+    #[error("conversation {id} runs in {cwd:?}; its CLI finds its session only there")]
+    WrongCwd { id: String, cwd: String },
     #[error("prompt {prompt_id} is already a turn of conversation {conversation_id}")]
     PromptTaken {
         prompt_id: String,
@@ -58,6 +60,7 @@ impl ConversationError {
             ConversationError::PromptNotFound(_) => "prompt_not_found",
             ConversationError::NotOwner { .. } => "forbidden",
             ConversationError::WrongProvider { .. } => "conversation_provider_mismatch",
+            ConversationError::WrongCwd { .. } => "conversation_cwd_mismatch",
             ConversationError::PromptTaken { .. } => "prompt_in_other_conversation",
             ConversationError::Store(_) => "internal",
         }

@@ -65,13 +65,11 @@ pub(super) async fn open(
         .await?;
     let asked = request.cwd.as_deref().map(normalize_cwd).transpose()?;
     if asked.is_some_and(|cwd| cwd != conversation.cwd) {
-        return Err(PromptError::Invalid {
-            field: "cwd",
-            reason: format!(
-                "conversation {id} runs in {:?}; its CLI finds its session only there",
-                conversation.cwd
-            ),
-        });
+        return Err(crate::conversations::ConversationError::WrongCwd {
+            id: id.clone(),
+            cwd: conversation.cwd,
+        }
+        .into());
     }
     let hold = in_flight.hold(id)?;
     if conversation.expired {

@@ -27,6 +27,7 @@ pub struct PromptRequest {
     /// The run's time limit in seconds, up to the configured maximum
     /// (`MC_PROMPT_MAX_TIMEOUT_SECS`, 3600 unless set); the configured default when absent.
     #[schema(minimum = 1, maximum = 3600)]
+    #[serde(default, deserialize_with = "crate::model::whole_number")]
     pub timeout_sec: Option<u64>,
     /// Whether the run is cancelled when the client that started it goes away.
     #[serde(default)]

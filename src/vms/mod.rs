@@ -110,6 +110,8 @@ pub enum VmError {
         op: VmOp,
         reason: String,
     },
+    #[error("VM {id} is {status}, no longer running")]
+    NotRunning { id: String, status: VmStatus },
     #[error("VM {id} has no agent connection: {reason}")]
     AgentUnavailable { id: String, reason: String },
     #[error("inconsistent state: {0}")]
@@ -132,6 +134,7 @@ impl VmError {
             VmError::NotFound(_) | VmError::NoVm(_) => "vm_not_found",
             VmError::UserNotFound(_) => "user_not_found",
             VmError::NotAlive { .. } => "vm_not_alive",
+            VmError::NotRunning { .. } => "vm_not_running",
             VmError::AlreadyHasVm { .. } => "vm_exists",
             VmError::WrongStatus { .. } => "vm_status_conflict",
             VmError::Busy { .. } => "vm_busy",

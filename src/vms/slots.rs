@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::records::Records;
 use super::{VmError, VmSettings};
 use crate::guest::client::AgentClient;
+use crate::model::VmStatus;
 use crate::vmm::VmHandle;
 
 /// A VM's live parts. `generation` changes whenever the process does, so an exit watch that
@@ -98,11 +99,19 @@ impl Slots {
             id: vm_id.to_string(),
             reason,
         };
+        let vm = self.records.get(vm_id).await?;
         let endpoint = match &live.handle {
             Some(handle) => handle.agent.clone(),
-            None => return Err(unavailable("the VM is not running".into())),
+            // Stopped since the caller saw it running (a hibernate or destroy in between): a
+            // state the caller can see and act on, not a failure of the daemon.
+            None if vm.status != VmStatus::Running => {
+                return Err(VmError::NotRunning {
+                    id: vm.id,
+                    status: vm.status,
+                });
+            }
+            None => return Err(unavailable("the VM has no process".into())),
         };
-        let vm = self.records.get(vm_id).await?;
         let agent = AgentClient::connect(&endpoint, &vm.agent_token, self.settings.agent_timeout)
             .await
             .map_err(|e| unavailable(e.to_string()))?;

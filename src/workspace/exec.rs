@@ -31,10 +31,14 @@ pub struct ExecSpec {
     /// Relative to the workspace root; the root when absent.
     #[serde(default)]
     pub cwd: String,
-    /// The command's time limit in seconds, capped at the configured maximum; the configured
-    /// default when absent.
+    /// The command's time limit in seconds (at most [`MAX_TIMEOUT_SECS`]), capped at the
+    /// configured maximum; the configured default when absent.
+    #[serde(default, deserialize_with = "crate::model::whole_number")]
     pub timeout_sec: Option<u64>,
 }
+
+/// The longest `timeoutSec` an exec may ask (a day); the configured maximum then caps it.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
 // By hand: exactly one of `command` (not blank) and `argv` (its program named) is given.
 impl utoipa::PartialSchema for ExecSpec {
@@ -74,6 +78,7 @@ impl utoipa::PartialSchema for ExecSpec {
                     .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null]))
                     .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
                     .minimum(Some(1))
+                    .maximum(Some(MAX_TIMEOUT_SECS as f64))
                     .description(Some(
                         "The time limit in seconds, capped at the configured maximum; the \
                          configured default when absent",

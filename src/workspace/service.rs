@@ -159,10 +159,10 @@ impl WorkspaceService {
         guest_files::check_relative(&spec.cwd)?;
         let timeout = match spec.timeout_sec {
             None => self.settings.exec_default_timeout,
-            Some(0) => {
+            Some(secs) if secs == 0 || secs > super::exec::MAX_TIMEOUT_SECS => {
                 return Err(WorkspaceError::Invalid {
                     field: "timeoutSec",
-                    reason: "must be greater than 0".into(),
+                    reason: format!("must be from 1 to {}", super::exec::MAX_TIMEOUT_SECS),
                 });
             }
             Some(secs) => Duration::from_secs(secs).min(self.settings.exec_max_timeout),

@@ -32,7 +32,7 @@ pub async fn fuzz_a_live_daemon(st: &std::path::Path) {
     use super::support::ADMIN_TOKEN;
     use super::support::fake_vmm::daemon_with_fake_vms;
 
-    let (d, _hypervisor, _netlink) = daemon_with_fake_vms(&[
+    let (d, hypervisor, _netlink) = daemon_with_fake_vms(&[
         ("MC_TASKS_ENABLED", "false"),
         (
             "ENCRYPTION_MASTER_KEY",
@@ -53,6 +53,10 @@ pub async fn fuzz_a_live_daemon(st: &std::path::Path) {
         ("MC_EGRESS_HEALTH_TIMEOUT_SECS", "1"),
     ])
     .await;
+    // Every request must end: a CLI or command on the fake VMs exits at once.
+    hypervisor
+        .commands_exit_at_once
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     // Something to list and look at: users, one with a VM.
     let user = d.create_user("fuzz-seed@example.com").await;
     let other = d.create_user("fuzz-seed-2@example.com").await;
@@ -68,12 +72,17 @@ pub async fn fuzz_a_live_daemon(st: &std::path::Path) {
     let vm_id = vm.json["vmId"].as_str().expect("vmId").to_string();
 
     let reports = tempfile::tempdir().expect("tempdir");
+    // The WebSocket routes take only upgrades, which the fuzzer's HTTP client does not make:
+    // its plain GETs are answered 400 `websocket_upgrade_required` (after the token check).
     // Half the generated ids are ones that exist, so the cases reach past the 404s; DELETEs
     // draw their own, or the first would leave nothing for the rest.
     let config = format!(
         "max-stream-events = 50\n\
          [dictionaries.users]\nvalues = [\"{user}\", \"{other}\"]\n\
          [dictionaries.vms]\nvalues = [\"{vm_id}\"]\n\
+         [[operations]]\n\
+         include-tag = \"websocket\"\n\
+         checks = {{ positive_data_acceptance = {{ expected-statuses = [\"101\", \"400\", \"401\", \"403\", \"429\"] }} }}\n\
          [[operations]]\n\
          exclude-method = \"DELETE\"\n\
          parameters = {{ \"path.userId\" = {{ dictionary = \"users\", probability = 0.5 }}, \

@@ -7,8 +7,9 @@
 //! Execs: `mkdir`, `chown`, `rm`, `true` and the credential script (`mc-secrets`) exit 0 at
 //! once; the agent's own `files resolve ROOT REL` prints `ROOT/REL` (a prompt's directory);
 //! any other command (a CLI) starts and then runs, silent, until it is cancelled, so prompts
-//! and logins can be held open.
-//! Files are written nowhere. A VM can be muted: its agent then stops answering health
+//! and logins can be held open (or, with `commands_exit_at_once`, exits 0 at once).
+//! The file helper's put, get and rm work on a map in memory per VM (`fake_files`), kept across
+//! hibernation; nothing is written to disk. A VM can be muted: its agent then stops answering health
 //! checks, as a hung guest would.
 
 use std::collections::{BTreeSet, HashMap};
@@ -61,6 +62,11 @@ pub async fn daemon_with_fake_vms(
 #[derive(Default)]
 pub struct FakeHypervisor {
     vms: Mutex<HashMap<String, FakeVm>>,
+    /// Each VM's workspace, kept across hibernation as its disk would be.
+    trees: Mutex<HashMap<String, super::fake_files::Tree>>,
+    /// When set, every other command exits 0 at once instead of running until cancelled (for
+    /// a fuzzer, whose requests must end).
+    pub commands_exit_at_once: Arc<AtomicBool>,
     next_pid: AtomicU32,
     pub boots: AtomicU32,
     pub resumes: AtomicU32,
@@ -93,7 +99,21 @@ impl FakeHypervisor {
         let listener = UnixListener::bind(&socket).map_err(io(&socket))?;
         let token = spec.agent_token.clone();
         let muted = Arc::new(AtomicBool::new(false));
-        let agent = tokio::spawn(serve_agent(listener, token, boot_id, muted.clone()));
+        let tree = self
+            .trees
+            .lock()
+            .expect("fake trees")
+            .entry(spec.vm_id.clone())
+            .or_default()
+            .clone();
+        let agent = tokio::spawn(serve_agent(
+            listener,
+            token,
+            boot_id,
+            muted.clone(),
+            tree,
+            self.commands_exit_at_once.clone(),
+        ));
         let (exit, exited) = watch::channel(None);
         let pid = 4_000_000 + self.next_pid.fetch_add(1, Ordering::Relaxed);
         let previous = self
@@ -211,17 +231,22 @@ async fn serve_agent(
     token: String,
     boot_id: String,
     muted: Arc<AtomicBool>,
+    tree: super::fake_files::Tree,
+    at_once: Arc<AtomicBool>,
 ) {
     while let Ok((stream, _)) = listener.accept().await {
         let token = token.clone();
         let boot_id = boot_id.clone();
         let muted = muted.clone();
+        let mut files = super::fake_files::Helper::new(tree.clone());
+        let at_once = at_once.clone();
         tokio::spawn(async move {
             let mut frames = Framed::new(stream, FrameCodec::default());
             // Execs of this connection still running (until cancelled).
             let mut held = BTreeSet::new();
             while let Some(Ok(frame)) = frames.next().await {
-                for reply in answer(&frame, &token, &boot_id, &muted, &mut held) {
+                let held = (!at_once.load(Ordering::Relaxed)).then_some(&mut held);
+                for reply in answer(&frame, &token, &boot_id, &muted, held, &mut files) {
                     if frames.send(reply).await.is_err() {
                         return;
                     }
@@ -249,9 +274,16 @@ fn answer(
     token: &str,
     boot_id: &str,
     muted: &AtomicBool,
-    held: &mut BTreeSet<u64>,
+    // `None`: commands exit at once rather than being held until cancelled.
+    held: Option<&mut BTreeSet<u64>>,
+    files: &mut super::fake_files::Helper,
 ) -> Vec<Frame> {
     let id = frame.request_id;
+    if frame.kind == FrameKind::Stdin
+        && let Some(replies) = files.stdin(id, &frame.payload)
+    {
+        return replies;
+    }
     if frame.kind == FrameKind::Request {
         match frame.parse::<Request>() {
             Ok(Request::Health) if muted.load(Ordering::Relaxed) => return Vec::new(),
@@ -280,6 +312,12 @@ fn answer(
                         exited(id, Some(0), None),
                     ];
                 }
+                if let Some(replies) = files.exec(id, &exec.argv) {
+                    return std::iter::once(started).chain(replies).collect();
+                }
+                let Some(held) = held else {
+                    return vec![started, exited(id, Some(0), None)];
+                };
                 held.insert(id);
                 return vec![started];
             }
@@ -288,7 +326,8 @@ fn answer(
             }
             Ok(Request::Cancel { request_id }) => {
                 let mut replies = vec![Frame::json(FrameKind::Response, id, &Response::Done)];
-                if held.remove(&request_id) {
+                let was_held = held.is_some_and(|held| held.remove(&request_id));
+                if was_held || files.cancel(request_id) {
                     replies.push(exited(request_id, None, Some(15)));
                 }
                 return replies;

@@ -238,6 +238,7 @@ impl Reply {
 }
 
 pub mod daemon_proc;
+pub mod fake_files;
 pub mod fake_sink;
 pub mod fake_vmm;
 pub mod firecracker_fake;

@@ -68,6 +68,7 @@ impl From<VmError> for ApiError {
                 ApiError::NotFound { code, message }
             }
             VmError::NotAlive { .. }
+            | VmError::NotRunning { .. }
             | VmError::AlreadyHasVm { .. }
             | VmError::WrongStatus { .. }
             | VmError::Busy { .. } => ApiError::Conflict {
@@ -197,8 +198,14 @@ impl From<crate::conversations::ConversationError> for ApiError {
         let code = e.code();
         let message = e.to_string();
         match e {
-            ConversationError::Invalid { .. } | ConversationError::WrongProvider { .. } => {
-                ApiError::BadRequest { code, message }
+            ConversationError::Invalid { .. } => ApiError::BadRequest { code, message },
+            // A well-formed follow-up that the conversation's state refuses.
+            ConversationError::WrongProvider { .. } | ConversationError::WrongCwd { .. } => {
+                ApiError::Conflict {
+                    code,
+                    message,
+                    extra: None,
+                }
             }
             ConversationError::UserNotFound(_)
             | ConversationError::NotFound(_)
