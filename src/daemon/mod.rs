@@ -144,6 +144,9 @@ pub async fn start_with(
         settings,
     );
     let tracker = TaskTracker::new();
+    if crate::vms::by_user::ensure(&store).await? {
+        tracing::info!("indexed the stored VMs by user");
+    }
     if vms.settings().kernel.is_some() {
         watchdog.status("reconciling VMs");
         let report = vms.reconcile(&|line| watchdog.status(line)).await?;
@@ -153,6 +156,9 @@ pub async fn start_with(
     }
     if crate::prompts::counts::ensure(&store).await? {
         tracing::info!("counted the stored prompts into the prompt counters");
+    }
+    if crate::prompts::by_user::ensure(&store).await? {
+        tracing::info!("indexed the stored prompts by user");
     }
     if crate::sync::outbox::ensure_age_index(&store).await? {
         tracing::info!("indexed the outbox by age");

@@ -60,6 +60,17 @@ pub const TOKEN_EPOCHS: TableDefinition<&str, u64> = TableDefinition::new("token
 /// `PROMPTS`, so a metrics scrape reads a few counters instead of decoding every prompt.
 pub const PROMPT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("prompt_counts");
 
+/// Each user's VMs by `(user id, VM id)`, kept with `VMS` (a VM's user never changes), so a
+/// user's VM is found without reading every VM record.
+pub const VMS_BY_USER: TableDefinition<(&str, &str), ()> = TableDefinition::new("vms_by_user");
+/// Each user's prompts by `(user id, created_at_ms, prompt id)`, kept in the same transaction
+/// as every change to `PROMPTS`, so a user's newest prompts are one reverse range read.
+pub const PROMPTS_BY_USER: TableDefinition<(&str, i64, &str), ()> =
+    TableDefinition::new("prompts_by_user");
+/// How many prompts each user has stored, kept with `PROMPTS_BY_USER`.
+pub const USER_PROMPT_TOTALS: TableDefinition<&str, u64> =
+    TableDefinition::new("user_prompt_totals");
+
 /// The outbox's entries by `(enqueued_at_ms, outbox key)`, kept with `OUTBOX`, so the oldest
 /// pending change is read without decoding the outbox (which holds one entry per changed
 /// prompt while the mirror is down).
@@ -87,6 +98,9 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(TASK_RUNS)?;
     tx.open_table(TOKEN_EPOCHS)?;
     tx.open_table(PROMPT_COUNTS)?;
+    tx.open_table(VMS_BY_USER)?;
+    tx.open_table(PROMPTS_BY_USER)?;
+    tx.open_table(USER_PROMPT_TOTALS)?;
     tx.open_table(OUTBOX_BY_AGE)?;
     Ok(())
 }

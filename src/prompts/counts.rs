@@ -32,12 +32,14 @@ fn add(
     Ok(())
 }
 
-/// Moves a prompt's count from its `old` state to its `new` one (`None`: not stored).
+/// Moves a prompt's count from its `old` state to its `new` one (`None`: not stored), and its
+/// entry in the user's index ([`super::by_user`]): every change to a prompt record calls this.
 pub fn change(
     tx: &WriteTransaction,
     old: Option<&Prompt>,
     new: Option<&Prompt>,
 ) -> Result<(), StoreError> {
+    super::by_user::change(tx, old, new)?;
     let old = old.map(|p| key(p.provider, p.status));
     let new = new.map(|p| key(p.provider, p.status));
     if old == new {

@@ -1,6 +1,7 @@
 //! Prompt execution: the provider CLIs run through the agent in the user's VM, their output
 //! translated into one normalised event stream that SSE clients read, leave and re-attach to.
 
+pub mod by_user;
 mod cli_stream;
 mod conversation;
 pub mod counts;

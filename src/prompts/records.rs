@@ -71,13 +71,16 @@ pub async fn for_user(
     let id = user_id.to_string();
     store
         .read(move |tx| {
-            let mut prompts: Vec<Prompt> = store::all(&tx.open_table(tables::PROMPTS)?)?
-                .into_iter()
-                .filter(|p: &Prompt| p.user_id == id)
-                .collect();
-            prompts.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
-            let total = prompts.len() as u64;
-            prompts.truncate(limit);
+            let (ids, total) = super::by_user::newest(tx, &id, limit)?;
+            let table = tx.open_table(tables::PROMPTS)?;
+            let mut prompts = Vec::with_capacity(ids.len());
+            for id in ids {
+                // The index is written with the record, so each id has one; a record that no
+                // longer decodes is an error, as it was when the whole table was read.
+                if let Some(prompt) = store::get::<Prompt, _>(&table, &id)? {
+                    prompts.push(prompt);
+                }
+            }
             Ok((prompts, total))
         })
         .await

@@ -79,7 +79,11 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
 
     let mut vms = tx.open_table(tables::VMS)?;
     let intents = tx.open_table(tables::VM_INTENTS)?;
-    let owned_vms = owned(&vms, |vm: &Vm| vm.user_id == id)?;
+    let owned_vms: Vec<(String, Vm)> =
+        crate::vms::by_user::of_user(&tx.open_table(tables::VMS_BY_USER)?, &vms, id)?
+            .into_iter()
+            .map(|vm| (vm.id.clone(), vm))
+            .collect();
     for (_, vm) in &owned_vms {
         let in_progress = intents.get(vm.id.as_str())?.is_some();
         if vm.status != VmStatus::Destroyed && (vm.is_live() || in_progress) {
@@ -94,6 +98,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     // (`ledger::stray_leases`), as is an intent: both are settled before the daemon serves.
     for (key, vm) in &owned_vms {
         vms.remove(key.as_str())?;
+        crate::vms::by_user::remove(tx, vm)?;
         record_delete::<Vm>(tx, key, &vm.id)?;
     }
 

@@ -92,6 +92,7 @@ pub fn reserve_create(
     vm.ip_address = Some(ip.to_string());
     vm.mac_address = Some(mac_for(ip));
     put_mirrored_in(tx, &mut vms, &vm.id, &vm)?;
+    super::by_user::add(tx, &vm)?;
     let intent = write_intent(tx, &vm, VmOp::Create, dir)?;
     Ok(Reserved {
         vm,

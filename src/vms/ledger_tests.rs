@@ -344,3 +344,48 @@ async fn a_first_vm_leases_its_users_port_for_life_and_an_empty_pool_refuses_cle
         .unwrap();
     assert_eq!(user_port("u1").await, Some(20001));
 }
+
+async fn indexed_vm_ids(store: &Store, user: &str) -> Vec<String> {
+    let user = user.to_string();
+    store
+        .read(move |tx| {
+            let vms = super::super::by_user::of_user(
+                &tx.open_table(tables::VMS_BY_USER)?,
+                &tx.open_table(tables::VMS)?,
+                &user,
+            )?;
+            Ok::<_, VmError>(vms.into_iter().map(|vm| vm.id).collect())
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_create_indexes_its_vm_by_user_and_an_older_store_is_indexed_once() {
+    let f = fixture(10, None).await;
+    f.running("vm-a1", "ann").await;
+    f.hibernate_at("vm-a1", 5).await;
+    f.running("vm-b1", "bob").await;
+    assert_eq!(indexed_vm_ids(&f.store, "ann").await, ["vm-a1"]);
+    assert_eq!(indexed_vm_ids(&f.store, "bob").await, ["vm-b1"]);
+    assert!(
+        indexed_vm_ids(&f.store, "an").await.is_empty(),
+        "a prefix is not a user"
+    );
+
+    // As an older binary left it: VM records, no index, no mark.
+    f.store
+        .write(|tx| {
+            tx.open_table(tables::VMS_BY_USER)?.retain(|_, _| false)?;
+            tx.open_table(crate::store::META)?
+                .remove("vms_by_user_complete")?;
+            Ok::<_, VmError>(())
+        })
+        .await
+        .unwrap();
+    assert!(indexed_vm_ids(&f.store, "ann").await.is_empty());
+    assert!(super::super::by_user::ensure(&f.store).await.unwrap());
+    assert!(!super::super::by_user::ensure(&f.store).await.unwrap());
+    assert_eq!(indexed_vm_ids(&f.store, "ann").await, ["vm-a1"]);
+    assert_eq!(indexed_vm_ids(&f.store, "bob").await, ["vm-b1"]);
+}

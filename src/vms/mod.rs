@@ -25,6 +25,7 @@
 //! `layout`, `procs`, `ledger` and `exec` hold plain functions the parts share.
 
 mod activity;
+pub mod by_user;
 mod cli;
 mod exec;
 mod failed;

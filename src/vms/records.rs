@@ -86,11 +86,18 @@ impl Records {
 
     /// The user's current VM: the live one, else the most recently created.
     pub(super) async fn user_vm(&self, user_id: &str) -> Result<Vm, VmError> {
-        let filter = VmFilter {
-            user_id: Some(user_id.to_string()),
-            ..VmFilter::default()
-        };
-        let vms = self.list(filter).await?;
+        let id = user_id.to_string();
+        let vms = self
+            .store
+            .read(move |tx| {
+                let index = tx.open_table(tables::VMS_BY_USER)?;
+                Ok::<_, VmError>(super::by_user::of_user(
+                    &index,
+                    &tx.open_table(tables::VMS)?,
+                    &id,
+                )?)
+            })
+            .await?;
         let live = vms.iter().find(|vm| vm.is_live()).cloned();
         live.or_else(|| {
             vms.into_iter()
@@ -127,6 +134,7 @@ impl Records {
         self.store
             .write(move |tx| {
                 put_mirrored(tx, tables::VMS, &vm.id, &vm)?;
+                super::by_user::add(tx, &vm)?;
                 Ok(())
             })
             .await
