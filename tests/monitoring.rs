@@ -373,7 +373,7 @@ async fn a_real_prometheus_gets_data_for_every_dashboard_query() {
     }
 
     let mut empty = Vec::new();
-    println!(
+    let mut listed = format!(
         "dashboard queries and their series ({} queries):",
         queries.len()
     );
@@ -386,11 +386,12 @@ async fn a_real_prometheus_gets_data_for_every_dashboard_query() {
             .await
             .unwrap_or_default()
             .len();
-        println!("  {series:>3}  {panel}: {expr}");
+        listed.push_str(&format!("\n  {series:>3}  {panel}: {expr}"));
         if series == 0 {
             empty.push(format!("{panel}: {expr}"));
         }
     }
+    support::report(&listed);
     // The rules load in the real Prometheus too.
     let rules: Value = client
         .get(format!("{}/api/v1/rules", prometheus.base))

@@ -69,7 +69,10 @@ async fn every_route_has_a_document_entry_and_every_entry_a_route() {
         "only {} routes were recorded",
         built.len()
     );
-    println!("{} operations, each routed and documented", built.len());
+    support::report(&format!(
+        "openapi: {} operations, each routed and documented",
+        built.len()
+    ));
 
     // Operation ids name operations for clients' generated code: unique, and present.
     let mut ids = BTreeSet::new();
@@ -176,7 +179,7 @@ fn the_document_validates_as_openapi_3_1() {
         "the document is not valid OpenAPI 3.1:\n{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    println!("OpenAPI 3.1 schema: {}", stdout.trim());
+    support::report(&format!("openapi: OpenAPI 3.1 schema: {}", stdout.trim()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

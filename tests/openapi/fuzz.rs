@@ -134,7 +134,7 @@ pub async fn fuzz_a_live_daemon(st: &std::path::Path) {
     .expect("the report is JSON");
     let operations = &report["operations"];
     let cases = &report["test_cases"];
-    println!(
+    super::support::report(&format!(
         "schemathesis: {} of {} operations tested ({} errored, {} skipped); {} cases generated, \
          {} with failures; stopped by {}",
         operations["tested"],
@@ -144,7 +144,7 @@ pub async fn fuzz_a_live_daemon(st: &std::path::Path) {
         cases["generated"],
         cases["with_failures"],
         report["stop_reason"],
-    );
+    ));
     assert_eq!(
         operations["tested"], operations["selected"],
         "every operation is tested"

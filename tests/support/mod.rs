@@ -237,6 +237,14 @@ impl Reply {
     }
 }
 
+/// Writes a measurement straight to the process's stderr, past the test harness's capture, so
+/// that a passing test's figures reach the CI log too.
+pub fn report(text: &str) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{text}");
+}
+
 pub mod daemon_proc;
 pub mod fake_files;
 pub mod fake_sink;
