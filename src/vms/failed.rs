@@ -88,9 +88,11 @@ impl Failures {
     /// Marks a VM failed and releases its address, process and files, all but the end of its
     /// console log. The caller removes its tap.
     pub(super) async fn mark_failed(&self, vm_id: &str, reason: &str) -> Result<Vm, VmError> {
+        // Files first: once `failed` can be read, nothing but the console tail is left (a
+        // restart between the two finds a VM with no process, which reconcile fails again).
+        self.release_failed_files(vm_id).await;
         let (vm, previous) = self.records.failed(vm_id, reason).await?;
         self.gauges.forget(vm_id);
-        self.release_failed_files(vm_id).await;
         self.records.publish_status(&vm, previous);
         Ok(vm)
     }
