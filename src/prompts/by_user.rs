@@ -23,23 +23,6 @@ fn key(prompt: &Prompt) -> Key<'_> {
     (&prompt.user_id, prompt.created_at_ms, &prompt.id)
 }
 
-fn add_to_total(
-    totals: &mut redb::Table<&'static str, u64>,
-    user_id: &str,
-    delta: i64,
-) -> Result<(), StoreError> {
-    let next = totals
-        .get(user_id)?
-        .map_or(0, |v| v.value())
-        .saturating_add_signed(delta);
-    if next == 0 {
-        totals.remove(user_id)?;
-    } else {
-        totals.insert(user_id, next)?;
-    }
-    Ok(())
-}
-
 /// Moves a prompt's index entry from its `old` state to its `new` one (`None`: not stored).
 pub fn change(
     tx: &WriteTransaction,
@@ -55,12 +38,12 @@ pub fn change(
     if let Some(old) = old
         && index.remove(old)?.is_some()
     {
-        add_to_total(&mut totals, old.0, -1)?;
+        super::counts::add(&mut totals, old.0, -1)?;
     }
     if let Some(new) = new
         && index.insert(new, ())?.is_none()
     {
-        add_to_total(&mut totals, new.0, 1)?;
+        super::counts::add(&mut totals, new.0, 1)?;
     }
     Ok(())
 }

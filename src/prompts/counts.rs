@@ -17,7 +17,8 @@ fn key(provider: Provider, status: PromptStatus) -> String {
     format!("{provider}/{status}")
 }
 
-fn add(
+/// Adds `delta` to the counter under `key`; a counter that reaches 0 is removed.
+pub(super) fn add(
     table: &mut redb::Table<&'static str, u64>,
     key: &str,
     delta: i64,
