@@ -7,7 +7,7 @@ use redb::ReadableTableMetadata;
 use crate::metrics::StoreCounts;
 use crate::model::tables;
 use crate::model::{PromptStatus, Provider, UserStatus, VmStatus, VmType, now_ms};
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     pub users_by_status: BTreeMap<UserStatus, u64>,
@@ -33,16 +33,11 @@ impl Inventory {
                     ip_pool_size,
                     ..Inventory::default()
                 };
-                for user in store::all(&tx.open_table(tables::USERS)?)? {
-                    *inventory.users_by_status.entry(user.status).or_insert(0) += 1;
-                }
-                for vm in store::all(&tx.open_table(tables::VMS)?)? {
-                    *inventory
-                        .vms_by_status_type
-                        .entry((vm.status, vm.vm_type))
-                        .or_insert(0) += 1;
-                }
-                // The counters, not the records: a scrape must not cost more as prompts pile up.
+                // The counters, not the records: a scrape must not cost more as users, VMs and
+                // prompts pile up.
+                let records = crate::sync::tally::read(&tx.open_table(tables::RECORD_COUNTS)?)?;
+                inventory.users_by_status = records.users_by_status;
+                inventory.vms_by_status_type = records.vms_by_status_type;
                 inventory.prompts_by_provider_status = crate::prompts::counts::read(tx)?;
                 inventory.ip_leases = tx.open_table(tables::IP_LEASES)?.len()?;
                 inventory.port_leases = tx.open_table(tables::PORT_LEASES)?.len()?;

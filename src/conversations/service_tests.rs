@@ -1,36 +1,12 @@
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::*;
+use crate::model::fixtures::store_with_users;
 use crate::model::tables;
-use crate::model::{OutboxEntry, Plan, PromptStatus, User, UserStatus};
+use crate::model::{OutboxEntry, PromptStatus};
 use crate::providers::{CLAUDE_CODE, CODEX};
 use crate::store::{self, StoreError};
 use crate::sync::put_mirrored;
-
-async fn store_with_users(ids: &[&str]) -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).await.expect("store");
-    for id in ids {
-        let user = User {
-            id: id.to_string(),
-            email: format!("{id}@example.com"),
-            supabase_auth_id: None,
-            plan: Plan::Free,
-            status: UserStatus::Active,
-            decodo_port: None,
-            prompt_count: 0,
-            created_at_ms: 1,
-            updated_at_ms: 1,
-            last_active_at_ms: None,
-            version: 1,
-        };
-        store
-            .write(move |tx| put_mirrored(tx, tables::USERS, &user.id, &user))
-            .await
-            .expect("user");
-    }
-    (dir, store)
-}
 
 async fn put_prompt(store: &Store, id: &str, user_id: &str) {
     let prompt = Prompt {

@@ -147,6 +147,14 @@ pub async fn start_with(
     if crate::vms::by_user::ensure(&store).await? {
         tracing::info!("indexed the stored VMs by user");
     }
+    // Before reconcile: a reservation checks `max_vms` against these counters.
+    match crate::sync::tally::recount(&store).await? {
+        Some(held) if held == Default::default() => {
+            tracing::info!("counted the stored users and VMs into the record counters");
+        }
+        Some(held) => tracing::warn!(?held, "the user and VM counters were wrong; recounted"),
+        None => {}
+    }
     if vms.settings().kernel.is_some() {
         watchdog.status("reconciling VMs");
         let report = vms.reconcile(&|line| watchdog.status(line)).await?;

@@ -3,6 +3,8 @@
 
 mod auth_session;
 mod conversation;
+#[cfg(test)]
+pub mod fixtures;
 mod prompt;
 mod records;
 pub mod tables;

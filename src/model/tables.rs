@@ -60,6 +60,11 @@ pub const TOKEN_EPOCHS: TableDefinition<&str, u64> = TableDefinition::new("token
 /// `PROMPTS`, so a metrics scrape reads a few counters instead of decoding every prompt.
 pub const PROMPT_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("prompt_counts");
 
+/// Users by status and VMs by status and type (`"users/<status>"`, `"vms/<status>/<type>"`),
+/// kept by the mirrored write path (`sync::tally`), so a scrape and a VM reservation count
+/// without reading every record.
+pub const RECORD_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("record_counts");
+
 /// Each user's VMs by `(user id, VM id)`, kept with `VMS` (a VM's user never changes), so a
 /// user's VM is found without reading every VM record.
 pub const VMS_BY_USER: TableDefinition<(&str, &str), ()> = TableDefinition::new("vms_by_user");
@@ -98,6 +103,7 @@ pub fn create_all(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(TASK_RUNS)?;
     tx.open_table(TOKEN_EPOCHS)?;
     tx.open_table(PROMPT_COUNTS)?;
+    tx.open_table(RECORD_COUNTS)?;
     tx.open_table(VMS_BY_USER)?;
     tx.open_table(PROMPTS_BY_USER)?;
     tx.open_table(USER_PROMPT_TOTALS)?;

@@ -38,12 +38,12 @@ pub fn change(
     if let Some(old) = old
         && index.remove(old)?.is_some()
     {
-        super::counts::add(&mut totals, old.0, -1)?;
+        crate::store::add_to_count(&mut totals, old.0, -1)?;
     }
     if let Some(new) = new
         && index.insert(new, ())?.is_none()
     {
-        super::counts::add(&mut totals, new.0, 1)?;
+        crate::store::add_to_count(&mut totals, new.0, 1)?;
     }
     Ok(())
 }
@@ -96,36 +96,11 @@ pub async fn ensure(store: &store::Store) -> Result<bool, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Plan, PromptStatus, User, UserStatus};
+    use crate::model::PromptStatus;
+    use crate::model::fixtures::store_with_users;
     use crate::prompts::records;
     use crate::providers::CLAUDE_CODE;
     use crate::store::Store;
-    use crate::sync::put_mirrored;
-
-    async fn store_with_users(ids: &[&str]) -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).await.expect("store");
-        for id in ids {
-            let user = User {
-                id: id.to_string(),
-                email: format!("{id}@example.com"),
-                supabase_auth_id: None,
-                plan: Plan::Free,
-                status: UserStatus::Active,
-                decodo_port: None,
-                prompt_count: 0,
-                created_at_ms: 1,
-                updated_at_ms: 1,
-                last_active_at_ms: None,
-                version: 1,
-            };
-            store
-                .write(move |tx| put_mirrored(tx, tables::USERS, &user.id, &user))
-                .await
-                .expect("user");
-        }
-        (dir, store)
-    }
 
     fn prompt(id: &str, user_id: &str, created_at_ms: i64) -> Prompt {
         Prompt {

@@ -17,22 +17,6 @@ fn key(provider: Provider, status: PromptStatus) -> String {
     format!("{provider}/{status}")
 }
 
-/// Adds `delta` to the counter under `key`; a counter that reaches 0 is removed.
-pub(super) fn add(
-    table: &mut redb::Table<&'static str, u64>,
-    key: &str,
-    delta: i64,
-) -> Result<(), StoreError> {
-    let current = table.get(key)?.map_or(0, |v| v.value());
-    let next = current.saturating_add_signed(delta);
-    if next == 0 {
-        table.remove(key)?;
-    } else {
-        table.insert(key, next)?;
-    }
-    Ok(())
-}
-
 /// Moves a prompt's count from its `old` state to its `new` one (`None`: not stored), and its
 /// entry in the user's index ([`super::by_user`]): every change to a prompt record calls this.
 pub fn change(
@@ -48,10 +32,10 @@ pub fn change(
     }
     let mut table = tx.open_table(tables::PROMPT_COUNTS)?;
     if let Some(old) = old {
-        add(&mut table, &old, -1)?;
+        store::add_to_count(&mut table, &old, -1)?;
     }
     if let Some(new) = new {
-        add(&mut table, &new, 1)?;
+        store::add_to_count(&mut table, &new, 1)?;
     }
     Ok(())
 }
@@ -83,7 +67,7 @@ pub async fn ensure(store: &store::Store) -> Result<bool, StoreError> {
             let mut counts = tx.open_table(tables::PROMPT_COUNTS)?;
             counts.retain(|_, _| false)?;
             for prompt in store::all::<Prompt, _>(&tx.open_table(tables::PROMPTS)?)? {
-                add(&mut counts, &key(prompt.provider, prompt.status), 1)?;
+                store::add_to_count(&mut counts, &key(prompt.provider, prompt.status), 1)?;
             }
             meta.insert(COUNTED, 1)?;
             Ok(true)

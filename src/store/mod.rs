@@ -229,6 +229,23 @@ pub fn put<R: Record>(
     Ok(())
 }
 
+/// Adds `delta` to the counter under `key` of a counters table; a counter that reaches 0 is
+/// removed, so a table of counters only holds what is there.
+pub fn add_to_count(
+    table: &mut redb::Table<&'static str, u64>,
+    key: &str,
+    delta: i64,
+) -> Result<(), StoreError> {
+    let current = table.get(key)?.map_or(0, |v| v.value());
+    let next = current.saturating_add_signed(delta);
+    if next == 0 {
+        table.remove(key)?;
+    } else {
+        table.insert(key, next)?;
+    }
+    Ok(())
+}
+
 /// Decodes every record of a table, in key order.
 pub fn all<R, T>(table: &T) -> Result<Vec<R>, StoreError>
 where

@@ -6,13 +6,14 @@ mod backoff;
 pub mod outbox;
 pub mod rows;
 pub mod sink;
+pub mod tally;
 mod worker;
 pub mod write;
 
 pub use backoff::Backoff;
 pub use sink::{PostgRest, SinkError, SupabaseSink};
 pub use worker::{SyncSettings, SyncWorker};
-pub use write::{Changed, put_mirrored, put_mirrored_in, update_mirrored};
+pub use write::{Changed, deleted_mirrored, put_mirrored, put_mirrored_in, update_mirrored};
 
 /// The Supabase mirror: where it is, and how its worker sends. Without a URL the outbox only
 /// accumulates.

@@ -17,6 +17,11 @@ pub trait Mirrored {
     /// Marks the record as one change newer (see `sync::write`).
     fn bump_version(&mut self);
     fn row(&self, options: &RowOptions) -> Value;
+    /// The counter of `RECORD_COUNTS` this record counts under (see `sync::tally`), for the
+    /// records the metrics count by state.
+    fn tally(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What the operator chose to mirror.
@@ -32,6 +37,9 @@ fn at(ms: Option<i64>) -> Value {
 
 impl Mirrored for User {
     const TABLE: &'static str = "users";
+    fn tally(&self) -> Option<String> {
+        Some(super::tally::user_key(self.status))
+    }
     fn entity_id(&self) -> &str {
         &self.id
     }
@@ -60,6 +68,9 @@ impl Mirrored for User {
 
 impl Mirrored for Vm {
     const TABLE: &'static str = "vms";
+    fn tally(&self) -> Option<String> {
+        Some(super::tally::vm_key(self.status, self.vm_type))
+    }
     fn entity_id(&self) -> &str {
         &self.id
     }

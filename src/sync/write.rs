@@ -4,8 +4,9 @@
 
 use redb::{TableDefinition, WriteTransaction};
 
-use super::outbox::record_change;
+use super::outbox::{record_change, record_delete};
 use super::rows::Mirrored;
+use super::tally;
 use crate::store::{self, Record, StoreError, Stored};
 /// A record before and after a change.
 #[derive(Debug, Clone)]
@@ -29,8 +30,7 @@ pub fn put_mirrored<R: Record + Mirrored>(
     key: &str,
     record: &R,
 ) -> Result<(), StoreError> {
-    store::put(&mut tx.open_table(table)?, key, record)?;
-    record_change(tx, key, record)
+    put_mirrored_in(tx, &mut tx.open_table(table)?, key, record)
 }
 
 /// [`put_mirrored`] into a table the caller already holds open (the VM ledger scans and writes
@@ -41,8 +41,24 @@ pub fn put_mirrored_in<R: Record + Mirrored>(
     key: &str,
     record: &R,
 ) -> Result<(), StoreError> {
+    // Only a counted record needs the one it replaces.
+    let old = match record.tally() {
+        Some(_) => store::get::<R, _>(&*table, key)?,
+        None => None,
+    };
     store::put(table, key, record)?;
+    tally::moved(tx, old.as_ref(), Some(record))?;
     record_change(tx, key, record)
+}
+
+/// Marks `record`, which the caller has just removed from its table, deleted for the mirror.
+pub fn deleted_mirrored<R: Mirrored>(
+    tx: &WriteTransaction,
+    key: &str,
+    record: &R,
+) -> Result<(), StoreError> {
+    tally::moved(tx, Some(record), None)?;
+    record_delete::<R>(tx, key, record.entity_id())
 }
 
 /// Reads the record under `key`, lets `change` edit it, raises its version by one, stores it and
@@ -70,6 +86,7 @@ where
     new.bump_version();
     store::put(&mut opened, key, &new)?;
     drop(opened);
+    tally::moved(tx, Some(&old), Some(&new))?;
     record_change(tx, key, &new)?;
     Ok(Some(Changed { old, new }))
 }
@@ -78,21 +95,12 @@ where
 mod tests {
     use super::*;
     use crate::model::tables;
-    use crate::model::{Plan, User, UserStatus};
+    use crate::model::{User, UserStatus};
     use crate::store::Store;
     fn user(id: &str) -> User {
         User {
-            id: id.into(),
-            email: format!("{id}@example.com"),
-            supabase_auth_id: None,
-            plan: Plan::Free,
             status: UserStatus::Active,
-            decodo_port: None,
-            prompt_count: 0,
-            created_at_ms: 1,
-            updated_at_ms: 1,
-            last_active_at_ms: None,
-            version: 1,
+            ..crate::model::fixtures::user(id)
         }
     }
 

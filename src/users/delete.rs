@@ -13,7 +13,7 @@ use crate::model::tables;
 use crate::model::{AuthSession, Credential, Prompt, User, Vm, VmStatus, credential_key};
 use crate::providers;
 use crate::store::{self, Record, StoreError, Stored};
-use crate::sync::outbox::record_delete;
+use crate::sync::deleted_mirrored;
 use crate::vms::{VmFilter, VmManager};
 
 /// What a delete removed.
@@ -99,7 +99,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     for (key, vm) in &owned_vms {
         vms.remove(key.as_str())?;
         crate::vms::by_user::remove(tx, vm)?;
-        record_delete::<Vm>(tx, key, &vm.id)?;
+        deleted_mirrored(tx, key, vm)?;
     }
 
     let mut prompts = tx.open_table(tables::PROMPTS)?;
@@ -107,7 +107,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     for (key, prompt) in &owned_prompts {
         prompts.remove(key.as_str())?;
         crate::prompts::counts::change(tx, Some(prompt), None)?;
-        record_delete::<Prompt>(tx, key, &prompt.id)?;
+        deleted_mirrored(tx, key, prompt)?;
     }
 
     let conversations = crate::conversations::remove_user_conversations(tx, id)?;
@@ -116,7 +116,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     let owned_sessions = owned(&sessions, |s: &AuthSession| s.user_id == id)?;
     for (key, session) in &owned_sessions {
         sessions.remove(key.as_str())?;
-        record_delete::<AuthSession>(tx, key, &session.id)?;
+        deleted_mirrored(tx, key, session)?;
     }
     // The active-login index is keyed like credentials.
     let mut active = tx.open_table(tables::ACTIVE_AUTH_SESSIONS)?;
@@ -128,7 +128,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
     let owned_credentials = owned(&credentials, |c: &Credential| c.user_id == id)?;
     for (key, credential) in &owned_credentials {
         credentials.remove(key.as_str())?;
-        record_delete::<Credential>(tx, key, &credential.id)?;
+        deleted_mirrored(tx, key, credential)?;
     }
 
     crate::net::egress::ports::release(tx, &user)?;
@@ -141,7 +141,7 @@ fn remove_records(tx: &WriteTransaction, id: &str) -> Result<DeletedUser, UserEr
         by_email.remove(user.email.as_str())?;
     }
     users.remove(id)?;
-    record_delete::<User>(tx, &user.id, &user.id)?;
+    deleted_mirrored(tx, &user.id, &user)?;
     // In the same transaction: a user is never gone while their tokens still work.
     let token_epoch = super::epochs::bump(tx, id)?;
 

@@ -71,20 +71,15 @@ pub fn reserve_create(
         return Err(VmError::UserNotFound(vm.user_id));
     }
     let mut vms = tx.open_table(tables::VMS)?;
-    let all: Vec<Vm> = store::all(&vms)?;
-    if let Some(existing) = all.iter().find(|v| v.user_id == vm.user_id && v.is_live()) {
+    let owned = super::by_user::of_user(&tx.open_table(tables::VMS_BY_USER)?, &vms, &vm.user_id)?;
+    if let Some(existing) = owned.iter().find(|v| v.is_live()) {
         return Err(VmError::AlreadyHasVm {
             user_id: vm.user_id,
             vm_id: existing.id.clone(),
             status: existing.status,
         });
     }
-    let running = all.iter().filter(|v| holds_process(v.status)).count();
-    if running >= limits.max_running as usize {
-        return Err(VmError::TooManyVms {
-            max: limits.max_running,
-        });
-    }
+    check_room(tx, limits)?;
     if let Some(range) = limits.ports {
         ports::ensure_lease(tx, &vm.user_id, range)?;
     }
@@ -129,13 +124,7 @@ pub fn begin(
     }
     let mut reclaimed = None;
     if op == VmOp::Resume {
-        let all: Vec<Vm> = store::all(&vms)?;
-        let running = all.iter().filter(|v| holds_process(v.status)).count();
-        if running >= limits.max_running as usize {
-            return Err(VmError::TooManyVms {
-                max: limits.max_running,
-            });
-        }
+        check_room(tx, limits)?;
         // A VM from before egress was configured gets its user's port at its next resume.
         if let Some(range) = limits.ports {
             ports::ensure_lease(tx, &vm.user_id, range)?;
@@ -155,6 +144,18 @@ pub fn begin(
         intent,
         reclaimed,
     })
+}
+
+/// Refuses another hypervisor process past `max_running`, by the VM counters (`sync::tally`),
+/// not by reading every VM.
+fn check_room(tx: &WriteTransaction, limits: &Limits) -> Result<(), VmError> {
+    let counts = crate::sync::tally::read(&tx.open_table(tables::RECORD_COUNTS)?)?;
+    if counts.vms_where(holds_process) >= u64::from(limits.max_running) {
+        return Err(VmError::TooManyVms {
+            max: limits.max_running,
+        });
+    }
+    Ok(())
 }
 
 fn write_intent(tx: &WriteTransaction, vm: &Vm, op: VmOp, dir: &str) -> Result<VmIntent, VmError> {

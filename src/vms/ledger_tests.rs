@@ -1,7 +1,7 @@
 //! The ledger's rules against a real store: limits, the pool, reclaim, and release.
 
 use super::*;
-use crate::model::{Plan, User, UserStatus, VmType};
+use crate::model::User;
 use crate::store::Store;
 
 struct Fixture {
@@ -25,47 +25,11 @@ async fn fixture(max_running: u32, pool_limit: Option<u32>) -> Fixture {
     }
 }
 
-fn vm(id: &str, user: &str) -> Vm {
-    Vm {
-        id: id.into(),
-        user_id: user.into(),
-        vm_type: VmType::Cli,
-        status: VmStatus::Creating,
-        ip_address: None,
-        tap_device: Some(format!("tap-{id}")),
-        vcpus: 1,
-        memory_mib: 256,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        last_heartbeat_ms: None,
-        hibernated_at_ms: None,
-        version: 1,
-        mac_address: None,
-        pid: None,
-        agent_token: "t".into(),
-        agent: None,
-        needs_readdress: false,
-        error: None,
-        image: None,
-        golden: None,
-    }
-}
+use crate::model::fixtures::vm;
 
 impl Fixture {
     async fn user(&self, id: &str) {
-        let user = User {
-            id: id.into(),
-            email: format!("{id}@example.com"),
-            supabase_auth_id: None,
-            plan: Plan::Free,
-            status: UserStatus::Created,
-            decodo_port: None,
-            prompt_count: 0,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            last_active_at_ms: None,
-            version: 1,
-        };
+        let user = crate::model::fixtures::user(id);
         self.store
             .write(move |tx| {
                 store::put(&mut tx.open_table(tables::USERS)?, &user.id, &user)?;
