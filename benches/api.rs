@@ -1,9 +1,12 @@
 //! API latency benchmark (not a timed test): `GET /api/users/:id` and `POST /api/users` at 1, 16
-//! and 128 concurrent clients, each against the raw service call measured in the same run, and
-//! the per-commit cost of the store against a bare redb commit.
+//! and 128 concurrent clients, each against the raw service call measured in the same run; the
+//! per-commit cost of the store against a bare redb commit; and the lookups that must stay flat
+//! as the store grows, on an empty store against one of 10,000 users and 100,000 prompts.
 //!
 //! `cargo bench --bench api` (set `MC_BENCH_REQUESTS` to change the request count per row).
 
+#[path = "api/flat.rs"]
+mod flat;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -30,15 +33,17 @@ impl Row {
     }
 }
 
-fn print_table(title: &str, rows: &[(Row, Option<Duration>)]) {
+/// Prints `rows` as a table; a row's ratio is its p50 against the p50 it carries (`against`
+/// names it in the header).
+fn print_table(title: &str, against: &str, rows: &[(Row, Option<Duration>)]) {
     println!("\n### {title}\n");
-    println!("| operation | n | p50 ms | p95 ms | p99 ms | req/s | p50 ÷ raw p50 |");
+    println!("| operation | n | p50 ms | p95 ms | p99 ms | req/s | p50 ÷ {against} p50 |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (row, raw_p50) in rows {
         let ratio = raw_p50
             .map(|raw| {
                 format!(
-                    "{:.1}×",
+                    "{:.2}×",
                     row.p(0.5).as_secs_f64() / raw.as_secs_f64().max(1e-9)
                 )
             })
@@ -200,11 +205,41 @@ async fn main() {
         .await;
         rows.push((post, Some(raw_create_p50)));
     }
-    print_table("API latency (in-process client over loopback)", &rows);
+    print_table(
+        "API latency (in-process client over loopback)",
+        "raw",
+        &rows,
+    );
 
     let store_rows = store_commit_cost(requests / 2).await;
-    print_table("Store: cost of one durable commit", &store_rows);
+    print_table("Store: cost of one durable commit", "raw", &store_rows);
+
+    let flat_rows = flat::lookups(requests / 2).await;
+    print_table(
+        &format!(
+            "Flat lookups: an empty store against {} users and {} prompt records (1 client)",
+            flat::USERS,
+            flat::PROMPTS
+        ),
+        "empty store",
+        &flat_rows,
+    );
+    let worst = flat_rows
+        .iter()
+        .filter_map(|(row, empty_p50)| {
+            empty_p50.map(|e| row.p(0.5).as_secs_f64() / e.as_secs_f64().max(1e-9))
+        })
+        .fold(0.0, f64::max);
+    let met = worst <= flat::MAX_RATIO;
+    println!(
+        "\nrequirement: every crowded p50 within {}× of the empty store's: {} (worst {worst:.2}×)",
+        flat::MAX_RATIO,
+        if met { "met" } else { "NOT MET" }
+    );
     d.shutdown().await;
+    if !met {
+        std::process::exit(1);
+    }
 }
 
 /// One user record per commit through `Store::write` (envelope, blocking thread, Immediate

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use master_controller::model::tables;
 use master_controller::model::{OutboxEntry, Prompt, PromptStatus, now_ms};
-use master_controller::providers;
 use master_controller::store::{self, StoreError, Stored};
 use support::{ADMIN_TOKEN, SERVICE_TOKEN, TestDaemon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,45 +63,13 @@ async fn metrics_need_a_token_on_the_main_listener_and_none_on_metrics_listen() 
     d.shutdown().await;
 }
 
+/// A prompt that ended at `ended_ms`.
 fn prompt(id: &str, user_id: &str, status: PromptStatus, ended_ms: i64) -> Prompt {
-    Prompt {
-        id: id.into(),
-        user_id: user_id.into(),
-        vm_id: None,
-        provider: providers::CODEX,
-        status,
-        created_at_ms: ended_ms - 1000,
-        started_at_ms: Some(ended_ms - 900),
-        completed_at_ms: (status != PromptStatus::Streaming).then_some(ended_ms),
-        exit_code: None,
-        error: None,
-        version: 1,
-        model: None,
-        prompt_bytes: 5,
-        response_text: "a kept answer".into(),
-        response_truncated: false,
-        first_content_ms: None,
-        duration_ms: None,
-        usage_json: None,
-        conversation_id: None,
-    }
+    support::crowd::prompt(id, user_id, status, ended_ms - 1000)
 }
 
-/// Stores prompts as the prompt service does: record, counter and outbox entry together.
 async fn seed(d: &TestDaemon, prompts: Vec<Prompt>) {
-    d.ctx
-        .store
-        .write(move |tx| {
-            let mut table = tx.open_table(tables::PROMPTS)?;
-            for p in &prompts {
-                store::put(&mut table, &p.id, p)?;
-                master_controller::prompts::counts::change(tx, None, Some(p))?;
-                master_controller::sync::outbox::record_change(tx, &p.id, p)?;
-            }
-            Ok::<_, StoreError>(())
-        })
-        .await
-        .expect("seed prompts");
+    support::crowd::put_prompts(&d.ctx.store, prompts).await;
 }
 
 async fn codex_counts(d: &TestDaemon) -> serde_json::Value {

@@ -245,6 +245,7 @@ pub fn report(text: &str) {
     let _ = writeln!(stderr, "{text}");
 }
 
+pub mod crowd;
 pub mod daemon_proc;
 pub mod fake_files;
 pub mod fake_sink;
