@@ -36,6 +36,14 @@ async fn health_exec_and_files() {
     let health = client.health().await.expect("health");
     assert!(!health.boot_id.is_empty());
     assert_eq!(health.boot_id, client.hello().boot_id);
+    // The greeting carries the health, so a resume needs no second round trip.
+    let greeted = client
+        .hello()
+        .health
+        .as_ref()
+        .expect("health with the HelloOk");
+    assert_eq!(greeted.boot_id, health.boot_id);
+    assert_eq!(client.hello().clock_error, None);
     assert!(health.uptime_sec > 0.0);
 
     let mut stream = client

@@ -124,6 +124,57 @@ pub fn raw_hibernate(spec: &VmSpec, mut child: Child, state: &Path) -> Duration 
     started.elapsed()
 }
 
+/// One echo through the agent channel, as raw as the protocol allows: connect to the channel's
+/// socket, send a `Hello` with the VM's token (the agent answers nothing before it), and read
+/// until its `HelloOk`. No agent client, no clock, no further request.
+pub fn raw_echo(spec: &VmSpec) {
+    use bytes::BytesMut;
+    use master_controller::guest::frame::{Frame, FrameCodec, FrameKind};
+    use master_controller::guest::messages::{Hello, HelloOk};
+    use std::io::Read;
+    use tokio_util::codec::{Decoder, Encoder};
+
+    let path = QemuBackend::agent_socket(spec);
+    let started = Instant::now();
+    let mut stream = loop {
+        match UnixStream::connect(&path) {
+            Ok(s) => break s,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(e) => panic!("agent channel {}: {e}", path.display()),
+        }
+    };
+    let nonce = 0x5eed_u64;
+    let hello = Hello {
+        token: spec.agent_token.clone(),
+        nonce,
+        host_time_ms: None,
+    };
+    let mut codec = FrameCodec { resync: true };
+    let mut out = BytesMut::new();
+    codec
+        .encode(Frame::json(FrameKind::Hello, 0, &hello), &mut out)
+        .expect("encode Hello");
+    stream.write_all(&out).expect("send Hello");
+    let mut input = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(frame) = codec.decode(&mut input).expect("agent frame") {
+            if frame.kind == FrameKind::HelloOk
+                && frame.parse::<HelloOk>().expect("HelloOk").nonce == nonce
+            {
+                return;
+            }
+        }
+        let n = stream.read(&mut chunk).expect("agent read");
+        assert!(n > 0, "the agent channel closed before HelloOk");
+        input.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Raw resume: QEMU `-incoming` from the image, `cont`, and one echo through the agent channel
+/// (the least a resumed guest must do to be of use).
 pub fn raw_resume(backend: &QemuBackend, spec: &VmSpec, state: &Path) -> (Child, Duration) {
     let started = Instant::now();
     let file = std::fs::File::open(state).expect("state file");
@@ -135,5 +186,6 @@ pub fn raw_resume(backend: &QemuBackend, spec: &VmSpec, state: &Path) -> (Child,
         std::thread::sleep(Duration::from_millis(2));
     }
     qmp.run(r#"{"execute":"cont"}"#);
+    raw_echo(spec);
     (child, started.elapsed())
 }

@@ -117,7 +117,7 @@ impl Agent {
                     if let Some(old) = session.take() {
                         self.interrupt_session(old, "the host reconnected");
                     }
-                    match self.authenticate(&frame) {
+                    match self.authenticate(&frame).await {
                         Ok(hello_ok) => {
                             let id = self
                                 .sessions
@@ -175,7 +175,7 @@ impl Agent {
         end
     }
 
-    fn authenticate(&self, frame: &Frame) -> Result<HelloOk, ErrorBody> {
+    async fn authenticate(&self, frame: &Frame) -> Result<HelloOk, ErrorBody> {
         let hello: Hello = frame
             .parse()
             .map_err(|e| ErrorBody::new("bad_frame", e.to_string()))?;
@@ -183,14 +183,22 @@ impl Agent {
         if !same_token(&hello.token, &expected) {
             return Err(ErrorBody::new("unauthenticated", "wrong token"));
         }
-        if let Some(ms) = hello.host_time_ms
-            && let Err(e) = system::set_clock(ms)
-        {
-            eprintln!(
-                "vm-agent: cannot set the clock from the host: {}",
-                e.body().message
-            );
-        }
+        let clock_error = match hello.host_time_ms.map(system::sync_clock) {
+            Some(Err(e)) => {
+                let message = e.body().message;
+                eprintln!("vm-agent: cannot set the clock from the host: {message}");
+                Some(message)
+            }
+            _ => None,
+        };
+        // After the clock: the report's figures are read as of now.
+        let health = match system::health(&self.boot_id).await {
+            Ok(health) => Some(health),
+            Err(e) => {
+                eprintln!("vm-agent: no health for the greeting: {}", e.body().message);
+                None
+            }
+        };
         let interrupted =
             std::mem::take(&mut *self.interrupted.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(HelloOk {
@@ -198,6 +206,8 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             boot_id: self.boot_id.clone(),
             interrupted,
+            health,
+            clock_error,
         })
     }
 

@@ -54,6 +54,28 @@ pub async fn health(boot_id: &str) -> Result<HealthReport, AgentError> {
     })
 }
 
+/// How far the guest's clock may be from the host's before a `Hello` sets it: a resumed guest's
+/// stood still for the whole hibernation, while a guest that kept running (a daemon restart) is
+/// within a frame's travel of the host and is left alone.
+const CLOCK_TOLERANCE_MS: i64 = 50;
+
+/// Whether a clock reading `own_ms` must be set to the host's `host_ms`.
+fn clock_is_off(own_ms: i64, host_ms: i64) -> bool {
+    (own_ms - host_ms).abs() > CLOCK_TOLERANCE_MS
+}
+
+/// Sets the clock to the host's, only when it is off.
+pub fn sync_clock(host_ms: i64) -> Result<(), AgentError> {
+    let own_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if clock_is_off(own_ms, host_ms) {
+        set_clock(host_ms)
+    } else {
+        Ok(())
+    }
+}
+
 pub fn set_clock(unix_ms: i64) -> Result<(), AgentError> {
     let spec = nix::sys::time::TimeSpec::new(
         unix_ms.div_euclid(1000),
@@ -191,4 +213,20 @@ pub async fn mix_entropy(seed_base64: &str) -> Result<(), AgentError> {
         .write_all(&seed)
         .await
         .map_err(|e| AgentError::request("io", format!("/dev/urandom: {e}")))
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::clock_is_off;
+
+    #[test]
+    fn a_clock_within_the_tolerance_is_left_alone() {
+        assert!(!clock_is_off(1_000_000, 1_000_000));
+        assert!(!clock_is_off(1_000_000, 1_000_049));
+        assert!(!clock_is_off(1_000_049, 1_000_000));
+        assert!(clock_is_off(1_000_000, 1_000_051));
+        // A guest resumed after a minute's hibernation.
+        assert!(clock_is_off(1_000_000, 1_060_000));
+        assert!(clock_is_off(1_060_000, 1_000_000));
+    }
 }

@@ -42,6 +42,8 @@ async fn hostile_agent(listener: UnixListener, how: Hostile, requests: Arc<Atomi
         agent_version: "hostile".into(),
         boot_id: "b".into(),
         interrupted: Vec::new(),
+        health: None,
+        clock_error: None,
     };
     if framed
         .send(Frame::json(FrameKind::HelloOk, 0, &ok))

@@ -37,6 +37,13 @@ pub struct HelloOk {
     /// Requests that were running when the previous connection ended (a disconnect, or a
     /// hibernation); they were stopped and their results are lost.
     pub interrupted: Vec<InterruptedWork>,
+    /// The agent's health as it answers, so that a resume is ready after this one round trip
+    /// (absent from agents before it: the host then asks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthReport>,
+    /// Why the clock could not be set from the Hello's `host_time_ms`, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

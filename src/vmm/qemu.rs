@@ -28,6 +28,7 @@ const MIGRATION_DEADLINE: Duration = Duration::from_secs(300);
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Migration is throttled to 32 MiB/s by default; a stopped VM's memory should go at disk speed.
 const MIGRATION_BANDWIDTH: u64 = 10 << 30;
+const MIGRATION_POLL: Duration = Duration::from_millis(2);
 const STATE_FILE: &str = "state";
 /// The `-readconfig` file holding the kernel command line; removed once QEMU has read it.
 const BOOT_CONFIG_FILE: &str = "qemu.cfg";
@@ -400,20 +401,30 @@ impl Hypervisor for QemuBackend {
                         message: format!("not finished after {MIGRATION_DEADLINE:?}"),
                     });
                 }
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                // The stream of a small guest lasts tens of milliseconds: a coarse poll
+                // would be a good part of the hibernation.
+                _ => tokio::time::sleep(MIGRATION_POLL).await,
             }
         }
         drop(image);
-        // The monitor may close before it answers `quit`.
-        let _ = qmp.execute("quit", None).await;
-        if tokio::time::timeout(EXIT_DEADLINE, vm.wait_exit())
-            .await
-            .is_err()
-        {
-            self.kill(&mut vm).await?;
-        }
-        let size = sync_and_publish(&partial, &state).await?;
-        Ok(Hibernated { state_bytes: size })
+        // The image is whole once the migration completed: it is made durable while QEMU
+        // quits, not after.
+        let stopped = async {
+            // The monitor may close before it answers `quit`.
+            let _ = qmp.execute("quit", None).await;
+            if tokio::time::timeout(EXIT_DEADLINE, vm.wait_exit())
+                .await
+                .is_err()
+            {
+                self.kill(&mut vm).await?;
+            }
+            Ok::<_, VmmError>(())
+        };
+        let (stopped, published) = tokio::join!(stopped, sync_and_publish(&partial, &state));
+        stopped?;
+        Ok(Hibernated {
+            state_bytes: published?,
+        })
     }
 
     async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {

@@ -225,11 +225,10 @@ impl BringUp {
                 .await
                 .map_err(|e| format!("set identity: {e}"))?;
         }
-        if start != Start::Boot {
-            agent
-                .set_clock(now_ms())
-                .await
-                .map_err(|e| format!("set clock: {e}"))?;
+        // The Hello carried the host's clock: a resumed guest's has stood still since it was
+        // saved, and is set before the agent answers.
+        if let Some(error) = &agent.hello().clock_error {
+            return Err(format!("set clock: {error}"));
         }
         if address {
             agent
@@ -237,7 +236,13 @@ impl BringUp {
                 .await
                 .map_err(|e| format!("configure network: {e}"))?;
         }
-        let health = agent.health().await.map_err(|e| format!("health: {e}"))?;
+        // The greeting's health is current unless the guest was changed since (its identity,
+        // its address and hostname); an agent from before it sends none.
+        let greeted = agent.hello().health.clone();
+        let health = match greeted {
+            Some(health) if golden.is_none() && !address => health,
+            _ => agent.health().await.map_err(|e| format!("health: {e}"))?,
+        };
         Ok((agent, health))
     }
 

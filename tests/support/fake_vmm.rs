@@ -350,6 +350,8 @@ fn answer_one(frame: &Frame, token: &str, boot_id: &str) -> Frame {
                     agent_version: "fake".into(),
                     boot_id: boot_id.to_string(),
                     interrupted: Vec::new(),
+                    health: None,
+                    clock_error: None,
                 },
             ),
             _ => Frame::json(

@@ -25,7 +25,11 @@ impl LocalAgent {
     pub fn start() -> LocalAgent {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_vm-agent"))
+        // Mount and UTS namespaces of its own: the agent writes `/etc/resolv.conf` and sets
+        // the hostname when told to configure a network, which must never reach the host.
+        let child = Command::new("unshare")
+            .args(["--mount", "--uts", "--propagation", "private", "--"])
+            .arg(env!("CARGO_BIN_EXE_vm-agent"))
             .args([
                 "--channel",
                 &format!("unix:{}", socket.display()),
