@@ -41,3 +41,11 @@ done
   find "${roots[@]}" -xdev "${args[@]}" -printf '%p\t%y\t%s\t%T@\t%m\t%u:%g\t%l\n'
 } 2>/dev/null | LC_ALL=C sort -u
 find /etc -xdev -type f -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 -r sha256sum 2>/dev/null
+# The host's network namespace: its links and nftables tables by name (a test that made a
+# bridge, a tap or the taps' binding table outside a namespace of its own leaves one here), and
+# the named network namespaces.
+{
+  ip -o link show 2>/dev/null | awk -F': ' '{print "link\t" $2}' | sed 's/@.*//'
+  nft list tables 2>/dev/null | sed 's/^/nft\t/'
+  ip netns list 2>/dev/null | awk '{print "netns\t" $1}'
+} | LC_ALL=C sort -u

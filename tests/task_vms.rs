@@ -180,6 +180,34 @@ async fn inactive_vms_are_destroyed_at_two_in_the_morning() {
 }
 
 #[tokio::test]
+async fn mute_guests_are_checked_side_by_side_and_hold_up_no_one() {
+    let (d, fake) = start(&[]).await;
+    let mut mute = Vec::new();
+    for i in 0..20 {
+        let user = d.create_user(&format!("mute{i}@example.com")).await;
+        mute.push(d.ctx.vms.create(&user).await.expect("create").id);
+    }
+    let well_user = d.create_user("well@example.com").await;
+    let well = d.ctx.vms.create(&well_user).await.expect("create").id;
+    for id in &mute {
+        fake.mute(id);
+    }
+
+    tokio::time::pause();
+    // Checks every 30 s, each given 5 s. One after another, a round over 20 mute guests would
+    // last 100 s, and their third missed check would come after five minutes; side by side a
+    // round lasts 5 s, and the `vm_health` run at two minutes finds three misses each.
+    sleep(3 * MIN).await;
+    for id in &mute {
+        assert_eq!(vm_status(&d, id).await, VmStatus::Failed, "{id}");
+    }
+    assert_eq!(vm_status(&d, &well).await, VmStatus::Running);
+    let well_vm = d.ctx.vms.get(&well).await.expect("VM");
+    assert!(well_vm.agent.is_some(), "the answering guest was checked");
+    d.shutdown().await;
+}
+
+#[tokio::test]
 async fn vm_health_fails_vms_whose_process_or_agent_is_gone() {
     let (d, fake) = start(&[]).await;
     let hung_user = d.create_user("hung@example.com").await;

@@ -126,7 +126,7 @@ pub fn raw_hibernate(spec: &VmSpec, mut child: Child, state: &Path) -> Duration 
 
 /// One echo through the agent channel, as raw as the protocol allows: connect to the channel's
 /// socket, send a `Hello` with the VM's token (the agent answers nothing before it), and read
-/// until its `HelloOk`. No agent client, no clock, no further request.
+/// until its `HelloOk`. No agent client, no further request.
 pub fn raw_echo(spec: &VmSpec) {
     use bytes::BytesMut;
     use master_controller::guest::frame::{Frame, FrameCodec, FrameKind};
@@ -149,7 +149,8 @@ pub fn raw_echo(spec: &VmSpec) {
     let hello = Hello {
         token: spec.agent_token.clone(),
         nonce,
-        host_time_ms: None,
+        // As every host's Hello: the clock rides along, and a resumed guest sets it.
+        host_time_ms: Some(master_controller::model::now_ms()),
     };
     let mut codec = FrameCodec { resync: true };
     let mut out = BytesMut::new();

@@ -4,6 +4,7 @@
 
 pub mod disks;
 pub mod firecracker;
+mod image_file;
 pub mod logcap;
 pub mod private;
 mod process;

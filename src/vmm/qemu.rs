@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::process::Command;
 
+use super::image_file::{Writeback, sync_and_publish};
 use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
 pub use super::qemu_confine::DiskFds;
 use super::qemu_confine::{sandbox_args, write_boot_config};
@@ -357,6 +358,7 @@ impl Hypervisor for QemuBackend {
                 .open(&partial)
                 .map_err(|e| VmmError::io(&partial, e))?
         };
+        let writeback = Writeback::start(&image, &partial)?;
         let mut qmp = self.control(&vm).await?;
         qmp.execute("stop", None).await?;
         qmp.execute(
@@ -406,6 +408,7 @@ impl Hypervisor for QemuBackend {
                 _ => tokio::time::sleep(MIGRATION_POLL).await,
             }
         }
+        drop(writeback);
         drop(image);
         // The image is whole once the migration completed: it is made durable while QEMU
         // quits, not after.
@@ -496,14 +499,4 @@ async fn run_resumed(qmp: &mut Qmp) -> Result<(), VmmError> {
             }
         }
     }
-}
-
-/// Makes the finished image private (0600) and durable and gives it its final name.
-async fn sync_and_publish(partial: &Path, state: &Path) -> Result<u64, VmmError> {
-    let (partial, state) = (partial.to_path_buf(), state.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        super::private::publish(&partial, &state).map_err(|e| VmmError::io(&state, e))
-    })
-    .await
-    .map_err(|e| VmmError::Control(e.to_string()))?
 }

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::failed::Failures;
@@ -21,7 +22,10 @@ use crate::guest::messages::HealthReport;
 use crate::model::{Vm, VmStatus};
 use crate::vmm::{ExitInfo, Hypervisor, VmHandle};
 
+/// The deadline of one VM's health check, a reconnect included.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Health checks in flight at once.
+const HEALTH_CONCURRENCY: usize = 32;
 
 /// What one `fail_unhealthy` sweep did.
 #[derive(Debug, Default)]
@@ -133,39 +137,56 @@ impl Watch {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            for (vm_id, slot) in self.slots.all() {
-                // A VM in the middle of an operation is checked next time.
-                let agent = match slot.try_lock() {
-                    Ok(live) if live.handle.is_some() => live.agent.clone(),
-                    _ => continue,
-                };
-                let agent = match agent.filter(|a| a.is_connected()) {
-                    Some(agent) => agent,
-                    None => match self.slots.agent(&vm_id).await {
-                        Ok(agent) => agent,
-                        Err(e) => {
-                            tracing::warn!(vm = %vm_id, error = %e, "health check: no agent");
-                            self.note_health(&vm_id, false);
-                            continue;
+            // Concurrent and each bounded by a deadline: a mute guest costs its own check, not
+            // everyone's.
+            let watch = &*self;
+            futures_util::stream::iter(self.slots.all())
+                .for_each_concurrent(HEALTH_CONCURRENCY, |(vm_id, slot)| async move {
+                    // A VM in the middle of an operation is checked next time.
+                    let agent = match slot.try_lock() {
+                        Ok(live) if live.handle.is_some() => live.agent.clone(),
+                        _ => return,
+                    };
+                    let answered = match tokio::time::timeout(
+                        HEALTH_TIMEOUT,
+                        watch.check(&vm_id, agent),
+                    )
+                    .await
+                    {
+                        Ok(answered) => answered,
+                        Err(_) => {
+                            tracing::warn!(vm = %vm_id, "health check timed out");
+                            false
                         }
-                    },
-                };
-                let answered = match tokio::time::timeout(HEALTH_TIMEOUT, agent.health()).await {
-                    Ok(Ok(health)) => {
-                        self.record_health(&vm_id, &health).await;
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(vm = %vm_id, error = %e, "health check failed");
-                        false
-                    }
-                    Err(_) => {
-                        tracing::warn!(vm = %vm_id, "health check timed out");
-                        false
-                    }
-                };
-                // Counted for the `vm_health` task, which fails a VM that keeps missing.
-                self.note_health(&vm_id, answered);
+                    };
+                    // Counted for the `vm_health` task, which fails a VM that keeps missing.
+                    watch.note_health(&vm_id, answered);
+                })
+                .await;
+        }
+    }
+
+    /// One health check of a running VM through `agent`, or a new connection when that one has
+    /// gone. Whether the agent answered.
+    async fn check(&self, vm_id: &str, agent: Option<Arc<AgentClient>>) -> bool {
+        let agent = match agent.filter(|a| a.is_connected()) {
+            Some(agent) => agent,
+            None => match self.slots.agent(vm_id).await {
+                Ok(agent) => agent,
+                Err(e) => {
+                    tracing::warn!(vm = %vm_id, error = %e, "health check: no agent");
+                    return false;
+                }
+            },
+        };
+        match agent.health().await {
+            Ok(health) => {
+                self.record_health(vm_id, &health).await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm_id, error = %e, "health check failed");
+                false
             }
         }
     }
