@@ -4,6 +4,7 @@
 
 pub mod api;
 mod jailer;
+pub mod merge;
 
 use std::path::PathBuf;
 use std::process::Stdio;
