@@ -10,6 +10,8 @@
 //! booting the golden image when one is built (`image/out/golden/current`), else the test image;
 //! otherwise that case is skipped with a message.
 
+#[path = "firecracker/diff.rs"]
+mod diff;
 mod support;
 
 use std::future::Future;
@@ -21,9 +23,11 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use master_controller::guest::client::AgentClient;
-use master_controller::vmm::firecracker::api::{self, ApiRequest, FirecrackerApi, Layout};
+use master_controller::vmm::firecracker::api::{
+    self, ApiRequest, FirecrackerApi, Layout, SnapshotType,
+};
 use master_controller::vmm::firecracker::{FirecrackerBackend, FirecrackerConfig};
-use master_controller::vmm::{DiskSpec, Hypervisor, NetSpec, VmSpec, VmmError, disks};
+use master_controller::vmm::{DiskSpec, Hypervisor, NetSpec, VmHandle, VmSpec, VmmError, disks};
 use master_controller::vms::golden::{Golden, GoldenMeta};
 use support::firecracker_fake;
 use support::firecracker_spec::ApiSpec;
@@ -33,7 +37,7 @@ fn spec(dir: &Path, tap: &str) -> VmSpec {
         vm_id: "fc-test".into(),
         dir: dir.to_path_buf(),
         vcpus: 2,
-        memory_mib: 512,
+        memory_mib: 128,
         kernel: "/images/vmlinux".into(),
         initrd: Some("/images/initrd.gz".into()),
         boot_args: "mc.hostname=fc".into(),
@@ -66,7 +70,8 @@ fn every_request(dir: &Path) -> Vec<ApiRequest> {
     let mut requests = api::boot_requests(&spec, &layout, 3, &FirecrackerBackend::boot_args(&spec));
     requests.push(api::set_state("Paused"));
     requests.push(api::set_state("Resumed"));
-    requests.push(api::snapshot_create(&layout));
+    requests.push(api::snapshot_create(&layout, SnapshotType::Full));
+    requests.push(api::snapshot_create(&layout, SnapshotType::Diff));
     requests.push(api::snapshot_load(&layout, None));
     requests.push(api::snapshot_load(&layout, Some("mc-tap-b")));
     requests
@@ -137,6 +142,15 @@ fn paths(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The last `snapshot/create` the fake logged, with what its memory file took.
+fn last_create(log: &Path) -> serde_json::Value {
+    firecracker_fake::logged(log)
+        .into_iter()
+        .rev()
+        .find(|e| e["path"] == "/snapshot/create")
+        .expect("a snapshot/create was logged")
+}
+
 async fn lifecycle_through_the_fake() {
     let run = fake_backend();
     let vm_dir = run.dir.path().join("vm");
@@ -144,6 +158,11 @@ async fn lifecycle_through_the_fake() {
     let vm = run.backend.boot(&vm_spec).await.expect("boot");
     assert!(!vm.has_exited());
     let boot = paths(&run.log);
+    let machine = firecracker_fake::logged(&run.log)
+        .into_iter()
+        .find(|e| e["path"] == "/machine-config")
+        .expect("machine-config");
+    assert_eq!(machine["body"]["track_dirty_pages"], true);
     assert_eq!(boot.first().map(String::as_str), Some("GET /"));
     assert_eq!(boot.last().map(String::as_str), Some("PUT /actions"));
     for expected in [
@@ -179,6 +198,13 @@ async fn lifecycle_through_the_fake() {
         .map(String::as_str)
         .collect();
     assert_eq!(tail, ["PATCH /vm", "PUT /snapshot/create"]);
+    // The first hibernation has no base to merge onto.
+    let create = last_create(&run.log);
+    assert_eq!(create["body"]["snapshot_type"], "Full");
+    assert_eq!(
+        create["memory_written"],
+        u64::from(vm_spec.memory_mib) << 20
+    );
 
     std::fs::remove_file(&run.log).expect("reset log");
     vm_spec.net.as_mut().expect("net").tap = "mc-tap-b".into();
@@ -191,6 +217,7 @@ async fn lifecycle_through_the_fake() {
     );
     let load = &entries[3]["body"];
     assert_eq!(load["resume_vm"], true);
+    assert_eq!(load["track_dirty_pages"], true);
     assert_eq!(load["mem_backend"]["backend_type"], "File");
     assert_eq!(load["network_overrides"][0]["host_dev_name"], "mc-tap-b");
     assert!(entries.iter().all(|e| e["ok"] == true));
@@ -235,7 +262,7 @@ async fn a_hibernation_over_staged_golden_links_leaves_them_intact() {
         meta: GoldenMeta {
             hypervisor: "firecracker".into(),
             vcpus: 2,
-            memory_mib: 512,
+            memory_mib: 128,
             agent_token: "goldentoken".into(),
             state_file: "vmstate".into(),
             memory_file: Some("memory".into()),
@@ -291,7 +318,10 @@ async fn the_fake_enforces_the_ordering_rules() {
     let layout = Layout::of(&vm_spec);
     // Each of these breaks a rule, and the backend turns the fault into a typed error.
     let refusals = [
-        (api::snapshot_create(&layout), "not paused"),
+        (
+            api::snapshot_create(&layout, SnapshotType::Full),
+            "not paused",
+        ),
         (api::instance_start(), "already running"),
         (
             api::snapshot_load(&layout, None),
@@ -323,6 +353,14 @@ async fn the_fake_enforces_the_ordering_rules() {
         Err(VmmError::Firecracker { status: 400, .. })
     ));
     run.backend.kill(&mut vm).await.expect("kill");
+}
+
+/// The resumed guest answers, and is the one that booted.
+async fn same_guest(vm: &VmHandle, vm_spec: &VmSpec, boot_id: &str) {
+    let client = AgentClient::connect(&vm.agent, &vm_spec.agent_token, Duration::from_secs(60))
+        .await
+        .expect("agent");
+    assert_eq!(client.health().await.expect("health").boot_id, boot_id);
 }
 
 async fn real_firecracker_lifecycle() -> Option<()> {
@@ -388,14 +426,19 @@ async fn real_firecracker_lifecycle() -> Option<()> {
         .expect("agent");
     let before = client.health().await.expect("health");
     drop(client);
-    backend.hibernate(&vm_spec, vm).await.expect("hibernate");
-    let mut vm = backend.resume(&vm_spec).await.expect("resume");
-    let client = AgentClient::connect(&vm.agent, &vm_spec.agent_token, Duration::from_secs(60))
+    let full = backend.hibernate(&vm_spec, vm).await.expect("hibernate");
+    let vm = backend.resume(&vm_spec).await.expect("resume");
+    same_guest(&vm, &vm_spec, &before.boot_id).await;
+    // The second hibernation is a diff, merged before the next resume loads it.
+    let diff = backend
+        .hibernate(&vm_spec, vm)
         .await
-        .expect("agent");
-    assert_eq!(
-        client.health().await.expect("health").boot_id,
-        before.boot_id
+        .expect("diff hibernate");
+    let mut vm = backend.resume(&vm_spec).await.expect("resume");
+    same_guest(&vm, &vm_spec, &before.boot_id).await;
+    eprintln!(
+        "    memory {} MiB: the full hibernation wrote {} bytes of memory, the diff {}",
+        vm_spec.memory_mib, full.state_bytes, diff.state_bytes
     );
     backend.kill(&mut vm).await.expect("kill");
     Some(())
@@ -450,6 +493,30 @@ fn main() -> ExitCode {
                 })
             },
         ),
+        (
+            "the fake refuses a diff snapshot without dirty page tracking",
+            || {
+                Box::pin(async {
+                    diff::a_diff_needs_dirty_page_tracking().await;
+                    Some(())
+                })
+            },
+        ),
+        (
+            "diff hibernations write the pages the guest dirtied, merged into one memory file",
+            || {
+                Box::pin(async {
+                    diff::diff_hibernations_write_what_the_guest_dirtied().await;
+                    Some(())
+                })
+            },
+        ),
+        ("a resume merges a diff a hibernation left pending", || {
+            Box::pin(async {
+                diff::a_resume_merges_a_diff_left_pending().await;
+                Some(())
+            })
+        }),
         ("boot, hibernate and resume on a real Firecracker", || {
             Box::pin(real_firecracker_lifecycle())
         }),

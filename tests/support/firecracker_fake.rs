@@ -3,10 +3,23 @@
 //! the documented ordering rules:
 //! - `snapshot/load` only on a fresh process (nothing configured but logger and metrics);
 //! - pre-boot configuration only before `InstanceStart`, which happens once;
-//! - `PATCH /vm` only on a started VM, and `snapshot/create` only while it is paused.
+//! - `PATCH /vm` only on a started VM, and `snapshot/create` only while it is paused;
+//! - a Diff snapshot only from a process with dirty page tracking on (`track_dirty_pages` in
+//!   `machine-config` at boot, or in `snapshot/load`). Firecracker before 1.13 refuses one
+//!   without it; from 1.13 it writes every page the process has resident instead, which for a
+//!   restored guest is most of what it touched, read or written. The fake refuses, so a missing
+//!   flag fails loudly.
+//!
+//! Its guest's memory (`firecracker_guest.rs`) is written the way Firecracker writes it: a Full
+//! snapshot, every page; a Diff, a sparse file the memory's size with the pages dirtied since the
+//! last boot, load or snapshot. A load checks the memory file it is given against the guest the
+//! snapshot's state describes, and refuses a file that differs: the guest would not come back.
+//! The test says what the guest writes with `PUT /fake/guest-writes {"pages": [...]}`, which is
+//! not Firecracker's API (not validated, not logged), and only lands while the guest runs.
 //!
 //! Violations answer 400 with a `fault_message`, as Firecracker does. Each request is appended
-//! to the log file named by `MC_FAKE_FIRECRACKER_LOG`, as one JSON line.
+//! to the log file at [`log_path`], as one JSON line; a `snapshot/create`'s line also says what
+//! its memory file took (`memory_written`: bytes written, `memory_allocated`: blocks, `memory_len`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,6 +30,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use super::firecracker_spec::ApiSpec;
+
+#[path = "firecracker_guest.rs"]
+pub mod guest;
+use guest::GuestMemory;
 
 /// Where the fakes started by the test process `pid` log their requests. Derived from the pid,
 /// not passed in the environment: hypervisors are started with an empty one.
@@ -31,11 +48,92 @@ struct State {
     boot_source: bool,
     started: bool,
     paused: bool,
+    tracking: bool,
+    memory: GuestMemory,
+}
+
+/// The memory file a `snapshot/load` names (`mem_backend`, or the deprecated `mem_file_path`).
+fn load_memory_path(body: &Value) -> Option<&str> {
+    body["mem_backend"]["backend_path"]
+        .as_str()
+        .or(body["mem_file_path"].as_str())
 }
 
 impl State {
-    /// Applies a request, or says why Firecracker would refuse it.
-    fn apply(&mut self, method: &str, path: &str, body: &Value) -> Result<(), String> {
+    /// The test's say on what the guest does (not Firecracker's API).
+    fn control(&mut self, path: &str, body: &Value) -> Result<Value, String> {
+        match path {
+            "/fake/guest-writes" => {
+                if !self.started || self.paused {
+                    return Err("a guest that is not running writes nothing".into());
+                }
+                let pages: Vec<u64> = serde_json::from_value(body["pages"].clone())
+                    .map_err(|e| format!("pages: {e}"))?;
+                self.memory.write(&pages)?;
+                Ok(Value::Null)
+            }
+            _ => Err(format!("the fake has no control {path}")),
+        }
+    }
+
+    fn snapshot_create(&mut self, body: &Value) -> Result<Value, String> {
+        if !self.started || !self.paused {
+            return Err("Cannot create a snapshot of a microVM that is not paused.".into());
+        }
+        let diff = body["snapshot_type"] == "Diff";
+        if diff && !self.tracking {
+            return Err(
+                "Diff snapshots are not allowed on uVMs with dirty page tracking disabled.".into(),
+            );
+        }
+        let state = body["snapshot_path"].as_str().unwrap_or_default();
+        let memory = Path::new(body["mem_file_path"].as_str().unwrap_or_default());
+        self.memory
+            .save_state(Path::new(state))
+            .map_err(|e| format!("{state}: {e}"))?;
+        let written = if diff {
+            self.memory.dump_diff(memory)
+        } else {
+            self.memory.dump_full(memory)
+        }
+        .map_err(|e| format!("{}: {e}", memory.display()))?;
+        // Taking the snapshot consumes the dirty log.
+        self.memory.dirty.clear();
+        Ok(json!({
+            "memory_written": written.bytes,
+            "memory_allocated": written.allocated,
+            "memory_len": written.len,
+        }))
+    }
+
+    fn snapshot_load(&mut self, body: &Value) -> Result<(), String> {
+        if self.configured || self.started {
+            return Err(
+                "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+                    .into(),
+            );
+        }
+        let state = body["snapshot_path"].as_str().unwrap_or_default();
+        let memory = GuestMemory::load_state(Path::new(state))?;
+        let file = load_memory_path(body).ok_or("no memory file to load")?;
+        memory.check(Path::new(file))?;
+        self.memory = memory;
+        self.tracking = body["track_dirty_pages"] == true || body["enable_diff_snapshots"] == true;
+        self.started = true;
+        self.paused = body["resume_vm"] != true;
+        Ok(())
+    }
+
+    /// Applies a request, or says why Firecracker would refuse it. What it returns goes to the
+    /// request's log line.
+    fn apply(&mut self, method: &str, path: &str, body: &Value) -> Result<Value, String> {
+        match (method, path) {
+            ("PUT", "/snapshot/create") => self.snapshot_create(body),
+            _ => self.apply_request(method, path, body).map(|()| Value::Null),
+        }
+    }
+
+    fn apply_request(&mut self, method: &str, path: &str, body: &Value) -> Result<(), String> {
         let config_path = [
             "/machine-config",
             "/boot-source",
@@ -52,14 +150,7 @@ impl State {
                 Err("logger and metrics are pre-boot only".into())
             }
             ("PUT", "/logger" | "/metrics") => Ok(()),
-            ("PUT", "/snapshot/load") => {
-                if self.configured || self.started {
-                    return Err("Loading a microVM snapshot not allowed after configuring boot-specific resources.".into());
-                }
-                self.started = true;
-                self.paused = body["resume_vm"] != true;
-                Ok(())
-            }
+            ("PUT", "/snapshot/load") => self.snapshot_load(body),
             ("PUT", _) if config_path => {
                 if self.started {
                     return Err(
@@ -68,6 +159,10 @@ impl State {
                     );
                 }
                 self.configured = true;
+                if path == "/machine-config" {
+                    self.memory = GuestMemory::new(body["mem_size_mib"].as_u64().unwrap_or(0));
+                    self.tracking = body["track_dirty_pages"] == true;
+                }
                 self.machine_config |= path == "/machine-config";
                 self.boot_source |= path == "/boot-source";
                 Ok(())
@@ -87,17 +182,6 @@ impl State {
                     return Err("The microVM has not been started.".into());
                 }
                 self.paused = body["state"] == "Paused";
-                Ok(())
-            }
-            ("PUT", "/snapshot/create") => {
-                if !self.started || !self.paused {
-                    return Err("Cannot create a snapshot of a microVM that is not paused.".into());
-                }
-                for key in ["snapshot_path", "mem_file_path"] {
-                    let path = body[key].as_str().unwrap_or_default();
-                    std::fs::write(path, format!("fake {key}"))
-                        .map_err(|e| format!("{path}: {e}"))?;
-                }
                 Ok(())
             }
             _ => Err(format!("the fake does not serve {method} {path}")),
@@ -130,20 +214,29 @@ pub async fn serve(args: &[String]) {
                 // One request at a time across connections, like Firecracker's API thread.
                 let (verdict, started) = {
                     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                    let verdict = spec.validate(&method, &path, body.as_ref()).and_then(|()| {
-                        state.apply(&method, &path, body.as_ref().unwrap_or(&Value::Null))
-                    });
-                    append(
-                        &log,
-                        &json!({ "method": method, "path": path, "body": body, "ok": verdict.is_ok() }),
-                    );
+                    let body_value = body.as_ref().unwrap_or(&Value::Null);
+                    let verdict = if path.starts_with("/fake/") {
+                        state.control(&path, body_value)
+                    } else {
+                        let verdict = spec
+                            .validate(&method, &path, body.as_ref())
+                            .and_then(|()| state.apply(&method, &path, body_value));
+                        let mut entry = json!({ "method": method, "path": path, "body": body, "ok": verdict.is_ok() });
+                        if let (Ok(Value::Object(extra)), Some(entry)) =
+                            (&verdict, entry.as_object_mut())
+                        {
+                            entry.extend(extra.clone());
+                        }
+                        append(&log, &entry);
+                        verdict
+                    };
                     (verdict, state.started)
                 };
                 let response = match verdict {
-                    Ok(()) if method == "GET" => {
+                    Ok(_) if method == "GET" => {
                         http(200, &json!({ "id": "fake", "state": if started { "Running" } else { "Not started" } }).to_string())
                     }
-                    Ok(()) => http(204, ""),
+                    Ok(_) => http(204, ""),
                     Err(fault) => http(400, &json!({ "fault_message": fault }).to_string()),
                 };
                 if writer.write_all(response.as_bytes()).await.is_err() {

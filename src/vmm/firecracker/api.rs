@@ -42,6 +42,9 @@ pub struct Layout {
     pub metrics: PathBuf,
     pub snapshot_state: PathBuf,
     pub snapshot_memory: PathBuf,
+    /// Where Firecracker writes a diff snapshot's memory (under its `.partial` name; the backend
+    /// then moves it to the VM's memory base, see `base.rs`).
+    pub snapshot_diff: PathBuf,
 }
 
 impl Layout {
@@ -54,6 +57,7 @@ impl Layout {
             metrics: root.join("firecracker.metrics"),
             snapshot_state: root.join("snapshot/vmstate"),
             snapshot_memory: root.join("snapshot/memory"),
+            snapshot_diff: root.join("snapshot/memory.diff"),
         }
     }
 
@@ -76,6 +80,7 @@ impl Layout {
             metrics: self.metrics.clone(),
             snapshot_state: partial(&self.snapshot_state),
             snapshot_memory: partial(&self.snapshot_memory),
+            snapshot_diff: partial(&self.snapshot_diff),
         }
     }
 
@@ -116,7 +121,11 @@ pub fn boot_requests(
     let mut requests = observability_requests(layout);
     requests.push(ApiRequest::put(
         "/machine-config",
-        json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib, "smt": false }),
+        // Dirty page tracking on every process the backend runs, booted as restored: a Diff
+        // snapshot needs it (Firecracker refuses one without it, or from 1.13 takes every
+        // resident page instead). A booted VM's first hibernation is Full all the same, having
+        // no base to merge onto.
+        json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib, "smt": false, "track_dirty_pages": true }),
     ));
     let mut boot_source =
         json!({ "kernel_image_path": path_text(&spec.kernel), "boot_args": boot_args });
@@ -162,23 +171,38 @@ pub fn set_state(state: &str) -> ApiRequest {
     }
 }
 
-pub fn snapshot_create(layout: &Layout) -> ApiRequest {
+/// A Full snapshot holds the whole guest memory; a Diff only the pages dirtied since the process
+/// was restored (or booted), which needs dirty page tracking on that process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotType {
+    Full,
+    Diff,
+}
+
+/// The state to `snapshot_state`, the memory to `snapshot_memory` (Full) or `snapshot_diff`
+/// (Diff).
+pub fn snapshot_create(layout: &Layout, kind: SnapshotType) -> ApiRequest {
+    let (kind, memory) = match kind {
+        SnapshotType::Full => ("Full", &layout.snapshot_memory),
+        SnapshotType::Diff => ("Diff", &layout.snapshot_diff),
+    };
     ApiRequest::put(
         "/snapshot/create",
         json!({
-            "snapshot_type": "Full",
+            "snapshot_type": kind,
             "snapshot_path": path_text(&layout.snapshot_state),
-            "mem_file_path": path_text(&layout.snapshot_memory),
+            "mem_file_path": path_text(memory),
         }),
     )
 }
 
-/// Loads the snapshot and resumes the VM. The tap is overridden when it differs from the one
-/// the snapshot was taken with.
+/// Loads the snapshot and resumes the VM, with dirty page tracking on so its next hibernation
+/// can be a Diff. The tap is overridden when it differs from the one the snapshot was taken with.
 pub fn snapshot_load(layout: &Layout, new_tap: Option<&str>) -> ApiRequest {
     let mut body = json!({
         "snapshot_path": path_text(&layout.snapshot_state),
         "mem_backend": { "backend_type": "File", "backend_path": path_text(&layout.snapshot_memory) },
+        "track_dirty_pages": true,
         "resume_vm": true,
     });
     if let Some(tap) = new_tap {

@@ -1,9 +1,16 @@
 //! The Firecracker backend (production default). Boot configures the VM through the API
-//! socket; hibernate pauses, writes a full snapshot and stops the process; resume starts a new
+//! socket; hibernate pauses, writes a snapshot and stops the process; resume starts a new
 //! process and loads the snapshot with `resume_vm`. The agent is reached over hybrid vsock.
+//!
+//! A VM's first hibernation writes a Full snapshot. Once it has been restored from a memory file
+//! of its own, its next hibernation writes a Diff (the pages dirtied since the restore), which
+//! is merged into that file once the process is gone, so each restore still loads one whole
+//! file (`base.rs`, `merge.rs`).
 
 pub mod api;
+mod base;
 mod jailer;
+pub mod merge;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -16,7 +23,8 @@ use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
 use super::{Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError, console_tail};
 use crate::guest::client::AgentEndpoint;
 use crate::guest::messages::{CMDLINE_CHANNEL, CMDLINE_TOKEN, DEFAULT_VSOCK_PORT};
-use api::{FirecrackerApi, Layout};
+use api::{FirecrackerApi, Layout, SnapshotType};
+use base::MemoryBase;
 pub use jailer::JailerConfig;
 
 const API_DEADLINE: Duration = Duration::from_secs(10);
@@ -43,6 +51,9 @@ struct Placement {
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotMeta {
     tap: Option<String>,
+    /// The memory is the base plus a diff, which may still be pending (see `base.rs`).
+    #[serde(default)]
+    diff: bool,
 }
 
 impl FirecrackerBackend {
@@ -178,6 +189,10 @@ impl Hypervisor for FirecrackerBackend {
     }
 
     async fn boot(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
+        let base = MemoryBase::of(spec);
+        blocking(move || base.forget_process())
+            .await
+            .map_err(|e| VmmError::io(&spec.dir, e))?;
         let (handle, api) = self.launch(spec).await?;
         let placement = self.placement(spec);
         let requests = api::boot_requests(
@@ -210,35 +225,49 @@ impl Hypervisor for FirecrackerBackend {
         let Placement {
             host, api: inside, ..
         } = self.placement(spec);
-        let dir = host.snapshot_dir();
+        let base = MemoryBase::of(spec);
         // Firecracker creates the snapshot files with O_TRUNC, through any link in their place,
         // and the directory may still hold links to the golden snapshot: it writes fresh names
         // only, which are renamed over whatever is there once complete.
         let (fresh, fresh_inside) = (host.partial(), inside.partial());
-        let prepared = blocking(move || {
-            super::private::private_dir(&dir)?;
-            // Until the new description is published, no snapshot here counts as whole.
-            super::private::discard(&dir.join("meta.json"))?;
-            super::private::discard(&fresh.snapshot_state)?;
-            super::private::discard(&fresh.snapshot_memory)
-        })
-        .await;
-        prepared.map_err(|e| VmmError::io(&host.snapshot_dir(), e))?;
+        let planned = {
+            let (dir, fresh, base) = (host.snapshot_dir(), host.partial(), base.clone());
+            let memory = host.snapshot_memory.clone();
+            blocking(move || {
+                super::private::private_dir(&dir)?;
+                // Until the new description is published, no snapshot here counts as whole.
+                super::private::discard(&dir.join("meta.json"))?;
+                for partial in [
+                    &fresh.snapshot_state,
+                    &fresh.snapshot_memory,
+                    &fresh.snapshot_diff,
+                ] {
+                    super::private::discard(partial)?;
+                }
+                base.plan(&dir, &memory)
+            })
+            .await
+        };
+        let kind = planned.map_err(|e| VmmError::io(&host.snapshot_dir(), e))?;
         let api = FirecrackerApi::new(&vm.control);
         api.send(&api::set_state("Paused")).await?;
-        if let Err(e) = api.send(&api::snapshot_create(&fresh_inside)).await {
+        if let Err(e) = api.send(&api::snapshot_create(&fresh_inside, kind)).await {
             let _ = api.send(&api::set_state("Resumed")).await;
             return Err(e);
         }
         let meta = SnapshotMeta {
             tap: spec.net.as_ref().map(|n| n.tap.clone()),
+            diff: kind == SnapshotType::Diff,
         };
         let meta = serde_json::to_vec(&meta).unwrap_or_default();
-        let (fresh, dir) = (host.partial(), host.snapshot_dir());
+        let (dir, committing) = (host.snapshot_dir(), base.clone());
         let (state, memory) = (host.snapshot_state.clone(), host.snapshot_memory.clone());
         let published = blocking(move || {
             super::private::publish(&fresh.snapshot_state, &state)?;
-            let bytes = super::private::publish(&fresh.snapshot_memory, &memory)?;
+            let bytes = match kind {
+                SnapshotType::Full => super::private::publish(&fresh.snapshot_memory, &memory)?,
+                SnapshotType::Diff => committing.commit(&fresh.snapshot_diff)?,
+            };
             // Last: resume takes the snapshot for whole only once its description is there.
             let meta_partial = dir.join("meta.json.partial");
             super::private::write_new(&meta_partial, &meta)?;
@@ -247,10 +276,23 @@ impl Hypervisor for FirecrackerBackend {
         })
         .await;
         // On failure the paused process still runs, for the caller to adopt and unpause.
-        let state_bytes = published.map_err(|e| VmmError::io(&host.snapshot_dir(), e))?;
+        let mut memory_bytes = published.map_err(|e| VmmError::io(&host.snapshot_dir(), e))?;
         // The snapshot holds everything; the paused process has nothing left to do.
         kill_and_wait(vm.pid, vm.exited.clone()).await;
-        Ok(Hibernated { state_bytes })
+        if kind == SnapshotType::Diff {
+            // Only now: the process mapped the base, which must not change under it.
+            let memory = host.snapshot_memory.clone();
+            match blocking(move || base.finish(&memory)).await {
+                Ok(merged) => memory_bytes = merged.map_or(memory_bytes, |m| m.bytes),
+                // The image is whole (base + diff); the next resume merges before it loads.
+                Err(e) => tracing::warn!(vm = %spec.vm_id, error = %e,
+                    "cannot merge the diff snapshot yet; the resume will"),
+            }
+        }
+        // For a Diff, the memory bytes this hibernation wrote: the pages the guest dirtied.
+        Ok(Hibernated {
+            state_bytes: memory_bytes,
+        })
     }
 
     async fn resume(&self, spec: &VmSpec) -> Result<VmHandle, VmmError> {
@@ -263,6 +305,20 @@ impl Hypervisor for FirecrackerBackend {
                 .map_err(|e| VmmError::Control(format!("{}: {e}", meta_path.display())))?,
             Err(_) => return Err(VmmError::NoSnapshot(host.snapshot_dir())),
         };
+        let (base, memory, diff) = (
+            MemoryBase::of(spec),
+            host.snapshot_memory.clone(),
+            meta.diff,
+        );
+        let prepared = blocking(move || {
+            // A diff left pending by a hibernation cut short is merged before anything loads.
+            if diff {
+                base.finish(&memory)?;
+            }
+            base.track(&memory)
+        })
+        .await;
+        prepared.map_err(|e| VmmError::io(&host.snapshot_dir(), e))?;
         let (handle, api) = self.launch(spec).await?;
         let new_tap = spec
             .net
