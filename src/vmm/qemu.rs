@@ -341,13 +341,16 @@ impl Hypervisor for QemuBackend {
         let state = snapshot.join(STATE_FILE);
         // 0700, and the image is written under a fresh name (see `vmm::private`).
         let (dir, fresh) = (snapshot.clone(), partial.clone());
-        tokio::task::spawn_blocking(move || {
+        let prepared = tokio::task::spawn_blocking(move || {
             super::private::private_dir(&dir)?;
             super::private::discard(&fresh)
-        })
-        .await
-        .map_err(|e| VmmError::Control(e.to_string()))?
-        .map_err(|e| VmmError::io(&snapshot, e))?;
+        });
+        // The monitor is reached while the directory is made ready.
+        let (prepared, qmp) = tokio::join!(prepared, self.control(&vm));
+        prepared
+            .map_err(|e| VmmError::Control(e.to_string()))?
+            .map_err(|e| VmmError::io(&snapshot, e))?;
+        let mut qmp = qmp?;
         // The daemon opens the image: QEMU, sandboxed and unprivileged, could not.
         let image = {
             use std::os::unix::fs::OpenOptionsExt;
@@ -359,7 +362,6 @@ impl Hypervisor for QemuBackend {
                 .map_err(|e| VmmError::io(&partial, e))?
         };
         let writeback = Writeback::start(&image, &partial)?;
-        let mut qmp = self.control(&vm).await?;
         qmp.execute("stop", None).await?;
         qmp.execute(
             "migrate-set-parameters",

@@ -161,11 +161,13 @@ impl Lifecycle {
             }
             return Err(error);
         }
-        write_marker(&marker)
-            .await
-            .map_err(|e| VmError::host(vm_id, VmOp::Hibernate, e))?;
+        // The process is gone: its tap goes while the marker is made durable, not after.
+        let (marked, ()) = tokio::join!(
+            write_marker(&marker),
+            self.host.remove_tap(vm.tap_device.as_deref())
+        );
+        marked.map_err(|e| VmError::host(vm_id, VmOp::Hibernate, e))?;
         crate::failpoint::hit("vm.hibernate.after_snapshot");
-        self.host.remove_tap(vm.tap_device.as_deref()).await;
         let vm = self.commit_hibernated(vm_id).await?;
         self.metrics
             .vm_hibernate_duration
