@@ -1,11 +1,11 @@
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::*;
-use crate::model::fixtures::store_with_users;
 use crate::model::tables;
 use crate::model::{OutboxEntry, PromptStatus};
 use crate::providers::{CLAUDE_CODE, CODEX};
 use crate::store::{self, StoreError};
+use crate::sync::fixtures::store_with_users;
 use crate::sync::put_mirrored;
 
 async fn put_prompt(store: &Store, id: &str, user_id: &str) {

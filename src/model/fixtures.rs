@@ -43,20 +43,3 @@ pub fn vm(id: &str, user_id: &str) -> Vm {
         golden: None,
     }
 }
-
-/// A fresh store in a temporary directory holding an active user under each id.
-pub async fn store_with_users(ids: &[&str]) -> (tempfile::TempDir, crate::store::Store) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = crate::store::Store::open(dir.path()).await.expect("store");
-    for id in ids {
-        let user = User {
-            status: UserStatus::Active,
-            ..self::user(id)
-        };
-        store
-            .write(move |tx| crate::sync::put_mirrored(tx, super::tables::USERS, &user.id, &user))
-            .await
-            .expect("user");
-    }
-    (dir, store)
-}

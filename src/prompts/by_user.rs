@@ -97,10 +97,10 @@ pub async fn ensure(store: &store::Store) -> Result<bool, StoreError> {
 mod tests {
     use super::*;
     use crate::model::PromptStatus;
-    use crate::model::fixtures::store_with_users;
     use crate::prompts::records;
     use crate::providers::CLAUDE_CODE;
     use crate::store::Store;
+    use crate::sync::fixtures::store_with_users;
 
     fn prompt(id: &str, user_id: &str, created_at_ms: i64) -> Prompt {
         Prompt {

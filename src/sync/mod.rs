@@ -3,6 +3,8 @@
 //! while Supabase is slow or away, so the appliance never waits on it.
 
 mod backoff;
+#[cfg(test)]
+pub mod fixtures;
 pub mod outbox;
 pub mod rows;
 pub mod sink;
