@@ -28,6 +28,7 @@ use crate::vms::{VmError, VmHost, VmManager, VmSettings};
 use crate::watchdog::Watchdog;
 use crate::workspace::WorkspaceService;
 
+mod derived;
 pub mod hypervisor;
 mod services;
 
@@ -144,32 +145,14 @@ pub async fn start_with(
         settings,
     );
     let tracker = TaskTracker::new();
-    if crate::vms::by_user::ensure(&store).await? {
-        tracing::info!("indexed the stored VMs by user");
-    }
-    // Before reconcile: a reservation checks `max_vms` against these counters.
-    match crate::sync::tally::recount(&store).await? {
-        Some(held) if held == Default::default() => {
-            tracing::info!("counted the stored users and VMs into the record counters");
-        }
-        Some(held) => tracing::warn!(?held, "the user and VM counters were wrong; recounted"),
-        None => {}
-    }
+    // Before reconcile: a reservation checks `max_vms` against the record counters.
+    derived::prepare(&store).await?;
     if vms.settings().kernel.is_some() {
         watchdog.status("reconciling VMs");
         let report = vms.reconcile(&|line| watchdog.status(line)).await?;
         tracing::info!(?report, "reconciled VMs");
         tracker.spawn(vms.clone().poll_health(cancel.clone()));
         tracker.spawn(vms.clone().cap_logs(cancel.clone()));
-    }
-    if crate::prompts::counts::ensure(&store).await? {
-        tracing::info!("counted the stored prompts into the prompt counters");
-    }
-    if crate::prompts::by_user::ensure(&store).await? {
-        tracing::info!("indexed the stored prompts by user");
-    }
-    if crate::sync::outbox::ensure_age_index(&store).await? {
-        tracing::info!("indexed the outbox by age");
     }
     let settled = crate::prompts::settle_interrupted(&store).await?;
     if settled > 0 {

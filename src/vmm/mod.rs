@@ -10,6 +10,7 @@ pub mod private;
 mod process;
 pub mod qemu;
 mod qemu_confine;
+mod qemu_migration;
 mod qemu_probe;
 mod qmp;
 

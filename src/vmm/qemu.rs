@@ -9,7 +9,7 @@
 //! migration files are opened by the daemon and handed over as descriptors.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::process::Command;
@@ -18,6 +18,7 @@ use super::image_file::{Writeback, sync_and_publish};
 use super::process::{ExitInfo, kill_and_wait, spawn_supervised, wait_exited};
 pub use super::qemu_confine::DiskFds;
 use super::qemu_confine::{sandbox_args, write_boot_config};
+use super::qemu_migration::{run_resumed, wait_migrated};
 pub use super::qemu_probe::{host_tsc_khz, probe_accel};
 use super::qmp::Qmp;
 use super::{Hibernated, Hypervisor, SnapshotFiles, VmHandle, VmSpec, VmmError, console_tail};
@@ -25,11 +26,9 @@ use crate::guest::client::AgentEndpoint;
 use crate::guest::messages::{CMDLINE_CHANNEL, CMDLINE_TOKEN, DEFAULT_SERIAL_PORT_NAME};
 
 const QMP_DEADLINE: Duration = Duration::from_secs(10);
-const MIGRATION_DEADLINE: Duration = Duration::from_secs(300);
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Migration is throttled to 32 MiB/s by default; a stopped VM's memory should go at disk speed.
 const MIGRATION_BANDWIDTH: u64 = 10 << 30;
-const MIGRATION_POLL: Duration = Duration::from_millis(2);
 const STATE_FILE: &str = "state";
 /// The `-readconfig` file holding the kernel command line; removed once QEMU has read it.
 const BOOT_CONFIG_FILE: &str = "qemu.cfg";
@@ -382,34 +381,7 @@ impl Hypervisor for QemuBackend {
             let _ = qmp.execute("cont", None).await;
             return Err(e);
         }
-        let started = Instant::now();
-        loop {
-            let info = qmp.execute("query-migrate", None).await?;
-            match info["status"].as_str().unwrap_or_default() {
-                "completed" => break,
-                "failed" | "cancelled" => {
-                    let _ = qmp.execute("cont", None).await;
-                    return Err(VmmError::Qmp {
-                        command: "migrate".into(),
-                        message: info["error-desc"]
-                            .as_str()
-                            .unwrap_or("migration failed")
-                            .to_string(),
-                    });
-                }
-                _ if started.elapsed() > MIGRATION_DEADLINE => {
-                    let _ = qmp.execute("migrate_cancel", None).await;
-                    let _ = qmp.execute("cont", None).await;
-                    return Err(VmmError::Qmp {
-                        command: "migrate".into(),
-                        message: format!("not finished after {MIGRATION_DEADLINE:?}"),
-                    });
-                }
-                // The stream of a small guest lasts tens of milliseconds: a coarse poll
-                // would be a good part of the hibernation.
-                _ => tokio::time::sleep(MIGRATION_POLL).await,
-            }
-        }
+        wait_migrated(&mut qmp).await?;
         drop(writeback);
         drop(image);
         // The image is whole once the migration completed: it is made durable while QEMU
@@ -476,29 +448,5 @@ impl Hypervisor for QemuBackend {
         // The monitor must answer too: a QEMU that lost its QMP socket cannot be hibernated.
         self.control(&handle).await?;
         Ok(handle)
-    }
-}
-
-/// Waits for the incoming migration to land and lets the guest run.
-async fn run_resumed(qmp: &mut Qmp) -> Result<(), VmmError> {
-    let started = Instant::now();
-    loop {
-        match qmp.status().await?.as_str() {
-            // The source was stopped before migrating, so the VM arrives paused.
-            "paused" | "postmigrate" => {
-                qmp.execute("cont", None).await?;
-                return Ok(());
-            }
-            "running" => return Ok(()),
-            "inmigrate" | "prelaunch" if started.elapsed() < MIGRATION_DEADLINE => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            other => {
-                return Err(VmmError::Startup(
-                    "qemu resume",
-                    format!("run state {other:?}"),
-                ));
-            }
-        }
     }
 }

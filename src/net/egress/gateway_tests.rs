@@ -12,7 +12,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::*;
 use crate::metrics::egress::EgressRefusalLabels;
 use crate::model::tables;
-use crate::model::{IpLease, Plan, User, UserStatus, Vm, VmStatus, VmType};
+use crate::model::{IpLease, User, UserStatus, Vm, VmStatus};
 use crate::store;
 /// What the fake upstream accepts.
 const PASSWORD: &str = "hunter2-upstream-secret";
@@ -208,40 +208,15 @@ async fn fixture(setup: Setup) -> Fixture {
 
 async fn seed(store: &Store, status: VmStatus, port: u16) {
     let user = User {
-        id: USER.into(),
-        email: "u@example.com".into(),
-        supabase_auth_id: None,
-        plan: Plan::Free,
         status: UserStatus::Active,
         decodo_port: Some(port),
-        prompt_count: 0,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        last_active_at_ms: None,
-        version: 1,
+        ..crate::model::fixtures::user(USER)
     };
     let vm = Vm {
-        id: "vm-1".into(),
-        user_id: USER.into(),
-        vm_type: VmType::Cli,
         status,
         ip_address: Some("127.0.0.1".into()),
         tap_device: None,
-        vcpus: 1,
-        memory_mib: 256,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        last_heartbeat_ms: None,
-        hibernated_at_ms: None,
-        version: 1,
-        mac_address: None,
-        pid: None,
-        agent_token: "t".into(),
-        agent: None,
-        needs_readdress: false,
-        error: None,
-        image: None,
-        golden: None,
+        ..crate::model::fixtures::vm("vm-1", USER)
     };
     let lease = IpLease {
         ip: "127.0.0.1".into(),
